@@ -1,0 +1,40 @@
+"""The backend contract: prefill, verify a tree, commit an accepted path.
+
+Drafters, acceptance rules and the engine talk to models only through this protocol, so a
+llama.cpp backend can sit beside the transformers one.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence
+
+import torch
+
+from ..tree import TokenTree
+
+
+class Backend(Protocol):
+    """A causal LM with a KV cache of committed tokens.
+
+    The cache holds ``tokens`` (all committed tokens except the pending root). ``verify`` appends
+    the tree to the cache and returns logits; ``commit`` keeps only the accepted nodes.
+    """
+
+    vocab_size: int
+
+    @property
+    def tokens(self) -> list[int]:
+        """Token ids whose keys/values are in the cache."""
+        ...
+
+    def prefill(self, token_ids: Sequence[int]) -> None:
+        """Make the cache hold exactly ``token_ids``, reusing a common cached prefix."""
+        ...
+
+    def verify(self, tree: TokenTree) -> torch.Tensor:
+        """Score every node of ``tree`` in one forward. Returns [n, V] float32 logits."""
+        ...
+
+    def commit(self, nodes: Sequence[int]) -> None:
+        """Keep the cache entries of the verified tree's ``nodes`` (ascending, from 0); drop the rest."""
+        ...

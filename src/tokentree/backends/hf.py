@@ -1,0 +1,132 @@
+"""PyTorch + transformers backend: tree verification with an explicit 4-D attention mask."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from .. import kvcache
+from ..errors import UnsupportedModelError
+from ..tree import TokenTree
+
+SUPPORTED_LAYER_TYPES = {"full_attention", "sliding_attention"}
+MASKABLE_ATTENTION = ("sdpa", "eager")
+PREFILL_CHUNK = 512
+
+
+def tree_attention_mask(
+    tree: TokenTree, prefix: int, dtype: torch.dtype, sliding_window: int | None = None
+) -> torch.Tensor:
+    """Additive mask [1, 1, n, prefix + n]: every prefix position visible, tree by ancestry.
+
+    With ``sliding_window`` a query at position p sees only keys at positions > p - window.
+    """
+    n = len(tree)
+    visible = torch.cat([torch.ones(n, prefix, dtype=torch.bool), tree.ancestor_mask], dim=1)
+    if sliding_window is not None:
+        depths = torch.tensor(tree.depths)
+        key_pos = torch.cat([torch.arange(prefix), prefix + depths])
+        query_pos = prefix + depths
+        visible &= (query_pos[:, None] - key_pos[None, :]) < sliding_window
+    mask = torch.zeros(n, prefix + n, dtype=dtype)
+    mask.masked_fill_(~visible, torch.finfo(dtype).min)
+    return mask[None, None]
+
+
+def check_tree_support(model: torch.nn.Module) -> None:
+    """Raise UnsupportedModelError unless ``model`` can verify a tree with a custom 4-D mask."""
+    config = model.config.get_text_config()
+    kind = getattr(config, "model_type", type(model).__name__)
+    if getattr(model, "_is_stateful", False):
+        raise UnsupportedModelError(f"model type '{kind}' keeps a recurrent state; tree verification needs a KV cache")
+    layer_types = set(getattr(config, "layer_types", None) or ["full_attention"])
+    if not layer_types <= SUPPORTED_LAYER_TYPES:
+        odd = sorted(layer_types - SUPPORTED_LAYER_TYPES)
+        raise UnsupportedModelError(f"model type '{kind}' has attention layers {odd} that cannot take a tree mask")
+    if model.config._attn_implementation not in MASKABLE_ATTENTION:
+        try:
+            model.set_attn_implementation("sdpa")
+        except Exception as exc:  # noqa: BLE001 - transformers raises several types here
+            raise UnsupportedModelError(
+                f"model type '{kind}' uses attention '{model.config._attn_implementation}', which cannot take a "
+                f"tree mask, and cannot switch to sdpa: {exc}"
+            ) from exc
+
+
+class HFBackend:
+    """A transformers causal LM plus its KV cache (see :class:`tokentree.backends.Backend`)."""
+
+    def __init__(self, model: torch.nn.Module):
+        check_tree_support(model)
+        self.model = model.eval()
+        config = model.config.get_text_config()
+        self.vocab_size = int(config.vocab_size)
+        layer_types = set(getattr(config, "layer_types", None) or [])
+        self.sliding_window = config.sliding_window if "sliding_attention" in layer_types else None
+        self.cache = kvcache.new_cache()
+        self._tokens: list[int] = []
+        self._pending: TokenTree | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def tokens(self) -> list[int]:
+        return list(self._tokens)
+
+    @torch.inference_mode()
+    def prefill(self, token_ids: Sequence[int]) -> None:
+        token_ids = [int(t) for t in token_ids]
+        shared = 0
+        for cached, new in zip(self._tokens, token_ids):
+            if cached != new:
+                break
+            shared += 1
+        kvcache.crop(self.cache, shared)
+        self._tokens = self._tokens[:shared]
+        self._pending = None
+        for start in range(shared, len(token_ids), PREFILL_CHUNK):
+            chunk = token_ids[start : start + PREFILL_CHUNK]
+            self.model(
+                input_ids=torch.tensor([chunk], device=self.device),
+                position_ids=torch.arange(start, start + len(chunk), device=self.device)[None],
+                cache=self.cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            self._tokens.extend(chunk)
+
+    @torch.inference_mode()
+    def verify(self, tree: TokenTree) -> torch.Tensor:
+        if self._pending is not None:
+            raise RuntimeError("verify called twice without commit")
+        prefix = len(self._tokens)
+        out = self.model(
+            input_ids=torch.tensor([tree.tokens], device=self.device),
+            position_ids=tree.positions(prefix).to(self.device)[None],
+            attention_mask=self._mask(tree, prefix),
+            cache=self.cache,
+            use_cache=True,
+        )
+        self._pending = tree
+        return out.logits[0].float()
+
+    def _mask(self, tree: TokenTree, prefix: int) -> torch.Tensor | dict[str, torch.Tensor] | None:
+        if len(tree) == 1:
+            return None  # one token: the model's own causal (and sliding) mask is exact
+        dtype = self.model.dtype
+        full = tree_attention_mask(tree, prefix, dtype).to(self.device)
+        if self.sliding_window is None:
+            return full
+        sliding = tree_attention_mask(tree, prefix, dtype, self.sliding_window).to(self.device)
+        return {"full_attention": full, "sliding_attention": sliding}
+
+    def commit(self, nodes: Sequence[int]) -> None:
+        tree = self._pending
+        if tree is None:
+            raise RuntimeError("commit called without a verified tree")
+        kvcache.compact(self.cache, len(self._tokens), nodes)
+        self._tokens.extend(tree.tokens[i] for i in nodes)
+        self._pending = None

@@ -1,0 +1,43 @@
+"""The drafter contract."""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence
+
+import torch
+
+from ..sampling import Acceptance
+from ..tree import TokenTree
+
+
+class Drafter(Protocol):
+    """Proposes a token tree continuing ``context``; learns from what the target did."""
+
+    name: str
+
+    def propose(self, context: Sequence[int], budget: int) -> TokenTree:
+        """A tree rooted at ``context[-1]`` with at most ``budget`` nodes below the root."""
+        ...
+
+    def observe(self, tree: TokenTree, logits: torch.Tensor, acceptance: Acceptance) -> None:
+        """See the verified ``tree``, its target ``logits`` [n, V] and what was accepted."""
+        ...
+
+    def reset(self) -> None:
+        """Forget per-request state (called before each generation)."""
+        ...
+
+
+class NoDrafter:
+    """Plain decoding through the speculative engine: a tree with only the root."""
+
+    name = "none"
+
+    def propose(self, context: Sequence[int], budget: int) -> TokenTree:
+        return TokenTree.root(context[-1])
+
+    def observe(self, tree: TokenTree, logits: torch.Tensor, acceptance: Acceptance) -> None:
+        pass
+
+    def reset(self) -> None:
+        pass

@@ -1,0 +1,62 @@
+"""Per-generation statistics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class GenerationStats:
+    """Counters of one generation.
+
+    accepted_hist maps "drafted tokens accepted in a step" to the number of such steps.
+    mean_accepted (tau) counts the bonus token too: plain decoding has tau = 1.
+    """
+
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    steps: int = 0
+    drafted_tokens: int = 0
+    accepted_hist: dict[int, int] = field(default_factory=dict)
+    prefill_s: float = 0.0
+    draft_s: float = 0.0
+    verify_s: float = 0.0
+    total_s: float = 0.0
+
+    def record_step(self, drafted: int, accepted: int, emitted: int, draft_s: float, verify_s: float) -> None:
+        self.steps += 1
+        self.drafted_tokens += drafted
+        self.new_tokens += emitted
+        self.accepted_hist[accepted] = self.accepted_hist.get(accepted, 0) + 1
+        self.draft_s += draft_s
+        self.verify_s += verify_s
+
+    @property
+    def mean_accepted(self) -> float:
+        return self.new_tokens / self.steps if self.steps else 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.new_tokens / self.total_s if self.total_s > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "new_tokens": self.new_tokens,
+            "steps": self.steps,
+            "drafted_tokens": self.drafted_tokens,
+            "mean_accepted": round(self.mean_accepted, 4),
+            "accepted_hist": {str(k): v for k, v in sorted(self.accepted_hist.items())},
+            "tokens_per_s": round(self.tokens_per_s, 3),
+            "prefill_s": round(self.prefill_s, 4),
+            "draft_s": round(self.draft_s, 4),
+            "verify_s": round(self.verify_s, 4),
+            "total_s": round(self.total_s, 4),
+        }
+
+    def summary(self) -> str:
+        return (
+            f"{self.new_tokens} tokens in {self.steps} steps, tau {self.mean_accepted:.2f}, "
+            f"{self.tokens_per_s:.2f} tokens/s (prefill {self.prefill_s:.2f}s, "
+            f"draft {self.draft_s:.2f}s, verify {self.verify_s:.2f}s)"
+        )
