@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import string
+
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, Gemma3TextConfig, LlamaConfig, Qwen2Config
+from tokenizers import Tokenizer, decoders, models
+from transformers import AutoModelForCausalLM, Gemma3TextConfig, LlamaConfig, PreTrainedTokenizerFast, Qwen2Config
 
 VOCAB = 96
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant: {% endif %}"
+)
 
 
 def tiny_config(family: str, **overrides):
@@ -38,3 +45,25 @@ def tiny_model(family: str = "llama", seed: int = 0, **overrides):
 @pytest.fixture(params=["llama", "qwen2", "gemma3"])
 def family(request):
     return request.param
+
+
+def tiny_tokenizer(chat: bool = True) -> PreTrainedTokenizerFast:
+    """A character-level tokenizer with exactly VOCAB ids (0 pad, 1 bos, 2 eos)."""
+    chars = string.ascii_letters + string.digits + " \n" + string.punctuation[: VOCAB - 3 - 64]
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{c: i + 3 for i, c in enumerate(chars)}}
+    assert len(vocab) == VOCAB
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=None))
+    backend.decoder = decoders.Fuse()
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    if chat:
+        tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+@pytest.fixture
+def saved_tiny_model(tmp_path):
+    """A tiny Llama with tokenizer saved as a local HF directory."""
+    path = tmp_path / "tiny-llama"
+    tiny_model("llama", seed=5).save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return path

@@ -1,0 +1,9 @@
+"""tokentree: lossless token-tree speculative decoding."""
+
+from .api import GenerationStream, Generator, Output, load
+from .errors import TokentreeError, UnsupportedModelError
+from .tree import TokenTree
+
+__version__ = "0.1.0"
+__all__ = ["GenerationStream", "Generator", "Output", "TokenTree", "TokentreeError", "UnsupportedModelError",
+           "load", "__version__"]

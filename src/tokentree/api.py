@@ -1,0 +1,138 @@
+"""The Python API: ``tokentree.load(...)`` returns a :class:`Generator`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence, Union
+
+from .backends.hf import HFBackend
+from .drafters import Drafter, make_drafter
+from .engine import DecodeRequest, Engine
+from .errors import TokentreeError
+from .models import (EMBEDDED_DRAFT, EMBEDDED_TARGET, LoadedModel, check_same_vocab, load_model, resolve_device,
+                     resolve_dtype)
+from .stats import GenerationStats
+from .text import TextStream
+
+Prompt = Union[str, Sequence[int], Sequence[dict]]
+DEFAULT_BUDGET = 10
+
+
+@dataclass
+class Output:
+    """A finished generation: the new text, the new token ids and the statistics."""
+
+    text: str
+    token_ids: list[int]
+    stats: GenerationStats
+
+
+class GenerationStream:
+    """Iterate to receive text pieces; ``text``, ``token_ids`` and ``stats`` fill in as it runs."""
+
+    def __init__(self, engine: Engine, prompt_ids: list[int], request: DecodeRequest, text: TextStream):
+        self.stats = GenerationStats()
+        self.text_stream = text
+        self._pieces = self._run(engine, prompt_ids, request)
+
+    def _run(self, engine: Engine, prompt_ids: list[int], request: DecodeRequest) -> Iterator[str]:
+        for tokens in engine.run(prompt_ids, request, self.stats):
+            piece = self.text_stream.push(tokens)
+            if piece:
+                yield piece
+            if self.text_stream.stopped:
+                return
+        piece = self.text_stream.finish()
+        if piece:
+            yield piece
+
+    def __iter__(self) -> Iterator[str]:
+        return self._pieces
+
+    @property
+    def text(self) -> str:
+        return self.text_stream.text
+
+    @property
+    def token_ids(self) -> list[int]:
+        return list(self.text_stream.token_ids)
+
+    def output(self) -> Output:
+        """Run to the end and return the whole result."""
+        for _ in self._pieces:
+            pass
+        return Output(self.text, self.token_ids, self.stats)
+
+
+class Generator:
+    """A target model (plus an optional draft model) and a default drafter."""
+
+    def __init__(self, target: LoadedModel, drafter: Drafter, draft: LoadedModel | None = None,
+                 budget: int = DEFAULT_BUDGET):
+        self.target = target
+        self.draft = draft
+        self.drafter = drafter
+        self.budget = budget
+        self.backend = HFBackend(target.model)
+
+    @property
+    def tokenizer(self):
+        return self.target.tokenizer
+
+    def encode(self, prompt: Prompt, chat: bool | None = None) -> list[int]:
+        """Token ids for a prompt: a string, chat messages ([{"role", "content"}]) or token ids."""
+        if isinstance(prompt, str):
+            has_template = getattr(self.tokenizer, "chat_template", None) is not None
+            if chat and not has_template:
+                raise TokentreeError("chat=True, but the target's tokenizer has no chat template")
+            if chat is False or not has_template:
+                return list(self.tokenizer(prompt).input_ids)
+            prompt = [{"role": "user", "content": prompt}]
+        prompt = list(prompt)
+        if not prompt:
+            raise TokentreeError("the prompt is empty")
+        if all(isinstance(m, dict) for m in prompt):
+            text = self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+            return list(self.tokenizer(text, add_special_tokens=False).input_ids)
+        if all(isinstance(t, int) and 0 <= t < self.backend.vocab_size for t in prompt):
+            return prompt
+        raise TokentreeError("a prompt must be a string, a list of chat messages, or a list of valid token ids")
+
+    def stream(self, prompt: Prompt, max_new_tokens: int = 128, chat: bool | None = None, temperature: float = 0.0,
+               top_p: float = 1.0, top_k: int = 0, seed: int | None = None, stop: Sequence[str] | str | None = None,
+               drafter: str | Drafter | None = None, budget: int | None = None) -> GenerationStream:
+        """Start a generation; iterate the result for text pieces."""
+        request = DecodeRequest(max_new_tokens, temperature, top_p, top_k, seed,
+                                self.budget if budget is None else budget)
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        if any(not s for s in stops):
+            raise TokentreeError("stop strings must be non-empty")
+        engine = Engine(self.backend, self._drafter(drafter), self.target.eos_ids)
+        return GenerationStream(engine, self.encode(prompt, chat), request, TextStream(self.tokenizer, stops))
+
+    def generate(self, prompt: Prompt, **options: Any) -> Output:
+        """Generate to the end (same options as :meth:`stream`)."""
+        return self.stream(prompt, **options).output()
+
+    def _drafter(self, drafter: str | Drafter | None) -> Drafter:
+        if drafter is None:
+            return self.drafter
+        return make_drafter(drafter) if isinstance(drafter, str) else drafter
+
+
+def load(target: str | None = None, draft: str | None = None, drafter: str = "pld", dtype: str = "auto",
+         device: str | None = None, budget: int = DEFAULT_BUDGET, **drafter_options: Any) -> Generator:
+    """Load a target (None = the embedded Qwen2.5-Coder-1.5B-Instruct) and build a Generator.
+
+    ``draft`` (a model spec) is loaded and checked against the target's vocabulary when given;
+    ``drafter_options`` are fields of the drafter's config (e.g. ``max_ngram=4`` for "pld").
+    """
+    drafter_obj = make_drafter(drafter, **drafter_options)
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    target_model = load_model(target, EMBEDDED_TARGET, torch_dtype, torch_device)
+    draft_model = None
+    if draft is not None:
+        draft_model = load_model(draft, EMBEDDED_DRAFT, torch_dtype, torch_device)
+        check_same_vocab(target_model, draft_model)
+    return Generator(target_model, drafter_obj, draft_model, budget)

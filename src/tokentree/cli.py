@@ -1,0 +1,137 @@
+"""Command line: ``tokentree generate ...``. No algorithm lives here."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import typing
+from typing import Any, Sequence
+
+from .drafters import DRAFTERS
+from .errors import TokentreeError
+
+
+def _flag(config_cls: type, field_name: str) -> str:
+    prefix = config_cls.__name__.removesuffix("Config").lower()
+    return f"--{prefix}-{field_name.replace('_', '-')}"
+
+
+def _drafter_option_groups(parser: argparse.ArgumentParser) -> None:
+    """One flag per field of every drafter config dataclass, e.g. ``--pld-max-ngram``."""
+    seen: set[type] = set()
+    for name, spec in DRAFTERS.items():
+        if spec.config_cls is None or spec.config_cls in seen:
+            continue
+        seen.add(spec.config_cls)
+        users = ", ".join(n for n, s in DRAFTERS.items() if s.config_cls is spec.config_cls)
+        group = parser.add_argument_group(f"options of drafter {users}")
+        hints = typing.get_type_hints(spec.config_cls)
+        for field in dataclasses.fields(spec.config_cls):
+            group.add_argument(_flag(spec.config_cls, field.name), type=hints[field.name],
+                               default=None, metavar=field.name.upper(), help=f"default {field.default}")
+
+
+def drafter_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The drafter options given on the command line, for the chosen drafter's config."""
+    config_cls = DRAFTERS[args.drafter].config_cls if args.drafter in DRAFTERS else None
+    options = {}
+    for name, spec in DRAFTERS.items():
+        if spec.config_cls is None:
+            continue
+        for field in dataclasses.fields(spec.config_cls):
+            value = getattr(args, _flag(spec.config_cls, field.name)[2:].replace("-", "_"))
+            if value is None:
+                continue
+            if spec.config_cls is not config_cls:
+                raise TokentreeError(f"{_flag(spec.config_cls, field.name)} does not apply to drafter '{args.drafter}'")
+            options[field.name] = value
+    return options
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--target", help="HF model dir, hub id or .gguf file (default: embedded Qwen2.5-Coder-1.5B)")
+    parser.add_argument("--draft", help="draft model (same forms as --target); must share the target's vocabulary")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tokentree", description="Lossless token-tree speculative decoding")
+    sub = parser.add_subparsers(dest="command", required=True)
+    gen = sub.add_parser("generate", help="generate text for one prompt, streamed to stdout")
+    gen.add_argument("prompt", nargs="?", help="the prompt (read from stdin when omitted)")
+    gen.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
+                     help="apply the chat template (default: on when the tokenizer has one)")
+    add_model_arguments(gen)
+    gen.add_argument("--drafter", default="pld", help=f"one of: {', '.join(DRAFTERS)} (default pld)")
+    gen.add_argument("--budget", type=int, default=10, help="drafted tokens per step (default 10)")
+    gen.add_argument("--max-new-tokens", type=int, default=128)
+    gen.add_argument("--temperature", type=float, default=0.0)
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--top-k", type=int, default=0)
+    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    gen.add_argument("--stats", action="store_true", help="print tau, tokens/s and step counts to stderr")
+    gen.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
+    _drafter_option_groups(gen)
+    return parser
+
+
+def _read_prompt(prompt: str | None) -> str:
+    if prompt is not None:
+        return prompt
+    if sys.stdin.isatty():
+        raise TokentreeError("no prompt: give PROMPT or pipe it on stdin")
+    text = sys.stdin.read()
+    if not text.strip():
+        raise TokentreeError("the prompt read from stdin is empty")
+    return text
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .api import load
+
+    prompt = _read_prompt(args.prompt)
+    gen = load(args.target, args.draft, args.drafter, args.dtype, args.device, args.budget, **drafter_options(args))
+    stream = gen.stream(prompt, max_new_tokens=args.max_new_tokens, chat=args.chat, temperature=args.temperature,
+                        top_p=args.top_p, top_k=args.top_k, seed=args.seed, stop=args.stop)
+    for piece in stream:
+        if not args.json:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    if args.json:
+        print(json.dumps({"text": stream.text, "token_ids": stream.token_ids, "stats": stream.stats.to_dict()}))
+    else:
+        print()
+    if args.stats:
+        print(f"tokentree [{gen.drafter.name}]: {stream.stats.summary()}", file=sys.stderr)
+    return 0
+
+
+def _quiet_libraries() -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        _quiet_libraries()
+        return {"generate": cmd_generate}[args.command](args)
+    except TokentreeError as exc:
+        print(f"tokentree: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tokentree: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

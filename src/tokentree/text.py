@@ -1,0 +1,69 @@
+"""Incremental detokenization with stop strings."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+
+class TextStream:
+    """Turns token ids, arriving a few at a time, into final text pieces.
+
+    Text is held back while it may still change: an incomplete UTF-8 character at the end, or a
+    tail that is the beginning of a stop string. Once a stop string appears, the text ends
+    just before it and ``stopped`` is True.
+    """
+
+    def __init__(self, tokenizer, stop: Sequence[str] = ()):
+        if any(not s for s in stop):
+            raise ValueError("stop strings must be non-empty")
+        self.tokenizer = tokenizer
+        self.stop = tuple(stop)
+        self.token_ids: list[int] = []
+        self.text = ""  # emitted so far
+        self.stopped = False
+
+    def _decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def push(self, tokens: Sequence[int]) -> str:
+        """Add tokens; return the newly final text."""
+        if self.stopped:
+            return ""
+        before = len(self.token_ids)
+        self.token_ids.extend(tokens)
+        full = self._decode(self.token_ids)
+        hit = self._find_stop(full)
+        if hit is not None:
+            self.stopped = True
+            self._trim_tokens_to_stop(hit, before)
+            return self._emit(full[:hit])
+        final = min(len(full.rstrip("\ufffd")), len(full) - self._stop_prefix_at_end(full))
+        return self._emit(full[: max(final, len(self.text))])
+
+    def finish(self) -> str:
+        """The generation ended: release the held-back text."""
+        if self.stopped:
+            return ""
+        return self._emit(self._decode(self.token_ids))
+
+    def _emit(self, upto: str) -> str:
+        piece = upto[len(self.text):]
+        self.text = upto
+        return piece
+
+    def _stop_prefix_at_end(self, full: str) -> int:
+        """Length of the longest tail of ``full`` that begins some stop string."""
+        return max((k for s in self.stop for k in range(1, len(s)) if full.endswith(s[:k])), default=0)
+
+    def _find_stop(self, full: str) -> int | None:
+        start = max(0, len(self.text) - max((len(s) for s in self.stop), default=0))
+        hits = [i for i in (full.find(s, start) for s in self.stop) if i >= 0]
+        return min(hits) if hits else None
+
+    def _trim_tokens_to_stop(self, hit: int, before: int) -> None:
+        """Keep the shortest token prefix whose text already contains the stop string (the first
+        ``before`` tokens did not contain it)."""
+        for k in range(before + 1, len(self.token_ids) + 1):
+            if self._find_stop(self._decode(self.token_ids[:k])) == hit:
+                self.token_ids = self.token_ids[:k]
+                return

@@ -1,0 +1,142 @@
+"""The CLI on a tiny model saved to a temp dir: JSON round trip and one-line errors."""
+
+import hashlib
+import io
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, MambaConfig
+
+from tokentree.cli import main
+from tokentree.errors import TokentreeError
+from tokentree.models import EmbeddedModel, assemble_embedded
+
+from conftest import tiny_model, tiny_tokenizer
+from test_greedy_equality import hf_greedy
+
+
+def run_cli(args, capsys, stdin=None, monkeypatch=None):
+    if stdin is not None:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_json_round_trip_matches_hf_greedy(saved_tiny_model, capsys):
+    code, out, err = run_cli(["generate", "hello", "--target", str(saved_tiny_model), "--dtype", "float32",
+                              "--max-new-tokens", "20", "--json", "--drafter", "pld-tree", "--pld-matches", "2"],
+                             capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    tok = tiny_tokenizer()
+    prompt = tok(tok.apply_chat_template([{"role": "user", "content": "hello"}], tokenize=False,
+                                         add_generation_prompt=True), add_special_tokens=False).input_ids
+    model = AutoModelForCausalLM.from_pretrained(saved_tiny_model, dtype=torch.float32)
+    assert result["token_ids"] == hf_greedy(model, prompt, 20)
+    assert result["text"] == tok.decode(result["token_ids"], skip_special_tokens=True)
+    stats = result["stats"]
+    assert stats["new_tokens"] == 20 and stats["steps"] >= 1 and stats["mean_accepted"] >= 1
+    assert set(stats) >= {"tokens_per_s", "accepted_hist", "draft_s", "verify_s"}
+
+
+def test_stdin_prompt_streaming_and_stats(saved_tiny_model, capsys, monkeypatch):
+    code, out, err = run_cli(["generate", "--target", str(saved_tiny_model), "--dtype", "float32", "--no-chat",
+                              "--max-new-tokens", "8", "--stats"], capsys, stdin="abc abc", monkeypatch=monkeypatch)
+    assert code == 0 and out.endswith("\n") and "tau" in err and "tokens/s" in err
+
+
+def test_console_script_runs(saved_tiny_model):
+    exe = [sys.executable, "-m", "tokentree.cli"]
+    done = subprocess.run(exe + ["generate", "hi", "--target", str(saved_tiny_model), "--dtype", "float32",
+                                 "--max-new-tokens", "4", "--json"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert len(json.loads(done.stdout)["token_ids"]) == 4
+
+
+def error_of(args, capsys, **kw):
+    code, out, err = run_cli(args, capsys, **kw)
+    assert code == 2
+    assert "Traceback" not in err
+    errors = [line for line in err.strip().splitlines() if line.startswith("tokentree: error:")]
+    assert len(errors) == 1 and err.strip().endswith(errors[0]), err
+    return errors[0]
+
+
+def test_missing_model_path(capsys, tmp_path):
+    assert "no such model" in error_of(["generate", "x", "--target", str(tmp_path / "nope.gguf")], capsys)
+    assert "no such model" in error_of(["generate", "x", "--target", "./missing-dir"], capsys)
+
+
+def test_directory_without_config(capsys, tmp_path):
+    assert "no config.json" in error_of(["generate", "x", "--target", str(tmp_path)], capsys)
+
+
+def test_corrupt_weights(saved_tiny_model, capsys):
+    (saved_tiny_model / "model.safetensors").write_bytes(b"this is not a safetensors file")
+    assert "could not load model" in error_of(["generate", "x", "--target", str(saved_tiny_model)], capsys)
+
+
+def test_corrupt_gguf(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("TOKENTREE_CACHE", str(tmp_path / "cache"))
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF but not really")
+    assert "could not read GGUF" in error_of(["generate", "x", "--target", str(bad)], capsys)
+
+
+def test_draft_with_different_vocabulary(saved_tiny_model, capsys, tmp_path):
+    other = tmp_path / "other"
+    tiny_model("llama").save_pretrained(other)
+    tok = tiny_tokenizer()
+    tok.add_tokens(["<extra>"])
+    tok.save_pretrained(other)
+    line = error_of(["generate", "x", "--target", str(saved_tiny_model), "--draft", str(other),
+                     "--dtype", "float32"], capsys)
+    assert "different vocabularies" in line
+
+
+def test_unsupported_model_names_its_type(capsys, tmp_path):
+    path = tmp_path / "mamba"
+    AutoModelForCausalLM.from_config(MambaConfig(vocab_size=96, hidden_size=16, num_hidden_layers=1,
+                                                 state_size=4)).save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    assert "'mamba'" in error_of(["generate", "x", "--target", str(path), "--dtype", "float32"], capsys)
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--drafter", "magic"], "unknown drafter"),
+    (["--drafter", "none", "--pld-matches", "2"], "does not apply"),
+    (["--pld-min-ngram", "0"], "min_ngram"),
+    (["--max-new-tokens", "0"], "max_new_tokens"),
+    (["--device", "cuda:0"], "CUDA"),
+])
+def test_bad_arguments(saved_tiny_model, capsys, args, match):
+    line = error_of(["generate", "x", "--target", str(saved_tiny_model), "--dtype", "float32"] + args, capsys)
+    assert match in line
+
+
+def test_empty_stdin(capsys, monkeypatch):
+    assert "empty" in error_of(["generate"], capsys, stdin="  \n", monkeypatch=monkeypatch)
+
+
+def test_embedded_models_missing_is_explained(tmp_path, monkeypatch):
+    monkeypatch.setenv("TOKENTREE_CACHE", str(tmp_path))
+    with pytest.raises(TokentreeError, match=r"tokentree\[models\]"):
+        assemble_embedded(EmbeddedModel("absent", ("no_such_pkg_xyz",), "0" * 64))
+
+
+def test_embedded_assembly_checks_sha256(tmp_path, monkeypatch):
+    monkeypatch.setenv("TOKENTREE_CACHE", str(tmp_path / "cache"))
+    for i, chunk in enumerate([b"hello ", b"world"], start=1):
+        (tmp_path / f"fakemodel_part{i}" / "data").mkdir(parents=True)
+        (tmp_path / f"fakemodel_part{i}" / "__init__.py").write_text("")
+        (tmp_path / f"fakemodel_part{i}" / "data" / "part01.bin").write_bytes(chunk)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    packages = ("fakemodel_part1", "fakemodel_part2")
+    with pytest.raises(TokentreeError, match="does not match"):
+        assemble_embedded(EmbeddedModel("fake", packages, "0" * 64))
+    path = assemble_embedded(EmbeddedModel("fake", packages, hashlib.sha256(b"hello world").hexdigest()))
+    assert path.read_bytes() == b"hello world"
