@@ -131,8 +131,12 @@ def load(target: str | None = None, draft: str | None = None, drafter: str = "pl
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     target_model = load_model(target, EMBEDDED_TARGET, torch_dtype, torch_device)
-    draft_model = None
-    if draft is not None:
-        draft_model = load_model(draft, EMBEDDED_DRAFT, torch_dtype, torch_device)
-        check_same_vocab(target_model, draft_model)
+    draft_model = None if draft is None else load_draft(draft, target_model)
     return Generator(target_model, drafter_obj, draft_model, budget)
+
+
+def load_draft(spec: str | None, target: LoadedModel) -> LoadedModel:
+    """Load a draft model (None = the embedded Qwen2.5-Coder-0.5B) like the target, checking its vocabulary."""
+    draft = load_model(spec, EMBEDDED_DRAFT, target.model.dtype, target.model.device)
+    check_same_vocab(target, draft)
+    return draft

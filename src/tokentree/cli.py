@@ -7,6 +7,7 @@ import dataclasses
 import json
 import sys
 import typing
+from pathlib import Path
 from typing import Any, Sequence
 
 from .drafters import DRAFTERS
@@ -76,7 +77,25 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--stats", action="store_true", help="print tau, tokens/s and step counts to stderr")
     gen.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
     _drafter_option_groups(gen)
+
+    bench = sub.add_parser("bench", help="compare HF baselines and tokentree drafters on a prompt suite")
+    bench.add_argument("--suite", default="humaneval", help="spec-bench, humaneval or mt-bench (default humaneval)")
+    bench.add_argument("--prompts", help="a JSONL file in the Spec-Bench format instead of --suite")
+    bench.add_argument("--categories", type=_csv, default=None, help="comma-separated categories (default all)")
+    bench.add_argument("--limit", type=int, default=None, help="at most N prompts per category")
+    bench.add_argument("--max-new-tokens", type=int, default=128)
+    bench.add_argument("--temperature", type=float, default=0.0)
+    bench.add_argument("--repeats", type=int, default=1)
+    bench.add_argument("--methods", type=_csv, default=["hf", "hf-pld", "tt:none", "tt:pld"],
+                       help="comma-separated: hf, hf-assisted, hf-pld, tt:<drafter> (default hf,hf-pld,tt:none,tt:pld)")
+    add_model_arguments(bench)
+    bench.add_argument("--out", default="bench-out", help="output directory (resumed when it exists)")
+    bench.add_argument("--seed", type=int, default=0)
     return parser
+
+
+def _csv(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
 
 
 def _read_prompt(prompt: str | None) -> str:
@@ -110,6 +129,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import shlex
+
+    from .bench.runner import BenchConfig, run_bench
+
+    fields = {f.name for f in dataclasses.fields(BenchConfig)} - {"command"}
+    config = BenchConfig(**{k: getattr(args, k) for k in fields},
+                         command="tokentree " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+    run_bench(config)
+    print((Path(config.out) / "results.md").read_text())
+    return 0
+
+
 def _quiet_libraries() -> None:
     import warnings
 
@@ -124,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         _quiet_libraries()
-        return {"generate": cmd_generate}[args.command](args)
+        return {"generate": cmd_generate, "bench": cmd_bench}[args.command](args)
     except TokentreeError as exc:
         print(f"tokentree: error: {exc}", file=sys.stderr)
         return 2

@@ -27,6 +27,10 @@ class Backend(Protocol):
         """Token ids whose keys/values are in the cache."""
         ...
 
+    def reset(self) -> None:
+        """Empty the cache."""
+        ...
+
     def prefill(self, token_ids: Sequence[int]) -> None:
         """Make the cache hold exactly ``token_ids``, reusing a common cached prefix."""
         ...

@@ -76,6 +76,12 @@ class HFBackend:
     def tokens(self) -> list[int]:
         return list(self._tokens)
 
+    def reset(self) -> None:
+        """Drop the whole cache (the next prefill starts from nothing)."""
+        self.cache = kvcache.new_cache()
+        self._tokens = []
+        self._pending = None
+
     @torch.inference_mode()
     def prefill(self, token_ids: Sequence[int]) -> None:
         token_ids = [int(t) for t in token_ids]

@@ -1,0 +1,1 @@
+"""Spec-Bench-style benchmark harness: HF baselines and tokentree drafters in one process."""

@@ -1,0 +1,97 @@
+"""Methods the harness compares: HF transformers baselines and tokentree drafters."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+from ..api import Generator
+from ..drafters import DRAFTERS, make_drafter
+from ..errors import TokentreeError
+
+
+@dataclass
+class RunResult:
+    """One generation of one turn. Speculative counters are None for HF baselines."""
+
+    token_ids: list[int]
+    wall_s: float
+    steps: int | None = None
+    mean_accepted: float | None = None
+    accepted_hist: dict[str, int] = field(default_factory=dict)
+    draft_s: float | None = None
+    verify_s: float | None = None
+
+
+class Method(Protocol):
+    name: str
+
+    def run(self, prompt_ids: list[int], max_new_tokens: int, temperature: float, seed: int) -> RunResult: ...
+
+
+class HFMethod:
+    """``model.generate`` with extra keyword arguments (assistant model, prompt lookup)."""
+
+    def __init__(self, name: str, generator: Generator, **generate_kwargs):
+        self.name = name
+        self.model = generator.target.model
+        self.eos = sorted(generator.target.eos_ids)
+        self.pad = generator.tokenizer.pad_token_id if generator.tokenizer.pad_token_id is not None else self.eos[0]
+        self.kwargs = generate_kwargs
+
+    @torch.inference_mode()
+    def run(self, prompt_ids: list[int], max_new_tokens: int, temperature: float, seed: int) -> RunResult:
+        ids = torch.tensor([prompt_ids], device=self.model.device)
+        sampling = dict(do_sample=True, temperature=temperature, top_p=1.0, top_k=0) if temperature > 0 else dict(
+            do_sample=False, temperature=None, top_p=None, top_k=None)
+        torch.manual_seed(seed)
+        start = time.perf_counter()
+        out = self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                  eos_token_id=self.eos, pad_token_id=self.pad, **sampling, **self.kwargs)
+        wall = time.perf_counter() - start
+        return RunResult(out[0, len(prompt_ids):].tolist(), wall)
+
+
+class TokentreeMethod:
+    """tokentree with one drafter."""
+
+    def __init__(self, name: str, generator: Generator, drafter_name: str):
+        self.name = name
+        self.generator = generator
+        self.drafter = make_drafter(drafter_name)
+
+    def run(self, prompt_ids: list[int], max_new_tokens: int, temperature: float, seed: int) -> RunResult:
+        self.generator.backend.reset()  # no prompt-cache reuse: HF baselines prefill every prompt too
+        start = time.perf_counter()
+        out = self.generator.generate(prompt_ids, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                                      drafter=self.drafter)
+        wall = time.perf_counter() - start
+        s = out.stats
+        return RunResult(out.token_ids, wall, s.steps, s.mean_accepted,
+                         {str(k): v for k, v in sorted(s.accepted_hist.items())}, s.draft_s, s.verify_s)
+
+
+HF_METHODS = ("hf", "hf-assisted", "hf-pld")
+NEEDS_DRAFT = {"hf-assisted"}
+
+
+def known_methods() -> list[str]:
+    return list(HF_METHODS) + [f"tt:{name}" for name in DRAFTERS]
+
+
+def build_method(name: str, generator: Generator) -> Method:
+    """Build a method by name; raises TokentreeError for unknown names or a missing draft model."""
+    if name == "hf":
+        return HFMethod(name, generator)
+    if name == "hf-pld":
+        return HFMethod(name, generator, prompt_lookup_num_tokens=10)
+    if name == "hf-assisted":
+        if generator.draft is None:
+            raise TokentreeError("hf-assisted needs a draft model")
+        return HFMethod(name, generator, assistant_model=generator.draft.model)
+    if name.startswith("tt:") and name[3:] in DRAFTERS:
+        return TokentreeMethod(name, generator, name[3:])
+    raise TokentreeError(f"unknown method '{name}': choose from {', '.join(known_methods())}")

@@ -1,0 +1,160 @@
+"""Summaries from benchmark records: speedup, tau, losslessness; markdown table and plots."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+import statistics
+from collections import defaultdict
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .runner import BenchConfig
+
+BASELINE = "hf"
+ALL = "overall"
+
+
+def prompt_rates(records: list[dict]) -> dict[tuple[str, str], float]:
+    """(method, prompt_id) -> median tokens/s over repeats."""
+    rates = defaultdict(list)
+    for r in records:
+        rates[(r["method"], r["prompt_id"])].append(r["tokens_per_s"])
+    return {key: statistics.median(values) for key, values in rates.items()}
+
+
+def speedup_table(records: list[dict]) -> dict[str, dict[str, float]]:
+    """method -> category -> mean over prompts of (method tokens/s / hf tokens/s) (Spec-Bench's speedup)."""
+    rates = prompt_rates(records)
+    category = {r["prompt_id"]: r["category"] for r in records}
+    ratios: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for (method, pid), rate in rates.items():
+        base = rates.get((BASELINE, pid))
+        if base:
+            ratios[method][category[pid]].append(rate / base)
+            ratios[method][ALL].append(rate / base)
+    return {m: {c: statistics.mean(v) for c, v in cats.items()} for m, cats in ratios.items()}
+
+
+def running_speedups(records: list[dict]) -> dict[str, float]:
+    """Overall speedup of each non-baseline method so far (for the progress bar)."""
+    return {m: cats[ALL] for m, cats in speedup_table(records).items() if m != BASELINE}
+
+
+def first_divergence(a: list[int], b: list[int]) -> int | None:
+    """Index of the first differing token (or length difference), None when equal."""
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def lossless_table(records: list[dict]) -> dict[str, dict]:
+    """method -> share of turns token-identical to hf (same prompt, same repeat) and divergences."""
+    base = {(r["prompt_id"], r["repeat"]): r for r in records if r["method"] == BASELINE}
+    result: dict[str, dict] = {}
+    for r in records:
+        ref = base.get((r["prompt_id"], r["repeat"]))
+        if ref is None:
+            continue
+        entry = result.setdefault(r["method"], {"turns": 0, "identical": 0, "divergences": []})
+        for turn, (got, want) in enumerate(zip(r["turns"], ref["turns"])):
+            entry["turns"] += 1
+            at = first_divergence(got["token_ids"], want["token_ids"])
+            if at is None:
+                entry["identical"] += 1
+            else:
+                entry["divergences"].append({"prompt_id": r["prompt_id"], "turn": turn, "position": at})
+    for entry in result.values():
+        entry["share"] = entry["identical"] / entry["turns"] if entry["turns"] else 0.0
+    return result
+
+
+def method_totals(records: list[dict]) -> dict[str, dict]:
+    """method -> median tokens/s, tau, accepted histogram, time split."""
+    totals: dict[str, dict] = {}
+    for method in dict.fromkeys(r["method"] for r in records):
+        mine = [r for r in records if r["method"] == method]
+        turns = [t for r in mine for t in r["turns"]]
+        steps = sum(t["steps"] or 0 for t in turns)
+        hist: dict[str, int] = defaultdict(int)
+        for t in turns:
+            for k, v in (t.get("accepted_hist") or {}).items():
+                hist[k] += v
+        totals[method] = {
+            "prompts": len({r["prompt_id"] for r in mine}),
+            "new_tokens": sum(r["new_tokens"] for r in mine),
+            "median_tokens_per_s": statistics.median(r["tokens_per_s"] for r in mine),
+            "tau": sum(t["new_tokens"] for t in turns) / steps if steps else None,
+            "accepted_hist": dict(sorted(hist.items(), key=lambda kv: int(kv[0]))),
+            "draft_s": sum(t["draft_s"] or 0 for t in turns) if steps else None,
+            "verify_s": sum(t["verify_s"] or 0 for t in turns) if steps else None,
+            "wall_s": sum(t["wall_s"] for t in turns),
+        }
+    return totals
+
+
+def environment(config: BenchConfig, dtype: str) -> dict:
+    import torch
+    import transformers
+
+    cpu = platform.processor()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() and config.device != "cpu" else cpu
+    return {"machine": f"{device}, {torch.get_num_threads()} threads", "torch": torch.__version__,
+            "transformers": transformers.__version__, "dtype": dtype,
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "command": config.command}
+
+
+def write_report(records: list[dict], config: BenchConfig, methods: list[str], notes: list[str], out: Path,
+                 dtype: str) -> dict:
+    summary = {
+        "config": asdict(config), "environment": environment(config, dtype), "notes": notes,
+        "speedup": speedup_table(records), "lossless": lossless_table(records), "methods": method_totals(records),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "results.md").write_text(markdown(summary, methods))
+    try:
+        from .plots import write_plots
+    except ImportError:
+        summary["notes"].append("matplotlib not installed: no plots (pip install 'tokentree[bench]')")
+    else:
+        write_plots(summary, records, methods, out)
+    return summary
+
+
+def markdown(summary: dict, methods: list[str]) -> str:
+    env, speed, totals, lossless = summary["environment"], summary["speedup"], summary["methods"], summary["lossless"]
+    methods = [m for m in methods if m in totals]
+    categories = sorted({c for cats in speed.values() for c in cats if c != ALL}) + [ALL]
+    lines = [
+        f"Machine: {env['machine']} · torch {env['torch']} · transformers {env['transformers']} · "
+        f"dtype {env['dtype']} · {env['date']}",
+        "", f"Command: `{env['command']}`", "",
+        "Speedup vs `hf` (mean per-prompt tokens/s ratio):", "",
+        "| method | " + " | ".join(categories) + " |",
+        "|---|" + "---|" * len(categories),
+    ]
+    for m in methods:
+        cells = [f"{speed.get(m, {}).get(c, float('nan')):.2f}x" for c in categories]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines += ["", "| method | prompts | median tokens/s | tau | identical to hf | draft s | verify s |",
+              "|---|---|---|---|---|---|---|"]
+    for m in methods:
+        t, loss = totals[m], lossless.get(m, {})
+        tau = "-" if t["tau"] is None else f"{t['tau']:.2f}"
+        share = f"{loss.get('identical', 0)}/{loss.get('turns', 0)}"
+        split = ("-", "-") if t["draft_s"] is None else (f"{t['draft_s']:.1f}", f"{t['verify_s']:.1f}")
+        lines.append(f"| {m} | {t['prompts']} | {t['median_tokens_per_s']:.2f} | {tau} | {share} | "
+                     f"{split[0]} | {split[1]} |")
+    if summary["notes"]:
+        lines += [""] + [f"Note: {n}" for n in summary["notes"]]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,158 @@
+"""Run methods over a suite, interleaved per prompt, appending one JSONL record per run (resumable)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..api import Generator, load, load_draft
+from ..errors import TokentreeError
+from .methods import NEEDS_DRAFT, Method, build_method
+from .report import running_speedups, write_report
+from .suites import BenchPrompt, load_suite, select
+
+
+@dataclass
+class BenchConfig:
+    """Options of ``tokentree bench`` (one field per flag)."""
+
+    suite: str = "humaneval"
+    prompts: str | None = None
+    categories: list[str] | None = None
+    limit: int | None = None
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    repeats: int = 1
+    methods: list[str] = field(default_factory=lambda: ["hf", "hf-pld", "tt:none", "tt:pld"])
+    target: str | None = None
+    draft: str | None = None
+    dtype: str = "auto"
+    device: str | None = None
+    out: str = "bench-out"
+    seed: int = 0
+    command: str = ""
+
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise TokentreeError(f"--limit must be >= 1, got {self.limit}")
+        if self.repeats < 1:
+            raise TokentreeError(f"--repeats must be >= 1, got {self.repeats}")
+        if self.max_new_tokens < 1:
+            raise TokentreeError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
+        if "hf" not in self.methods:
+            self.methods = ["hf"] + list(self.methods)  # the baseline every ratio is taken against
+
+
+def run_turns(method: Method, generator: Generator, prompt: BenchPrompt, config: BenchConfig) -> dict:
+    """All turns of one prompt with one method; each turn follows the method's own previous answer."""
+    messages, turns = [], []
+    for turn in prompt.turns:
+        messages.append({"role": "user", "content": turn})
+        result = method.run(generator.encode(messages), config.max_new_tokens, config.temperature, config.seed)
+        messages.append({"role": "assistant",
+                         "content": generator.tokenizer.decode(result.token_ids, skip_special_tokens=True)})
+        turns.append({"new_tokens": len(result.token_ids), **asdict(result)})
+    new_tokens = sum(t["new_tokens"] for t in turns)
+    wall = sum(t["wall_s"] for t in turns)
+    return {"new_tokens": new_tokens, "wall_s": wall, "tokens_per_s": new_tokens / wall if wall else 0.0,
+            "turns": turns}
+
+
+def read_records(path: Path) -> list[dict]:
+    """Records of earlier runs; a torn last line (interrupted write) is dropped."""
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def build_methods(generator: Generator, names: list[str], notes: list[str]) -> list[Method]:
+    methods = []
+    for name in names:
+        try:
+            methods.append(build_method(name, generator))
+        except TokentreeError as exc:
+            if name not in NEEDS_DRAFT:
+                raise
+            notes.append(f"skipped {name}: {exc}")
+    return methods
+
+
+def load_generator(config: BenchConfig, notes: list[str]) -> Generator:
+    """The target, plus a draft model when a method needs one (a missing default draft becomes a note)."""
+    generator = load(config.target, None, "none", config.dtype, config.device)
+    if config.draft is not None or any(m in NEEDS_DRAFT for m in config.methods):
+        try:
+            generator.draft = load_draft(config.draft, generator.target)
+        except TokentreeError as exc:
+            if config.draft is not None:
+                raise
+            notes.append(f"no draft model ({exc})")
+    return generator
+
+
+# Settings that change what a record means; --limit, --categories, --methods and --repeats only
+# choose which records exist, so a run may be resumed with more (or fewer) of them.
+RESUME_KEYS = ("suite", "prompts", "max_new_tokens", "temperature", "target", "draft", "dtype", "seed")
+
+
+def check_same_settings(path: Path, config: BenchConfig) -> None:
+    """An output directory belongs to one set of settings; resuming with others would mix results."""
+    settings = {k: getattr(config, k) for k in RESUME_KEYS}
+    if path.exists():
+        earlier = json.loads(path.read_text())
+        changed = sorted(k for k in RESUME_KEYS if earlier.get(k) != settings[k])
+        if changed:
+            raise TokentreeError(f"{path.parent} holds a run with other settings ({', '.join(changed)}); "
+                                 "use another --out or the same settings to resume")
+    path.write_text(json.dumps(settings, indent=2) + "\n")
+
+
+def run_bench(config: BenchConfig) -> dict:
+    """Run (or resume) a benchmark; returns the summary written to ``<out>/summary.json``."""
+    from tqdm import tqdm
+
+    prompts = select(load_suite(config.suite, config.prompts), config.categories, config.limit)
+    if config.temperature > 0 and any(m.startswith("tt:") for m in config.methods):
+        raise TokentreeError("tokentree methods do not sample yet: use --temperature 0")
+    notes: list[str] = []
+    generator = load_generator(config, notes)
+    methods = build_methods(generator, config.methods, notes)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    check_same_settings(out / "run.json", config)
+    records_path = out / "records.jsonl"
+    records = read_records(records_path)
+    records_path.write_text("".join(json.dumps(r) + "\n" for r in records))  # drop a torn last line
+    done = {(r["prompt_id"], r["method"], r["repeat"]) for r in records}
+    for method in methods:  # warm-up, not timed
+        method.run(generator.encode([{"role": "user", "content": prompts[0].turns[0]}]), 8, config.temperature,
+                   config.seed)
+    jobs = [(i, p, r) for r in range(config.repeats) for i, p in enumerate(prompts)]
+    bar = tqdm(total=len(jobs) * len(methods), desc="bench", file=sys.stderr, initial=len(done))
+    with open(records_path, "a") as sink:
+        for index, prompt, repeat in jobs:
+            shift = (index + repeat) % len(methods)  # rotate the order so drift hits every method alike
+            for method in methods[shift:] + methods[:shift]:
+                if (prompt.id, method.name, repeat) in done:
+                    continue
+                record = {"prompt_id": prompt.id, "category": prompt.category, "method": method.name,
+                          "repeat": repeat, **run_turns(method, generator, prompt, config)}
+                sink.write(json.dumps(record) + "\n")
+                sink.flush()
+                records.append(record)
+                bar.update(1)
+                bar.set_postfix({k: f"{v:.2f}x" for k, v in running_speedups(records).items()})
+    bar.close()
+    dtype = str(generator.target.model.dtype).removeprefix("torch.")
+    names = [m.name for m in methods]
+    chosen = {(p.id, r) for p in prompts for r in range(config.repeats)}
+    selected = [r for r in records if (r["prompt_id"], r["repeat"]) in chosen and r["method"] in names]
+    return write_report(selected, config, names, notes, out, dtype)

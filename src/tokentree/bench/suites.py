@@ -1,0 +1,93 @@
+"""Prompt suites shipped with tokentree (sources and licenses in data/SOURCES.md)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from ..errors import TokentreeError
+
+HUMANEVAL_INSTRUCTION = "Complete the following Python function:\n\n"
+SUITE_FILES = {
+    "spec-bench": "spec_bench_questions.jsonl",
+    "mt-bench": "mt_bench_questions.jsonl",
+    "humaneval": "humaneval.jsonl",
+}
+
+
+@dataclass(frozen=True)
+class BenchPrompt:
+    """One benchmark question: user turns asked in order, each after the model's previous answer."""
+
+    id: str
+    category: str
+    turns: tuple[str, ...]
+
+
+def _parse_record(record: dict, where: str) -> BenchPrompt:
+    if "task_id" in record and "prompt" in record:  # HumanEval
+        return BenchPrompt(str(record["task_id"]), "humaneval", (HUMANEVAL_INSTRUCTION + record["prompt"],))
+    turns = record.get("turns")
+    if not isinstance(turns, list) or not turns or not all(isinstance(t, str) and t for t in turns):
+        raise TokentreeError(f"{where}: needs \"turns\": a non-empty list of non-empty strings")
+    if "question_id" not in record:
+        raise TokentreeError(f"{where}: needs \"question_id\"")
+    return BenchPrompt(str(record["question_id"]), str(record.get("category", "default")), tuple(turns))
+
+
+def read_prompts(text: str, name: str) -> list[BenchPrompt]:
+    """Parse JSONL in the Spec-Bench format ({"question_id", "category", "turns"}) or HumanEval's."""
+    prompts = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise TokentreeError(f"{name} line {number}: not valid JSON ({exc.msg})") from exc
+        if not isinstance(record, dict):
+            raise TokentreeError(f"{name} line {number}: expected a JSON object")
+        prompts.append(_parse_record(record, f"{name} line {number}"))
+    if not prompts:
+        raise TokentreeError(f"{name}: no prompts found")
+    ids = [p.id for p in prompts]
+    if len(set(ids)) != len(ids):
+        raise TokentreeError(f"{name}: question ids are not unique")
+    return prompts
+
+
+def load_suite(suite: str | None = None, prompts_file: str | None = None) -> list[BenchPrompt]:
+    """A shipped suite by name, or a user's JSONL file."""
+    if prompts_file is not None:
+        path = Path(prompts_file)
+        if not path.is_file():
+            raise TokentreeError(f"prompt file not found: {prompts_file}")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise TokentreeError(f"{prompts_file}: not UTF-8 text") from exc
+        return read_prompts(text, prompts_file)
+    if suite not in SUITE_FILES:
+        raise TokentreeError(f"unknown suite '{suite}': choose {', '.join(SUITE_FILES)} or pass --prompts FILE")
+    text = resources.files("tokentree.bench").joinpath("data", SUITE_FILES[suite]).read_text(encoding="utf-8")
+    return read_prompts(text, suite)
+
+
+def select(prompts: list[BenchPrompt], categories: list[str] | None, limit: int | None) -> list[BenchPrompt]:
+    """Keep the given categories (all when None) and at most ``limit`` prompts per category."""
+    known = sorted({p.category for p in prompts})
+    if categories:
+        unknown = set(categories) - set(known)
+        if unknown:
+            raise TokentreeError(f"unknown categories {sorted(unknown)}; this suite has {known}")
+    chosen, per_category = [], {}
+    for p in prompts:
+        if categories and p.category not in categories:
+            continue
+        if limit is not None and per_category.get(p.category, 0) >= limit:
+            continue
+        per_category[p.category] = per_category.get(p.category, 0) + 1
+        chosen.append(p)
+    return chosen

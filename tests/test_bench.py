@@ -1,0 +1,101 @@
+"""The benchmark harness on a tiny model: end to end, arithmetic, resume, bad input."""
+
+import json
+
+import pytest
+
+from tokentree.bench.report import first_divergence, lossless_table, speedup_table
+from tokentree.bench.runner import BenchConfig, run_bench
+from tokentree.bench.suites import load_suite, select
+from tokentree.cli import main
+from tokentree.errors import TokentreeError
+
+METHODS = ["hf", "hf-pld", "hf-assisted", "tt:none", "tt:pld"]
+OUTPUTS = ["records.jsonl", "summary.json", "results.md", "speedup.png", "tau_hist.png", "tokens_per_s.png"]
+
+
+@pytest.fixture
+def prompt_file(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    rows = [{"question_id": 1, "category": "code", "turns": ["abc abc abc", "and again abc"]},
+            {"question_id": 2, "category": "chat", "turns": ["hello hello"]}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def config_for(model_dir, prompt_file, out, **kw):
+    return BenchConfig(prompts=str(prompt_file), max_new_tokens=12, methods=METHODS, target=str(model_dir),
+                       draft=str(model_dir), dtype="float32", out=str(out), **kw)
+
+
+def test_two_prompt_suite_end_to_end(saved_tiny_model, prompt_file, tmp_path):
+    summary = run_bench(config_for(saved_tiny_model, prompt_file, tmp_path / "out"))
+    for name in OUTPUTS:
+        assert (tmp_path / "out" / name).stat().st_size > 0, name
+    records = [json.loads(line) for line in (tmp_path / "out" / "records.jsonl").read_text().splitlines()]
+    assert len(records) == 2 * len(METHODS)
+    assert all(len(r["turns"]) == (2 if r["prompt_id"] == "1" else 1) for r in records)
+    assert all(summary["lossless"][m]["share"] == 1.0 for m in METHODS)  # greedy: every method equals hf
+    assert summary["speedup"]["hf"]["overall"] == pytest.approx(1.0)
+    assert summary["methods"]["tt:none"]["tau"] == pytest.approx(1.0)
+    table = (tmp_path / "out" / "results.md").read_text()
+    assert "| tt:pld |" in table and "transformers" in table
+
+
+def test_resume_skips_finished_runs(saved_tiny_model, prompt_file, tmp_path):
+    out = tmp_path / "out"
+    config = config_for(saved_tiny_model, prompt_file, out)
+    run_bench(config)
+    lines = (out / "records.jsonl").read_text().splitlines()
+    (out / "records.jsonl").write_text("\n".join(lines[:3]) + "\n" + lines[3][:20])  # interrupted mid-write
+    run_bench(config)
+    resumed = (out / "records.jsonl").read_text().splitlines()
+    assert resumed[:3] == lines[:3]
+    keys = [(r["prompt_id"], r["method"]) for r in map(json.loads, [ln for ln in resumed if ln.endswith("}")])]
+    assert len(keys) == len(set(keys)) == 2 * len(METHODS)
+    with pytest.raises(TokentreeError, match="other settings"):
+        run_bench(config_for(saved_tiny_model, prompt_file, out, seed=7))
+
+
+def test_speedup_and_lossless_arithmetic():
+    def rec(method, pid, cat, rate, ids=(1, 2, 3)):
+        return {"method": method, "prompt_id": pid, "category": cat, "repeat": 0, "tokens_per_s": rate,
+                "new_tokens": 3, "turns": [{"token_ids": list(ids)}]}
+
+    records = [rec("hf", "a", "x", 10), rec("hf", "b", "y", 20), rec("tt:pld", "a", "x", 30),
+               rec("tt:pld", "b", "y", 20, ids=(1, 9, 3))]
+    speed = speedup_table(records)
+    assert speed["tt:pld"] == {"x": 3.0, "y": 1.0, "overall": 2.0}  # mean of per-prompt ratios
+    loss = lossless_table(records)["tt:pld"]
+    assert loss["share"] == 0.5 and loss["divergences"] == [{"prompt_id": "b", "turn": 0, "position": 1}]
+    assert first_divergence([1, 2], [1, 2, 3]) == 2 and first_divergence([1], [1]) is None
+
+
+def test_shipped_suites_and_selection():
+    spec = load_suite("spec-bench")
+    assert len(spec) == 480 and len({p.category for p in spec}) == 13
+    assert len(select(spec, None, 5)) == 65
+    assert len(load_suite("humaneval")) == 164 and len(load_suite("mt-bench")) == 80
+    assert load_suite("humaneval")[0].turns[0].startswith("Complete the following Python function:")
+    with pytest.raises(TokentreeError, match="unknown categories"):
+        select(spec, ["poetry"], None)
+
+
+@pytest.mark.parametrize("content,match", [
+    ("{not json\n", "not valid JSON"),
+    ('{"question_id": 1}\n', "turns"),
+    ('{"question_id": 1, "turns": []}\n', "turns"),
+    ("[1, 2]\n", "JSON object"),
+    ("\n", "no prompts"),
+])
+def test_bad_prompt_file_gives_clear_error(tmp_path, capsys, content, match):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(content)
+    assert main(["bench", "--prompts", str(path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "tokentree: error:" in err and match in err and "Traceback" not in err
+
+
+def test_missing_prompt_file(tmp_path, capsys):
+    assert main(["bench", "--prompts", str(tmp_path / "nope.jsonl")]) == 2
+    assert "prompt file not found" in capsys.readouterr().err
