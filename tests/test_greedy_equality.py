@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tokentree.backends.hf import HFBackend
-from tokentree.drafters.base import NoDrafter
+from tokentree.drafters import DRAFTERS, make_drafter
 from tokentree.drafters.pld import PLDConfig, PromptLookupDrafter
 from tokentree.engine import DecodeRequest, Engine
 from tokentree.stats import GenerationStats
@@ -66,7 +66,7 @@ class OracleMixDrafter:
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_no_drafter_and_pld_match_hf_generate(family, seed):
+def test_every_drafter_matches_hf_generate(family, seed):
     model = tiny_model(family, seed=seed)
     gen = torch.Generator().manual_seed(seed)
     # repetitive prompts so PLD finds matches
@@ -74,10 +74,12 @@ def test_no_drafter_and_pld_match_hf_generate(family, seed):
     prompt = (base * 4)[: int(torch.randint(2, 25, (1,), generator=gen))]
     max_new = int(torch.randint(1, 40, (1,), generator=gen))
     expected = hf_greedy(model, prompt, max_new)
-    for drafter in (NoDrafter(), PromptLookupDrafter(), PromptLookupDrafter(PLDConfig(matches=3))):
-        got, stats = run_engine(model, drafter, prompt, max_new)
-        assert got == expected, drafter.name
-        assert stats.new_tokens == max_new
+    drafters = [make_drafter(name) for name in DRAFTERS] + [PromptLookupDrafter(PLDConfig(matches=3))]
+    for drafter in drafters:
+        for budget in (3, 12):
+            got, stats = run_engine(model, drafter, prompt, max_new, budget=budget)
+            assert got == expected, (drafter.name, budget)
+            assert stats.new_tokens == max_new
 
 
 def test_oracle_mix_drafter_partial_full_and_zero_acceptance(family):

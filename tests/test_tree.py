@@ -58,3 +58,15 @@ def test_subset_keeps_ancestors_and_reindexes():
     assert sample_tree().subset([]).tokens == (10,)
     with pytest.raises(IndexError):
         sample_tree().subset([9])
+
+
+def test_best_keeps_highest_scoring_ancestor_closed_nodes():
+    #        0
+    #   1(.9)   2(.5)
+    #   3(.95)   4(.4)
+    tree = TokenTree((0, 1, 2, 3, 4), (-1, 0, 0, 1, 2), (1.0, 0.9, 0.5, 0.95, 0.4))
+    assert tree.best(1).tokens == (0, 1)
+    assert tree.best(2).tokens == (0, 1, 3)  # the child's 0.95 is capped by its parent's 0.9
+    assert tree.best(3).tokens == (0, 1, 2, 3)
+    assert tree.best(10) is tree
+    assert TokenTree((0, 1, 2), (-1, 0, 1)).best(1).tokens == (0, 1)

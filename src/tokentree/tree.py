@@ -141,6 +141,22 @@ class TokenTree:
         return None
 
     # ----------------------------------------------------------------- editing
+    def best(self, n: int) -> TokenTree:
+        """Keep the ``n`` most promising nodes below the root, ancestor-closed.
+
+        A node's worth is the smallest score on its path (so a child never outranks its parent);
+        ties go to shallower, then earlier, nodes. Without scores the first ``n`` nodes are kept.
+        """
+        if n >= len(self) - 1:
+            return self
+        if self.scores is None:
+            return self.subset(range(1, n + 1))
+        worth = list(self.scores)
+        for i in range(1, len(self)):
+            worth[i] = min(worth[i], worth[self.parents[i]])
+        ranked = sorted(range(1, len(self)), key=lambda i: (-worth[i], self.depths[i], i))
+        return self.subset(ranked[:n])
+
     def subset(self, keep: Iterable[int]) -> TokenTree:
         """The tree restricted to ``keep`` plus all their ancestors (the root always stays).
 

@@ -115,10 +115,42 @@ def check_same_settings(path: Path, config: BenchConfig) -> None:
     path.write_text(json.dumps(settings, indent=2) + "\n")
 
 
-def run_bench(config: BenchConfig) -> dict:
-    """Run (or resume) a benchmark; returns the summary written to ``<out>/summary.json``."""
+def open_records(out: Path, config: BenchConfig) -> list[dict]:
+    """Records already in ``out`` (created if missing), after checking the settings match."""
+    out.mkdir(parents=True, exist_ok=True)
+    check_same_settings(out / "run.json", config)
+    path = out / "records.jsonl"
+    records = read_records(path)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))  # drop a torn last line
+    return records
+
+
+def run_jobs(methods: list[Method], generator: Generator, prompts: list[BenchPrompt], config: BenchConfig,
+             records: list[dict], sink) -> None:
+    """Run every (prompt, repeat, method) not in ``records``, appending each record to ``sink`` and ``records``."""
     from tqdm import tqdm
 
+    done = {(r["prompt_id"], r["method"], r["repeat"]) for r in records}
+    jobs = [(i, p, r) for r in range(config.repeats) for i, p in enumerate(prompts)]
+    todo = sum((p.id, m.name, r) not in done for _, p, r in jobs for m in methods)
+    bar = tqdm(total=todo, desc="bench", file=sys.stderr)
+    for index, prompt, repeat in jobs:
+        shift = (index + repeat) % len(methods)  # rotate the order so drift hits every method alike
+        for method in methods[shift:] + methods[:shift]:
+            if (prompt.id, method.name, repeat) in done:
+                continue
+            record = {"prompt_id": prompt.id, "category": prompt.category, "method": method.name,
+                      "repeat": repeat, **run_turns(method, generator, prompt, config)}
+            sink.write(json.dumps(record) + "\n")
+            sink.flush()
+            records.append(record)
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.2f}x" for k, v in running_speedups(records).items()})
+    bar.close()
+
+
+def run_bench(config: BenchConfig) -> dict:
+    """Run (or resume) a benchmark; returns the summary written to ``<out>/summary.json``."""
     prompts = select(load_suite(config.suite, config.prompts), config.categories, config.limit)
     if config.temperature > 0 and any(m.startswith("tt:") for m in config.methods):
         raise TokentreeError("tokentree methods do not sample yet: use --temperature 0")
@@ -126,33 +158,14 @@ def run_bench(config: BenchConfig) -> dict:
     generator = load_generator(config, notes)
     methods = build_methods(generator, config.methods, notes)
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    check_same_settings(out / "run.json", config)
-    records_path = out / "records.jsonl"
-    records = read_records(records_path)
-    records_path.write_text("".join(json.dumps(r) + "\n" for r in records))  # drop a torn last line
-    done = {(r["prompt_id"], r["method"], r["repeat"]) for r in records}
+    records = open_records(out, config)
     for method in methods:  # warm-up, not timed
         method.run(generator.encode([{"role": "user", "content": prompts[0].turns[0]}]), 8, config.temperature,
                    config.seed)
-    jobs = [(i, p, r) for r in range(config.repeats) for i, p in enumerate(prompts)]
-    bar = tqdm(total=len(jobs) * len(methods), desc="bench", file=sys.stderr, initial=len(done))
-    with open(records_path, "a") as sink:
-        for index, prompt, repeat in jobs:
-            shift = (index + repeat) % len(methods)  # rotate the order so drift hits every method alike
-            for method in methods[shift:] + methods[:shift]:
-                if (prompt.id, method.name, repeat) in done:
-                    continue
-                record = {"prompt_id": prompt.id, "category": prompt.category, "method": method.name,
-                          "repeat": repeat, **run_turns(method, generator, prompt, config)}
-                sink.write(json.dumps(record) + "\n")
-                sink.flush()
-                records.append(record)
-                bar.update(1)
-                bar.set_postfix({k: f"{v:.2f}x" for k, v in running_speedups(records).items()})
-    bar.close()
-    dtype = str(generator.target.model.dtype).removeprefix("torch.")
+    with open(out / "records.jsonl", "a") as sink:
+        run_jobs(methods, generator, prompts, config, records, sink)
     names = [m.name for m in methods]
     chosen = {(p.id, r) for p in prompts for r in range(config.repeats)}
     selected = [r for r in records if (r["prompt_id"], r["repeat"]) in chosen and r["method"] in names]
+    dtype = str(generator.target.model.dtype).removeprefix("torch.")
     return write_report(selected, config, names, notes, out, dtype)

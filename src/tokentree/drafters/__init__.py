@@ -8,7 +8,9 @@ from typing import Any, Callable
 
 from ..errors import TokentreeError
 from .base import Drafter, NoDrafter
+from .lookahead import LookaheadConfig, LookaheadDrafter
 from .pld import PLDConfig, PromptLookupDrafter
+from .recycling import RecyclingConfig, RecyclingDrafter
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,8 @@ DRAFTERS: dict[str, DrafterSpec] = {
     "pld-tree": DrafterSpec(
         PromptLookupDrafter, PLDConfig, (("matches", 4),), help="prompt lookup merging several matches into a tree"
     ),
+    "lookahead": DrafterSpec(LookaheadDrafter, LookaheadConfig, help="tries of earlier token windows (Lookahead)"),
+    "recycling": DrafterSpec(RecyclingDrafter, RecyclingConfig, help="the target's recycled top-k successors"),
 }
 
 
@@ -51,4 +55,5 @@ def make_drafter(name: str, **options: Any) -> Drafter:
     return spec.build(config)
 
 
-__all__ = ["DRAFTERS", "Drafter", "DrafterSpec", "NoDrafter", "PLDConfig", "PromptLookupDrafter", "make_drafter"]
+__all__ = ["DRAFTERS", "Drafter", "DrafterSpec", "LookaheadConfig", "LookaheadDrafter", "NoDrafter", "PLDConfig",
+           "PromptLookupDrafter", "RecyclingConfig", "RecyclingDrafter", "make_drafter"]
