@@ -15,7 +15,6 @@ from .stats import GenerationStats
 from .text import TextStream
 
 Prompt = Union[str, Sequence[int], Sequence[dict]]
-DEFAULT_BUDGET = 10
 
 
 @dataclass
@@ -68,7 +67,7 @@ class Generator:
     """A target model (plus an optional draft model) and a default drafter."""
 
     def __init__(self, target: LoadedModel, drafter: Drafter, draft: LoadedModel | None = None,
-                 budget: int = DEFAULT_BUDGET):
+                 budget: int | None = None):
         self.target = target
         self.draft = draft
         self.drafter = drafter
@@ -121,9 +120,10 @@ class Generator:
 
 
 def load(target: str | None = None, draft: str | None = None, drafter: str = "pld", dtype: str = "auto",
-         device: str | None = None, budget: int = DEFAULT_BUDGET, **drafter_options: Any) -> Generator:
+         device: str | None = None, budget: int | None = None, **drafter_options: Any) -> Generator:
     """Load a target (None = the embedded Qwen2.5-Coder-1.5B-Instruct) and build a Generator.
 
+    ``budget`` fixes the drafted tokens per step (None = each drafter's default).
     ``draft`` (a model spec) is loaded and checked against the target's vocabulary when given;
     ``drafter_options`` are fields of the drafter's config (e.g. ``max_ngram=4`` for "pld").
     """

@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="apply the chat template (default: on when the tokenizer has one)")
     add_model_arguments(gen)
     gen.add_argument("--drafter", default="pld", help=f"one of: {', '.join(DRAFTERS)} (default pld)")
-    gen.add_argument("--budget", type=int, default=10, help="drafted tokens per step (default 10)")
+    gen.add_argument("--budget", type=int, default=None,
+                     help="drafted tokens per step (default: the drafter's own, e.g. 10 for pld, 16 for trees)")
     gen.add_argument("--max-new-tokens", type=int, default=128)
     gen.add_argument("--temperature", type=float, default=0.0)
     gen.add_argument("--top-p", type=float, default=1.0)

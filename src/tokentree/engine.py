@@ -22,7 +22,7 @@ class DecodeRequest:
     top_p: float = 1.0
     top_k: int = 0
     seed: int | None = None
-    budget: int = 10  # drafted nodes per step (root excluded)
+    budget: int | None = None  # drafted nodes per step (root excluded); None = the drafter's default
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -33,7 +33,7 @@ class DecodeRequest:
             raise TokentreeError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise TokentreeError(f"top_k must be >= 0, got {self.top_k}")
-        if self.budget < 0:
+        if self.budget is not None and self.budget < 0:
             raise TokentreeError(f"budget must be >= 0, got {self.budget}")
         if self.temperature > 0:
             raise TokentreeError("sampling (temperature > 0) is not supported yet; use temperature 0 (greedy)")
@@ -61,9 +61,10 @@ class Engine:
         stats.prompt_tokens = len(context)
         stats.prefill_s = time.perf_counter() - start
         remaining = request.max_new_tokens
+        budget = self.drafter.default_budget if request.budget is None else request.budget
         while remaining > 0:
             t0 = time.perf_counter()
-            tree = self.drafter.propose(context, min(request.budget, remaining - 1))
+            tree = self.drafter.propose(context, min(budget, remaining - 1))
             t1 = time.perf_counter()
             logits = self.backend.verify(tree)
             acceptance = accept_greedy(tree, logits)

@@ -100,6 +100,7 @@ def load_generator(config: BenchConfig, notes: list[str]) -> Generator:
 
 # Settings that change what a record means; --limit, --categories, --methods and --repeats only
 # choose which records exist, so a run may be resumed with more (or fewer) of them.
+WARMUP_PROMPT = "Say hello in three languages."
 RESUME_KEYS = ("suite", "prompts", "max_new_tokens", "temperature", "target", "draft", "dtype", "seed")
 
 
@@ -159,9 +160,9 @@ def run_bench(config: BenchConfig) -> dict:
     methods = build_methods(generator, config.methods, notes)
     out = Path(config.out)
     records = open_records(out, config)
-    for method in methods:  # warm-up, not timed
-        method.run(generator.encode([{"role": "user", "content": prompts[0].turns[0]}]), 8, config.temperature,
-                   config.seed)
+    warmup = generator.encode([{"role": "user", "content": WARMUP_PROMPT}])
+    for method in methods:  # not timed; a prompt outside the suite, so drafters learn nothing of it
+        method.run(warmup, 8, config.temperature, config.seed)
     with open(out / "records.jsonl", "a") as sink:
         run_jobs(methods, generator, prompts, config, records, sink)
     names = [m.name for m in methods]

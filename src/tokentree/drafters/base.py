@@ -14,6 +14,7 @@ class Drafter(Protocol):
     """Proposes a token tree continuing ``context``; learns from what the target did."""
 
     name: str
+    default_budget: int  # drafted tokens per step when the request does not say
 
     def propose(self, context: Sequence[int], budget: int) -> TokenTree:
         """A tree rooted at ``context[-1]`` with at most ``budget`` nodes below the root."""
@@ -32,6 +33,7 @@ class NoDrafter:
     """Plain decoding through the speculative engine: a tree with only the root."""
 
     name = "none"
+    default_budget = 0
 
     def propose(self, context: Sequence[int], budget: int) -> TokenTree:
         return TokenTree.root(context[-1])

@@ -37,6 +37,7 @@ class LookaheadConfig:
 
 class LookaheadDrafter:
     name = "lookahead"
+    default_budget = 16
 
     def __init__(self, config: LookaheadConfig | None = None):
         self.config = config or LookaheadConfig()

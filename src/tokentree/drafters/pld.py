@@ -16,7 +16,7 @@ from ..tree import TokenTree
 class PLDConfig:
     """Prompt lookup options (CLI flags ``--pld-<field>``)."""
 
-    max_ngram: int = 3  # longest suffix n-gram searched for
+    max_ngram: int = 4  # longest suffix n-gram searched for
     min_ngram: int = 1  # shortest n-gram tried before giving up
     matches: int = 1  # distinct earlier matches merged into the tree (1 = a chain)
 
@@ -54,6 +54,7 @@ class PromptLookupDrafter:
     def __init__(self, config: PLDConfig | None = None):
         self.config = config or PLDConfig()
         self.name = "pld" if self.config.matches == 1 else "pld-tree"
+        self.default_budget = 10 if self.config.matches == 1 else 16
 
     def propose(self, context: Sequence[int], budget: int) -> TokenTree:
         tokens = np.asarray(context, dtype=np.int64)

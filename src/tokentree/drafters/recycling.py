@@ -75,6 +75,7 @@ class RecyclingConfig:
 
 class RecyclingDrafter:
     name = "recycling"
+    default_budget = 16
 
     def __init__(self, config: RecyclingConfig | None = None):
         self.config = config or RecyclingConfig()
