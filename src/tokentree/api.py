@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
 from typing import Any, Iterator, Sequence, Union
 
 from .backends.hf import HFBackend
 from .drafters import Drafter, make_drafter
+from .drafters.state import load_state, require_stateful, save_state, vocab_signature
 from .engine import DecodeRequest, Engine
 from .errors import TokentreeError
 from .models import (EMBEDDED_DRAFT, EMBEDDED_TARGET, LoadedModel, check_same_vocab, load_model, resolve_device,
@@ -78,6 +81,18 @@ class Generator:
     def tokenizer(self):
         return self.target.tokenizer
 
+    @cached_property
+    def vocab_signature(self) -> str:
+        return vocab_signature(self.tokenizer)
+
+    def load_drafter_state(self, path: str | Path) -> None:
+        """Restore the default drafter's learned state (tries, matrices) from ``path``."""
+        load_state(self.drafter, path, self.vocab_signature, self.backend.vocab_size)
+
+    def save_drafter_state(self, path: str | Path) -> None:
+        """Save the default drafter's learned state to ``path`` (atomically)."""
+        save_state(self.drafter, path, self.vocab_signature)
+
     def encode(self, prompt: Prompt, chat: bool | None = None) -> list[int]:
         """Token ids for a prompt: a string, chat messages ([{"role", "content"}]) or token ids."""
         if isinstance(prompt, str):
@@ -120,19 +135,26 @@ class Generator:
 
 
 def load(target: str | None = None, draft: str | None = None, drafter: str = "pld", dtype: str = "auto",
-         device: str | None = None, budget: int | None = None, **drafter_options: Any) -> Generator:
+         device: str | None = None, budget: int | None = None, drafter_state: str | None = None,
+         **drafter_options: Any) -> Generator:
     """Load a target (None = the embedded Qwen2.5-Coder-1.5B-Instruct) and build a Generator.
 
     ``budget`` fixes the drafted tokens per step (None = each drafter's default).
+    ``drafter_state``: a file of learned drafter state to start from, when it exists.
     ``draft`` (a model spec) is loaded and checked against the target's vocabulary when given;
     ``drafter_options`` are fields of the drafter's config (e.g. ``max_ngram=4`` for "pld").
     """
     drafter_obj = make_drafter(drafter, **drafter_options)
+    if drafter_state is not None:
+        require_stateful(drafter_obj)
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     target_model = load_model(target, EMBEDDED_TARGET, torch_dtype, torch_device)
     draft_model = None if draft is None else load_draft(draft, target_model)
-    return Generator(target_model, drafter_obj, draft_model, budget)
+    generator = Generator(target_model, drafter_obj, draft_model, budget)
+    if drafter_state is not None and Path(drafter_state).exists():
+        generator.load_drafter_state(drafter_state)
+    return generator
 
 
 def load_draft(spec: str | None, target: LoadedModel) -> LoadedModel:

@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-k", type=int, default=0)
     gen.add_argument("--seed", type=int, default=None)
     gen.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    gen.add_argument("--drafter-state", metavar="PATH",
+                     help="learned drafter state (lookahead, recycling): loaded when it exists, saved after")
     gen.add_argument("--stats", action="store_true", help="print tau, tokens/s and step counts to stderr")
     gen.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
     _drafter_option_groups(gen)
@@ -114,7 +116,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .api import load
 
     prompt = _read_prompt(args.prompt)
-    gen = load(args.target, args.draft, args.drafter, args.dtype, args.device, args.budget, **drafter_options(args))
+    options = drafter_options(args)
+    gen = load(args.target, args.draft, args.drafter, args.dtype, args.device, args.budget, args.drafter_state,
+               **options)
     stream = gen.stream(prompt, max_new_tokens=args.max_new_tokens, chat=args.chat, temperature=args.temperature,
                         top_p=args.top_p, top_k=args.top_k, seed=args.seed, stop=args.stop)
     for piece in stream:
@@ -125,6 +129,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print(json.dumps({"text": stream.text, "token_ids": stream.token_ids, "stats": stream.stats.to_dict()}))
     else:
         print()
+    if args.drafter_state:
+        gen.save_drafter_state(args.drafter_state)
     if args.stats:
         print(f"tokentree [{gen.drafter.name}]: {stream.stats.summary()}", file=sys.stderr)
     return 0

@@ -72,6 +72,17 @@ class LookaheadDrafter:
         tree = TokenTree.from_paths(context[-1], paths, scores)
         return tree.best(budget)
 
+    def state_dict(self) -> dict:
+        """The persistent part: the global trie."""
+        return {"window": self.config.window, "trie": self.global_trie.to_list()}
+
+    def load_state_dict(self, state: dict, vocab_size: int) -> None:
+        if state["window"] != self.config.window:
+            raise ValueError(f"saved with window {state['window']}, this drafter uses {self.config.window}")
+        self.global_trie.load_list(state["trie"], vocab_size)
+        if self.global_trie.nodes > self.config.max_nodes:
+            self.global_trie.halve()
+
     def observe(self, tree: TokenTree, logits: torch.Tensor, acceptance: Acceptance) -> None:
         # absorb this step's tokens now, so the last step of a request reaches the global trie too
         self._context += acceptance.new_tokens(tree)

@@ -11,6 +11,7 @@ learned online (prior: rank 0 likely, higher ranks less), so the tree shape adap
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -118,6 +119,32 @@ class RecyclingDrafter:
             parents.append(up)
             self._proposed.append(node)
         return TokenTree(tuple(tokens), tuple(parents))
+
+    def state_dict(self) -> dict:
+        """The persistent part: the successor matrix and the learned template rates."""
+        matrix = None if self.matrix is None else {
+            "rows": int(self.matrix.shape[0]),
+            "data": base64.b64encode(self.matrix.astype(np.int32).tobytes()).decode(),
+        }
+        return {"k": self.config.k, "template": self.config.template, "rate": self.rate.tolist(), "matrix": matrix}
+
+    def load_state_dict(self, state: dict, vocab_size: int) -> None:
+        if state["k"] != self.config.k or state["template"] != self.config.template:
+            raise ValueError(f"saved with k={state['k']}, template {state['template']}; this drafter uses "
+                             f"k={self.config.k}, template {self.config.template}")
+        rate = np.asarray(state["rate"], dtype=float)
+        if rate.shape != self.rate.shape or not ((rate >= 0) & (rate <= 1)).all():
+            raise ValueError("template rates have the wrong size or range")
+        matrix = None
+        if state["matrix"] is not None:
+            rows = int(state["matrix"]["rows"])
+            flat = np.frombuffer(base64.b64decode(state["matrix"]["data"], validate=True), dtype=np.int32)
+            if rows != vocab_size or flat.size != rows * self.config.k:
+                raise ValueError(f"matrix of {flat.size} ids does not fit {vocab_size} x {self.config.k}")
+            if flat.size and (flat.min() < -1 or flat.max() >= vocab_size):
+                raise ValueError("matrix holds token ids outside the vocabulary")
+            matrix = flat.astype(np.int64).reshape(rows, self.config.k)
+        self.rate, self.matrix = rate, matrix
 
     def observe(self, tree: TokenTree, logits: torch.Tensor, acceptance: Acceptance) -> None:
         """Refresh the rows of every verified token from the target's logits; learn the shape."""

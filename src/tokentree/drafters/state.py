@@ -1,0 +1,76 @@
+"""Saving and loading drafter state (tries, matrices, learned shapes) across processes.
+
+A state file is gzip-compressed JSON: a versioned header naming the drafter and the vocabulary it
+was learned on, then the drafter's own ``state_dict()``. Writes are atomic (temp file, rename).
+Anything wrong with a file (corrupt, truncated, other drafter, other vocabulary) is a clear
+TokentreeError, never a crash and never silent reuse.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import tempfile
+import zlib
+from pathlib import Path
+from typing import Any
+
+from ..errors import TokentreeError
+
+FORMAT = "tokentree-drafter-state"
+VERSION = 1
+
+
+def vocab_signature(tokenizer: Any) -> str:
+    """A short hash of the tokenizer's token -> id table."""
+    items = sorted(tokenizer.get_vocab().items())
+    return hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]
+
+
+def require_stateful(drafter: Any) -> None:
+    if not hasattr(drafter, "state_dict"):
+        raise TokentreeError(f"drafter '{drafter.name}' keeps no state to save or load")
+
+
+def save_state(drafter: Any, path: str | Path, vocab: str) -> None:
+    """Write ``drafter``'s state to ``path`` atomically."""
+    require_stateful(drafter)
+    path = Path(path)
+    document = {"format": FORMAT, "version": VERSION, "drafter": drafter.name, "vocab": vocab,
+                "state": drafter.state_dict()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as out:
+            out.write(json.dumps(document, separators=(",", ":")).encode())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def load_state(drafter: Any, path: str | Path, vocab: str, vocab_size: int) -> None:
+    """Replace ``drafter``'s state with the one saved in ``path``."""
+    require_stateful(drafter)
+    path = Path(path)
+    try:
+        document = json.loads(gzip.decompress(path.read_bytes()))
+    except FileNotFoundError:
+        raise TokentreeError(f"drafter state file not found: {path}") from None
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TokentreeError(f"drafter state file {path} is corrupt or truncated ({exc})") from exc
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise TokentreeError(f"{path} is not a tokentree drafter state file")
+    if document.get("version") != VERSION:
+        raise TokentreeError(f"{path} has state format version {document.get('version')}; this tokentree reads "
+                             f"version {VERSION}")
+    if document.get("drafter") != drafter.name:
+        raise TokentreeError(f"{path} holds state of drafter '{document.get('drafter')}', not '{drafter.name}'")
+    if document.get("vocab") != vocab:
+        raise TokentreeError(f"{path} was learned with another vocabulary (tokenizer); it cannot be reused here")
+    try:
+        drafter.load_state_dict(document.get("state"), vocab_size)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise TokentreeError(f"drafter state file {path} is malformed ({exc})") from exc
