@@ -11,6 +11,7 @@ from .base import Drafter, NoDrafter
 from .lookahead import LookaheadConfig, LookaheadDrafter
 from .pld import PLDConfig, PromptLookupDrafter
 from .recycling import RecyclingConfig, RecyclingDrafter
+from .stand import StandConfig, StandDrafter
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ DRAFTERS: dict[str, DrafterSpec] = {
     ),
     "lookahead": DrafterSpec(LookaheadDrafter, LookaheadConfig, help="tries of earlier token windows (Lookahead)"),
     "recycling": DrafterSpec(RecyclingDrafter, RecyclingConfig, help="the target's recycled top-k successors"),
+    "stand": DrafterSpec(StandDrafter, StandConfig, help="n-gram table of the target's distributions (STAND)"),
 }
 
 
@@ -56,4 +58,4 @@ def make_drafter(name: str, **options: Any) -> Drafter:
 
 
 __all__ = ["DRAFTERS", "Drafter", "DrafterSpec", "LookaheadConfig", "LookaheadDrafter", "NoDrafter", "PLDConfig",
-           "PromptLookupDrafter", "RecyclingConfig", "RecyclingDrafter", "make_drafter"]
+           "PromptLookupDrafter", "RecyclingConfig", "RecyclingDrafter", "StandConfig", "StandDrafter", "make_drafter"]

@@ -1,0 +1,151 @@
+"""STAND: an n-gram table of the target's own next-token distributions.
+
+After every verify, each tree node's target distribution (top entries of the softmax) is merged by
+running average into the table under the node's last 1..max_n tokens. Prompt n-grams enter as
+one-hot observations. Drafting grows the tree best-first by path probability, looking each node
+up under its longest known context (back-off to shorter n-grams), so the tree shape follows the
+stored distributions. The table persists across requests and is size-capped (least recently
+updated contexts go first).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from ..sampling import Acceptance
+from ..tree import TokenTree
+
+Distribution = dict[int, float]
+
+
+@dataclass
+class StandConfig:
+    """STAND options (CLI flags ``--stand-<field>``)."""
+
+    max_n: int = 4  # longest n-gram context
+    top: int = 10  # tokens kept per context
+    rate: float = 0.5  # running-average weight of a new observation
+    max_contexts: int = 300_000  # table cap; least recently updated contexts are dropped beyond it
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_n <= 8:
+            raise ValueError(f"max_n must be in [1, 8], got {self.max_n}")
+        if not 1 <= self.top <= 64:
+            raise ValueError(f"top must be in [1, 64], got {self.top}")
+        if not 0 < self.rate <= 1:
+            raise ValueError(f"rate must be in (0, 1], got {self.rate}")
+        if self.max_contexts < 1000:
+            raise ValueError(f"max_contexts must be >= 1000, got {self.max_contexts}")
+
+
+def merge(old: Distribution | None, new: Distribution, rate: float, top: int) -> Distribution:
+    """(1 - rate) * old + rate * new, keeping the ``top`` most likely tokens."""
+    if old is None:
+        merged = dict(new)
+    else:
+        merged = {t: (1 - rate) * p for t, p in old.items()}
+        for t, p in new.items():
+            merged[t] = merged.get(t, 0.0) + rate * p
+    if len(merged) > top:
+        merged = dict(heapq.nlargest(top, merged.items(), key=lambda kv: kv[1]))
+    return merged
+
+
+class StandDrafter:
+    name = "stand"
+    default_budget = 16
+
+    def __init__(self, config: StandConfig | None = None):
+        self.config = config or StandConfig()
+        self.table: dict[tuple[int, ...], Distribution] = {}
+        self.reset()
+
+    def reset(self) -> None:
+        self._context: list[int] = []
+        self._prompt_done = False
+
+    # ----------------------------------------------------------------- table
+    def update(self, context: Sequence[int], dist: Distribution) -> None:
+        """Merge ``dist`` (the next-token distribution after ``context``) under its last 1..max_n tokens."""
+        for n in range(1, min(self.config.max_n, len(context)) + 1):
+            key = tuple(context[-n:])
+            old = self.table.pop(key, None)  # re-inserted last: dict order = recency
+            self.table[key] = merge(old, dist, self.config.rate, self.config.top)
+        if len(self.table) > self.config.max_contexts:
+            for key in list(self.table)[: len(self.table) - 3 * self.config.max_contexts // 4]:
+                del self.table[key]
+
+    def lookup(self, context: Sequence[int]) -> Distribution | None:
+        """The stored distribution under the longest known suffix of ``context``."""
+        for n in range(min(self.config.max_n, len(context)), 0, -1):
+            dist = self.table.get(tuple(context[-n:]))
+            if dist:
+                return dist
+        return None
+
+    def _learn_prompt(self, prompt: Sequence[int]) -> None:
+        window = self.config.max_n
+        for end in range(1, len(prompt)):
+            self.update(prompt[max(0, end - window) : end], {int(prompt[end]): 1.0})
+
+    # ----------------------------------------------------------------- drafting
+    def propose(self, context: Sequence[int], budget: int) -> TokenTree:
+        self._context = list(context)
+        if not self._prompt_done:
+            self._learn_prompt(self._context)
+            self._prompt_done = True
+        tail = self._context[-self.config.max_n :]
+        tokens, parents, scores, paths = [tail[-1]], [-1], [1.0], [tail]
+        heap: list[tuple[float, int, int, int]] = []  # (-path prob, arrival, parent node, token)
+        arrival = itertools.count()
+
+        def expand(node: int) -> None:
+            for token, p in (self.lookup(paths[node]) or {}).items():
+                heapq.heappush(heap, (-scores[node] * p, next(arrival), node, token))
+
+        expand(0)
+        while heap and len(tokens) <= budget:
+            neg, _, parent, token = heapq.heappop(heap)
+            tokens.append(token)
+            parents.append(parent)
+            scores.append(-neg)
+            paths.append((paths[parent] + [token])[-self.config.max_n :])
+            expand(len(tokens) - 1)
+        return TokenTree(tuple(tokens), tuple(parents), tuple(scores))
+
+    def observe(self, tree: TokenTree, logits: torch.Tensor, acceptance: Acceptance) -> None:
+        """Merge every verified node's target distribution into the table."""
+        if not self._context or self._context[-1] != tree.tokens[0]:
+            return
+        probs, ids = torch.softmax(logits.float(), dim=-1).topk(self.config.top, dim=-1)
+        probs, ids = probs.tolist(), ids.tolist()
+        base = self._context[: -1]
+        for node in range(len(tree)):
+            path = [tree.tokens[i] for i in tree.path_to(node)]
+            context = (base[-self.config.max_n :] + path)[-self.config.max_n :]
+            self.update(context, dict(zip(ids[node], probs[node])))
+
+    # ----------------------------------------------------------------- persistence
+    def state_dict(self) -> dict:
+        return {"max_n": self.config.max_n,
+                "table": [[list(k), list(d), list(d.values())] for k, d in self.table.items()]}
+
+    def load_state_dict(self, state: dict, vocab_size: int) -> None:
+        if state["max_n"] != self.config.max_n:
+            raise ValueError(f"saved with max_n {state['max_n']}, this drafter uses {self.config.max_n}")
+        table = {}
+        for key, tokens, probs in state["table"]:
+            ids = list(key) + list(tokens)
+            if not all(isinstance(t, int) and 0 <= t < vocab_size for t in ids):
+                raise ValueError("table holds token ids outside the vocabulary")
+            if not 1 <= len(key) <= self.config.max_n or len(tokens) != len(probs) or len(tokens) > self.config.top:
+                raise ValueError("table entry has the wrong shape")
+            if not all(isinstance(p, (int, float)) and 0 <= p <= 1 for p in probs):
+                raise ValueError("table holds probabilities outside [0, 1]")
+            table[tuple(key)] = dict(zip(tokens, map(float, probs)))
+        self.table = table

@@ -1,0 +1,55 @@
+import pytest
+import torch
+
+from tokentree.drafters import make_drafter
+from tokentree.drafters.stand import merge
+from tokentree.errors import TokentreeError
+from tokentree.sampling import Acceptance
+from tokentree.tree import TokenTree
+
+
+def test_merge_is_a_running_average_capped_to_top():
+    merged = merge({1: 0.8, 2: 0.2}, {2: 1.0}, rate=0.5, top=10)
+    assert merged == pytest.approx({1: 0.4, 2: 0.6})
+    assert merge({1: 0.5, 2: 0.3, 3: 0.2}, {4: 1.0}, rate=0.5, top=2) == pytest.approx({4: 0.5, 1: 0.25})
+
+
+def test_prompt_ngrams_with_back_off():
+    drafter = make_drafter("stand", max_n=2)
+    tree = drafter.propose([1, 2, 3, 1, 2, 4, 9, 2], budget=3)
+    # "2" was followed by 3 then 4 (running average 0.5/0.5 -> 4 newer but equal); "9 2" is unknown: back off to "2"
+    assert tree.tokens[0] == 2 and set(tree.tokens[1:3]) == {3, 4}
+    assert tree.scores[1] == pytest.approx(0.5)
+    assert drafter.propose([7, 8], budget=3).tokens == (8,)
+
+
+def test_best_first_growth_follows_path_probability():
+    drafter = make_drafter("stand", max_n=1)
+    drafter.update([5], {6: 0.9, 7: 0.1})
+    drafter.update([6], {8: 0.8, 9: 0.2})
+    tree = drafter.propose([5], budget=3)
+    assert tree.tokens == (5, 6, 8, 9) and tree.parents == (-1, 0, 1, 1)  # 0.9, 0.72, 0.18 beat 0.1
+    assert tree.scores == pytest.approx((1.0, 0.9, 0.72, 0.18))
+
+
+def test_observe_learns_from_every_verified_node():
+    drafter = make_drafter("stand", max_n=2, rate=1.0)
+    tree = drafter.propose([3, 5], budget=2)
+    assert tree.tokens == (5,)  # nothing learned yet beyond the prompt "3 5"
+    logits = torch.full((1, 12), -20.0)
+    logits[0, 11] = 10.0
+    drafter.observe(tree, logits, Acceptance((0,), 11))
+    assert max(drafter.lookup([3, 5]), key=drafter.lookup([3, 5]).get) == 11
+    assert drafter.propose([3, 5], budget=1).tokens == (5, 11)
+
+
+def test_table_is_capped():
+    drafter = make_drafter("stand", max_n=1, max_contexts=1000)
+    for token in range(5000):
+        drafter.update([token], {1: 1.0})
+    assert len(drafter.table) <= 1000 and (4999,) in drafter.table
+
+
+def test_bad_options():
+    with pytest.raises(TokentreeError, match="rate"):
+        make_drafter("stand", rate=0)
