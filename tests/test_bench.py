@@ -6,7 +6,7 @@ import pytest
 
 from tokentree.bench.report import first_divergence, lossless_table, speedup_table
 from tokentree.bench.runner import BenchConfig, run_bench
-from tokentree.bench.suites import load_suite, select
+from tokentree.bench.suites import load_suite, round_robin, select
 from tokentree.cli import main
 from tokentree.errors import TokentreeError
 
@@ -79,6 +79,8 @@ def test_shipped_suites_and_selection():
     assert load_suite("humaneval")[0].turns[0].startswith("Complete the following Python function:")
     with pytest.raises(TokentreeError, match="unknown categories"):
         select(spec, ["poetry"], None)
+    mixed = round_robin(select(spec, None, 2))
+    assert len(mixed) == 26 and len({p.category for p in mixed[:13]}) == 13
 
 
 @pytest.mark.parametrize("content,match", [

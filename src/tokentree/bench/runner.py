@@ -11,7 +11,7 @@ from ..api import Generator, load, load_draft
 from ..errors import TokentreeError
 from .methods import NEEDS_DRAFT, Method, build_method
 from .report import running_speedups, write_report
-from .suites import BenchPrompt, load_suite, select
+from .suites import BenchPrompt, load_suite, round_robin, select
 
 
 @dataclass
@@ -152,7 +152,7 @@ def run_jobs(methods: list[Method], generator: Generator, prompts: list[BenchPro
 
 def run_bench(config: BenchConfig) -> dict:
     """Run (or resume) a benchmark; returns the summary written to ``<out>/summary.json``."""
-    prompts = select(load_suite(config.suite, config.prompts), config.categories, config.limit)
+    prompts = round_robin(select(load_suite(config.suite, config.prompts), config.categories, config.limit))
     if config.temperature > 0 and any(m.startswith("tt:") for m in config.methods):
         raise TokentreeError("tokentree methods do not sample yet: use --temperature 0")
     notes: list[str] = []

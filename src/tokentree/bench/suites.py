@@ -91,3 +91,15 @@ def select(prompts: list[BenchPrompt], categories: list[str] | None, limit: int 
         per_category[p.category] = per_category.get(p.category, 0) + 1
         chosen.append(p)
     return chosen
+
+
+def round_robin(prompts: list[BenchPrompt]) -> list[BenchPrompt]:
+    """Reorder so categories alternate (first of each, then second of each, ...): a run stopped
+    early still covers every category evenly."""
+    rank: dict[str, int] = {}
+    keyed = []
+    for p in prompts:
+        keyed.append((rank.get(p.category, 0), p))
+        rank[p.category] = rank.get(p.category, 0) + 1
+    categories = list(dict.fromkeys(p.category for p in prompts))
+    return [p for _, p in sorted(keyed, key=lambda kp: (kp[0], categories.index(kp[1].category)))]
