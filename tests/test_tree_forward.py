@@ -57,3 +57,21 @@ def test_compaction_equals_plain_decoding_cache(family):
     # and decoding continues identically after compaction
     nxt = TokenTree.chain(5, [7, 9])
     torch.testing.assert_close(backend.verify(nxt), reference.verify(nxt), atol=1e-5, rtol=1e-5)
+
+
+def test_chunked_prefill_and_prefix_reuse_match_a_fresh_cache(family, monkeypatch):
+    import tokentree.backends.hf as hf
+
+    model = tiny_model(family)
+    gen = torch.Generator().manual_seed(3)
+    first = torch.randint(3, VOCAB, (17,), generator=gen).tolist()
+    second = first[:9] + torch.randint(3, VOCAB, (8,), generator=gen).tolist()
+    monkeypatch.setattr(hf, "PREFILL_CHUNK", 4)  # 17 tokens in 5 chunks
+    reused = HFBackend(model)
+    reused.prefill(first)
+    reused.prefill(second)  # keeps the 9 shared tokens, recomputes the rest
+    monkeypatch.setattr(hf, "PREFILL_CHUNK", 512)
+    fresh = HFBackend(model)
+    fresh.prefill(second)
+    tree = TokenTree.chain(5, [6, 7])
+    torch.testing.assert_close(reused.verify(tree), fresh.verify(tree), atol=1e-5, rtol=1e-5)
