@@ -55,6 +55,10 @@ def test_resume_skips_finished_runs(saved_tiny_model, prompt_file, tmp_path):
     assert len(keys) == len(set(keys)) == 2 * len(METHODS)
     with pytest.raises(TokentreeError, match="other settings"):
         run_bench(config_for(saved_tiny_model, prompt_file, out, seed=7))
+    (out / "summary.json").unlink()
+    (out / "records.jsonl").write_text("\n".join(resumed[:7]) + "\n")  # as if stopped early
+    summary = run_bench(config_for(saved_tiny_model, prompt_file, out, report_only=True))
+    assert (out / "summary.json").exists() and "partial run: 1 of 2 prompt runs have every method" in summary["notes"]
 
 
 def test_speedup_and_lossless_arithmetic():

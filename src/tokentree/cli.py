@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(bench)
     bench.add_argument("--out", default="bench-out", help="output directory (resumed when it exists)")
     bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--report-only", action="store_true",
+                       help="rebuild summary, table and plots from the records in --out without running")
     return parser
 
 

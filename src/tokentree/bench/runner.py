@@ -32,6 +32,7 @@ class BenchConfig:
     device: str | None = None
     out: str = "bench-out"
     seed: int = 0
+    report_only: bool = False
     command: str = ""
 
     def __post_init__(self) -> None:
@@ -104,7 +105,7 @@ WARMUP_PROMPT = "Say hello in three languages."
 RESUME_KEYS = ("suite", "prompts", "max_new_tokens", "temperature", "target", "draft", "dtype", "seed")
 
 
-def check_same_settings(path: Path, config: BenchConfig) -> None:
+def check_same_settings(path: Path, config: BenchConfig, dtype: str) -> None:
     """An output directory belongs to one set of settings; resuming with others would mix results."""
     settings = {k: getattr(config, k) for k in RESUME_KEYS}
     if path.exists():
@@ -113,13 +114,13 @@ def check_same_settings(path: Path, config: BenchConfig) -> None:
         if changed:
             raise TokentreeError(f"{path.parent} holds a run with other settings ({', '.join(changed)}); "
                                  "use another --out or the same settings to resume")
-    path.write_text(json.dumps(settings, indent=2) + "\n")
+    path.write_text(json.dumps({**settings, "dtype_used": dtype}, indent=2) + "\n")
 
 
-def open_records(out: Path, config: BenchConfig) -> list[dict]:
+def open_records(out: Path, config: BenchConfig, dtype: str) -> list[dict]:
     """Records already in ``out`` (created if missing), after checking the settings match."""
     out.mkdir(parents=True, exist_ok=True)
-    check_same_settings(out / "run.json", config)
+    check_same_settings(out / "run.json", config, dtype)
     path = out / "records.jsonl"
     records = read_records(path)
     path.write_text("".join(json.dumps(r) + "\n" for r in records))  # drop a torn last line
@@ -151,22 +152,39 @@ def run_jobs(methods: list[Method], generator: Generator, prompts: list[BenchPro
 
 
 def run_bench(config: BenchConfig) -> dict:
-    """Run (or resume) a benchmark; returns the summary written to ``<out>/summary.json``."""
+    """Run (or resume) a benchmark; returns the summary written to ``<out>/summary.json``.
+
+    With ``report_only`` nothing runs: the report is rebuilt from the records already in ``out``.
+    """
     prompts = round_robin(select(load_suite(config.suite, config.prompts), config.categories, config.limit))
     if config.temperature > 0 and any(m.startswith("tt:") for m in config.methods):
         raise TokentreeError("tokentree methods do not sample yet: use --temperature 0")
+    out = Path(config.out)
+    if config.report_only:
+        if not (out / "records.jsonl").exists():
+            raise TokentreeError(f"--report-only: no records in {out}")
+        return report(read_records(out / "records.jsonl"), prompts, config, config.methods, ["rebuilt from records"],
+                      json.loads((out / "run.json").read_text()).get("dtype_used", config.dtype))
     notes: list[str] = []
     generator = load_generator(config, notes)
     methods = build_methods(generator, config.methods, notes)
-    out = Path(config.out)
-    records = open_records(out, config)
+    dtype = str(generator.target.model.dtype).removeprefix("torch.")
+    records = open_records(out, config, dtype)
     warmup = generator.encode([{"role": "user", "content": WARMUP_PROMPT}])
     for method in methods:  # not timed; a prompt outside the suite, so drafters learn nothing of it
         method.run(warmup, 8, config.temperature, config.seed)
     with open(out / "records.jsonl", "a") as sink:
         run_jobs(methods, generator, prompts, config, records, sink)
-    names = [m.name for m in methods]
+    return report(records, prompts, config, [m.name for m in methods], notes, dtype)
+
+
+def report(records: list[dict], prompts: list[BenchPrompt], config: BenchConfig, names: list[str],
+           notes: list[str], dtype: str) -> dict:
+    """Write the report over the records of the selected prompts, repeats and methods."""
     chosen = {(p.id, r) for p in prompts for r in range(config.repeats)}
     selected = [r for r in records if (r["prompt_id"], r["repeat"]) in chosen and r["method"] in names]
-    dtype = str(generator.target.model.dtype).removeprefix("torch.")
-    return write_report(selected, config, names, notes, out, dtype)
+    have = {(r["prompt_id"], r["method"], r["repeat"]) for r in selected}
+    complete = sum(all((p, m, r) in have for m in names) for p, r in chosen)
+    if complete < len(chosen):
+        notes = notes + [f"partial run: {complete} of {len(chosen)} prompt runs have every method"]
+    return write_report(selected, config, names, notes, Path(config.out), dtype)
