@@ -52,7 +52,7 @@ def test_stdin_prompt_streaming_and_stats(saved_tiny_model, capsys, monkeypatch)
 def test_console_script_runs(saved_tiny_model):
     exe = [sys.executable, "-m", "tokentree.cli"]
     done = subprocess.run(exe + ["generate", "hi", "--target", str(saved_tiny_model), "--dtype", "float32",
-                                 "--max-new-tokens", "4", "--json"], capture_output=True, text=True, timeout=120)
+                                 "--max-new-tokens", "4", "--json"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert len(json.loads(done.stdout)["token_ids"]) == 4
 
