@@ -105,3 +105,9 @@ def test_bad_prompt_file_gives_clear_error(tmp_path, capsys, content, match):
 def test_missing_prompt_file(tmp_path, capsys):
     assert main(["bench", "--prompts", str(tmp_path / "nope.jsonl")]) == 2
     assert "prompt file not found" in capsys.readouterr().err
+
+
+def test_unknown_method_fails_before_loading_anything(capsys):
+    assert main(["bench", "--methods", "hf,tt:magic", "--target", "/no/such/model"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown method(s) tt:magic" in err

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..api import Generator, load, load_draft
 from ..errors import TokentreeError
-from .methods import NEEDS_DRAFT, Method, build_method
+from .methods import NEEDS_DRAFT, Method, build_method, known_methods
 from .report import running_speedups, write_report
 from .suites import BenchPrompt, load_suite, round_robin, select
 
@@ -42,6 +42,9 @@ class BenchConfig:
             raise TokentreeError(f"--repeats must be >= 1, got {self.repeats}")
         if self.max_new_tokens < 1:
             raise TokentreeError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
+        unknown = [m for m in self.methods if m not in known_methods()]
+        if unknown:
+            raise TokentreeError(f"unknown method(s) {', '.join(unknown)}: choose from {', '.join(known_methods())}")
         if "hf" not in self.methods:
             self.methods = ["hf"] + list(self.methods)  # the baseline every ratio is taken against
 
