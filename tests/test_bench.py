@@ -111,3 +111,9 @@ def test_unknown_method_fails_before_loading_anything(capsys):
     assert main(["bench", "--methods", "hf,tt:magic", "--target", "/no/such/model"]) == 2
     err = capsys.readouterr().err
     assert "unknown method(s) tt:magic" in err
+
+
+def test_sampled_run_compares_speed_and_skips_the_identity_check(saved_tiny_model, prompt_file, tmp_path):
+    summary = run_bench(config_for(saved_tiny_model, prompt_file, tmp_path / "out", temperature=0.8, top_p=0.9))
+    assert summary["speedup"]["tt:pld"]["overall"] > 0
+    assert "n/a (sampled)" in (tmp_path / "out" / "results.md").read_text()

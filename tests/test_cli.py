@@ -140,3 +140,11 @@ def test_embedded_assembly_checks_sha256(tmp_path, monkeypatch):
         assemble_embedded(EmbeddedModel("fake", packages, "0" * 64))
     path = assemble_embedded(EmbeddedModel("fake", packages, hashlib.sha256(b"hello world").hexdigest()))
     assert path.read_bytes() == b"hello world"
+
+
+def test_seeded_sampling_from_the_cli_repeats(saved_tiny_model, capsys):
+    args = ["generate", "hello", "--target", str(saved_tiny_model), "--dtype", "float32", "--max-new-tokens", "16",
+            "--json", "--drafter", "stand", "--temperature", "0.9", "--top-p", "0.9", "--min-p", "0.01", "--seed", "4"]
+    first, second = run_cli(args, capsys), run_cli(args, capsys)
+    tokens = [json.loads(out)["token_ids"] for _, out, _ in (first, second)]
+    assert first[0] == 0 and tokens[0] == tokens[1] and len(tokens[0]) == 16

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from tokentree.drafters import make_drafter
-from tokentree.drafters.recycling import TEMPLATES, parse_template
+from tokentree.drafters.template import TEMPLATES, parse_template
 from tokentree.errors import TokentreeError
 from tokentree.sampling import Acceptance
 from tokentree.tree import TokenTree
@@ -25,6 +25,8 @@ def test_templates_are_valid_and_sized():
     assert len(parse_template(TEMPLATES["small"])) == 20
     with pytest.raises(ValueError):
         parse_template("0 00 11")  # 11 before its parent 1
+    with pytest.raises(ValueError):
+        parse_template("0 1 00 02")  # 02 before its better sibling 01
 
 
 def test_cold_start_proposes_nothing_then_recycles_all_verified_nodes():

@@ -53,3 +53,27 @@ def test_table_is_capped():
 def test_bad_options():
     with pytest.raises(TokentreeError, match="rate"):
         make_drafter("stand", rate=0)
+
+
+def test_sampled_draft_fills_the_template_without_replacement_and_learns_its_cut():
+    from tokentree.sampling import Draw, SamplingParams
+
+    drafter = make_drafter("stand", max_n=1, template="small")
+    drafter.vocab_size = 12
+    drafter.update([5], {6: 0.6, 7: 0.3, 8: 0.1})
+    drafter.update([6], {9: 1.0})
+    params = SamplingParams(temperature=1.0)
+    assert drafter.propose_sampled([5], 0, params, torch.Generator()).tree.tokens == (5,)
+    draft = drafter.propose_sampled([5], 5, params, torch.Generator().manual_seed(0))
+    tree = draft.tree
+    assert draft.draw is Draw.WITHOUT_REPLACEMENT and len(tree) <= 6
+    root_children = [tree.tokens[c] for c in tree.children[0]]
+    assert len(set(root_children)) == len(root_children) == 3  # ranks 0, 1, 2 of 3 stored tokens
+    assert torch.allclose(draft.q[0, [6, 7, 8]], torch.tensor([0.6, 0.3, 0.1]), atol=1e-6)
+    below_6 = [tree.tokens[c] for c in tree.children[tree.tokens.index(6)]]
+    assert below_6 in ([], [9])  # only one token stored after 6: no rank-1 child there
+    # acceptance statistics move the template's rates: rank 0 at the root was accepted
+    first = tree.children[0][0]
+    before = drafter.shape.rate.copy()
+    drafter.observe(tree, torch.zeros(len(tree), 12), Acceptance((0, first), 3))
+    assert drafter.shape.rate[1] > before[1] and drafter.shape.rate[2] < before[2]

@@ -84,7 +84,8 @@ def test_api_prompt_forms_and_drafter_switch():
 
 @pytest.mark.parametrize("options,match", [
     (dict(max_new_tokens=0), "max_new_tokens"),
-    (dict(temperature=0.7), "not supported yet"),
+    (dict(temperature=-0.5), "temperature"),
+    (dict(temperature=0.7, min_p=1.0), "min_p"),
     (dict(top_p=0.0), "top_p"),
     (dict(budget=-1), "budget"),
     (dict(stop=[""]), "stop"),

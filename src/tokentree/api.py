@@ -114,10 +114,14 @@ class Generator:
 
     def stream(self, prompt: Prompt, max_new_tokens: int = 128, chat: bool | None = None, temperature: float = 0.0,
                top_p: float = 1.0, top_k: int = 0, seed: int | None = None, stop: Sequence[str] | str | None = None,
-               drafter: str | Drafter | None = None, budget: int | None = None) -> GenerationStream:
-        """Start a generation; iterate the result for text pieces."""
-        request = DecodeRequest(max_new_tokens, temperature, top_p, top_k, seed,
-                                self.budget if budget is None else budget)
+               drafter: str | Drafter | None = None, budget: int | None = None, min_p: float = 0.0) -> GenerationStream:
+        """Start a generation; iterate the result for text pieces.
+
+        temperature 0 decodes greedily; above 0 the output follows the target's distribution after
+        top-k, top-p and min-p (lossless speculative sampling); ``seed`` makes a run reproducible.
+        """
+        request = DecodeRequest(max_new_tokens, temperature, top_p, top_k, seed, min_p=min_p,
+                                budget=self.budget if budget is None else budget)
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         if any(not s for s in stops):
             raise TokentreeError("stop strings must be non-empty")

@@ -70,10 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--budget", type=int, default=None,
                      help="drafted tokens per step (default: the drafter's own, e.g. 10 for pld, 16 for trees)")
     gen.add_argument("--max-new-tokens", type=int, default=128)
-    gen.add_argument("--temperature", type=float, default=0.0)
-    gen.add_argument("--top-p", type=float, default=1.0)
-    gen.add_argument("--top-k", type=int, default=0)
-    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples losslessly")
+    gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1 = off)")
+    gen.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (default 0 = off)")
+    gen.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min_p x the top probability")
+    gen.add_argument("--seed", type=int, default=None, help="make sampling reproducible")
     gen.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     gen.add_argument("--drafter-state", metavar="PATH",
                      help="learned drafter state (lookahead, recycling): loaded when it exists, saved after")
@@ -87,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--categories", type=_csv, default=None, help="comma-separated categories (default all)")
     bench.add_argument("--limit", type=int, default=None, help="at most N prompts per category")
     bench.add_argument("--max-new-tokens", type=int, default=128)
-    bench.add_argument("--temperature", type=float, default=0.0)
+    bench.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    bench.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass when sampling (default 1)")
     bench.add_argument("--repeats", type=int, default=1)
     bench.add_argument("--methods", type=_csv, default=["hf", "hf-pld", "tt:none", "tt:pld"],
                        help="comma-separated: hf, hf-assisted, hf-pld, tt:<drafter> (default hf,hf-pld,tt:none,tt:pld)")
@@ -122,7 +124,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     gen = load(args.target, args.draft, args.drafter, args.dtype, args.device, args.budget, args.drafter_state,
                **options)
     stream = gen.stream(prompt, max_new_tokens=args.max_new_tokens, chat=args.chat, temperature=args.temperature,
-                        top_p=args.top_p, top_k=args.top_k, seed=args.seed, stop=args.stop)
+                        top_p=args.top_p, top_k=args.top_k, min_p=args.min_p, seed=args.seed, stop=args.stop)
     for piece in stream:
         if not args.json:
             sys.stdout.write(piece)

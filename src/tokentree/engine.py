@@ -4,48 +4,53 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
+
+import torch
 
 from .backends.base import Backend
-from .drafters.base import Drafter
+from .drafters.base import Drafter, StochasticDrafter
 from .errors import TokentreeError
-from .sampling import accept_greedy
+from .sampling import Acceptance, Draft, SamplingParams, accept
 from .stats import GenerationStats
 
 
 @dataclass
 class DecodeRequest:
-    """What to generate. Sampling fields are validated here; temperature > 0 is not supported yet."""
+    """What to generate; the sampling fields are validated by :class:`SamplingParams`."""
 
     max_new_tokens: int = 128
     temperature: float = 0.0
     top_p: float = 1.0
     top_k: int = 0
-    seed: int | None = None
+    seed: int | None = None  # None = a fresh random seed per run
+    min_p: float = 0.0
     budget: int | None = None  # drafted nodes per step (root excluded); None = the drafter's default
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise TokentreeError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise TokentreeError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise TokentreeError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise TokentreeError(f"top_k must be >= 0, got {self.top_k}")
         if self.budget is not None and self.budget < 0:
             raise TokentreeError(f"budget must be >= 0, got {self.budget}")
-        if self.temperature > 0:
-            raise TokentreeError("sampling (temperature > 0) is not supported yet; use temperature 0 (greedy)")
+        self.sampling  # validates
+
+    @property
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(self.temperature, self.top_k, self.top_p, self.min_p)
 
 
 @dataclass
 class Engine:
-    """Runs the loop over a backend (the target) and a drafter."""
+    """Runs the loop over a backend (the target) and a drafter.
+
+    ``rule`` is the acceptance rule (default: the lossless one for each draft); tests swap in a
+    deliberately biased rule to show the distribution tests can tell.
+    """
 
     backend: Backend
     drafter: Drafter
     eos_ids: frozenset[int] = field(default_factory=frozenset)
+    rule: Callable[[Draft, torch.Tensor, SamplingParams, torch.Generator], Acceptance] = accept
 
     def run(self, prompt_ids: Sequence[int], request: DecodeRequest, stats: GenerationStats) -> Iterator[list[int]]:
         """Yield the new tokens of each step; ``stats`` is updated as steps complete.
@@ -62,12 +67,15 @@ class Engine:
         stats.prefill_s = time.perf_counter() - start
         remaining = request.max_new_tokens
         budget = self.drafter.default_budget if request.budget is None else request.budget
+        params = request.sampling
+        generator = _generator(request.seed)
         while remaining > 0:
             t0 = time.perf_counter()
-            tree = self.drafter.propose(context, min(budget, remaining - 1))
+            draft = self._draft(context, min(budget, remaining - 1), params, generator)
+            tree = draft.tree
             t1 = time.perf_counter()
             logits = self.backend.verify(tree)
-            acceptance = accept_greedy(tree, logits)
+            acceptance = self.rule(draft, logits, params, generator)
             self.backend.commit(acceptance.nodes)
             t2 = time.perf_counter()
             self.drafter.observe(tree, logits, acceptance)
@@ -79,6 +87,22 @@ class Engine:
             yield new
             if new[-1] in self.eos_ids:
                 return
+
+
+    def _draft(self, context: list[int], budget: int, params: SamplingParams, generator: torch.Generator) -> Draft:
+        """A sampled draft from drafters that can draw one (when sampling), else a deterministic one."""
+        if not params.greedy and isinstance(self.drafter, StochasticDrafter):
+            return self.drafter.propose_sampled(context, budget, params, generator)
+        return Draft(self.drafter.propose(context, budget))
+
+
+def _generator(seed: int | None) -> torch.Generator:
+    generator = torch.Generator()
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    return generator
 
 
 def _until_eos(tokens: list[int], eos_ids: Iterable[int]) -> list[int]:

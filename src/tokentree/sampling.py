@@ -1,16 +1,101 @@
-"""Acceptance rules: pure functions from (tree, target logits) to the accepted path.
+"""Warping and acceptance rules: pure functions from (draft, target logits) to the accepted path.
 
-Only V-greedy exists so far; the sampling rules (V-RRS, V-MSS, V-det) will sit beside it with the
-same signature and the same :class:`Acceptance` result.
+Notation (DESIGN.md section 2): ``p`` is the target's warped next-token distribution at a node,
+``q`` the warped draft distribution the node's children were drawn from. The rule is chosen by how
+the drafter drew the children (:class:`Draw`), which travels with the tree in a :class:`Draft`, so
+a drafter cannot be verified by a rule that would be lossy for it:
+
+- V-greedy: temperature 0, any draft.
+- V-det (``Draw.DETERMINISTIC``): candidates chosen without randomness (PLD, tries, recycling).
+- V-RRS (``Draw.WITHOUT_REPLACEMENT``): children drawn from q without replacement, in order.
+- V-MSS (``Draw.IID``): children drawn i.i.d. from q.
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 import torch
 
+from .errors import TokentreeError
 from .tree import TokenTree
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Warping applied identically to target and draft distributions (HF order: T, top-k, top-p, min-p)."""
+
+    temperature: float = 0.0  # 0 = greedy
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1 = off
+    min_p: float = 0.0  # 0 = off
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.temperature <= 100:
+            raise TokentreeError(f"temperature must be in [0, 100], got {self.temperature}")
+        if self.top_k < 0:
+            raise TokentreeError(f"top_k must be >= 0, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise TokentreeError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0 <= self.min_p < 1:
+            raise TokentreeError(f"min_p must be in [0, 1), got {self.min_p}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def warp(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """Next-token probabilities after temperature, top-k, top-p and min-p.
+
+    logits: [n, V] (any float dtype) -> [n, V] float32 rows summing to 1. Requires temperature > 0.
+    Ties at the top-k / top-p boundary resolve like transformers' logits warpers.
+    """
+    if params.greedy:
+        raise ValueError("warp needs temperature > 0; greedy decoding uses the argmax")
+    scores = logits.float() / params.temperature
+    if 0 < params.top_k < scores.shape[-1]:
+        kth = scores.topk(params.top_k, dim=-1).values[..., -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if params.top_p < 1:
+        ascending, order = scores.sort(dim=-1)
+        cumulative = ascending.softmax(dim=-1).cumsum(dim=-1)
+        drop = cumulative <= 1 - params.top_p
+        drop[..., -1] = False  # always keep the most likely token
+        scores = scores.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    if params.min_p > 0:
+        probs = scores.softmax(dim=-1)
+        floor = params.min_p * probs.max(dim=-1, keepdim=True).values
+        scores = scores.masked_fill(probs < floor, float("-inf"))
+    return scores.softmax(dim=-1)
+
+
+class Draw(enum.Enum):
+    """How a drafter chose each node's children; decides the acceptance rule."""
+
+    DETERMINISTIC = "det"
+    WITHOUT_REPLACEMENT = "rrs"
+    IID = "mss"
+
+
+@dataclass(frozen=True)
+class Draft:
+    """A proposed tree and how it was drawn.
+
+    q: [n, V] float32, row i = the warped draft distribution node i's children were drawn from
+       (in the order of ``tree.children[i]``); required for sampled draws, absent for deterministic.
+    """
+
+    tree: TokenTree
+    draw: Draw = Draw.DETERMINISTIC
+    q: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if (self.q is None) != (self.draw is Draw.DETERMINISTIC):
+            raise ValueError(f"a {self.draw.name} draft {'needs' if self.q is None else 'takes no'} q")
+        if self.q is not None and self.q.shape[0] != len(self.tree):
+            raise ValueError(f"q has {self.q.shape[0]} rows for a tree of {len(self.tree)} nodes")
 
 
 @dataclass(frozen=True)
@@ -34,13 +119,17 @@ class Acceptance:
         return [tree.tokens[i] for i in self.nodes[1:]] + [self.bonus]
 
 
+def _check_rows(tree: TokenTree, logits: torch.Tensor) -> None:
+    if logits.shape[0] != len(tree):
+        raise ValueError(f"logits has {logits.shape[0]} rows for a tree of {len(tree)} nodes")
+
+
 def accept_greedy(tree: TokenTree, logits: torch.Tensor) -> Acceptance:
     """V-greedy: follow the child equal to the target argmax until a miss.
 
     logits: [n, V] target logits, row i = distribution after node i.
     """
-    if logits.shape[0] != len(tree):
-        raise ValueError(f"logits has {logits.shape[0]} rows for a tree of {len(tree)} nodes")
+    _check_rows(tree, logits)
     best = logits.argmax(dim=-1).tolist()
     nodes = [0]
     while True:
@@ -48,3 +137,76 @@ def accept_greedy(tree: TokenTree, logits: torch.Tensor) -> Acceptance:
         if child is None:
             return Acceptance(tuple(nodes), best[nodes[-1]])
         nodes.append(child)
+
+
+def residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """norm(max(p - q, 0)) for [V] rows; p itself if the difference vanishes (p == q up to rounding)."""
+    rest = (p - q).clamp_min(0)
+    total = rest.sum()
+    return rest / total if total > 1e-12 else p
+
+
+def _without(q: torch.Tensor, token: int) -> torch.Tensor:
+    """q with ``token`` removed and renormalised (zeros if nothing is left)."""
+    q = q.clone()
+    q[token] = 0
+    total = q.sum()
+    return q / total if total > 0 else q
+
+
+def _try_children(children: list[tuple[int, int]], p: torch.Tensor, q: torch.Tensor | None, draw: Draw,
+                  generator: torch.Generator) -> tuple[int | None, torch.Tensor]:
+    """Try ``(node, token)`` children in order at one node; the accepted node (or None) and the final p."""
+    for node, token in children:
+        if draw is Draw.DETERMINISTIC:
+            chance = p[token]
+        else:
+            chance = torch.clamp(p[token] / q[token], max=1.0) if q[token] > 0 else torch.tensor(0.0)
+        if torch.rand((), generator=generator) < chance:
+            return node, p
+        if draw is Draw.DETERMINISTIC:
+            p = _without(p, token)
+        else:
+            p = residual(p, q)
+            if draw is Draw.WITHOUT_REPLACEMENT:
+                q = _without(q, token)
+    return None, p
+
+
+def accept_sampled(draft: Draft, p: torch.Tensor, generator: torch.Generator) -> Acceptance:
+    """V-det / V-RRS / V-MSS by ``draft.draw``; the bonus is drawn from the residual at the first miss.
+
+    p: [n, V] warped target probabilities (see :func:`warp`), row i = distribution after node i.
+    """
+    tree = draft.tree
+    _check_rows(tree, p)
+    nodes = [0]
+    while True:
+        node = nodes[-1]
+        children = [(c, tree.tokens[c]) for c in tree.children[node]]
+        q = None if draft.q is None else draft.q[node]
+        accepted, rest = _try_children(children, p[node], q, draft.draw, generator)
+        if accepted is None:
+            bonus = int(torch.multinomial(rest, 1, generator=generator))
+            return Acceptance(tuple(nodes), bonus)
+        nodes.append(accepted)
+
+
+def accept(draft: Draft, logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> Acceptance:
+    """The lossless rule for ``draft`` under ``params``: V-greedy at temperature 0, else by draw kind."""
+    if params.greedy:
+        return accept_greedy(draft.tree, logits)
+    return accept_sampled(draft, warp(logits, params), generator)
+
+
+def gumbel_top_k(q: torch.Tensor, k: int, generator: torch.Generator) -> list[int]:
+    """``k`` tokens drawn from ``q`` [V] without replacement, in draw order (Gumbel-top-k trick).
+
+    Returns fewer than ``k`` when q has fewer non-zero entries.
+    """
+    k = min(k, int((q > 0).sum()))
+    if k <= 0:
+        return []
+    uniform = torch.rand(q.shape, generator=generator).clamp_min(1e-20)
+    keys = q.log() - (-uniform.log()).log()
+    return keys.topk(k).indices.tolist()

@@ -11,6 +11,7 @@ import torch
 from ..api import Generator
 from ..drafters import DRAFTERS, make_drafter
 from ..errors import TokentreeError
+from ..sampling import SamplingParams
 
 
 @dataclass
@@ -29,7 +30,7 @@ class RunResult:
 class Method(Protocol):
     name: str
 
-    def run(self, prompt_ids: list[int], max_new_tokens: int, temperature: float, seed: int) -> RunResult: ...
+    def run(self, prompt_ids: list[int], max_new_tokens: int, sampling: SamplingParams, seed: int) -> RunResult: ...
 
 
 class HFMethod:
@@ -43,14 +44,15 @@ class HFMethod:
         self.kwargs = generate_kwargs
 
     @torch.inference_mode()
-    def run(self, prompt_ids: list[int], max_new_tokens: int, temperature: float, seed: int) -> RunResult:
+    def run(self, prompt_ids: list[int], max_new_tokens: int, sampling: SamplingParams, seed: int) -> RunResult:
         ids = torch.tensor([prompt_ids], device=self.model.device)
-        sampling = dict(do_sample=True, temperature=temperature, top_p=1.0, top_k=0) if temperature > 0 else dict(
-            do_sample=False, temperature=None, top_p=None, top_k=None)
+        options = dict(do_sample=False, temperature=None, top_p=None, top_k=None) if sampling.greedy else dict(
+            do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
+            min_p=sampling.min_p or None)
         torch.manual_seed(seed)
         start = time.perf_counter()
         out = self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                  eos_token_id=self.eos, pad_token_id=self.pad, **sampling, **self.kwargs)
+                                  eos_token_id=self.eos, pad_token_id=self.pad, **options, **self.kwargs)
         wall = time.perf_counter() - start
         return RunResult(out[0, len(prompt_ids):].tolist(), wall)
 
@@ -63,10 +65,11 @@ class TokentreeMethod:
         self.generator = generator
         self.drafter = make_drafter(drafter_name)
 
-    def run(self, prompt_ids: list[int], max_new_tokens: int, temperature: float, seed: int) -> RunResult:
+    def run(self, prompt_ids: list[int], max_new_tokens: int, sampling: SamplingParams, seed: int) -> RunResult:
         self.generator.backend.reset()  # no prompt-cache reuse: HF baselines prefill every prompt too
         start = time.perf_counter()
-        out = self.generator.generate(prompt_ids, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+        out = self.generator.generate(prompt_ids, max_new_tokens=max_new_tokens, temperature=sampling.temperature,
+                                      top_p=sampling.top_p, top_k=sampling.top_k, min_p=sampling.min_p, seed=seed,
                                       drafter=self.drafter)
         wall = time.perf_counter() - start
         s = out.stats

@@ -134,6 +134,7 @@ def write_report(records: list[dict], config: BenchConfig, methods: list[str], n
 def markdown(summary: dict, methods: list[str]) -> str:
     env, speed, totals, lossless = summary["environment"], summary["speedup"], summary["methods"], summary["lossless"]
     methods = [m for m in methods if m in totals]
+    greedy = summary["config"].get("temperature", 0) == 0
     categories = sorted({c for cats in speed.values() for c in cats if c != ALL}) + [ALL]
     lines = [
         f"Machine: {env['machine']} · torch {env['torch']} · transformers {env['transformers']} · "
@@ -151,7 +152,7 @@ def markdown(summary: dict, methods: list[str]) -> str:
     for m in methods:
         t, loss = totals[m], lossless.get(m, {})
         tau = "-" if t["tau"] is None else f"{t['tau']:.2f}"
-        share = f"{loss.get('identical', 0)}/{loss.get('turns', 0)}"
+        share = f"{loss.get('identical', 0)}/{loss.get('turns', 0)}" if greedy else "n/a (sampled)"
         split = ("-", "-") if t["draft_s"] is None else (f"{t['draft_s']:.1f}", f"{t['verify_s']:.1f}")
         lines.append(f"| {m} | {t['prompts']} | {t['median_tokens_per_s']:.2f} | {tau} | {share} | "
                      f"{split[0]} | {split[1]} |")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from ..api import Generator, load, load_draft
 from ..errors import TokentreeError
+from ..sampling import SamplingParams
 from .methods import NEEDS_DRAFT, Method, build_method, known_methods
 from .report import running_speedups, write_report
 from .suites import BenchPrompt, load_suite, round_robin, select
@@ -24,6 +25,7 @@ class BenchConfig:
     limit: int | None = None
     max_new_tokens: int = 128
     temperature: float = 0.0
+    top_p: float = 1.0
     repeats: int = 1
     methods: list[str] = field(default_factory=lambda: ["hf", "hf-pld", "tt:none", "tt:pld"])
     target: str | None = None
@@ -45,8 +47,13 @@ class BenchConfig:
         unknown = [m for m in self.methods if m not in known_methods()]
         if unknown:
             raise TokentreeError(f"unknown method(s) {', '.join(unknown)}: choose from {', '.join(known_methods())}")
+        self.sampling  # validates temperature and top_p
         if "hf" not in self.methods:
             self.methods = ["hf"] + list(self.methods)  # the baseline every ratio is taken against
+
+    @property
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(temperature=self.temperature, top_p=self.top_p)
 
 
 def run_turns(method: Method, generator: Generator, prompt: BenchPrompt, config: BenchConfig) -> dict:
@@ -54,7 +61,7 @@ def run_turns(method: Method, generator: Generator, prompt: BenchPrompt, config:
     messages, turns = [], []
     for turn in prompt.turns:
         messages.append({"role": "user", "content": turn})
-        result = method.run(generator.encode(messages), config.max_new_tokens, config.temperature, config.seed)
+        result = method.run(generator.encode(messages), config.max_new_tokens, config.sampling, config.seed)
         messages.append({"role": "assistant",
                          "content": generator.tokenizer.decode(result.token_ids, skip_special_tokens=True)})
         turns.append({"new_tokens": len(result.token_ids), **asdict(result)})
@@ -105,7 +112,7 @@ def load_generator(config: BenchConfig, notes: list[str]) -> Generator:
 # Settings that change what a record means; --limit, --categories, --methods and --repeats only
 # choose which records exist, so a run may be resumed with more (or fewer) of them.
 WARMUP_PROMPT = "Say hello in three languages."
-RESUME_KEYS = ("suite", "prompts", "max_new_tokens", "temperature", "target", "draft", "dtype", "seed")
+RESUME_KEYS = ("suite", "prompts", "max_new_tokens", "temperature", "top_p", "target", "draft", "dtype", "seed")
 
 
 def check_same_settings(path: Path, config: BenchConfig, dtype: str) -> None:
@@ -113,7 +120,8 @@ def check_same_settings(path: Path, config: BenchConfig, dtype: str) -> None:
     settings = {k: getattr(config, k) for k in RESUME_KEYS}
     if path.exists():
         earlier = json.loads(path.read_text())
-        changed = sorted(k for k in RESUME_KEYS if earlier.get(k) != settings[k])
+        defaults = {f.name: f.default for f in fields(BenchConfig)}  # keys older runs did not record
+        changed = sorted(k for k in RESUME_KEYS if earlier.get(k, defaults[k]) != settings[k])
         if changed:
             raise TokentreeError(f"{path.parent} holds a run with other settings ({', '.join(changed)}); "
                                  "use another --out or the same settings to resume")
@@ -160,8 +168,6 @@ def run_bench(config: BenchConfig) -> dict:
     With ``report_only`` nothing runs: the report is rebuilt from the records already in ``out``.
     """
     prompts = round_robin(select(load_suite(config.suite, config.prompts), config.categories, config.limit))
-    if config.temperature > 0 and any(m.startswith("tt:") for m in config.methods):
-        raise TokentreeError("tokentree methods do not sample yet: use --temperature 0")
     out = Path(config.out)
     if config.report_only:
         if not (out / "records.jsonl").exists():
@@ -175,7 +181,7 @@ def run_bench(config: BenchConfig) -> dict:
     records = open_records(out, config, dtype)
     warmup = generator.encode([{"role": "user", "content": WARMUP_PROMPT}])
     for method in methods:  # not timed; a prompt outside the suite, so drafters learn nothing of it
-        method.run(warmup, 8, config.temperature, config.seed)
+        method.run(warmup, 8, config.sampling, config.seed)
     with open(out / "records.jsonl", "a") as sink:
         run_jobs(methods, generator, prompts, config, records, sink)
     return report(records, prompts, config, [m.name for m in methods], notes, dtype)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from typing import Protocol, Sequence, runtime_checkable
 
 import torch
 
-from ..sampling import Acceptance
+from ..sampling import Acceptance, Draft, SamplingParams
 from ..tree import TokenTree
 
 
@@ -26,6 +26,16 @@ class Drafter(Protocol):
 
     def reset(self) -> None:
         """Forget per-request state (called before each generation)."""
+        ...
+
+
+@runtime_checkable
+class StochasticDrafter(Protocol):
+    """A drafter that, when sampling, draws children at random and says from which q (V-RRS / V-MSS)."""
+
+    def propose_sampled(self, context: Sequence[int], budget: int, params: SamplingParams,
+                        generator: torch.Generator) -> Draft:
+        """A tree like :meth:`Drafter.propose`, drawn with ``generator`` from warped draft distributions."""
         ...
 
 

@@ -17,8 +17,9 @@ from typing import Sequence
 
 import torch
 
-from ..sampling import Acceptance
+from ..sampling import Acceptance, Draft, Draw, SamplingParams, gumbel_top_k, warp
 from ..tree import TokenTree
+from .template import TEMPLATES, TemplateShape
 
 Distribution = dict[int, float]
 
@@ -31,6 +32,8 @@ class StandConfig:
     top: int = 10  # tokens kept per context
     rate: float = 0.5  # running-average weight of a new observation
     max_contexts: int = 300_000  # table cap; least recently updated contexts are dropped beyond it
+    template: str = "paper"  # rank-path template of sampled drafts (paper: 80 nodes, small: 20)
+    learning_rate: float = 0.05  # running-average rate of the template nodes' acceptance
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_n <= 8:
@@ -41,6 +44,10 @@ class StandConfig:
             raise ValueError(f"rate must be in (0, 1], got {self.rate}")
         if self.max_contexts < 1000:
             raise ValueError(f"max_contexts must be >= 1000, got {self.max_contexts}")
+        if self.template not in TEMPLATES:
+            raise ValueError(f"template must be one of {', '.join(TEMPLATES)}, got '{self.template}'")
+        if not 0 < self.learning_rate <= 1:
+            raise ValueError(f"learning_rate must be in (0, 1], got {self.learning_rate}")
 
 
 def merge(old: Distribution | None, new: Distribution, rate: float, top: int) -> Distribution:
@@ -63,11 +70,14 @@ class StandDrafter:
     def __init__(self, config: StandConfig | None = None):
         self.config = config or StandConfig()
         self.table: dict[tuple[int, ...], Distribution] = {}
+        self.shape = TemplateShape(self.config.template)
+        self.vocab_size: int | None = None  # known after the first verify
         self.reset()
 
     def reset(self) -> None:
         self._context: list[int] = []
         self._prompt_done = False
+        self._proposed: list[int] | None = None  # template node per tree node of the last sampled draft
 
     # ----------------------------------------------------------------- table
     def update(self, context: Sequence[int], dist: Distribution) -> None:
@@ -94,11 +104,15 @@ class StandDrafter:
             self.update(prompt[max(0, end - window) : end], {int(prompt[end]): 1.0})
 
     # ----------------------------------------------------------------- drafting
-    def propose(self, context: Sequence[int], budget: int) -> TokenTree:
+    def _start_step(self, context: Sequence[int]) -> None:
         self._context = list(context)
+        self._proposed = None
         if not self._prompt_done:
             self._learn_prompt(self._context)
             self._prompt_done = True
+
+    def propose(self, context: Sequence[int], budget: int) -> TokenTree:
+        self._start_step(context)
         tail = self._context[-self.config.max_n :]
         tokens, parents, scores, paths = [tail[-1]], [-1], [1.0], [tail]
         heap: list[tuple[float, int, int, int]] = []  # (-path prob, arrival, parent node, token)
@@ -118,10 +132,55 @@ class StandDrafter:
             expand(len(tokens) - 1)
         return TokenTree(tuple(tokens), tuple(parents), tuple(scores))
 
+    def propose_sampled(self, context: Sequence[int], budget: int, params: SamplingParams,
+                        generator: torch.Generator) -> Draft:
+        """The template's best ``budget`` nodes, each parent's children drawn without replacement from q."""
+        self._start_step(context)
+        tail = self._context[-self.config.max_n :]
+        tokens, parents, paths, proposed = [tail[-1]], [-1], [tail], [0]
+        draws: dict[int, list[int]] = {}  # tree node -> its children's tokens in draw order
+        q_rows: dict[int, torch.Tensor] = {}
+        placed = {0: 0}  # template node -> tree node
+        for node in self.shape.ranked() if self.vocab_size else []:
+            if len(tokens) > budget:
+                break
+            up, sibling = placed.get(self.shape.parent[node]), self.shape.previous_sibling[node]
+            if up is None or (sibling is not None and sibling not in placed):
+                continue
+            if up not in draws:
+                q_rows[up] = self._draft_distribution(paths[up], params)
+                draws[up] = [] if q_rows[up] is None else gumbel_top_k(q_rows[up], self.shape.max_rank + 1, generator)
+            if self.shape.rank(node) >= len(draws[up]):
+                continue
+            token = draws[up][self.shape.rank(node)]
+            placed[node] = len(tokens)
+            tokens.append(token)
+            parents.append(up)
+            paths.append((paths[up] + [token])[-self.config.max_n :])
+            proposed.append(node)
+        self._proposed = proposed
+        q = torch.zeros(len(tokens), self.vocab_size or 1)
+        for up, row in q_rows.items():
+            if row is not None:
+                q[up] = row
+        return Draft(TokenTree(tuple(tokens), tuple(parents)), Draw.WITHOUT_REPLACEMENT, q)
+
+    def _draft_distribution(self, context: Sequence[int], params: SamplingParams) -> torch.Tensor | None:
+        """The stored distribution after ``context`` as a warped [V] q (None when nothing is stored)."""
+        dist = self.lookup(context)
+        if not dist:
+            return None
+        logits = torch.full((1, self.vocab_size), float("-inf"))
+        logits[0, list(dist)] = torch.tensor(list(dist.values())).clamp_min(1e-30).log()
+        return warp(logits, params)[0]
+
     def observe(self, tree: TokenTree, logits: torch.Tensor, acceptance: Acceptance) -> None:
         """Merge every verified node's target distribution into the table."""
         if not self._context or self._context[-1] != tree.tokens[0]:
             return
+        self.vocab_size = logits.shape[-1]
+        if self._proposed is not None and len(self._proposed) == len(tree):
+            self.shape.learn(tree, self._proposed, acceptance, self.config.learning_rate)
         probs, ids = torch.softmax(logits.float(), dim=-1).topk(self.config.top, dim=-1)
         probs, ids = probs.tolist(), ids.tolist()
         base = self._context[: -1]
@@ -132,7 +191,8 @@ class StandDrafter:
 
     # ----------------------------------------------------------------- persistence
     def state_dict(self) -> dict:
-        return {"max_n": self.config.max_n,
+        return {"max_n": self.config.max_n, "vocab_size": self.vocab_size,
+                "template": self.config.template, "rate": self.shape.rate.tolist(),
                 "table": [[list(k), list(d), list(d.values())] for k, d in self.table.items()]}
 
     def load_state_dict(self, state: dict, vocab_size: int) -> None:
@@ -148,4 +208,7 @@ class StandDrafter:
             if not all(isinstance(p, (int, float)) and 0 <= p <= 1 for p in probs):
                 raise ValueError("table holds probabilities outside [0, 1]")
             table[tuple(key)] = dict(zip(tokens, map(float, probs)))
+        if state.get("template", self.config.template) == self.config.template and "rate" in state:
+            self.shape.load_rates(state["rate"])
         self.table = table
+        self.vocab_size = vocab_size if state.get("vocab_size") else None
