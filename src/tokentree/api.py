@@ -35,6 +35,8 @@ class GenerationStream:
     def __init__(self, engine: Engine, prompt_ids: list[int], request: DecodeRequest, text: TextStream):
         self.stats = GenerationStats()
         self.text_stream = text
+        self.eos_ids = engine.eos_ids
+        self.cancelled = False  # set from any thread: the run ends after the current step
         self._pieces = self._run(engine, prompt_ids, request)
 
     def _run(self, engine: Engine, prompt_ids: list[int], request: DecodeRequest) -> Iterator[str]:
@@ -42,7 +44,7 @@ class GenerationStream:
             piece = self.text_stream.push(tokens)
             if piece:
                 yield piece
-            if self.text_stream.stopped:
+            if self.text_stream.stopped or self.cancelled:
                 return
         piece = self.text_stream.finish()
         if piece:
@@ -58,6 +60,13 @@ class GenerationStream:
     @property
     def token_ids(self) -> list[int]:
         return list(self.text_stream.token_ids)
+
+    @property
+    def finish_reason(self) -> str:
+        """"stop" after an EOS token or a stop string, else "length" (or "cancelled")."""
+        if self.text_stream.stopped or (self.token_ids and self.token_ids[-1] in self.eos_ids):
+            return "stop"
+        return "cancelled" if self.cancelled else "length"
 
     def output(self) -> Output:
         """Run to the end and return the whole result."""
@@ -95,8 +104,8 @@ class Generator:
 
     def encode(self, prompt: Prompt, chat: bool | None = None) -> list[int]:
         """Token ids for a prompt: a string, chat messages ([{"role", "content"}]) or token ids."""
+        has_template = getattr(self.tokenizer, "chat_template", None) is not None
         if isinstance(prompt, str):
-            has_template = getattr(self.tokenizer, "chat_template", None) is not None
             if chat and not has_template:
                 raise TokentreeError("chat=True, but the target's tokenizer has no chat template")
             if chat is False or not has_template:
@@ -106,6 +115,8 @@ class Generator:
         if not prompt:
             raise TokentreeError("the prompt is empty")
         if all(isinstance(m, dict) for m in prompt):
+            if not has_template:
+                raise TokentreeError("chat messages need a chat template, and the target's tokenizer has none")
             text = self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
             return list(self.tokenizer(text, add_special_tokens=False).input_ids)
         if all(isinstance(t, int) and 0 <= t < self.backend.vocab_size for t in prompt):

@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 from .drafters import DRAFTERS
 from .errors import TokentreeError
+from .server.config import ServeConfig
 
 
 def _flag(config_cls: type, field_name: str) -> str:
@@ -32,6 +33,16 @@ def _drafter_option_groups(parser: argparse.ArgumentParser) -> None:
         for field in dataclasses.fields(spec.config_cls):
             group.add_argument(_flag(spec.config_cls, field.name), type=hints[field.name],
                                default=None, metavar=field.name.upper(), help=f"default {field.default}")
+
+
+def _config_flags(parser: argparse.ArgumentParser, config_cls: type) -> None:
+    """One ``--field-name`` flag per field of ``config_cls`` (defaults and comments from the dataclass)."""
+    hints = typing.get_type_hints(config_cls)
+    for field in dataclasses.fields(config_cls):
+        kind = hints[field.name]
+        kind = next((a for a in typing.get_args(kind) if a is not type(None)), kind)
+        parser.add_argument(f"--{field.name.replace('_', '-')}", type=kind, default=field.default,
+                            help=f"default {field.default}")
 
 
 def drafter_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -98,6 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--report-only", action="store_true",
                        help="rebuild summary, table and plots from the records in --out without running")
+
+    serve = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (chat and text completions, streaming)")
+    add_model_arguments(serve)
+    serve.add_argument("--drafter", default="pld", help=f"default drafter: one of {', '.join(DRAFTERS)} (default pld)")
+    serve.add_argument("--budget", type=int, default=None, help="drafted tokens per step (default: the drafter's)")
+    serve.add_argument("--drafter-state", metavar="PATH", help="learned drafter state: loaded when it exists, "
+                       "saved on shutdown")
+    _config_flags(serve.add_argument_group("server"), ServeConfig)
+    _drafter_option_groups(serve)
     return parser
 
 
@@ -153,6 +173,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .api import load
+    from .server.run import serve
+
+    config = ServeConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServeConfig)})
+    gen = load(args.target, args.draft, args.drafter, args.dtype, args.device, args.budget, args.drafter_state,
+               **drafter_options(args))
+    serve(gen, config)
+    if args.drafter_state:
+        gen.save_drafter_state(args.drafter_state)
+    return 0
+
+
 def _quiet_libraries() -> None:
     import warnings
 
@@ -167,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         _quiet_libraries()
-        return {"generate": cmd_generate, "bench": cmd_bench}[args.command](args)
+        return {"generate": cmd_generate, "bench": cmd_bench, "serve": cmd_serve}[args.command](args)
     except TokentreeError as exc:
         print(f"tokentree: error: {exc}", file=sys.stderr)
         return 2

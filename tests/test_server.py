@@ -1,0 +1,266 @@
+"""The OpenAI-compatible server on a tiny model, driven by the official openai client and raw HTTP."""
+
+import json
+import socket
+import statistics
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+import httpx
+import openai
+import pytest
+
+from tokentree.api import Generator
+from tokentree.drafters import NoDrafter, make_drafter
+from tokentree.models import LoadedModel
+from tokentree.server.config import ServeConfig
+from tokentree.server.run import build_server
+
+from conftest import tiny_model, tiny_tokenizer
+
+MODEL = "tiny"
+MESSAGES = [{"role": "user", "content": "hello there"}]
+
+
+class SlowDrafter(NoDrafter):
+    """Plain decoding that takes ``delay`` seconds per step: keeps the worker busy on purpose."""
+
+    def __init__(self, delay: float):
+        self.delay = delay
+
+    def propose(self, context, budget):
+        time.sleep(self.delay)
+        return super().propose(context, budget)
+
+
+def tiny_generator(drafter=None) -> Generator:
+    target = LoadedModel(tiny_model("llama", seed=5), tiny_tokenizer(), MODEL)
+    return Generator(target, drafter or make_drafter("pld"))
+
+
+@contextmanager
+def running_server(generator: Generator, **options):
+    """The app under uvicorn on an ephemeral loopback port; yields (base_url, uvicorn server)."""
+    server = build_server(generator, ServeConfig(port=0, **options))
+    sock = socket.create_server(("127.0.0.1", 0))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}", server
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+        sock.close()
+
+
+def client(base_url: str, api_key: str = "none") -> openai.OpenAI:
+    return openai.OpenAI(base_url=base_url + "/v1", api_key=api_key, max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def generator():
+    return tiny_generator()
+
+
+@pytest.fixture(scope="module")
+def server(generator):
+    with running_server(generator) as (url, _):
+        yield url
+
+
+def test_chat_greedy_equals_the_library_with_usage(server, generator):
+    reply = client(server).chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=20, temperature=0)
+    expected = generator.generate(MESSAGES, max_new_tokens=20)
+    assert reply.choices[0].message.content == expected.text
+    assert reply.choices[0].message.role == "assistant" and reply.choices[0].finish_reason in ("stop", "length")
+    assert reply.usage.prompt_tokens == len(generator.encode(MESSAGES))
+    assert reply.usage.completion_tokens == len(expected.token_ids)
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
+
+
+def test_streamed_chat_matches_non_streamed_and_reports_usage(server):
+    api = client(server)
+    whole = api.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=24, temperature=0)
+    chunks = list(api.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=24, temperature=0,
+                                              stream=True, stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[0].finish_reason
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+
+
+def test_text_completions_streamed_and_not(server, generator):
+    api = client(server)
+    whole = api.completions.create(model=MODEL, prompt="abc abc abc", max_tokens=16, temperature=0)
+    assert whole.choices[0].text == generator.generate("abc abc abc", max_new_tokens=16, chat=False).text
+    pieces = [c.choices[0].text for c in api.completions.create(model=MODEL, prompt="abc abc abc", max_tokens=16,
+                                                                 temperature=0, stream=True)]
+    assert "".join(pieces) == whole.choices[0].text
+
+
+def test_stop_strings_cut_the_text(server):
+    api = client(server)
+    free = api.completions.create(model=MODEL, prompt="hello", max_tokens=40, temperature=0).choices[0].text
+    stop = free[10:12]
+    cut = api.completions.create(model=MODEL, prompt="hello", max_tokens=40, temperature=0, stop=[stop])
+    assert cut.choices[0].text == free[: free.index(stop)] and cut.choices[0].finish_reason == "stop"
+
+
+def test_seeded_sampling_is_reproducible(server):
+    api = client(server)
+
+    def once(seed):
+        return api.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=24, temperature=1.0,
+                                           top_p=0.95, seed=seed).choices[0].message.content
+
+    assert once(7) == once(7)
+    assert len({once(s) for s in range(4)}) > 1
+
+
+def test_models_health_and_metrics(server):
+    assert [m.id for m in client(server).models.list().data] == [MODEL]
+    assert httpx.get(server + "/health").json()["status"] == "ok"
+    client(server).chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=4, temperature=0)
+    metrics = httpx.get(server + "/metrics").text
+    for name in ("tokentree_requests_total", "tokentree_generated_tokens_total", "tokentree_queue_depth",
+                 "tokentree_request_latency_seconds_bucket", "tokentree_accepted_tokens_per_step_count"):
+        assert name in metrics
+
+
+def test_tokentree_options_in_the_extra_body(server, generator):
+    reply = client(server).chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=12, temperature=0,
+                                                   extra_body={"tokentree": {"drafter": "stand", "budget": 4}})
+    assert reply.choices[0].message.content == generator.generate(MESSAGES, max_new_tokens=12).text
+
+
+BAD_BODIES = [
+    ({"messages": MESSAGES, "temperature": "hot"}, "temperature"),
+    ({"messages": MESSAGES, "temperature": 2.5}, "temperature"),
+    ({"messages": MESSAGES, "top_p": 0}, "top_p"),
+    ({"messages": MESSAGES, "max_tokens": 0}, "max_tokens"),
+    ({"messages": MESSAGES, "n": 2}, "n > 1"),
+    ({"messages": []}, "messages"),
+    ({"messages": [{"role": "wizard", "content": "hi"}]}, "role"),
+    ({"messages": "hello"}, "messages"),
+    ({"model": "gpt-9", "messages": MESSAGES}, "unknown model"),
+    ({"messages": MESSAGES, "stop": [""]}, "stop"),
+    ({"messages": MESSAGES, "tokentree": {"drafter": "magic"}}, "unknown drafter"),
+    ({"messages": MESSAGES, "tokentree": {"budget": -1}}, "budget"),
+    ({"messages": MESSAGES, "tokentree": {"colour": "red"}}, "colour"),
+    ({"messages": [{"role": "user", "content": "x" * 600}]}, "context"),
+    ({"messages": MESSAGES, "max_tokens": 100000}, "context"),
+]
+
+
+@pytest.mark.parametrize("body,needle", BAD_BODIES)
+def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server, body, needle):
+    response = httpx.post(server + "/v1/chat/completions", json=body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert needle in error["message"] and set(error) == {"message", "type", "param", "code"}
+    assert client(server).chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=2).choices
+
+
+def test_malformed_json_and_unknown_routes(server):
+    bad = httpx.post(server + "/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
+    assert bad.status_code == 400 and "error" in bad.json()
+    missing = httpx.get(server + "/v1/nothing")
+    assert missing.status_code == 404 and "error" in missing.json()
+    with pytest.raises(openai.BadRequestError):
+        client(server).completions.create(model=MODEL, prompt="", max_tokens=2)
+
+
+def test_api_key_is_required_when_set(generator):
+    with running_server(generator, api_key="sesame") as (url, _):
+        with pytest.raises(openai.AuthenticationError):
+            client(url, api_key="wrong").models.list()
+        assert httpx.get(url + "/v1/models").status_code == 401
+        assert client(url, api_key="sesame").models.list().data[0].id == MODEL
+
+
+def test_disconnect_mid_stream_frees_the_worker():
+    with running_server(tiny_generator(SlowDrafter(0.02)), request_timeout=60) as (url, server):
+        body = {"messages": MESSAGES, "max_tokens": 400, "temperature": 0, "stream": True}
+        with httpx.stream("POST", url + "/v1/chat/completions", json=body) as response:
+            next(response.iter_lines())  # the role chunk: generation has started
+        worker = server.config.app.state.worker
+        deadline = time.monotonic() + 5  # 400 steps would take 8 s
+        while httpx.get(url + "/health").json()["queue_depth"]:
+            assert time.monotonic() < deadline, "the abandoned generation kept running"
+            time.sleep(0.05)
+        assert worker.running is None
+        assert client(url).chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=3).choices
+
+
+def test_queue_full_gets_429_with_retry_after():
+    with running_server(tiny_generator(SlowDrafter(0.05)), max_queue=1) as (url, _):
+        body = {"messages": MESSAGES, "max_tokens": 30, "temperature": 0}
+        with ThreadPoolExecutor(4) as pool:
+            responses = list(pool.map(lambda _: httpx.post(url + "/v1/chat/completions", json=body, timeout=60),
+                                      range(4)))
+        codes = sorted(r.status_code for r in responses)
+        assert codes.count(429) >= 1 and codes.count(200) >= 2, codes
+        busy = next(r for r in responses if r.status_code == 429)
+        assert busy.headers["retry-after"] == "1" and busy.json()["error"]["code"] == "queue_full"
+        assert all(r.json()["choices"][0]["message"]["content"] is not None for r in responses if r.status_code == 200)
+
+
+def test_request_timeout_aborts_the_generation():
+    with running_server(tiny_generator(SlowDrafter(0.05)), request_timeout=0.5) as (url, _):
+        body = {"messages": MESSAGES, "max_tokens": 200, "temperature": 0}
+        response = httpx.post(url + "/v1/chat/completions", json=body, timeout=30)
+        assert response.status_code == 504 and "longer than" in response.json()["error"]["message"]
+        lines = [ln for ln in httpx.post(url + "/v1/chat/completions", json=body | {"stream": True},
+                                         timeout=30).text.splitlines() if ln.startswith("data: ")]
+        assert lines[-1] == "data: [DONE]" and "error" in json.loads(lines[-2][6:])
+
+
+def test_shutdown_lets_an_in_flight_stream_finish():
+    with running_server(tiny_generator(SlowDrafter(0.02)), shutdown_grace=10) as (url, server):
+        body = {"messages": MESSAGES, "max_tokens": 40, "temperature": 0, "stream": True}
+        with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=30) as response:
+            lines = response.iter_lines()
+            next(lines)
+            server.should_exit = True  # as on Ctrl-C: stop accepting, let this request finish
+            rest = [ln for ln in lines if ln.startswith("data: ")]
+        assert rest[-1] == "data: [DONE]"
+        assert json.loads(rest[-2][6:])["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+def test_concurrent_load_every_response_complete(generator, capsys):
+    clients, per_client = 8, 10
+    with running_server(generator) as (url, _):
+        api = client(url)
+
+        def one(i):
+            start = time.perf_counter()
+            if i % 2:
+                chunks = list(api.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=16,
+                                                          temperature=0, stream=True,
+                                                          stream_options={"include_usage": True}))
+                assert chunks[-1].usage.completion_tokens >= 1
+                tokens = chunks[-1].usage.completion_tokens
+                assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] in ("stop", "length")
+            else:
+                reply = api.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=16, temperature=0)
+                assert reply.choices[0].finish_reason in ("stop", "length") and reply.choices[0].message.content
+                tokens = reply.usage.completion_tokens
+            return time.perf_counter() - start, tokens
+
+        start = time.perf_counter()
+        with ThreadPoolExecutor(clients) as pool:
+            results = list(pool.map(one, range(clients * per_client)))
+        wall = time.perf_counter() - start
+    latencies = sorted(r[0] for r in results)
+    assert len(results) == clients * per_client and wall < 120
+    p95 = latencies[int(0.95 * len(latencies)) - 1]
+    with capsys.disabled():
+        print(f"\nload: {len(results)} requests, 0 errors, p50 {statistics.median(latencies) * 1000:.0f} ms, "
+              f"p95 {p95 * 1000:.0f} ms, {sum(r[1] for r in results) / wall:.0f} tokens/s")
