@@ -148,3 +148,23 @@ def test_seeded_sampling_from_the_cli_repeats(saved_tiny_model, capsys):
     first, second = run_cli(args, capsys), run_cli(args, capsys)
     tokens = [json.loads(out)["token_ids"] for _, out, _ in (first, second)]
     assert first[0] == 0 and tokens[0] == tokens[1] and len(tokens[0]) == 16
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--port", "70000"], "port"),
+    (["--max-queue", "0"], "max-queue"),
+    (["--request-timeout", "-1"], "request-timeout"),
+])
+def test_serve_rejects_bad_options_before_loading(capsys, args, match):
+    code, _, err = run_cli(["serve", "--target", "/nonexistent/model", *args], capsys)
+    assert code == 2 and match in err and "Traceback" not in err
+
+
+def test_serve_reports_a_busy_port(saved_tiny_model, capsys):
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        code, _, err = run_cli(["serve", "--target", str(saved_tiny_model), "--dtype", "float32",
+                                "--port", str(port)], capsys)
+    assert code == 2 and "cannot listen" in err
