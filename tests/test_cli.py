@@ -168,3 +168,18 @@ def test_serve_reports_a_busy_port(saved_tiny_model, capsys):
         code, _, err = run_cli(["serve", "--target", str(saved_tiny_model), "--dtype", "float32",
                                 "--port", str(port)], capsys)
     assert code == 2 and "cannot listen" in err
+
+
+def test_profile_command_prints_the_curve_and_caches_it(saved_tiny_model, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("TOKENTREE_CACHE", str(tmp_path / "cache"))
+    code, out, err = run_cli(["profile", "--target", str(saved_tiny_model), "--dtype", "float32",
+                              "--plot", str(tmp_path / "curve.png")], capsys)
+    assert code == 0, err
+    assert "| 128 |" in out and (tmp_path / "curve.png").stat().st_size > 0
+    assert list((tmp_path / "cache" / "profiles").glob("*.json"))
+    code, out, err = run_cli(["generate", "abc abc abc", "--target", str(saved_tiny_model), "--dtype", "float32",
+                              "--max-new-tokens", "12", "--budget", "auto", "--json"], capsys)
+    assert code == 0 and len(json.loads(out)["token_ids"]) == 12
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "x", "--target", str(saved_tiny_model), "--budget", "lots"])
+    assert exit_info.value.code == 2 and "'auto'" in capsys.readouterr().err

@@ -14,6 +14,7 @@ from .engine import DecodeRequest, Engine
 from .errors import TokentreeError
 from .models import (EMBEDDED_DRAFT, EMBEDDED_TARGET, LoadedModel, check_same_vocab, load_model, resolve_device,
                      resolve_dtype)
+from .planner import CostProfile, Planner, load_profile, measure_profile, profile_key, save_profile
 from .stats import GenerationStats
 from .text import TextStream
 
@@ -79,12 +80,14 @@ class Generator:
     """A target model (plus an optional draft model) and a default drafter."""
 
     def __init__(self, target: LoadedModel, drafter: Drafter, draft: LoadedModel | None = None,
-                 budget: int | None = None):
+                 budget: int | str | None = None):
         self.target = target
         self.draft = draft
         self.drafter = drafter
         self.budget = budget
         self.backend = HFBackend(target.model)
+        self._planners: dict[int, Planner] = {}  # per drafter object: calibration carries across requests
+        self._profile: CostProfile | None = None
 
     @property
     def tokenizer(self):
@@ -93,6 +96,24 @@ class Generator:
     @cached_property
     def vocab_signature(self) -> str:
         return vocab_signature(self.tokenizer)
+
+    def cost_profile(self, refresh: bool = False, progress=None) -> CostProfile:
+        """The target's verify-cost profile: cached per model, dtype, device, threads and torch version."""
+        if self._profile is None or refresh:
+            model = self.target.model
+            key = profile_key(self.target.source, model.dtype, model.device)
+            profile = None if refresh else load_profile(key)
+            if profile is None:
+                profile = measure_profile(self.backend, key=key, progress=progress)
+                save_profile(profile)
+            self._profile = profile
+        return self._profile
+
+    def planner(self, drafter: Drafter) -> Planner:
+        """The planner sizing ``drafter``'s trees under ``budget="auto"``."""
+        if id(drafter) not in self._planners:
+            self._planners[id(drafter)] = Planner(self.cost_profile())
+        return self._planners[id(drafter)]
 
     def load_drafter_state(self, path: str | Path) -> None:
         """Restore the default drafter's learned state (tries, matrices) from ``path``."""
@@ -125,7 +146,8 @@ class Generator:
 
     def stream(self, prompt: Prompt, max_new_tokens: int = 128, chat: bool | None = None, temperature: float = 0.0,
                top_p: float = 1.0, top_k: int = 0, seed: int | None = None, stop: Sequence[str] | str | None = None,
-               drafter: str | Drafter | None = None, budget: int | None = None, min_p: float = 0.0) -> GenerationStream:
+               drafter: str | Drafter | None = None, budget: int | str | None = None,
+               min_p: float = 0.0) -> GenerationStream:
         """Start a generation; iterate the result for text pieces.
 
         temperature 0 decodes greedily; above 0 the output follows the target's distribution after
@@ -136,7 +158,9 @@ class Generator:
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         if any(not s for s in stops):
             raise TokentreeError("stop strings must be non-empty")
-        engine = Engine(self.backend, self._drafter(drafter), self.target.eos_ids)
+        chosen = self._drafter(drafter)
+        planner = self.planner(chosen) if request.budget == "auto" else None
+        engine = Engine(self.backend, chosen, self.target.eos_ids, planner=planner)
         return GenerationStream(engine, self.encode(prompt, chat), request, TextStream(self.tokenizer, stops))
 
     def generate(self, prompt: Prompt, **options: Any) -> Output:
@@ -150,11 +174,12 @@ class Generator:
 
 
 def load(target: str | None = None, draft: str | None = None, drafter: str = "pld", dtype: str = "auto",
-         device: str | None = None, budget: int | None = None, drafter_state: str | None = None,
+         device: str | None = None, budget: int | str | None = None, drafter_state: str | None = None,
          **drafter_options: Any) -> Generator:
     """Load a target (None = the embedded Qwen2.5-Coder-1.5B-Instruct) and build a Generator.
 
-    ``budget`` fixes the drafted tokens per step (None = each drafter's default).
+    ``budget`` fixes the drafted tokens per step (None = each drafter's default; "auto" = sized each
+    step from the measured verify cost and the observed acceptance).
     ``drafter_state``: a file of learned drafter state to start from, when it exists.
     ``draft`` (a model spec) is loaded and checked against the target's vocabulary when given;
     ``drafter_options`` are fields of the drafter's config (e.g. ``max_ngram=4`` for "pld").

@@ -78,8 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="apply the chat template (default: on when the tokenizer has one)")
     add_model_arguments(gen)
     gen.add_argument("--drafter", default="pld", help=f"one of: {', '.join(DRAFTERS)} (default pld)")
-    gen.add_argument("--budget", type=int, default=None,
-                     help="drafted tokens per step (default: the drafter's own, e.g. 10 for pld, 16 for trees)")
+    gen.add_argument("--budget", type=_budget, default=None,
+                     help="drafted tokens per step, or 'auto' to size each step's tree from the measured verify "
+                          "cost and the observed acceptance (default: the drafter's own, 10 for pld, 16 for trees)")
     gen.add_argument("--max-new-tokens", type=int, default=128)
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples losslessly")
     gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1 = off)")
@@ -113,12 +114,26 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (chat and text completions, streaming)")
     add_model_arguments(serve)
     serve.add_argument("--drafter", default="pld", help=f"default drafter: one of {', '.join(DRAFTERS)} (default pld)")
-    serve.add_argument("--budget", type=int, default=None, help="drafted tokens per step (default: the drafter's)")
+    serve.add_argument("--budget", type=_budget, default=None,
+                       help="drafted tokens per step or 'auto' (default: the drafter's)")
     serve.add_argument("--drafter-state", metavar="PATH", help="learned drafter state: loaded when it exists, "
                        "saved on shutdown")
     _config_flags(serve.add_argument_group("server"), ServeConfig)
     _drafter_option_groups(serve)
+
+    profile = sub.add_parser("profile", help="measure the target's verify latency t(n) (used by --budget auto)")
+    add_model_arguments(profile)
+    profile.add_argument("--plot", metavar="PNG", help="also save the curve as a PNG plot")
     return parser
+
+
+def _budget(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of tokens or 'auto', got '{text}'") from None
 
 
 def _csv(text: str) -> list[str]:
@@ -186,6 +201,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_profile(args: argparse.Namespace) -> int:
+    from .api import load
+
+    gen = load(args.target, None, "none", args.dtype, args.device)
+    print(f"measuring verify latency of {gen.target.source} ({gen.target.model.dtype}, {gen.target.model.device})",
+          file=sys.stderr)
+    profile = gen.cost_profile(refresh=True,
+                               progress=lambda n, s: print(f"  n={n:<4d} {s * 1000:8.1f} ms", file=sys.stderr))
+    print(f"| tree nodes n | t(n) ms | t(n) / t(1) |  (context {profile.context_len} tokens)")
+    print("|---|---|---|")
+    for n, seconds in zip(profile.sizes, profile.seconds):
+        print(f"| {n} | {seconds * 1000:.1f} | {profile.ratio(n):.2f} |")
+    if args.plot:
+        from .planner_plot import plot_profile
+
+        plot_profile(profile, args.plot)
+    return 0
+
+
 def _quiet_libraries() -> None:
     import warnings
 
@@ -200,7 +234,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         _quiet_libraries()
-        return {"generate": cmd_generate, "bench": cmd_bench, "serve": cmd_serve}[args.command](args)
+        commands = {"generate": cmd_generate, "bench": cmd_bench, "serve": cmd_serve, "profile": cmd_profile}
+        return commands[args.command](args)
     except TokentreeError as exc:
         print(f"tokentree: error: {exc}", file=sys.stderr)
         return 2

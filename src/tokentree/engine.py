@@ -11,6 +11,7 @@ import torch
 from .backends.base import Backend
 from .drafters.base import Drafter, StochasticDrafter
 from .errors import TokentreeError
+from .planner import Planner
 from .sampling import Acceptance, Draft, SamplingParams, accept
 from .stats import GenerationStats
 
@@ -25,12 +26,15 @@ class DecodeRequest:
     top_k: int = 0
     seed: int | None = None  # None = a fresh random seed per run
     min_p: float = 0.0
-    budget: int | None = None  # drafted nodes per step (root excluded); None = the drafter's default
+    budget: int | str | None = None  # drafted nodes per step (root excluded); None = the drafter's default;
+    # "auto" = chosen each step by the engine's planner
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise TokentreeError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.budget is not None and self.budget < 0:
+        if isinstance(self.budget, str) and self.budget != "auto":
+            raise TokentreeError(f"budget must be a number >= 0 or 'auto', got '{self.budget}'")
+        if isinstance(self.budget, int) and self.budget < 0:
             raise TokentreeError(f"budget must be >= 0, got {self.budget}")
         self.sampling  # validates
 
@@ -44,13 +48,15 @@ class Engine:
     """Runs the loop over a backend (the target) and a drafter.
 
     ``rule`` is the acceptance rule (default: the lossless one for each draft); tests swap in a
-    deliberately biased rule to show the distribution tests can tell.
+    deliberately biased rule to show the distribution tests can tell. ``planner`` sizes each step's
+    tree when a request asks for ``budget="auto"``.
     """
 
     backend: Backend
     drafter: Drafter
     eos_ids: frozenset[int] = field(default_factory=frozenset)
     rule: Callable[[Draft, torch.Tensor, SamplingParams, torch.Generator], Acceptance] = accept
+    planner: Planner | None = None
 
     def run(self, prompt_ids: Sequence[int], request: DecodeRequest, stats: GenerationStats) -> Iterator[list[int]]:
         """Yield the new tokens of each step; ``stats`` is updated as steps complete.
@@ -67,11 +73,16 @@ class Engine:
         stats.prefill_s = time.perf_counter() - start
         remaining = request.max_new_tokens
         budget = self.drafter.default_budget if request.budget is None else request.budget
+        if budget == "auto" and self.planner is None:
+            raise TokentreeError("budget 'auto' needs a planner (tokentree.load(...) provides one)")
         params = request.sampling
         generator = _generator(request.seed)
         while remaining > 0:
             t0 = time.perf_counter()
-            draft = self._draft(context, min(budget, remaining - 1), params, generator)
+            if budget == "auto":
+                draft = self._planned_draft(context, remaining - 1, params, generator)
+            else:
+                draft = self._draft(context, min(budget, remaining - 1), params, generator)
             tree = draft.tree
             t1 = time.perf_counter()
             logits = self.backend.verify(tree)
@@ -79,6 +90,8 @@ class Engine:
             self.backend.commit(acceptance.nodes)
             t2 = time.perf_counter()
             self.drafter.observe(tree, logits, acceptance)
+            if self.planner is not None and budget == "auto":
+                self.planner.observe(tree, acceptance, t1 - t0, t2 - t1)
             new = _until_eos(acceptance.new_tokens(tree)[:remaining], self.eos_ids)
             context.extend(new)
             remaining -= len(new)
@@ -94,6 +107,13 @@ class Engine:
         if not params.greedy and isinstance(self.drafter, StochasticDrafter):
             return self.drafter.propose_sampled(context, budget, params, generator)
         return Draft(self.drafter.propose(context, budget))
+
+    def _planned_draft(self, context: list[int], room: int, params: SamplingParams,
+                       generator: torch.Generator) -> Draft:
+        """A large candidate, then (if the planner wants fewer nodes) a fresh draft of that size."""
+        candidate = self._draft(context, min(self.planner.config.max_nodes, room), params, generator)
+        n = self.planner.choose(candidate.tree)
+        return candidate if n >= len(candidate.tree) - 1 else self._draft(context, n, params, generator)
 
 
 def _generator(seed: int | None) -> torch.Generator:

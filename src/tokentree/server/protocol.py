@@ -29,7 +29,14 @@ class TokentreeOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     drafter: str | None = None
-    budget: int | None = Field(None, ge=0, le=256)
+    budget: Union[int, Literal["auto"], None] = None
+
+    @field_validator("budget")
+    @classmethod
+    def _budget(cls, budget):
+        if isinstance(budget, int) and not 0 <= budget <= 256:
+            raise ValueError("budget must be in [0, 256] or 'auto'")
+        return budget
 
 
 class GenerationRequest(BaseModel):

@@ -1,0 +1,222 @@
+"""Hardware-aware tree size: the target's verify-cost curve, calibrated acceptance, the per-step cut.
+
+Each step the drafter proposes a large candidate tree; the planner estimates how likely each node
+is to be accepted (online calibration by depth and drafter score) and keeps the number of nodes n
+that maximises expected new tokens per second, ``(1 + sum of the n best estimates) / (draft time +
+t(n + 1))``, where t comes from a measured profile. n = 0 is plain decoding, so when drafts stop
+paying the planner stops drafting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from .backends.base import Backend
+from .errors import TokentreeError
+from .sampling import Acceptance
+from .tree import TokenTree
+
+PROFILE_SIZES = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128)
+PROFILE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CostProfile:
+    """Verify latency of trees of ``sizes[i]`` nodes (root included): ``seconds[i]``, at ``context_len``."""
+
+    sizes: tuple[int, ...]
+    seconds: tuple[float, ...]
+    context_len: int
+    key: str = ""
+    measured_at: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.sizes or self.sizes[0] != 1 or list(self.sizes) != sorted(set(self.sizes)):
+            raise ValueError("profile sizes must be ascending, distinct and start at 1")
+        if len(self.seconds) != len(self.sizes) or min(self.seconds) <= 0:
+            raise ValueError("profile needs one positive time per size")
+
+    def ratio(self, n: int) -> float:
+        """t(n) / t(1), linear between measured sizes and beyond the last two."""
+        sizes, secs = self.sizes, self.seconds
+        if n <= 1 or len(sizes) == 1:
+            return 1.0 if n <= 1 else secs[-1] / secs[0]
+        i = next((k for k in range(1, len(sizes)) if sizes[k] >= n), len(sizes) - 1)
+        lo, hi = i - 1, i
+        slope = (secs[hi] - secs[lo]) / (sizes[hi] - sizes[lo])
+        return max(secs[lo] + slope * (n - sizes[lo]), secs[0]) / secs[0]
+
+    def to_dict(self) -> dict:
+        return {"version": PROFILE_VERSION, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> CostProfile:
+        if data.get("version") != PROFILE_VERSION:
+            raise ValueError(f"profile version {data.get('version')} is not {PROFILE_VERSION}")
+        return cls(tuple(data["sizes"]), tuple(data["seconds"]), int(data["context_len"]), data.get("key", ""),
+                   float(data.get("measured_at", 0.0)))
+
+
+def probe_tree(n: int, vocab_size: int, seed: int = 0) -> TokenTree:
+    """A random tree of ``n`` nodes shaped like real drafts (mostly deep, some branching)."""
+    gen = torch.Generator().manual_seed(seed + n)
+    parents = [-1] + [max(0, i - 1 - int(torch.randint(0, 3, (), generator=gen))) for i in range(1, n)]
+    tokens = torch.randint(3, min(1000, vocab_size), (n,), generator=gen).tolist()
+    return TokenTree(tuple(tokens), tuple(parents))
+
+
+def measure_profile(backend: Backend, sizes: Sequence[int] = PROFILE_SIZES, context_len: int = 256,
+                    repeats: int = 3, key: str = "", progress=None) -> CostProfile:
+    """Time ``backend.verify`` for each tree size after a ``context_len``-token prefix (median of repeats)."""
+    context = torch.randint(3, min(1000, backend.vocab_size), (context_len,),
+                            generator=torch.Generator().manual_seed(0)).tolist()
+    backend.reset()
+    backend.prefill(context)
+    seconds = []
+    for n in sizes:
+        tree = probe_tree(n, backend.vocab_size)
+        times = []
+        for attempt in range(repeats + 1):  # the first run warms up
+            start = time.perf_counter()
+            backend.verify(tree)
+            backend.commit((0,))
+            times.append(time.perf_counter() - start)
+            backend.prefill(context)  # back to the prefix
+        seconds.append(statistics.median(times[1:]))
+        if progress is not None:
+            progress(n, seconds[-1])
+    backend.reset()
+    return CostProfile(tuple(sizes), tuple(seconds), context_len, key, time.time())
+
+
+def profile_key(source: str, dtype: torch.dtype, device: torch.device) -> str:
+    """What a profile depends on: model, dtype, device, threads and torch version."""
+    text = f"{source}|{dtype}|{device}|{torch.get_num_threads()}|{torch.__version__}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def profile_path(key: str) -> Path:
+    root = Path(os.environ.get("TOKENTREE_CACHE", Path.home() / ".cache" / "tokentree"))
+    return root / "profiles" / f"{key}.json"
+
+
+def load_profile(key: str, max_age_days: float = 30.0) -> CostProfile | None:
+    """The cached profile for ``key``, or None when missing, stale or unreadable."""
+    path = profile_path(key)
+    try:
+        profile = CostProfile.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if time.time() - profile.measured_at > max_age_days * 86400:
+        return None
+    return profile
+
+
+def save_profile(profile: CostProfile) -> Path:
+    path = profile_path(profile.key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_suffix(".tmp")
+    temp.write_text(json.dumps(profile.to_dict(), indent=1) + "\n")
+    temp.replace(path)
+    return path
+
+
+class AcceptanceCalibrator:
+    """P(node accepted) learned online from verified trees, by (depth, drafter-score bin).
+
+    Each bin keeps exponentially forgotten counts of proposals and acceptances, shrunk toward a
+    prior ``prior_rate ** depth``. Estimates never increase from a parent to its child, nor from a
+    sibling to the next (drafters list better siblings first), so the best n nodes of any tree form
+    an ancestor-closed set.
+    """
+
+    def __init__(self, prior_rate: float = 0.6, strength: float = 3.0, forget: float = 0.998):
+        self.prior_rate, self.strength, self.forget = prior_rate, strength, forget
+        self.counts: dict[tuple[int, int], list[float]] = {}  # bin -> [accepted, proposed]
+
+    @staticmethod
+    def bin_of(depth: int, score: float) -> tuple[int, int]:
+        level = 0 if score >= 1 else max(-12, math.floor(math.log2(max(score, 1e-9))))
+        return min(depth, 24), level
+
+    def _rate(self, key: tuple[int, int]) -> float:
+        hits, trials = self.counts.get(key, (0.0, 0.0))
+        prior = self.prior_rate ** key[0]
+        return (hits + self.strength * prior) / (trials + self.strength)
+
+    def estimate(self, tree: TokenTree) -> list[float]:
+        """[n] estimated acceptance probability per node (1 for the root)."""
+        scores = tree.scores or (1.0,) * len(tree)
+        previous_sibling = {after: before for kids in tree.children for before, after in zip(kids, kids[1:])}
+        estimates = [1.0] * len(tree)
+        for node in range(1, len(tree)):  # parents and earlier siblings come first in node order
+            bound = estimates[tree.parents[node]]
+            if node in previous_sibling:
+                bound = min(bound, estimates[previous_sibling[node]])
+            estimates[node] = min(self._rate(self.bin_of(tree.depths[node], scores[node])), bound)
+        return estimates
+
+    def update(self, tree: TokenTree, acceptance: Acceptance) -> None:
+        for counts in self.counts.values():
+            counts[0] *= self.forget
+            counts[1] *= self.forget
+        accepted = set(acceptance.nodes)
+        scores = tree.scores or (1.0,) * len(tree)
+        for node in range(1, len(tree)):
+            counts = self.counts.setdefault(self.bin_of(tree.depths[node], scores[node]), [0.0, 0.0])
+            counts[0] += node in accepted
+            counts[1] += 1
+
+
+@dataclass
+class PlannerConfig:
+    """Planner options."""
+
+    max_nodes: int = 64  # candidate tree size asked from the drafter (hard cap on drafted nodes)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_nodes <= 512:
+            raise TokentreeError(f"planner max_nodes must be in [1, 512], got {self.max_nodes}")
+
+
+class Planner:
+    """Chooses each step's drafted-node count from a cost profile and calibrated acceptance."""
+
+    def __init__(self, profile: CostProfile, config: PlannerConfig | None = None):
+        self.profile = profile
+        self.config = config or PlannerConfig()
+        self.calibrator = AcceptanceCalibrator()
+        self.one_token_s = profile.seconds[0]  # t(1) at the current context, tracked online
+        self.draft_s = 0.0  # drafting time per step, tracked online
+
+    def expected_rate(self, estimates: Sequence[float], n: int) -> float:
+        """Expected new tokens per second with the ``n`` best of ``estimates`` (sorted, descending)."""
+        return (1 + sum(estimates[:n])) / (self.draft_s + self.one_token_s * self.profile.ratio(n + 1))
+
+    def choose(self, tree: TokenTree) -> int:
+        """How many of ``tree``'s drafted nodes to verify (0 = plain decoding)."""
+        ranked = sorted(self.calibrator.estimate(tree)[1:], reverse=True)
+        best_n, best_rate = 0, self.expected_rate(ranked, 0)
+        gained = 0.0
+        for n in range(1, len(ranked) + 1):
+            gained += ranked[n - 1]
+            rate = (1 + gained) / (self.draft_s + self.one_token_s * self.profile.ratio(n + 1))
+            if rate > best_rate:
+                best_n, best_rate = n, rate
+        return best_n
+
+    def observe(self, tree: TokenTree, acceptance: Acceptance, draft_s: float, verify_s: float) -> None:
+        """Learn from a verified step: acceptance per node, drafting time, and the current t(1)."""
+        self.calibrator.update(tree, acceptance)
+        self.draft_s += 0.2 * (draft_s - self.draft_s)
+        self.one_token_s += 0.2 * (verify_s / self.profile.ratio(len(tree)) - self.one_token_s)

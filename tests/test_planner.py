@@ -1,0 +1,148 @@
+"""The planner: cost profiles, calibrated acceptance, the optimal per-step cut, and budget="auto" end to end."""
+
+import itertools
+import json
+import random
+
+import pytest
+import torch
+
+from tokentree.backends.hf import HFBackend
+from tokentree.drafters import make_drafter
+from tokentree.engine import DecodeRequest, Engine
+from tokentree.errors import TokentreeError
+from tokentree.planner import (AcceptanceCalibrator, CostProfile, Planner, load_profile, measure_profile,
+                               profile_path, save_profile)
+from tokentree.sampling import Acceptance
+from tokentree.stats import GenerationStats
+from tokentree.tree import TokenTree
+
+from conftest import tiny_model
+from test_greedy_equality import hf_greedy
+
+STEEP = CostProfile((1, 2, 4, 8, 16), (1.0, 1.1, 1.4, 2.2, 4.0), 256)
+
+
+def random_tree(rng, n):
+    parents = [-1] + [rng.randrange(i) for i in range(1, n)]
+    return TokenTree(tuple(rng.randrange(50) for _ in range(n)), tuple(parents),
+                     (1.0,) + tuple(rng.random() for _ in range(n - 1)))
+
+
+def trained_planner(profile, seed=0):
+    """A planner whose calibrator has seen a mixed stream (different rates per depth and score)."""
+    planner, rng = Planner(profile), random.Random(seed)
+    for _ in range(200):
+        tree = random_tree(rng, 9)
+        path = [0]
+        while True:
+            kids = [c for c in tree.children[path[-1]] if rng.random() < tree.scores[c]]
+            if not kids:
+                break
+            path.append(kids[0])
+        planner.calibrator.update(tree, Acceptance(tuple(path), 0))
+    return planner
+
+
+def test_profile_interpolates_and_extrapolates():
+    profile = CostProfile((1, 2, 4), (1.0, 1.0, 2.0), 128)
+    assert profile.ratio(1) == 1.0 and profile.ratio(3) == pytest.approx(1.5)
+    assert profile.ratio(8) == pytest.approx(4.0)
+    with pytest.raises(ValueError):
+        CostProfile((2, 4), (1.0, 2.0), 128)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_cut_is_optimal_against_brute_force(seed):
+    planner = trained_planner(STEEP, seed)
+    planner.draft_s = 0.05
+    tree = random_tree(random.Random(100 + seed), 9)
+    estimates = planner.calibrator.estimate(tree)
+    best = 0.0
+    for size in range(len(tree)):
+        for subset in itertools.combinations(range(1, len(tree)), size):
+            if all(tree.parents[v] == 0 or tree.parents[v] in subset for v in subset):  # ancestor-closed
+                rate = (1 + sum(estimates[v] for v in subset)) / (planner.draft_s + STEEP.ratio(size + 1))
+                best = max(best, rate)
+    n = planner.choose(tree)
+    assert planner.expected_rate(sorted(estimates[1:], reverse=True), n) == pytest.approx(best)
+
+
+def test_best_estimates_are_ancestor_closed_and_sibling_ordered():
+    rng = random.Random(7)
+    planner = trained_planner(STEEP)
+    for _ in range(50):
+        tree = random_tree(rng, 12)
+        est = planner.calibrator.estimate(tree)
+        assert all(est[v] <= est[tree.parents[v]] for v in range(1, len(tree)))
+        assert all(est[b] <= est[a] for kids in tree.children for a, b in zip(kids, kids[1:]))
+
+
+def test_calibration_converges_on_a_synthetic_stream():
+    calibrator, rng = AcceptanceCalibrator(), random.Random(1)
+    chain = TokenTree.chain(0, [1, 2, 3, 4, 5])
+    for _ in range(4000):
+        depth = 0
+        while depth < 5 and rng.random() < 0.8:
+            depth += 1
+        calibrator.update(chain, Acceptance(tuple(range(depth + 1)), 9))
+    estimates = calibrator.estimate(chain)
+    assert all(abs(estimates[d] - 0.8 ** d) < 0.06 for d in range(1, 6)), estimates
+
+
+def test_no_drafting_when_nothing_is_accepted_and_full_trees_when_everything_is():
+    chain = TokenTree.chain(0, list(range(1, 16)))
+    cold = Planner(STEEP)
+    for _ in range(300):
+        cold.calibrator.update(chain, Acceptance((0,), 1))
+    assert cold.choose(chain) == 0
+    flat = Planner(CostProfile((1, 16), (1.0, 1.05), 256))
+    for _ in range(300):
+        flat.calibrator.update(chain, Acceptance(tuple(range(16)), 1))
+    assert flat.choose(chain) == 15
+
+
+@pytest.mark.parametrize("name", ["pld", "stand", "lookahead"])
+def test_budget_auto_is_lossless_end_to_end(name):
+    model = tiny_model("llama", seed=2)
+    backend = HFBackend(model)
+    profile = measure_profile(backend, sizes=(1, 2, 4, 8), context_len=16, repeats=1)
+    engine = Engine(backend, make_drafter(name), planner=Planner(profile))
+    rng = random.Random(3)
+    drafted = 0
+    for _ in range(3):
+        base = [rng.randrange(3, 90) for _ in range(6)]
+        prompt = base * 3
+        stats = GenerationStats()
+        tokens = [t for step in engine.run(prompt, DecodeRequest(max_new_tokens=30, budget="auto"), stats)
+                  for t in step]
+        assert tokens == hf_greedy(model, prompt, 30)
+        drafted += stats.drafted_tokens
+    assert drafted > 0  # the planner did let the drafter draft
+
+
+def test_budget_auto_needs_a_planner_and_rejects_other_words():
+    engine = Engine(HFBackend(tiny_model("llama")), make_drafter("pld"))
+    with pytest.raises(TokentreeError, match="planner"):
+        list(engine.run([5, 6, 7], DecodeRequest(max_new_tokens=3, budget="auto"), GenerationStats()))
+    with pytest.raises(TokentreeError, match="auto"):
+        DecodeRequest(budget="big")
+
+
+def test_profiles_are_cached_and_bad_files_ignored(tmp_path, monkeypatch):
+    monkeypatch.setenv("TOKENTREE_CACHE", str(tmp_path))
+    profile = CostProfile((1, 2), (0.2, 0.25), 64, key="abc", measured_at=1e12)
+    save_profile(profile)
+    assert load_profile("abc") == profile
+    stale = CostProfile((1, 2), (0.2, 0.25), 64, key="old", measured_at=1.0)
+    save_profile(stale)
+    assert load_profile("old") is None
+    profile_path("bad").write_text("{not json")
+    assert load_profile("bad") is None
+    profile_path("v0").write_text(json.dumps({"version": 0, "sizes": [1], "seconds": [1], "context_len": 1}))
+    assert load_profile("v0") is None
+
+
+def test_measured_profile_on_a_tiny_model():
+    profile = measure_profile(HFBackend(tiny_model("llama")), sizes=(1, 4, 16), context_len=32, repeats=2)
+    assert profile.sizes == (1, 4, 16) and all(s > 0 for s in profile.seconds)
