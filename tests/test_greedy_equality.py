@@ -74,7 +74,8 @@ def test_every_drafter_matches_hf_generate(family, seed):
     prompt = (base * 4)[: int(torch.randint(2, 25, (1,), generator=gen))]
     max_new = int(torch.randint(1, 40, (1,), generator=gen))
     expected = hf_greedy(model, prompt, max_new)
-    drafters = [make_drafter(name) for name in DRAFTERS] + [PromptLookupDrafter(PLDConfig(matches=3))]
+    draft = tiny_model(family, seed=seed + 100)  # for the draft-model drafters
+    drafters = [make_drafter(name, draft) for name in DRAFTERS] + [PromptLookupDrafter(PLDConfig(matches=3))]
     for drafter in drafters:
         for budget in (3, 12):
             got, stats = run_engine(model, drafter, prompt, max_new, budget=budget)

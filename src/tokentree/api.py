@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence, Union
 
 from .backends.hf import HFBackend
-from .drafters import Drafter, make_drafter
+from .drafters import DRAFTERS, Drafter, drafter_config, make_drafter
 from .drafters.state import load_state, require_stateful, save_state, vocab_signature
 from .engine import DecodeRequest, Engine
 from .errors import TokentreeError
@@ -170,7 +170,9 @@ class Generator:
     def _drafter(self, drafter: str | Drafter | None) -> Drafter:
         if drafter is None:
             return self.drafter
-        return make_drafter(drafter) if isinstance(drafter, str) else drafter
+        if not isinstance(drafter, str):
+            return drafter
+        return make_drafter(drafter, None if self.draft is None else self.draft.model)
 
 
 def load(target: str | None = None, draft: str | None = None, drafter: str = "pld", dtype: str = "auto",
@@ -182,15 +184,21 @@ def load(target: str | None = None, draft: str | None = None, drafter: str = "pl
     step from the measured verify cost and the observed acceptance).
     ``drafter_state``: a file of learned drafter state to start from, when it exists.
     ``draft`` (a model spec) is loaded and checked against the target's vocabulary when given;
+    draft-model drafters (chain, specinfer, rsd-c, sequoia, dyspec) load the embedded 0.5B draft
+    when the target is the embedded one and no draft is given.
     ``drafter_options`` are fields of the drafter's config (e.g. ``max_ngram=4`` for "pld").
     """
-    drafter_obj = make_drafter(drafter, **drafter_options)
-    if drafter_state is not None:
-        require_stateful(drafter_obj)
+    drafter_config(drafter, **drafter_options)  # bad names and options fail before any loading
+    needs_draft = DRAFTERS[drafter].needs_draft
+    if needs_draft and draft is None and target is not None:
+        raise TokentreeError(f"drafter '{drafter}' needs a draft model: give --draft (same vocabulary as the target)")
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     target_model = load_model(target, EMBEDDED_TARGET, torch_dtype, torch_device)
-    draft_model = None if draft is None else load_draft(draft, target_model)
+    draft_model = load_draft(draft, target_model) if draft is not None or needs_draft else None
+    drafter_obj = make_drafter(drafter, None if draft_model is None else draft_model.model, **drafter_options)
+    if drafter_state is not None:
+        require_stateful(drafter_obj)
     generator = Generator(target_model, drafter_obj, draft_model, budget)
     if drafter_state is not None and Path(drafter_state).exists():
         generator.load_drafter_state(drafter_state)

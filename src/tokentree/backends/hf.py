@@ -76,6 +76,11 @@ class HFBackend:
     def tokens(self) -> list[int]:
         return list(self._tokens)
 
+    @property
+    def pending(self) -> TokenTree | None:
+        """The tree forwarded since the last commit (None when there is none)."""
+        return self._pending
+
     def reset(self) -> None:
         """Drop the whole cache (the next prefill starts from nothing)."""
         self.cache = kvcache.new_cache()
@@ -104,15 +109,31 @@ class HFBackend:
             )
             self._tokens.extend(chunk)
 
-    @torch.inference_mode()
     def verify(self, tree: TokenTree) -> torch.Tensor:
         if self._pending is not None:
             raise RuntimeError("verify called twice without commit")
+        return self.grow(tree, 0)
+
+    @torch.inference_mode()
+    def grow(self, tree: TokenTree, start: int) -> torch.Tensor:
+        """Forward nodes ``tree[start:]``; nodes ``tree[:start]`` were forwarded by the previous call.
+
+        Lets a draft model grow a tree level by level with one forward per level. Returns
+        [n - start, V] float32 logits; ``commit`` then keeps forwarded nodes only.
+        """
+        if start > 0:
+            pending = self._pending
+            if pending is None or len(pending) != start or pending.tokens != tree.tokens[:start] or (
+                    pending.parents != tree.parents[:start]):
+                raise RuntimeError("grow must extend the tree forwarded by the previous call")
         prefix = len(self._tokens)
+        mask = self._mask(tree, prefix)
+        if mask is not None:
+            mask = {k: m[:, :, start:] for k, m in mask.items()} if isinstance(mask, dict) else mask[:, :, start:]
         out = self.model(
-            input_ids=torch.tensor([tree.tokens], device=self.device),
-            position_ids=tree.positions(prefix).to(self.device)[None],
-            attention_mask=self._mask(tree, prefix),
+            input_ids=torch.tensor([tree.tokens[start:]], device=self.device),
+            position_ids=tree.positions(prefix)[start:].to(self.device)[None],
+            attention_mask=mask,
             cache=self.cache,
             use_cache=True,
         )

@@ -63,7 +63,8 @@ class TokentreeMethod:
     def __init__(self, name: str, generator: Generator, drafter_name: str):
         self.name = name
         self.generator = generator
-        self.drafter = make_drafter(drafter_name)
+        draft = None if generator.draft is None else generator.draft.model
+        self.drafter = make_drafter(drafter_name, draft)
 
     def run(self, prompt_ids: list[int], max_new_tokens: int, sampling: SamplingParams, seed: int) -> RunResult:
         self.generator.backend.reset()  # no prompt-cache reuse: HF baselines prefill every prompt too
@@ -78,7 +79,7 @@ class TokentreeMethod:
 
 
 HF_METHODS = ("hf", "hf-assisted", "hf-pld")
-NEEDS_DRAFT = {"hf-assisted"}
+NEEDS_DRAFT = {"hf-assisted"} | {f"tt:{name}" for name, spec in DRAFTERS.items() if spec.needs_draft}
 
 
 def known_methods() -> list[str]:

@@ -7,7 +7,10 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..errors import TokentreeError
+from ..sampling import Draw
 from .base import Drafter, NoDrafter
+from .draft_trees import (ChainConfig, ChainDrafter, DySpecConfig, DySpecDrafter, SequoiaConfig, SequoiaDrafter,
+                          WidthsConfig, WidthsDrafter)
 from .lookahead import LookaheadConfig, LookaheadDrafter
 from .pld import PLDConfig, PromptLookupDrafter
 from .recycling import RecyclingConfig, RecyclingDrafter
@@ -16,12 +19,16 @@ from .stand import StandConfig, StandDrafter
 
 @dataclass(frozen=True)
 class DrafterSpec:
-    """How to build a drafter: ``build(config)``; ``config_cls`` is None for option-less drafters."""
+    """How to build a drafter: ``build(config)``, or ``build(config, draft_model)`` when ``needs_draft``.
 
-    build: Callable[[Any], Drafter]
+    ``config_cls`` is None for option-less drafters.
+    """
+
+    build: Callable[..., Drafter]
     config_cls: type | None = None
     defaults: tuple[tuple[str, Any], ...] = ()
     help: str = ""
+    needs_draft: bool = False
 
 
 DRAFTERS: dict[str, DrafterSpec] = {
@@ -33,29 +40,54 @@ DRAFTERS: dict[str, DrafterSpec] = {
     "lookahead": DrafterSpec(LookaheadDrafter, LookaheadConfig, help="tries of earlier token windows (Lookahead)"),
     "recycling": DrafterSpec(RecyclingDrafter, RecyclingConfig, help="the target's recycled top-k successors"),
     "stand": DrafterSpec(StandDrafter, StandConfig, help="n-gram table of the target's distributions (STAND)"),
+    "chain": DrafterSpec(ChainDrafter, ChainConfig, help="draft-model chain, adaptive length, confidence stop",
+                         needs_draft=True),
+    "specinfer": DrafterSpec(lambda c, m: WidthsDrafter(c, m, "specinfer", Draw.IID), WidthsConfig,
+                             help="draft-model tree, per-depth widths, i.i.d. children (SpecInfer)", needs_draft=True),
+    "rsd-c": DrafterSpec(lambda c, m: WidthsDrafter(c, m, "rsd-c", Draw.WITHOUT_REPLACEMENT), WidthsConfig,
+                         (("widths", "3,2,1,1"),), help="draft-model tree, per-depth branching, children without "
+                         "replacement (RSD-C)", needs_draft=True),
+    "sequoia": DrafterSpec(SequoiaDrafter, SequoiaConfig, help="draft-model tree, Sequoia's optimal static shape",
+                           needs_draft=True),
+    "dyspec": DrafterSpec(DySpecDrafter, DySpecConfig, help="draft-model tree grown best-first by path probability "
+                          "(DySpec)", needs_draft=True),
 }
 
 
-def make_drafter(name: str, **options: Any) -> Drafter:
-    """Build the drafter ``name``; ``options`` are fields of its config dataclass."""
+def drafter_config(name: str, **options: Any) -> Any:
+    """The validated config of drafter ``name`` (None for option-less drafters); raises TokentreeError."""
     if name not in DRAFTERS:
         raise TokentreeError(f"unknown drafter '{name}': choose one of {', '.join(DRAFTERS)}")
     spec = DRAFTERS[name]
     if spec.config_cls is None:
         if options:
             raise TokentreeError(f"drafter '{name}' takes no options, got {', '.join(options)}")
-        return spec.build(None)
+        return None
     fields = {f.name for f in dataclasses.fields(spec.config_cls)}
     unknown = set(options) - fields
     if unknown:
         raise TokentreeError(f"drafter '{name}' has no option(s) {', '.join(sorted(unknown))}; "
                              f"it takes {', '.join(sorted(fields))}")
     try:
-        config = spec.config_cls(**{**dict(spec.defaults), **options})
+        return spec.config_cls(**{**dict(spec.defaults), **options})
     except (TypeError, ValueError) as exc:
         raise TokentreeError(f"drafter '{name}': {exc}") from exc
-    return spec.build(config)
 
 
-__all__ = ["DRAFTERS", "Drafter", "DrafterSpec", "LookaheadConfig", "LookaheadDrafter", "NoDrafter", "PLDConfig",
+def make_drafter(name: str, draft_model: Any = None, **options: Any) -> Drafter:
+    """Build the drafter ``name``; ``options`` are fields of its config dataclass.
+
+    ``draft_model`` (a transformers causal LM sharing the target's vocabulary) is required by the
+    draft-model drafters and ignored by the others.
+    """
+    config = drafter_config(name, **options)
+    spec = DRAFTERS[name]
+    if not spec.needs_draft:
+        return spec.build(config)
+    if draft_model is None:
+        raise TokentreeError(f"drafter '{name}' needs a draft model (--draft, or the embedded pair)")
+    return spec.build(config, draft_model)
+
+
+__all__ = ["drafter_config", "ChainConfig", "DySpecConfig", "SequoiaConfig", "WidthsConfig", "DRAFTERS", "Drafter", "DrafterSpec", "LookaheadConfig", "LookaheadDrafter", "NoDrafter", "PLDConfig",
            "PromptLookupDrafter", "RecyclingConfig", "RecyclingDrafter", "StandConfig", "StandDrafter", "make_drafter"]

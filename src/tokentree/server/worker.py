@@ -128,5 +128,6 @@ class Worker:
         if name is None:
             return self.generator.drafter
         if name not in self._drafters:
-            self._drafters[name] = make_drafter(name)
+            draft = self.generator.draft
+            self._drafters[name] = make_drafter(name, None if draft is None else draft.model)
         return self._drafters[name]

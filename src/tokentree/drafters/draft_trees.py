@@ -1,0 +1,259 @@
+"""The draft-model drafters: chain, specinfer, rsd-c, sequoia and dyspec (see ``model.py``)."""
+
+from __future__ import annotations
+
+import heapq
+import math
+import sys
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from ..sampling import Acceptance, Draft, Draw, SamplingParams
+from ..tree import TokenTree
+from .model import DraftModel, GrowingTree
+from .sequoia import DEFAULT_VECTOR, load_calibration, optimal_tree
+
+GREEDY = SamplingParams()
+
+
+def parse_widths(text: str) -> tuple[int, ...]:
+    try:
+        widths = tuple(int(w) for w in text.split(","))
+    except ValueError:
+        raise ValueError(f"widths must be comma-separated integers like 4,2,2,1,1, got '{text}'") from None
+    if not widths or any(not 1 <= w <= 32 for w in widths) or len(widths) > 32:
+        raise ValueError(f"widths must be 1..32 integers in [1, 32], got '{text}'")
+    return widths
+
+
+class _DraftModelDrafter:
+    """Shared plumbing: greedy ``propose`` and sampled ``propose_sampled`` both call ``_grow``."""
+
+    draw = Draw.WITHOUT_REPLACEMENT
+
+    def __init__(self, draft_model: torch.nn.Module):
+        self.model = DraftModel(draft_model)
+
+    def propose(self, context: Sequence[int], budget: int) -> TokenTree:
+        return self._grow(context, budget, GREEDY, torch.Generator()).tree
+
+    def propose_sampled(self, context: Sequence[int], budget: int, params: SamplingParams,
+                        generator: torch.Generator) -> Draft:
+        return self._grow(context, budget, params, generator)
+
+    def _grow(self, context: Sequence[int], budget: int, params: SamplingParams,
+              generator: torch.Generator) -> Draft:
+        raise NotImplementedError
+
+    def observe(self, tree: TokenTree, logits: torch.Tensor, acceptance: Acceptance) -> None:
+        self.model.commit(acceptance)
+
+    def reset(self) -> None:
+        pass
+
+    def _finish(self, grown: GrowingTree) -> Draft:
+        return grown.draft(self.draw, self.model.backend.vocab_size)
+
+
+@dataclass
+class ChainConfig:
+    """Chain speculative decoding (CLI flags ``--chain-<field>``)."""
+
+    k: int = 5  # draft tokens per step to start with
+    adaptive: bool = True  # HF's rule: k + 2 after a fully accepted step, k - 1 after a miss
+    max_k: int = 16
+    confidence: float = 0.3  # stop drafting when the draft's top probability falls below this (0 = never)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.k <= self.max_k <= 64:
+            raise ValueError(f"need 1 <= k <= max_k <= 64, got k={self.k}, max_k={self.max_k}")
+        if not 0 <= self.confidence < 1:
+            raise ValueError(f"confidence must be in [0, 1), got {self.confidence}")
+
+
+class ChainDrafter(_DraftModelDrafter):
+    name = "chain"
+    default_budget = 16
+
+    def __init__(self, config: ChainConfig, draft_model: torch.nn.Module):
+        super().__init__(draft_model)
+        self.config = config
+        self.k = config.k
+
+    def _grow(self, context, budget, params, generator) -> Draft:
+        grown = self.model.start(context)
+        depth = min(self.k, budget)
+        stop = self.config.confidence
+
+        def child_count(node: int, probs: torch.Tensor) -> int:
+            return int(len(grown.ranks[node]) < depth and float(probs.max()) >= stop)
+
+        self.model.grow_levels(grown, child_count, depth, self.draw, params, generator,
+                               may_expand=lambda node: len(grown.ranks[node]) < depth)
+        return self._finish(grown)
+
+    def observe(self, tree, logits, acceptance) -> None:
+        super().observe(tree, logits, acceptance)
+        if self.config.adaptive and len(tree) > 1:
+            full = acceptance.accepted == len(tree) - 1
+            self.k = min(self.k + 2, self.config.max_k) if full else max(1, self.k - 1)
+
+
+@dataclass
+class WidthsConfig:
+    """Per-depth branching (CLI flags ``--widths-<field>``): ``specinfer`` draws i.i.d., ``rsd-c`` without replacement."""
+
+    widths: str = "2,2,1,1"  # children per node at depth 0, 1, 2, ...
+
+    def __post_init__(self) -> None:
+        parse_widths(self.widths)
+
+
+class WidthsDrafter(_DraftModelDrafter):
+    """SpecInfer (i.i.d. children, V-MSS) or RSD-C (children without replacement, V-RRS) trees."""
+
+    default_budget = 16
+
+    def __init__(self, config: WidthsConfig, draft_model: torch.nn.Module, name: str, draw: Draw):
+        super().__init__(draft_model)
+        self.name, self.draw = name, draw
+        self.widths = parse_widths(config.widths)
+
+    def _grow(self, context, budget, params, generator) -> Draft:
+        grown = self.model.start(context)
+        widths = self.widths
+
+        def child_count(node: int, probs: torch.Tensor) -> int:
+            depth = len(grown.ranks[node])
+            return widths[depth] if depth < len(widths) else 0
+
+        self.model.grow_levels(grown, child_count, budget, self.draw, params, generator,
+                               may_expand=lambda node: len(grown.ranks[node]) < len(widths))
+        return self._finish(grown)
+
+
+@dataclass
+class SequoiaConfig:
+    """Sequoia (CLI flags ``--sequoia-<field>``)."""
+
+    depth: int = 6  # maximum tree depth
+    calibration: str = ""  # JSON from 'tokentree calibrate' (empty: the built-in default vector)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.depth <= 32:
+            raise ValueError(f"depth must be in [1, 32], got {self.depth}")
+
+
+class SequoiaDrafter(_DraftModelDrafter):
+    name = "sequoia"
+    default_budget = 16
+    _warned = False
+
+    def __init__(self, config: SequoiaConfig, draft_model: torch.nn.Module):
+        super().__init__(draft_model)
+        self.config = config
+        if config.calibration:
+            self.vector = load_calibration(config.calibration)
+        else:
+            self.vector = DEFAULT_VECTOR
+            if not SequoiaDrafter._warned:
+                print("tokentree: sequoia uses its built-in acceptance vector; 'tokentree calibrate' measures "
+                      "one for your model pair", file=sys.stderr)
+                SequoiaDrafter._warned = True
+
+    def shape(self, budget: int) -> dict[tuple[int, ...], int]:
+        """Children count per rank path of the optimal tree with ``budget`` nodes."""
+        _, paths = optimal_tree(self.vector, budget, self.config.depth)
+        counts: dict[tuple[int, ...], int] = {}
+        for path in paths:
+            counts[path[:-1]] = counts.get(path[:-1], 0) + 1
+        return counts
+
+    def _grow(self, context, budget, params, generator) -> Draft:
+        grown = self.model.start(context)
+        counts = self.shape(budget)
+        self.model.grow_levels(grown, lambda node, probs: counts.get(grown.ranks[node], 0), budget, self.draw,
+                               params, generator, may_expand=lambda node: grown.ranks[node] in counts)
+        return self._finish(grown)
+
+
+@dataclass
+class DySpecConfig:
+    """DySpec (CLI flags ``--dyspec-<field>``)."""
+
+    rounds: int = 4  # draft forwards per step at most (the tree's depth)
+    candidates: int = 8  # children considered per expanded node
+    threshold: float = 0.0  # > 0: the threshold variant, keep every candidate whose path probability exceeds it
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.rounds <= 32:
+            raise ValueError(f"rounds must be in [1, 32], got {self.rounds}")
+        if not 1 <= self.candidates <= 64:
+            raise ValueError(f"candidates must be in [1, 64], got {self.candidates}")
+        if not 0 <= self.threshold < 1:
+            raise ValueError(f"threshold must be in [0, 1), got {self.threshold}")
+
+
+class DySpecDrafter(_DraftModelDrafter):
+    """The ``budget`` highest path-probability nodes, found with one draft forward per depth level.
+
+    Level by level, only nodes that are currently among the best ``budget`` known nodes are
+    forwarded and give their top ``candidates`` children. The best-n threshold only rises as nodes
+    become known, so a node left out is never needed later: the final choice is exactly the n
+    best nodes of the depth-limited top-k tree, ancestor-closed. Candidates are the draft's top
+    tokens, a deterministic choice, so sampled requests verify them with V-det.
+    """
+
+    name = "dyspec"
+    default_budget = 16
+    draw = Draw.DETERMINISTIC
+
+    def __init__(self, config: DySpecConfig, draft_model: torch.nn.Module):
+        super().__init__(draft_model)
+        self.config = config
+        self._forwarded_of: dict[int, int] = {}  # target tree node -> node of the forwarded (cached) tree
+
+    def _grow(self, context, budget, params, generator) -> Draft:
+        backend = self.model.backend
+        backend.prefill(context[:-1])
+        known = GrowingTree([int(context[-1])])  # every node explored so far; scores = path probabilities
+        forwarded: dict[int, int] = {}  # known node -> index in the forwarded tree
+        fwd_tokens: list[int] = []
+        fwd_parents: list[int] = []
+        frontier = [0]
+        for _ in range(self.config.rounds):
+            start = len(fwd_tokens)
+            for node in frontier:
+                forwarded[node] = len(fwd_tokens)
+                fwd_tokens.append(known.tokens[node])
+                fwd_parents.append(-1 if node == 0 else forwarded[known.parents[node]])
+            logits = backend.grow(TokenTree(tuple(fwd_tokens), tuple(fwd_parents)), start)
+            added = []
+            for node, row in zip(frontier, logits):
+                probs, ids = torch.softmax(row.float(), -1).topk(self.config.candidates)
+                added += [known.add(node, rank, token, p)
+                          for rank, (p, token) in enumerate(zip(probs.tolist(), ids.tolist()))]
+            chosen = set(self._best(known, budget))
+            frontier = [node for node in added if node in chosen]
+            if not frontier:
+                break
+        keep = sorted(self._best(known, budget))
+        tree = known.tree().subset(keep)
+        self._forwarded_of = {new: forwarded[old] for new, old in enumerate([0] + keep) if old in forwarded}
+        self.model.forwarded = len(fwd_tokens)
+        return Draft(tree)
+
+    def _best(self, known: GrowingTree, budget: int) -> list[int]:
+        """The best ``budget`` known nodes (or those above the threshold), ancestor-closed by construction."""
+        ranked = sorted(range(1, len(known.tokens)), key=lambda n: (-known.scores[n], len(known.ranks[n]), n))
+        if self.config.threshold > 0:
+            ranked = [n for n in ranked if known.scores[n] > self.config.threshold]
+        return ranked[:budget]
+
+    def observe(self, tree, logits, acceptance) -> None:
+        if self.model.backend.pending is None:
+            return
+        path = [self._forwarded_of[node] for node in acceptance.nodes if node in self._forwarded_of]
+        self.model.backend.commit(path)
