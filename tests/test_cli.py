@@ -183,3 +183,23 @@ def test_profile_command_prints_the_curve_and_caches_it(saved_tiny_model, capsys
     with pytest.raises(SystemExit) as exit_info:
         main(["generate", "x", "--target", str(saved_tiny_model), "--budget", "lots"])
     assert exit_info.value.code == 2 and "'auto'" in capsys.readouterr().err
+
+
+def test_calibrate_then_generate_with_sequoia(saved_tiny_model, capsys, tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"question_id": 1, "category": "x", "turns": ["abc abc abc"]}\n'
+                       '{"question_id": 2, "category": "y", "turns": ["hello hello"]}\n')
+    out = tmp_path / "cal.json"
+    code, stdout, err = run_cli(["calibrate", "--target", str(saved_tiny_model), "--draft", str(saved_tiny_model),
+                                 "--dtype", "float32", "--prompts", str(prompts), "--limit", "1",
+                                 "--max-new-tokens", "8", "--out", str(out)], capsys)
+    assert code == 0, err
+    vector = json.loads(out.read_text())["vector"]
+    assert vector[0] == pytest.approx(1.0)  # the target drafting for itself: its own token always ranks first
+    code, stdout, err = run_cli(["generate", "abc", "--target", str(saved_tiny_model), "--draft",
+                                 str(saved_tiny_model), "--dtype", "float32", "--drafter", "sequoia",
+                                 "--sequoia-calibration", str(out), "--max-new-tokens", "10", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(stdout)["stats"]["mean_accepted"] > 1.5
+    code, _, err = run_cli(["generate", "abc", "--target", str(saved_tiny_model), "--drafter", "chain"], capsys)
+    assert code == 2 and "needs a draft model" in err

@@ -152,6 +152,7 @@ BAD_BODIES = [
     ({"model": "gpt-9", "messages": MESSAGES}, "unknown model"),
     ({"messages": MESSAGES, "stop": [""]}, "stop"),
     ({"messages": MESSAGES, "tokentree": {"drafter": "magic"}}, "unknown drafter"),
+    ({"messages": MESSAGES, "tokentree": {"drafter": "sequoia"}}, "needs a draft model"),
     ({"messages": MESSAGES, "tokentree": {"budget": -1}}, "budget"),
     ({"messages": MESSAGES, "tokentree": {"colour": "red"}}, "colour"),
     ({"messages": [{"role": "user", "content": "x" * 600}]}, "context"),

@@ -10,6 +10,7 @@ import typing
 from pathlib import Path
 from typing import Any, Sequence
 
+from .calibrate import CalibrateConfig
 from .drafters import DRAFTERS
 from .errors import TokentreeError
 from .server.config import ServeConfig
@@ -121,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     _config_flags(serve.add_argument_group("server"), ServeConfig)
     _drafter_option_groups(serve)
 
+    calibrate = sub.add_parser("calibrate", help="measure Sequoia's positional acceptance vector for a model pair")
+    add_model_arguments(calibrate)
+    _config_flags(calibrate.add_argument_group("calibration"), CalibrateConfig)
+
     profile = sub.add_parser("profile", help="measure the target's verify latency t(n) (used by --budget auto)")
     add_model_arguments(profile)
     profile.add_argument("--plot", metavar="PNG", help="also save the curve as a PNG plot")
@@ -201,6 +206,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from .api import load, load_draft
+    from .calibrate import calibrate
+
+    config = CalibrateConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(CalibrateConfig)})
+    gen = load(args.target, None, "pld", args.dtype, args.device)
+    gen.draft = load_draft(args.draft, gen.target)
+    vector = calibrate(gen, config)
+    print("positional acceptance: " + ", ".join(f"{v:.3f}" for v in vector))
+    print(f"saved to {config.out}; use it with --drafter sequoia --sequoia-calibration {config.out}")
+    return 0
+
+
 def cmd_profile(args: argparse.Namespace) -> int:
     from .api import load
 
@@ -234,7 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         _quiet_libraries()
-        commands = {"generate": cmd_generate, "bench": cmd_bench, "serve": cmd_serve, "profile": cmd_profile}
+        commands = {"generate": cmd_generate, "bench": cmd_bench, "serve": cmd_serve, "profile": cmd_profile,
+                    "calibrate": cmd_calibrate}
         return commands[args.command](args)
     except TokentreeError as exc:
         print(f"tokentree: error: {exc}", file=sys.stderr)

@@ -129,6 +129,9 @@ def create_app(generator: Generator, config: ServeConfig) -> FastAPI:
         if drafter is not None and drafter not in DRAFTERS:
             raise APIError(400, f"unknown drafter '{drafter}': choose one of {', '.join(DRAFTERS)}",
                            param="tokentree.drafter")
+        if drafter is not None and DRAFTERS[drafter].needs_draft and generator.draft is None:
+            raise APIError(400, f"drafter '{drafter}' needs a draft model; start the server with --draft",
+                           param="tokentree.drafter")
         room = context_limit - len(ids)
         max_new = body.token_limit or min(config.default_max_tokens, room)
         if max_new > room or room < 1:
