@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import string
 
 import pytest
@@ -67,3 +68,10 @@ def saved_tiny_model(tmp_path):
     tiny_model("llama", seed=5).save_pretrained(path)
     tiny_tokenizer().save_pretrained(path)
     return path
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch):
+    """Profiles, converted models and other cached files go to a temporary directory, never ~/.cache."""
+    if "TOKENTREE_CACHE" not in os.environ:
+        monkeypatch.setenv("TOKENTREE_CACHE", str(tmp_path_factory.getbasetemp() / "tokentree-cache"))

@@ -159,7 +159,8 @@ class Generator:
         if any(not s for s in stops):
             raise TokentreeError("stop strings must be non-empty")
         chosen = self._drafter(drafter)
-        planner = self.planner(chosen) if request.budget == "auto" else None
+        effective = chosen.default_budget if request.budget is None else request.budget
+        planner = self.planner(chosen) if effective == "auto" else None
         engine = Engine(self.backend, chosen, self.target.eos_ids, planner=planner)
         return GenerationStream(engine, self.encode(prompt, chat), request, TextStream(self.tokenizer, stops))
 

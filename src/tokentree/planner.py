@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -23,6 +22,7 @@ import torch
 
 from .backends.base import Backend
 from .errors import TokentreeError
+from .models import cache_dir
 from .sampling import Acceptance
 from .tree import TokenTree
 
@@ -106,8 +106,7 @@ def profile_key(source: str, dtype: torch.dtype, device: torch.device) -> str:
 
 
 def profile_path(key: str) -> Path:
-    root = Path(os.environ.get("TOKENTREE_CACHE", Path.home() / ".cache" / "tokentree"))
-    return root / "profiles" / f"{key}.json"
+    return cache_dir() / "profiles" / f"{key}.json"
 
 
 def load_profile(key: str, max_age_days: float = 30.0) -> CostProfile | None:

@@ -9,12 +9,27 @@ from typing import Any, Callable
 from ..errors import TokentreeError
 from ..sampling import Draw
 from .base import Drafter, NoDrafter
+from .hybrid import HybridConfig, HybridDrafter
 from .draft_trees import (ChainConfig, ChainDrafter, DySpecConfig, DySpecDrafter, SequoiaConfig, SequoiaDrafter,
                           WidthsConfig, WidthsDrafter)
 from .lookahead import LookaheadConfig, LookaheadDrafter
 from .pld import PLDConfig, PromptLookupDrafter
 from .recycling import RecyclingConfig, RecyclingDrafter
 from .stand import StandConfig, StandDrafter
+
+
+@dataclass
+class AutoConfig:
+    """The ``auto`` drafter (CLI flags ``--auto-<field>``)."""
+
+    draft_source: str = "sequoia"  # the draft-model drafter joined when a draft model is loaded
+    skip_above: float = 2.0  # skip the draft model when stand + pld promise this many accepted tokens
+
+    def __post_init__(self) -> None:
+        if self.draft_source not in ("chain", "specinfer", "rsd-c", "sequoia", "dyspec"):
+            raise ValueError(f"draft_source must be a draft-model drafter, got '{self.draft_source}'")
+        if self.skip_above < 0:
+            raise ValueError(f"skip_above must be >= 0, got {self.skip_above}")
 
 
 @dataclass(frozen=True)
@@ -28,7 +43,8 @@ class DrafterSpec:
     config_cls: type | None = None
     defaults: tuple[tuple[str, Any], ...] = ()
     help: str = ""
-    needs_draft: bool = False
+    needs_draft: bool = False  # build(config, draft_model) with a model, or an error without one
+    uses_draft: bool = False  # build(config, draft_model) with the model or None
 
 
 DRAFTERS: dict[str, DrafterSpec] = {
@@ -51,7 +67,17 @@ DRAFTERS: dict[str, DrafterSpec] = {
                            needs_draft=True),
     "dyspec": DrafterSpec(DySpecDrafter, DySpecConfig, help="draft-model tree grown best-first by path probability "
                           "(DySpec)", needs_draft=True),
+    "hybrid": DrafterSpec(lambda c, m: HybridDrafter(c, lambda name: make_drafter(name, m)), HybridConfig,
+                          help="several drafters merged into one tree, ranked by calibrated acceptance", uses_draft=True),
+    "auto": DrafterSpec(lambda c, m: _auto(c, m), AutoConfig, uses_draft=True,
+                        help="hybrid of stand + pld (+ the draft model when one is loaded), tree size planned per step"),
 }
+
+
+def _auto(config: "AutoConfig", draft_model: Any) -> Drafter:
+    sources = "stand,pld" + (f",{config.draft_source}" if draft_model is not None else "")
+    hybrid = HybridConfig(sources=sources, skip_above=config.skip_above)
+    return HybridDrafter(hybrid, lambda name: make_drafter(name, draft_model), name="auto", default_budget="auto")
 
 
 def drafter_config(name: str, **options: Any) -> Any:
@@ -82,6 +108,8 @@ def make_drafter(name: str, draft_model: Any = None, **options: Any) -> Drafter:
     """
     config = drafter_config(name, **options)
     spec = DRAFTERS[name]
+    if spec.uses_draft:
+        return spec.build(config, draft_model)
     if not spec.needs_draft:
         return spec.build(config)
     if draft_model is None:
@@ -89,5 +117,5 @@ def make_drafter(name: str, draft_model: Any = None, **options: Any) -> Drafter:
     return spec.build(config, draft_model)
 
 
-__all__ = ["drafter_config", "ChainConfig", "DySpecConfig", "SequoiaConfig", "WidthsConfig", "DRAFTERS", "Drafter", "DrafterSpec", "LookaheadConfig", "LookaheadDrafter", "NoDrafter", "PLDConfig",
+__all__ = ["AutoConfig", "HybridConfig", "HybridDrafter", "drafter_config", "ChainConfig", "DySpecConfig", "SequoiaConfig", "WidthsConfig", "DRAFTERS", "Drafter", "DrafterSpec", "LookaheadConfig", "LookaheadDrafter", "NoDrafter", "PLDConfig",
            "PromptLookupDrafter", "RecyclingConfig", "RecyclingDrafter", "StandConfig", "StandDrafter", "make_drafter"]

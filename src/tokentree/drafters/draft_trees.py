@@ -48,7 +48,7 @@ class _DraftModelDrafter:
         raise NotImplementedError
 
     def observe(self, tree: TokenTree, logits: torch.Tensor, acceptance: Acceptance) -> None:
-        self.model.commit(acceptance)
+        self.model.commit(tree, acceptance)
 
     def reset(self) -> None:
         pass
@@ -213,7 +213,6 @@ class DySpecDrafter(_DraftModelDrafter):
     def __init__(self, config: DySpecConfig, draft_model: torch.nn.Module):
         super().__init__(draft_model)
         self.config = config
-        self._forwarded_of: dict[int, int] = {}  # target tree node -> node of the forwarded (cached) tree
 
     def _grow(self, context, budget, params, generator) -> Draft:
         backend = self.model.backend
@@ -240,10 +239,8 @@ class DySpecDrafter(_DraftModelDrafter):
             if not frontier:
                 break
         keep = sorted(self._best(known, budget))
-        tree = known.tree().subset(keep)
-        self._forwarded_of = {new: forwarded[old] for new, old in enumerate([0] + keep) if old in forwarded}
         self.model.forwarded = len(fwd_tokens)
-        return Draft(tree)
+        return Draft(known.tree().subset(keep))
 
     def _best(self, known: GrowingTree, budget: int) -> list[int]:
         """The best ``budget`` known nodes (or those above the threshold), ancestor-closed by construction."""
@@ -251,9 +248,3 @@ class DySpecDrafter(_DraftModelDrafter):
         if self.config.threshold > 0:
             ranked = [n for n in ranked if known.scores[n] > self.config.threshold]
         return ranked[:budget]
-
-    def observe(self, tree, logits, acceptance) -> None:
-        if self.model.backend.pending is None:
-            return
-        path = [self._forwarded_of[node] for node in acceptance.nodes if node in self._forwarded_of]
-        self.model.backend.commit(path)

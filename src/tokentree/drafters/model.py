@@ -114,9 +114,20 @@ class DraftModel:
                 break
         return grown
 
-    def commit(self, acceptance: Acceptance) -> None:
-        """Keep the accepted nodes that were forwarded; the rest is re-forwarded next step if needed."""
-        if self.backend.pending is None:
+    def commit(self, tree: TokenTree, acceptance: Acceptance) -> None:
+        """Keep the forwarded nodes on the accepted path; the rest is re-forwarded next step if needed.
+
+        The path is followed by tokens, so ``tree`` may be any tree the target verified that
+        contains it (the drafter's own, a cut of it, or a merge with other drafters' trees).
+        """
+        forwarded = self.backend.pending
+        if forwarded is None:
             return
-        self.backend.commit([node for node in acceptance.nodes if node < self.forwarded])
+        kept = [0]
+        for node in acceptance.nodes[1:]:
+            child = forwarded.child_with_token(kept[-1], tree.tokens[node])
+            if child is None:
+                break
+            kept.append(child)
+        self.backend.commit(kept)
         self.forwarded = 0

@@ -1,0 +1,139 @@
+"""The hybrid drafter: several drafters' trees merged into one, ranked by calibrated acceptance.
+
+Each source proposes its own tree; a per-source :class:`AcceptanceCalibrator` turns its nodes'
+depth and score into an honest probability of acceptance (learned from what the target accepted).
+Paths merge into one trie (a node shared by several sources keeps its best estimate) and the
+``budget`` most likely nodes are kept. Sources are asked cheapest first; an expensive source
+(a draft model) is skipped on steps where the cheaper ones already promise ``skip_above``
+accepted tokens (LLMCad-style fallback: call the draft model only when it pays).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from ..planner import AcceptanceCalibrator
+from ..sampling import Acceptance
+from ..tree import TokenTree
+from .base import Drafter
+
+
+@dataclass
+class HybridConfig:
+    """Hybrid options (CLI flags ``--hybrid-<field>``)."""
+
+    sources: str = "stand,pld"  # drafter names, cheapest first (draft-model drafters need --draft)
+    skip_above: float = 2.0  # skip draft-model sources when the others promise this many accepted tokens
+
+    def __post_init__(self) -> None:
+        names = [n.strip() for n in self.sources.split(",") if n.strip()]
+        if not names or len(set(names)) != len(names) or {"hybrid", "auto", "none"} & set(names):
+            raise ValueError(f"sources must be distinct drafter names (not hybrid/auto/none), got '{self.sources}'")
+        if self.skip_above < 0:
+            raise ValueError(f"skip_above must be >= 0, got {self.skip_above}")
+
+    @property
+    def names(self) -> list[str]:
+        return [n.strip() for n in self.sources.split(",") if n.strip()]
+
+
+def expected_accepted(tree: TokenTree) -> float:
+    """Sum of node scores below the root when scores are acceptance probabilities."""
+    return sum((tree.scores or (0.0,) * len(tree))[1:])
+
+
+def restrict(source: TokenTree, verified: TokenTree) -> tuple[list[int], list[int]]:
+    """Source nodes also in ``verified`` (same token path; ascending, root first) and their verified rows."""
+    present, rows, index = [0], [0], {0: 0}
+    for node in range(1, len(source)):
+        parent = index.get(source.parents[node])
+        match = None if parent is None else verified.child_with_token(parent, source.tokens[node])
+        if match is not None:
+            index[node] = match
+            present.append(node)
+            rows.append(match)
+    return present, rows
+
+
+class HybridDrafter:
+    name = "hybrid"
+    default_budget: int | str = 16
+
+    def __init__(self, config: HybridConfig, build: Callable[[str], Drafter], name: str = "hybrid",
+                 default_budget: int | str = 16):
+        self.config = config
+        self.name, self.default_budget = name, default_budget
+        self.sources = [build(n) for n in config.names]
+        self.calibrators = [AcceptanceCalibrator() for _ in self.sources]
+        self._proposed: list[tuple[int, TokenTree]] = []
+
+    def reset(self) -> None:
+        for source in self.sources:
+            source.reset()
+        self._proposed = []
+
+    def propose(self, context: Sequence[int], budget: int) -> TokenTree:
+        root = int(context[-1])
+        self._proposed = []
+        merged = TokenTree.root(root)
+        for i, source in enumerate(self.sources):
+            if _is_expensive(source) and expected_accepted(merged) >= self.config.skip_above:
+                continue
+            tree = source.propose(context, budget)
+            self._proposed.append((i, tree))
+            estimates = self.calibrators[i].estimate(tree)
+            paths = [[tree.tokens[v] for v in path[1:]] for path in tree.paths if len(path) > 1]
+            scores = [[estimates[v] for v in path[1:]] for path in tree.paths if len(path) > 1]
+            merged = TokenTree.from_paths(root, _paths_of(merged) + paths, _scores_of(merged) + scores)
+            merged = merged.best(budget)
+        return merged
+
+    def observe(self, tree: TokenTree, logits: torch.Tensor, acceptance: Acceptance) -> None:
+        """Each source learns from the verified part of its tree; its calibrator from what was accepted."""
+        new_tokens = acceptance.new_tokens(tree)
+        for i, source_tree in self._proposed:
+            present, rows = restrict(source_tree, tree)
+            sub = source_tree.subset(present[1:])  # node j of sub is present[j]
+            nodes = _accepted_nodes(sub, tree, acceptance)
+            sub_acceptance = Acceptance(nodes, new_tokens[len(nodes) - 1])
+            self.calibrators[i].update(sub, sub_acceptance)
+            self.sources[i].observe(sub, logits[rows], sub_acceptance)
+        self._proposed = []
+
+    def state_dict(self) -> dict:
+        return {"sources": self.config.names,
+                "states": [s.state_dict() if hasattr(s, "state_dict") else None for s in self.sources]}
+
+    def load_state_dict(self, state: dict, vocab_size: int) -> None:
+        if state.get("sources") != self.config.names:
+            raise ValueError(f"saved for sources {state.get('sources')}, this drafter uses {self.config.names}")
+        for source, saved in zip(self.sources, state["states"]):
+            if saved is not None and hasattr(source, "load_state_dict"):
+                source.load_state_dict(saved, vocab_size)
+
+
+def _is_expensive(drafter: Drafter) -> bool:
+    return hasattr(drafter, "model")  # draft-model drafters hold a DraftModel
+
+
+def _paths_of(tree: TokenTree) -> list[list[int]]:
+    return [[tree.tokens[v] for v in path[1:]] for path in tree.paths if len(path) > 1]
+
+
+def _scores_of(tree: TokenTree) -> list[list[float]]:
+    scores = tree.scores or (1.0,) * len(tree)
+    return [[scores[v] for v in path[1:]] for path in tree.paths if len(path) > 1]
+
+
+def _accepted_nodes(sub: TokenTree, verified: TokenTree, acceptance: Acceptance) -> tuple[int, ...]:
+    """The accepted path of ``verified`` followed inside ``sub`` by tokens (root first)."""
+    nodes = [0]
+    for node in acceptance.nodes[1:]:
+        child = sub.child_with_token(nodes[-1], verified.tokens[node])
+        if child is None:
+            break
+        nodes.append(child)
+    return tuple(nodes)

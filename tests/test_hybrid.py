@@ -1,0 +1,98 @@
+"""The hybrid drafter: merging, calibrated ranking, skipping the expensive source, routing feedback."""
+
+import random
+
+import torch
+
+from tokentree.api import Generator
+from tokentree.drafters import make_drafter
+from tokentree.drafters.hybrid import HybridConfig, HybridDrafter
+from tokentree.models import LoadedModel
+from tokentree.sampling import Acceptance
+from tokentree.tree import TokenTree
+
+from conftest import tiny_model, tiny_tokenizer
+from test_greedy_equality import hf_greedy
+
+
+class FixedDrafter:
+    """Proposes the same paths every step and records what it is told."""
+
+    default_budget = 16
+
+    def __init__(self, name, paths):
+        self.name, self.paths, self.calls, self.seen = name, paths, 0, []
+
+    def propose(self, context, budget):
+        self.calls += 1
+        return TokenTree.from_paths(context[-1], self.paths)
+
+    def observe(self, tree, logits, acceptance):
+        self.seen.append((tree, logits.shape[0], acceptance))
+
+    def reset(self):
+        pass
+
+
+class ExpensiveDrafter(FixedDrafter):
+    model = "a draft model"
+
+
+def hybrid(sources, skip_above=2.0):
+    by_name = {s.name: s for s in sources}
+    config = HybridConfig(sources=",".join(by_name), skip_above=skip_above)
+    return HybridDrafter(config, lambda name: by_name[name])
+
+
+def test_merge_keeps_every_source_path_once():
+    a = FixedDrafter("a", [[1, 2, 3], [1, 4]])
+    b = FixedDrafter("b", [[1, 2, 5], [6]])
+    tree = hybrid([a, b]).propose([9, 0], budget=20)
+    paths = {tuple(tree.tokens[v] for v in p[1:]) for p in tree.paths}
+    assert paths == {(1, 2, 3), (1, 4), (1, 2, 5), (6,)}
+    assert len(tree) == 1 + 6  # 1, 2, 3, 4, 5, 6: the shared prefix 1-2 appears once
+
+
+def test_budget_keeps_the_best_calibrated_nodes():
+    a = FixedDrafter("a", [[1, 2, 3, 4, 5, 6]])
+    tree = hybrid([a]).propose([0], budget=3)
+    assert tree.tokens == (0, 1, 2, 3)  # shallower nodes are likelier (prior 0.6 ** depth)
+
+
+def test_expensive_source_is_skipped_when_cheap_ones_suffice():
+    cheap = FixedDrafter("cheap", [[1, 2, 3, 4, 5]])
+    costly = ExpensiveDrafter("costly", [[7, 8]])
+    drafter = hybrid([cheap, costly], skip_above=1.0)  # prior estimates of the chain sum to ~1.4
+    drafter.propose([0], budget=16)
+    assert costly.calls == 0
+    drafter = hybrid([cheap, costly], skip_above=5.0)
+    tree = drafter.propose([0], budget=16)
+    assert costly.calls == 1 and 7 in tree.tokens
+
+
+def test_each_source_learns_from_its_verified_part():
+    a = FixedDrafter("a", [[1, 2, 3]])
+    b = FixedDrafter("b", [[1, 9], [4]])
+    drafter = hybrid([a, b])
+    tree = drafter.propose([0], budget=10)
+    logits = torch.zeros(len(tree), 10)
+    accepted = (0, tree.child_with_token(0, 1), tree.child_with_token(tree.child_with_token(0, 1), 2))
+    drafter.observe(tree, logits, Acceptance(accepted, 7))
+    sub_a, rows_a, acc_a = a.seen[0]
+    assert sub_a.tokens == (0, 1, 2, 3) and rows_a == 4
+    assert [sub_a.tokens[v] for v in acc_a.nodes] == [0, 1, 2] and acc_a.bonus == 7
+    sub_b, rows_b, acc_b = b.seen[0]
+    assert [sub_b.tokens[v] for v in acc_b.nodes] == [0, 1] and acc_b.bonus == 2  # after 1 the target took 2
+
+
+def test_auto_is_lossless_with_the_planner_and_a_draft_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("TOKENTREE_CACHE", str(tmp_path))  # the cost profile is cached here
+    target = tiny_model("llama", seed=4)
+    draft = tiny_model("llama", seed=4)  # a perfect draft: the draft-model source has plenty to add
+    generator = Generator(LoadedModel(target, tiny_tokenizer(), "tiny"), make_drafter("auto", draft))
+    rng = random.Random(0)
+    for _ in range(3):
+        prompt = [rng.randrange(3, 90) for _ in range(5)] * 2
+        out = generator.generate(prompt, max_new_tokens=24)
+        assert out.token_ids == hf_greedy(target, prompt, 24)
+    assert out.stats.mean_accepted > 1.0
