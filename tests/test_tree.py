@@ -70,3 +70,9 @@ def test_best_keeps_highest_scoring_ancestor_closed_nodes():
     assert tree.best(3).tokens == (0, 1, 2, 3)
     assert tree.best(10) is tree
     assert TokenTree((0, 1, 2), (-1, 0, 1)).best(1).tokens == (0, 1)
+
+
+def test_follow_walks_a_token_path_as_far_as_it_exists():
+    tree = TokenTree.from_paths(9, [[1, 2, 3], [1, 4]])
+    assert [tree.tokens[v] for v in tree.follow([9, 1, 4, 7])] == [9, 1, 4]
+    assert tree.follow([9, 5]) == [0]

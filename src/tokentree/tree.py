@@ -140,6 +140,16 @@ class TokenTree:
                 return child
         return None
 
+    def follow(self, tokens: Sequence[int]) -> list[int]:
+        """Nodes from the root along ``tokens`` (``tokens[0]`` is the root's), as far as the tree has them."""
+        nodes = [0]
+        for token in tokens[1:]:
+            child = self.child_with_token(nodes[-1], token)
+            if child is None:
+                break
+            nodes.append(child)
+        return nodes
+
     # ----------------------------------------------------------------- editing
     def best(self, n: int) -> TokenTree:
         """Keep the ``n`` most promising nodes below the root, ancestor-closed.

@@ -84,10 +84,9 @@ class HybridDrafter:
                 continue
             tree = source.propose(context, budget)
             self._proposed.append((i, tree))
-            estimates = self.calibrators[i].estimate(tree)
-            paths = [[tree.tokens[v] for v in path[1:]] for path in tree.paths if len(path) > 1]
-            scores = [[estimates[v] for v in path[1:]] for path in tree.paths if len(path) > 1]
-            merged = TokenTree.from_paths(root, _paths_of(merged) + paths, _scores_of(merged) + scores)
+            estimated = TokenTree(tree.tokens, tree.parents, tuple(self.calibrators[i].estimate(tree)))
+            merged = TokenTree.from_paths(root, _paths_of(merged) + _paths_of(estimated),
+                                          _scores_of(merged) + _scores_of(estimated))
             merged = merged.best(budget)
         return merged
 
@@ -97,7 +96,7 @@ class HybridDrafter:
         for i, source_tree in self._proposed:
             present, rows = restrict(source_tree, tree)
             sub = source_tree.subset(present[1:])  # node j of sub is present[j]
-            nodes = _accepted_nodes(sub, tree, acceptance)
+            nodes = tuple(sub.follow([tree.tokens[node] for node in acceptance.nodes]))
             sub_acceptance = Acceptance(nodes, new_tokens[len(nodes) - 1])
             self.calibrators[i].update(sub, sub_acceptance)
             self.sources[i].observe(sub, logits[rows], sub_acceptance)
@@ -126,14 +125,3 @@ def _paths_of(tree: TokenTree) -> list[list[int]]:
 def _scores_of(tree: TokenTree) -> list[list[float]]:
     scores = tree.scores or (1.0,) * len(tree)
     return [[scores[v] for v in path[1:]] for path in tree.paths if len(path) > 1]
-
-
-def _accepted_nodes(sub: TokenTree, verified: TokenTree, acceptance: Acceptance) -> tuple[int, ...]:
-    """The accepted path of ``verified`` followed inside ``sub`` by tokens (root first)."""
-    nodes = [0]
-    for node in acceptance.nodes[1:]:
-        child = sub.child_with_token(nodes[-1], verified.tokens[node])
-        if child is None:
-            break
-        nodes.append(child)
-    return tuple(nodes)

@@ -123,11 +123,5 @@ class DraftModel:
         forwarded = self.backend.pending
         if forwarded is None:
             return
-        kept = [0]
-        for node in acceptance.nodes[1:]:
-            child = forwarded.child_with_token(kept[-1], tree.tokens[node])
-            if child is None:
-                break
-            kept.append(child)
-        self.backend.commit(kept)
+        self.backend.commit(forwarded.follow([tree.tokens[node] for node in acceptance.nodes]))
         self.forwarded = 0
