@@ -203,3 +203,12 @@ def test_calibrate_then_generate_with_sequoia(saved_tiny_model, capsys, tmp_path
     assert json.loads(stdout)["stats"]["mean_accepted"] > 1.5
     code, _, err = run_cli(["generate", "abc", "--target", str(saved_tiny_model), "--drafter", "chain"], capsys)
     assert code == 2 and "needs a draft model" in err
+
+
+def test_boolean_and_shared_drafter_flags_parse():
+    from tokentree.cli import build_parser, drafter_options
+
+    args = build_parser().parse_args(["generate", "x", "--drafter", "chain", "--chain-adaptive", "false"])
+    assert drafter_options(args) == {"adaptive": False}
+    args = build_parser().parse_args(["generate", "x", "--drafter", "rsd-c", "--specinfer-widths", "3,2"])
+    assert drafter_options(args) == {"widths": "3,2"}

@@ -32,7 +32,8 @@ def _drafter_option_groups(parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group(f"options of drafter {users}")
         hints = typing.get_type_hints(spec.config_cls)
         for field in dataclasses.fields(spec.config_cls):
-            group.add_argument(_flag(spec.config_cls, field.name), type=hints[field.name],
+            kind = _boolean if hints[field.name] is bool else hints[field.name]
+            group.add_argument(_flag(spec.config_cls, field.name), type=kind,
                                default=None, metavar=field.name.upper(), help=f"default {field.default}")
 
 
@@ -130,6 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(profile)
     profile.add_argument("--plot", metavar="PNG", help="also save the curve as a PNG plot")
     return parser
+
+
+def _boolean(text: str) -> bool:
+    words = {"true": True, "yes": True, "1": True, "on": True, "false": False, "no": False, "0": False, "off": False}
+    if text.lower() not in words:
+        raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
+    return words[text.lower()]
 
 
 def _budget(text: str) -> int | str:

@@ -11,7 +11,7 @@ from ..sampling import Draw
 from .base import Drafter, NoDrafter
 from .hybrid import HybridConfig, HybridDrafter
 from .draft_trees import (ChainConfig, ChainDrafter, DySpecConfig, DySpecDrafter, SequoiaConfig, SequoiaDrafter,
-                          WidthsConfig, WidthsDrafter)
+                          SpecInferConfig, WidthsDrafter)
 from .lookahead import LookaheadConfig, LookaheadDrafter
 from .pld import PLDConfig, PromptLookupDrafter
 from .recycling import RecyclingConfig, RecyclingDrafter
@@ -58,9 +58,9 @@ DRAFTERS: dict[str, DrafterSpec] = {
     "stand": DrafterSpec(StandDrafter, StandConfig, help="n-gram table of the target's distributions (STAND)"),
     "chain": DrafterSpec(ChainDrafter, ChainConfig, help="draft-model chain, adaptive length, confidence stop",
                          needs_draft=True),
-    "specinfer": DrafterSpec(lambda c, m: WidthsDrafter(c, m, "specinfer", Draw.IID), WidthsConfig,
+    "specinfer": DrafterSpec(lambda c, m: WidthsDrafter(c, m, "specinfer", Draw.IID), SpecInferConfig,
                              help="draft-model tree, per-depth widths, i.i.d. children (SpecInfer)", needs_draft=True),
-    "rsd-c": DrafterSpec(lambda c, m: WidthsDrafter(c, m, "rsd-c", Draw.WITHOUT_REPLACEMENT), WidthsConfig,
+    "rsd-c": DrafterSpec(lambda c, m: WidthsDrafter(c, m, "rsd-c", Draw.WITHOUT_REPLACEMENT), SpecInferConfig,
                          (("widths", "3,2,1,1"),), help="draft-model tree, per-depth branching, children without "
                          "replacement (RSD-C)", needs_draft=True),
     "sequoia": DrafterSpec(SequoiaDrafter, SequoiaConfig, help="draft-model tree, Sequoia's optimal static shape",
@@ -117,5 +117,5 @@ def make_drafter(name: str, draft_model: Any = None, **options: Any) -> Drafter:
     return spec.build(config, draft_model)
 
 
-__all__ = ["AutoConfig", "HybridConfig", "HybridDrafter", "drafter_config", "ChainConfig", "DySpecConfig", "SequoiaConfig", "WidthsConfig", "DRAFTERS", "Drafter", "DrafterSpec", "LookaheadConfig", "LookaheadDrafter", "NoDrafter", "PLDConfig",
+__all__ = ["AutoConfig", "HybridConfig", "HybridDrafter", "drafter_config", "ChainConfig", "DySpecConfig", "SequoiaConfig", "SpecInferConfig", "DRAFTERS", "Drafter", "DrafterSpec", "LookaheadConfig", "LookaheadDrafter", "NoDrafter", "PLDConfig",
            "PromptLookupDrafter", "RecyclingConfig", "RecyclingDrafter", "StandConfig", "StandDrafter", "make_drafter"]

@@ -102,8 +102,11 @@ class ChainDrafter(_DraftModelDrafter):
 
 
 @dataclass
-class WidthsConfig:
-    """Per-depth branching (CLI flags ``--widths-<field>``): ``specinfer`` draws i.i.d., ``rsd-c`` without replacement."""
+class SpecInferConfig:
+    """Per-depth branching (CLI flags ``--specinfer-<field>``, also for ``rsd-c``).
+
+    ``specinfer`` draws children i.i.d. when sampling, ``rsd-c`` without replacement.
+    """
 
     widths: str = "2,2,1,1"  # children per node at depth 0, 1, 2, ...
 
@@ -116,7 +119,7 @@ class WidthsDrafter(_DraftModelDrafter):
 
     default_budget = 16
 
-    def __init__(self, config: WidthsConfig, draft_model: torch.nn.Module, name: str, draw: Draw):
+    def __init__(self, config: SpecInferConfig, draft_model: torch.nn.Module, name: str, draw: Draw):
         super().__init__(draft_model)
         self.name, self.draw = name, draw
         self.widths = parse_widths(config.widths)
