@@ -110,7 +110,24 @@ def test_missing_prompt_file(tmp_path, capsys):
 def test_unknown_method_fails_before_loading_anything(capsys):
     assert main(["bench", "--methods", "hf,tt:magic", "--target", "/no/such/model"]) == 2
     err = capsys.readouterr().err
-    assert "unknown method(s) tt:magic" in err
+    assert "unknown method 'tt:magic'" in err
+
+
+@pytest.mark.parametrize("method", ["tt:pld@0", "tt:pld@x", "tt:pld@-3", "tt:magic@4", "hf@4"])
+def test_bad_budget_suffix_is_a_clear_error(capsys, method):
+    assert main(["bench", "--methods", method, "--target", "/no/such/model"]) == 2
+    assert "tokentree: error:" in capsys.readouterr().err
+
+
+def test_budget_suffix_caps_the_tree(saved_tiny_model, prompt_file, tmp_path):
+    methods = ["hf", "tt:pld@2", "tt:pld"]
+    summary = run_bench(BenchConfig(prompts=str(prompt_file), max_new_tokens=24, methods=methods,
+                                    target=str(saved_tiny_model), dtype="float32", out=str(tmp_path / "o")))
+    records = [json.loads(line) for line in (tmp_path / "o" / "records.jsonl").read_text().splitlines()]
+    longest = {m: max(int(k) for r in records if r["method"] == m for t in r["turns"] for k in t["accepted_hist"])
+               for m in methods[1:]}
+    assert longest["tt:pld@2"] <= 3 < longest["tt:pld"]  # two drafted tokens + the bonus token per step
+    assert summary["lossless"]["tt:pld@2"]["share"] == 1.0
 
 
 def test_sampled_run_compares_speed_and_skips_the_identity_check(saved_tiny_model, prompt_file, tmp_path):

@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass when sampling (default 1)")
     bench.add_argument("--repeats", type=int, default=1)
     bench.add_argument("--methods", type=_csv, default=["hf", "hf-pld", "tt:none", "tt:pld"],
-                       help="comma-separated: hf, hf-assisted, hf-pld, tt:<drafter> (default hf,hf-pld,tt:none,tt:pld)")
+                       help="comma-separated: hf, hf-assisted, hf-pld, tt:<drafter>[@budget] (default hf,hf-pld,tt:none,tt:pld)")
     add_model_arguments(bench)
     bench.add_argument("--out", default="bench-out", help="output directory (resumed when it exists)")
     bench.add_argument("--seed", type=int, default=0)

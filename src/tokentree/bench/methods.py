@@ -58,11 +58,12 @@ class HFMethod:
 
 
 class TokentreeMethod:
-    """tokentree with one drafter."""
+    """tokentree with one drafter; ``budget`` None keeps the drafter's default tree size."""
 
-    def __init__(self, name: str, generator: Generator, drafter_name: str):
+    def __init__(self, name: str, generator: Generator, drafter_name: str, budget: int | str | None = None):
         self.name = name
         self.generator = generator
+        self.budget = budget
         draft = None if generator.draft is None else generator.draft.model
         self.drafter = make_drafter(drafter_name, draft)
 
@@ -71,7 +72,7 @@ class TokentreeMethod:
         start = time.perf_counter()
         out = self.generator.generate(prompt_ids, max_new_tokens=max_new_tokens, temperature=sampling.temperature,
                                       top_p=sampling.top_p, top_k=sampling.top_k, min_p=sampling.min_p, seed=seed,
-                                      drafter=self.drafter)
+                                      drafter=self.drafter, budget=self.budget)
         wall = time.perf_counter() - start
         s = out.stats
         return RunResult(out.token_ids, wall, s.steps, s.mean_accepted,
@@ -79,23 +80,46 @@ class TokentreeMethod:
 
 
 HF_METHODS = ("hf", "hf-assisted", "hf-pld")
-NEEDS_DRAFT = {"hf-assisted"} | {f"tt:{name}" for name, spec in DRAFTERS.items() if spec.needs_draft}
 
 
 def known_methods() -> list[str]:
     return list(HF_METHODS) + [f"tt:{name}" for name in DRAFTERS]
 
 
+def parse_method(name: str) -> tuple[str, int | str | None]:
+    """``(baseline or drafter name, budget)`` of a method name; TokentreeError when it is not one.
+
+    Methods are ``hf``, ``hf-assisted``, ``hf-pld`` and ``tt:<drafter>[@<budget>]`` where the budget
+    is a positive node count or ``auto`` (planned per step); without it the drafter's default applies.
+    """
+    if name in HF_METHODS:
+        return name, None
+    drafter, at, budget = name.removeprefix("tt:").partition("@")
+    if not name.startswith("tt:") or drafter not in DRAFTERS:
+        raise TokentreeError(f"unknown method '{name}': choose from {', '.join(known_methods())} "
+                             "(tt:<drafter>@<budget> fixes the tree size, e.g. tt:stand@8)")
+    if not at:
+        return drafter, None
+    if budget != "auto" and not (budget.isdigit() and int(budget) >= 1):
+        raise TokentreeError(f"method '{name}': the budget after '@' must be a positive integer or 'auto'")
+    return drafter, budget if budget == "auto" else int(budget)
+
+
+def needs_draft(name: str) -> bool:
+    """Whether a (valid) method name needs a draft model."""
+    base, _ = parse_method(name)
+    return base == "hf-assisted" or (name.startswith("tt:") and DRAFTERS[base].needs_draft)
+
+
 def build_method(name: str, generator: Generator) -> Method:
     """Build a method by name; raises TokentreeError for unknown names or a missing draft model."""
-    if name == "hf":
+    base, budget = parse_method(name)
+    if base == "hf":
         return HFMethod(name, generator)
-    if name == "hf-pld":
+    if base == "hf-pld":
         return HFMethod(name, generator, prompt_lookup_num_tokens=10)
-    if name == "hf-assisted":
+    if base == "hf-assisted":
         if generator.draft is None:
             raise TokentreeError("hf-assisted needs a draft model")
         return HFMethod(name, generator, assistant_model=generator.draft.model)
-    if name.startswith("tt:") and name[3:] in DRAFTERS:
-        return TokentreeMethod(name, generator, name[3:])
-    raise TokentreeError(f"unknown method '{name}': choose from {', '.join(known_methods())}")
+    return TokentreeMethod(name, generator, base, budget)

@@ -10,7 +10,7 @@ from pathlib import Path
 from ..api import Generator, load, load_draft
 from ..errors import TokentreeError
 from ..sampling import SamplingParams
-from .methods import NEEDS_DRAFT, Method, build_method, known_methods
+from .methods import Method, build_method, needs_draft, parse_method
 from .report import running_speedups, write_report
 from .suites import BenchPrompt, load_suite, round_robin, select
 
@@ -44,9 +44,8 @@ class BenchConfig:
             raise TokentreeError(f"--repeats must be >= 1, got {self.repeats}")
         if self.max_new_tokens < 1:
             raise TokentreeError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
-        unknown = [m for m in self.methods if m not in known_methods()]
-        if unknown:
-            raise TokentreeError(f"unknown method(s) {', '.join(unknown)}: choose from {', '.join(known_methods())}")
+        for method in self.methods:
+            parse_method(method)  # raises for an unknown method or a bad @budget
         self.sampling  # validates temperature and top_p
         if "hf" not in self.methods:
             self.methods = ["hf"] + list(self.methods)  # the baseline every ratio is taken against
@@ -90,7 +89,7 @@ def build_methods(generator: Generator, names: list[str], notes: list[str]) -> l
         try:
             methods.append(build_method(name, generator))
         except TokentreeError as exc:
-            if name not in NEEDS_DRAFT:
+            if not needs_draft(name):
                 raise
             notes.append(f"skipped {name}: {exc}")
     return methods
@@ -99,7 +98,7 @@ def build_methods(generator: Generator, names: list[str], notes: list[str]) -> l
 def load_generator(config: BenchConfig, notes: list[str]) -> Generator:
     """The target, plus a draft model when a method needs one (a missing default draft becomes a note)."""
     generator = load(config.target, None, "none", config.dtype, config.device)
-    if config.draft is not None or any(m in NEEDS_DRAFT for m in config.methods):
+    if config.draft is not None or any(needs_draft(m) for m in config.methods):
         try:
             generator.draft = load_draft(config.draft, generator.target)
         except TokentreeError as exc:
