@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterator, Sequence, Union
 
-from .backends.hf import HFBackend
+from .backends import make_backend
+from .backends.llamacpp import LlamaCppConfig
 from .drafters import DRAFTERS, Drafter, drafter_config, make_drafter
 from .drafters.state import load_state, require_stateful, save_state, vocab_signature
 from .engine import DecodeRequest, Engine
 from .errors import TokentreeError
-from .models import (EMBEDDED_DRAFT, EMBEDDED_TARGET, LoadedModel, check_same_vocab, load_model, resolve_device,
-                     resolve_dtype)
+from .models import (EMBEDDED_DRAFT, EMBEDDED_TARGET, LoadedModel, check_same_vocab, load_llamacpp_model, load_model,
+                     resolve_device, resolve_dtype)
 from .planner import CostProfile, Planner, load_profile, measure_profile, profile_key, save_profile
 from .stats import GenerationStats
 from .text import TextStream
@@ -85,7 +87,7 @@ class Generator:
         self.draft = draft
         self.drafter = drafter
         self.budget = budget
-        self.backend = HFBackend(target.model)
+        self.backend = make_backend(target.model)
         self._planners: dict[int, Planner] = {}  # per drafter object: calibration carries across requests
         self._profile: CostProfile | None = None
 
@@ -100,8 +102,7 @@ class Generator:
     def cost_profile(self, refresh: bool = False, progress=None) -> CostProfile:
         """The target's verify-cost profile: cached per model, dtype, device, threads and torch version."""
         if self._profile is None or refresh:
-            model = self.target.model
-            key = profile_key(self.target.source, model.dtype, model.device)
+            key = profile_key(self.target.source, self.target.precision, self.target.device_name)
             profile = None if refresh else load_profile(key)
             if profile is None:
                 profile = measure_profile(self.backend, key=key, progress=progress)
@@ -176,9 +177,22 @@ class Generator:
         return make_drafter(drafter, None if self.draft is None else self.draft.model)
 
 
+BACKENDS = ("auto", "hf", "llamacpp")
+
+
+def resolve_backend(name: str, target: str | None) -> str:
+    """'auto' = llama.cpp for a .gguf target when llama-cpp-python is installed, else transformers."""
+    if name not in BACKENDS:
+        raise TokentreeError(f"unknown backend '{name}': choose {', '.join(BACKENDS)}")
+    if name != "auto":
+        return name
+    gguf_target = target is not None and str(target).endswith(".gguf")
+    return "llamacpp" if gguf_target and importlib.util.find_spec("llama_cpp") is not None else "hf"
+
+
 def load(target: str | None = None, draft: str | None = None, drafter: str = "pld", dtype: str = "auto",
          device: str | None = None, budget: int | str | None = None, drafter_state: str | None = None,
-         **drafter_options: Any) -> Generator:
+         backend: str = "auto", threads: int | None = None, n_ctx: int = 4096, **drafter_options: Any) -> Generator:
     """Load a target (None = the embedded Qwen2.5-Coder-1.5B-Instruct) and build a Generator.
 
     ``budget`` fixes the drafted tokens per step (None = each drafter's default; "auto" = sized each
@@ -187,15 +201,21 @@ def load(target: str | None = None, draft: str | None = None, drafter: str = "pl
     ``draft`` (a model spec) is loaded and checked against the target's vocabulary when given;
     draft-model drafters (chain, specinfer, rsd-c, sequoia, dyspec) load the embedded 0.5B draft
     when the target is the embedded one and no draft is given.
+    ``backend``: "hf" (transformers; ``dtype``, ``device``), "llamacpp" (GGUF files through llama.cpp;
+    ``threads``, ``n_ctx``) or "auto" (llamacpp for a .gguf target when installed).
     ``drafter_options`` are fields of the drafter's config (e.g. ``max_ngram=4`` for "pld").
     """
     drafter_config(drafter, **drafter_options)  # bad names and options fail before any loading
     needs_draft = DRAFTERS[drafter].needs_draft
     if needs_draft and draft is None and target is not None:
         raise TokentreeError(f"drafter '{drafter}' needs a draft model: give --draft (same vocabulary as the target)")
-    torch_device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, torch_device)
-    target_model = load_model(target, EMBEDDED_TARGET, torch_dtype, torch_device)
+    if resolve_backend(backend, target) == "llamacpp":
+        if device not in (None, "cpu"):
+            raise TokentreeError(f"the llama.cpp backend runs on the CPU; --device {device} needs --backend hf")
+        target_model = load_llamacpp_model(target, EMBEDDED_TARGET, LlamaCppConfig(threads=threads, n_ctx=n_ctx))
+    else:
+        torch_device = resolve_device(device)
+        target_model = load_model(target, EMBEDDED_TARGET, resolve_dtype(dtype, torch_device), torch_device)
     draft_model = load_draft(draft, target_model) if draft is not None or needs_draft else None
     drafter_obj = make_drafter(drafter, None if draft_model is None else draft_model.model, **drafter_options)
     if drafter_state is not None:
@@ -208,6 +228,9 @@ def load(target: str | None = None, draft: str | None = None, drafter: str = "pl
 
 def load_draft(spec: str | None, target: LoadedModel) -> LoadedModel:
     """Load a draft model (None = the embedded Qwen2.5-Coder-0.5B) like the target, checking its vocabulary."""
-    draft = load_model(spec, EMBEDDED_DRAFT, target.model.dtype, target.model.device)
+    if target.is_llamacpp:
+        draft = load_llamacpp_model(spec, EMBEDDED_DRAFT, target.model.config)
+    else:
+        draft = load_model(spec, EMBEDDED_DRAFT, target.model.dtype, target.model.device)
     check_same_vocab(target, draft)
     return draft

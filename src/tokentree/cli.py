@@ -69,6 +69,20 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--draft", help="draft model (same forms as --target); must share the target's vocabulary")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    parser.add_argument("--backend", default="auto", choices=["auto", "hf", "llamacpp"],
+                        help="hf (transformers) or llamacpp (GGUF files through llama.cpp); auto = llamacpp for a "
+                        ".gguf --target when llama-cpp-python is installed, else hf")
+    parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: all cores)")
+    parser.add_argument("--n-ctx", type=int, default=4096, help="llama.cpp context size in tokens (default 4096)")
+
+
+def _load(args: argparse.Namespace, drafter: str = "pld", draft: str | None = None, budget=None,
+          drafter_state: str | None = None, **options):
+    """``tokentree.load`` with the model flags of ``add_model_arguments``."""
+    from .api import load
+
+    return load(args.target, draft, drafter, args.dtype, args.device, budget, drafter_state,
+                backend=args.backend, threads=args.threads, n_ctx=args.n_ctx, **options)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,8 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     bench.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass when sampling (default 1)")
     bench.add_argument("--repeats", type=int, default=1)
-    bench.add_argument("--methods", type=_csv, default=["hf", "hf-pld", "tt:none", "tt:pld"],
-                       help="comma-separated: hf, hf-assisted, hf-pld, tt:<drafter>[@budget] (default hf,hf-pld,tt:none,tt:pld)")
+    bench.add_argument("--methods", type=_csv, default=None,
+                       help="comma-separated: hf, hf-assisted, hf-pld (hf backend), llama, llama-pld (llamacpp "
+                       "backend), tt:<drafter>[@budget] (default: the backend's plain and prompt-lookup baselines, "
+                       "tt:none, tt:pld)")
     add_model_arguments(bench)
     bench.add_argument("--out", default="bench-out", help="output directory (resumed when it exists)")
     bench.add_argument("--seed", type=int, default=0)
@@ -165,12 +181,9 @@ def _read_prompt(prompt: str | None) -> str:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .api import load
-
     prompt = _read_prompt(args.prompt)
     options = drafter_options(args)
-    gen = load(args.target, args.draft, args.drafter, args.dtype, args.device, args.budget, args.drafter_state,
-               **options)
+    gen = _load(args, args.drafter, args.draft, args.budget, args.drafter_state, **options)
     stream = gen.stream(prompt, max_new_tokens=args.max_new_tokens, chat=args.chat, temperature=args.temperature,
                         top_p=args.top_p, top_k=args.top_k, min_p=args.min_p, seed=args.seed, stop=args.stop)
     for piece in stream:
@@ -202,12 +215,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .api import load
     from .server.run import serve
 
     config = ServeConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServeConfig)})
-    gen = load(args.target, args.draft, args.drafter, args.dtype, args.device, args.budget, args.drafter_state,
-               **drafter_options(args))
+    gen = _load(args, args.drafter, args.draft, args.budget, args.drafter_state, **drafter_options(args))
     serve(gen, config)
     if args.drafter_state:
         gen.save_drafter_state(args.drafter_state)
@@ -215,11 +226,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from .api import load, load_draft
+    from .api import load_draft
     from .calibrate import calibrate
 
     config = CalibrateConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(CalibrateConfig)})
-    gen = load(args.target, None, "pld", args.dtype, args.device)
+    if args.backend == "llamacpp":
+        raise TokentreeError("calibrate runs on the hf backend (the vector it measures applies to both)")
+    gen = _load(args, "pld")
     gen.draft = load_draft(args.draft, gen.target)
     vector = calibrate(gen, config)
     print("positional acceptance: " + ", ".join(f"{v:.3f}" for v in vector))
@@ -228,10 +241,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from .api import load
-
-    gen = load(args.target, None, "none", args.dtype, args.device)
-    print(f"measuring verify latency of {gen.target.source} ({gen.target.model.dtype}, {gen.target.model.device})",
+    gen = _load(args, "none")
+    print(f"measuring verify latency of {gen.target.source} ({gen.target.precision}, {gen.target.device_name})",
           file=sys.stderr)
     profile = gen.cost_profile(refresh=True,
                                progress=lambda n, s: print(f"  n={n:<4d} {s * 1000:8.1f} ms", file=sys.stderr))

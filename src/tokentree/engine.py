@@ -83,6 +83,9 @@ class Engine:
                 draft = self._planned_draft(context, remaining - 1, params, generator)
             else:
                 draft = self._draft(context, min(budget, remaining - 1), params, generator)
+            capped = draft.capped(self.backend.max_leaves)
+            stats.capped_steps += capped is not draft
+            draft = capped
             tree = draft.tree
             t1 = time.perf_counter()
             logits = self.backend.verify(tree)

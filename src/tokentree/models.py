@@ -14,9 +14,11 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from .backends.llamacpp import LlamaCppConfig, LlamaCppModel, import_llama_cpp, is_gguf
 from .errors import TokentreeError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -45,15 +47,38 @@ EMBEDDED_DRAFT = EmbeddedModel(
 
 @dataclass
 class LoadedModel:
-    """A causal LM, its tokenizer, and where it came from."""
+    """A causal LM (a transformers module or a :class:`LlamaCppModel`), its tokenizer, and its source."""
 
-    model: torch.nn.Module
+    model: Any
     tokenizer: object
     source: str
 
     @property
+    def is_llamacpp(self) -> bool:
+        return isinstance(self.model, LlamaCppModel)
+
+    @property
+    def precision(self) -> str:
+        """"gguf" for llama.cpp models, else the torch dtype name."""
+        return "gguf" if self.is_llamacpp else str(self.model.dtype).removeprefix("torch.")
+
+    @property
+    def device_name(self) -> str:
+        if self.is_llamacpp:
+            return f"cpu (llama.cpp, {self.model.config.thread_count} threads)"
+        return str(self.model.device)
+
+    @property
+    def context_limit(self) -> int | None:
+        if self.is_llamacpp:
+            return self.model.context_limit
+        return getattr(self.model.config, "max_position_embeddings", None)
+
+    @property
     def eos_ids(self) -> frozenset[int]:
-        """EOS ids from the generation config, else the tokenizer's."""
+        """EOS ids from the generation config (llama.cpp: its end-of-generation tokens), else the tokenizer's."""
+        if self.is_llamacpp:
+            return self.model.eos_ids
         eos = getattr(self.model.generation_config, "eos_token_id", None)
         if eos is None:
             eos = self.tokenizer.eos_token_id
@@ -210,6 +235,38 @@ def load_model(spec: str | None, embedded: EmbeddedModel, dtype: torch.dtype, de
     except Exception as exc:  # noqa: BLE001 - corrupt files and hub errors come in many types
         raise TokentreeError(f"could not load model '{spec or embedded.name}': {_first_line(exc)}") from exc
     return LoadedModel(model.to(device).eval(), tokenizer, spec or embedded.name)
+
+
+def load_llamacpp_model(spec: str | None, embedded: EmbeddedModel, config: LlamaCppConfig) -> LoadedModel:
+    """Load a GGUF file (spec None = the embedded model, straight from its GGUF) with llama.cpp."""
+    import_llama_cpp()  # a missing extra fails before anything else
+    path = assemble_embedded(embedded) if spec is None else Path(spec).expanduser()
+    if spec is not None and not path.is_file():
+        raise TokentreeError(f"the llama.cpp backend needs a .gguf file; {spec} is "
+                             + ("a directory" if path.is_dir() else "not a file"))
+    if not is_gguf(path):
+        raise TokentreeError(f"{spec} is not a GGUF file (the llama.cpp backend reads .gguf models)")
+    tokenizer = gguf_tokenizer(path, embedded.name if spec is None else _gguf_cache_name(path))
+    return LoadedModel(LlamaCppModel(path, config), tokenizer, spec or embedded.name)
+
+
+def gguf_tokenizer(path: Path, name: str):
+    """The Hugging Face tokenizer stored in a GGUF file, saved once under ``<cache>/tokenizers``."""
+    from transformers import AutoTokenizer
+
+    out = cache_dir() / "tokenizers" / name
+    if (out / "tokenizer_config.json").exists():
+        return AutoTokenizer.from_pretrained(out)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    except Exception as exc:  # noqa: BLE001 - gguf/transformers raise many types on bad files
+        raise TokentreeError(f"could not read the tokenizer of {path}: {_first_line(exc)}") from exc
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    tokenizer.save_pretrained(partial)
+    shutil.rmtree(out, ignore_errors=True)
+    partial.rename(out)
+    return tokenizer
 
 
 def check_same_vocab(target: LoadedModel, draft: LoadedModel) -> None:

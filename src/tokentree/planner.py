@@ -99,9 +99,9 @@ def measure_profile(backend: Backend, sizes: Sequence[int] = PROFILE_SIZES, cont
     return CostProfile(tuple(sizes), tuple(seconds), context_len, key, time.time())
 
 
-def profile_key(source: str, dtype: torch.dtype, device: torch.device) -> str:
-    """What a profile depends on: model, dtype, device, threads and torch version."""
-    text = f"{source}|{dtype}|{device}|{torch.get_num_threads()}|{torch.__version__}"
+def profile_key(source: str, precision: str, device: str) -> str:
+    """What a profile depends on: model, precision (dtype or gguf), device, threads and torch version."""
+    text = f"{source}|{precision}|{device}|{torch.get_num_threads()}|{torch.__version__}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -97,6 +97,15 @@ class Draft:
         if self.q is not None and self.q.shape[0] != len(self.tree):
             raise ValueError(f"q has {self.q.shape[0]} rows for a tree of {len(self.tree)} nodes")
 
+    def capped(self, max_leaves: int | None) -> "Draft":
+        """This draft cut to its longest node prefix with at most ``max_leaves`` leaves (None: unchanged)."""
+        if max_leaves is None:
+            return self
+        m = self.tree.prefix_with_leaves(max_leaves)
+        if m == len(self.tree):
+            return self
+        return Draft(self.tree.prefix(m), self.draw, None if self.q is None else self.q[:m])
+
 
 @dataclass(frozen=True)
 class Acceptance:

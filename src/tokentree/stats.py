@@ -22,6 +22,7 @@ class GenerationStats:
     draft_s: float = 0.0
     verify_s: float = 0.0
     total_s: float = 0.0
+    capped_steps: int = 0  # steps whose tree was cut to the backend's sequence limit
 
     def record_step(self, drafted: int, accepted: int, emitted: int, draft_s: float, verify_s: float) -> None:
         self.steps += 1
@@ -43,6 +44,7 @@ class GenerationStats:
         return {
             "prompt_tokens": self.prompt_tokens,
             "new_tokens": self.new_tokens,
+            "capped_steps": self.capped_steps,
             "steps": self.steps,
             "drafted_tokens": self.drafted_tokens,
             "mean_accepted": round(self.mean_accepted, 4),

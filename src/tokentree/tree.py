@@ -167,6 +167,32 @@ class TokenTree:
         ranked = sorted(range(1, len(self)), key=lambda i: (-worth[i], self.depths[i], i))
         return self.subset(ranked[:n])
 
+    def prefix_with_leaves(self, max_leaves: int) -> int:
+        """The largest ``m`` such that the first ``m`` nodes form a tree of at most ``max_leaves`` leaves.
+
+        Dropping nodes from the end only ever truncates sibling sequences, so a sampled draft cut
+        this way is still a valid draw (the acceptance rules stay lossless).
+        """
+        if max_leaves < 1:
+            raise ValueError(f"max_leaves must be >= 1, got {max_leaves}")
+        leaves, has_child = 0, [False] * len(self)
+        for i in range(len(self)):
+            parent = self.parents[i]
+            if parent >= 0 and not has_child[parent]:
+                has_child[parent] = True  # the parent stops being a leaf, the new node becomes one
+            else:
+                leaves += 1
+            if leaves > max_leaves:
+                return i
+        return len(self)
+
+    def prefix(self, m: int) -> TokenTree:
+        """The first ``m`` nodes (always a valid tree, since parents precede children)."""
+        if not 1 <= m <= len(self):
+            raise ValueError(f"prefix size must be in 1..{len(self)}, got {m}")
+        scores = None if self.scores is None else self.scores[:m]
+        return TokenTree(self.tokens[:m], self.parents[:m], scores)
+
     def subset(self, keep: Iterable[int]) -> TokenTree:
         """The tree restricted to ``keep`` plus all their ancestors (the root always stays).
 

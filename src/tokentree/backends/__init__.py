@@ -1,5 +1,20 @@
 """Model backends: the narrow contract between models and everything above them."""
 
+from __future__ import annotations
+
+from typing import Any
+
 from .base import Backend
 
-__all__ = ["Backend"]
+__all__ = ["Backend", "make_backend"]
+
+
+def make_backend(model: Any) -> Backend:
+    """The backend for a loaded model: llama.cpp for a :class:`LlamaCppModel`, else transformers."""
+    from .llamacpp import LlamaCppBackend, LlamaCppModel
+
+    if isinstance(model, LlamaCppModel):
+        return LlamaCppBackend(model)
+    from .hf import HFBackend
+
+    return HFBackend(model)

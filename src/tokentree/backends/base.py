@@ -21,6 +21,7 @@ class Backend(Protocol):
     """
 
     vocab_size: int
+    max_leaves: int | None  # the most root-to-leaf paths one verify takes (None: no limit)
 
     @property
     def tokens(self) -> list[int]:

@@ -57,6 +57,8 @@ def check_tree_support(model: torch.nn.Module) -> None:
 class HFBackend:
     """A transformers causal LM plus its KV cache (see :class:`tokentree.backends.Backend`)."""
 
+    max_leaves = None  # a 4-D mask takes any tree
+
     def __init__(self, model: torch.nn.Module):
         check_tree_support(model)
         self.model = model.eval()

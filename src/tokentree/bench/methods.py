@@ -9,6 +9,7 @@ from typing import Protocol
 import torch
 
 from ..api import Generator
+from ..backends.llamacpp import import_llama_cpp
 from ..drafters import DRAFTERS, make_drafter
 from ..errors import TokentreeError
 from ..sampling import SamplingParams
@@ -79,20 +80,52 @@ class TokentreeMethod:
                          {str(k): v for k, v in sorted(s.accepted_hist.items())}, s.draft_s, s.verify_s)
 
 
+class LlamaCppMethod:
+    """llama-cpp-python's own greedy decoding (``Llama.generate``), optionally with its prompt-lookup draft."""
+
+    def __init__(self, name: str, generator: Generator, prompt_lookup: int = 0):
+        llama_cpp = import_llama_cpp()
+        from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
+
+        model = generator.target.model
+        draft = LlamaPromptLookupDecoding(num_pred_tokens=prompt_lookup) if prompt_lookup else None
+        threads = model.config.thread_count
+        self.name = name
+        self.eos = generator.target.eos_ids
+        self.llm = llama_cpp.Llama(str(model.path), n_ctx=model.config.n_ctx, n_batch=model.config.n_batch,
+                                   n_threads=threads, n_threads_batch=threads, draft_model=draft, verbose=False)
+
+    def run(self, prompt_ids: list[int], max_new_tokens: int, sampling: SamplingParams, seed: int) -> RunResult:
+        if not sampling.greedy:
+            raise TokentreeError(f"{self.name} runs greedy only")
+        tokens: list[int] = []
+        self.llm.reset()  # no prompt-cache reuse, like every other method
+        start = time.perf_counter()
+        for token in self.llm.generate(prompt_ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0,
+                                       reset=True):
+            tokens.append(int(token))
+            if token in self.eos or len(tokens) >= max_new_tokens:
+                break
+        return RunResult(tokens, time.perf_counter() - start)
+
+
 HF_METHODS = ("hf", "hf-assisted", "hf-pld")
+LLAMA_METHODS = ("llama", "llama-pld")
 
 
 def known_methods() -> list[str]:
-    return list(HF_METHODS) + [f"tt:{name}" for name in DRAFTERS]
+    return list(HF_METHODS) + list(LLAMA_METHODS) + [f"tt:{name}" for name in DRAFTERS]
 
 
 def parse_method(name: str) -> tuple[str, int | str | None]:
     """``(baseline or drafter name, budget)`` of a method name; TokentreeError when it is not one.
 
-    Methods are ``hf``, ``hf-assisted``, ``hf-pld`` and ``tt:<drafter>[@<budget>]`` where the budget
+    Methods are ``hf``, ``hf-assisted``, ``hf-pld`` (transformers backend), ``llama``, ``llama-pld``
+    (llama.cpp backend: llama-cpp-python's plain decoding and its prompt-lookup draft of 10 tokens) and
+    ``tt:<drafter>[@<budget>]`` where the budget
     is a positive node count or ``auto`` (planned per step); without it the drafter's default applies.
     """
-    if name in HF_METHODS:
+    if name in HF_METHODS or name in LLAMA_METHODS:
         return name, None
     drafter, at, budget = name.removeprefix("tt:").partition("@")
     if not name.startswith("tt:") or drafter not in DRAFTERS:
@@ -114,6 +147,10 @@ def needs_draft(name: str) -> bool:
 def build_method(name: str, generator: Generator) -> Method:
     """Build a method by name; raises TokentreeError for unknown names or a missing draft model."""
     base, budget = parse_method(name)
+    if (base in HF_METHODS) == generator.target.is_llamacpp and not name.startswith("tt:"):
+        raise TokentreeError(f"method '{name}' needs --backend {'llamacpp' if base in LLAMA_METHODS else 'hf'}")
+    if base in LLAMA_METHODS:
+        return LlamaCppMethod(name, generator, prompt_lookup=10 if base == "llama-pld" else 0)
     if base == "hf":
         return HFMethod(name, generator)
     if base == "hf-pld":

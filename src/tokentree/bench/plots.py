@@ -9,16 +9,17 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .report import ALL, BASELINE  # noqa: E402
+from .report import ALL  # noqa: E402
 
 
 def write_plots(summary: dict, records: list[dict], methods: list[str], out: Path) -> None:
-    _speedup_bars(summary["speedup"], [m for m in methods if m != BASELINE], out / "speedup.png")
+    baseline = summary["baseline"]
+    _speedup_bars(summary["speedup"], [m for m in methods if m != baseline], baseline, out / "speedup.png")
     _tau_histograms(summary["methods"], out / "tau_hist.png")
     _rate_boxes(records, methods, out / "tokens_per_s.png")
 
 
-def _speedup_bars(speed: dict, methods: list[str], path: Path) -> None:
+def _speedup_bars(speed: dict, methods: list[str], baseline: str, path: Path) -> None:
     categories = sorted({c for m in methods for c in speed.get(m, {}) if c != ALL}) + [ALL]
     width = 0.8 / max(1, len(methods))
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(categories)), 4))
@@ -27,7 +28,7 @@ def _speedup_bars(speed: dict, methods: list[str], path: Path) -> None:
         ax.bar(xs, [speed.get(m, {}).get(c, 0) for c in categories], width, label=m)
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_xticks([j + width * (len(methods) - 1) / 2 for j in range(len(categories))], categories, rotation=30)
-    ax.set_ylabel("speedup vs hf (x)")
+    ax.set_ylabel(f"speedup vs {baseline} (x)")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -14,8 +14,14 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .runner import BenchConfig
 
-BASELINE = "hf"
+BASELINES = ("hf", "llama")  # plain decoding of the backend under test: HF generate, or llama-cpp-python
 ALL = "overall"
+
+
+def baseline_of(records: list[dict]) -> str:
+    """The plain-decoding method every ratio is taken against: the first of BASELINES the records hold."""
+    present = {r["method"] for r in records}
+    return next((b for b in BASELINES if b in present), BASELINES[0])
 
 
 def prompt_rates(records: list[dict]) -> dict[tuple[str, str], float]:
@@ -27,12 +33,12 @@ def prompt_rates(records: list[dict]) -> dict[tuple[str, str], float]:
 
 
 def speedup_table(records: list[dict]) -> dict[str, dict[str, float]]:
-    """method -> category -> mean over prompts of (method tokens/s / hf tokens/s) (Spec-Bench's speedup)."""
-    rates = prompt_rates(records)
+    """method -> category -> mean over prompts of (method tokens/s / baseline tokens/s) (Spec-Bench's speedup)."""
+    rates, baseline = prompt_rates(records), baseline_of(records)
     category = {r["prompt_id"]: r["category"] for r in records}
     ratios: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for (method, pid), rate in rates.items():
-        base = rates.get((BASELINE, pid))
+        base = rates.get((baseline, pid))
         if base:
             ratios[method][category[pid]].append(rate / base)
             ratios[method][ALL].append(rate / base)
@@ -41,7 +47,7 @@ def speedup_table(records: list[dict]) -> dict[str, dict[str, float]]:
 
 def running_speedups(records: list[dict]) -> dict[str, float]:
     """Overall speedup of each non-baseline method so far (for the progress bar)."""
-    return {m: cats[ALL] for m, cats in speedup_table(records).items() if m != BASELINE}
+    return {m: cats[ALL] for m, cats in speedup_table(records).items() if m != baseline_of(records)}
 
 
 def first_divergence(a: list[int], b: list[int]) -> int | None:
@@ -53,8 +59,9 @@ def first_divergence(a: list[int], b: list[int]) -> int | None:
 
 
 def lossless_table(records: list[dict]) -> dict[str, dict]:
-    """method -> share of turns token-identical to hf (same prompt, same repeat) and divergences."""
-    base = {(r["prompt_id"], r["repeat"]): r for r in records if r["method"] == BASELINE}
+    """method -> share of turns token-identical to the baseline (same prompt, same repeat) and divergences."""
+    baseline = baseline_of(records)
+    base = {(r["prompt_id"], r["repeat"]): r for r in records if r["method"] == baseline}
     result: dict[str, dict] = {}
     for r in records:
         ref = base.get((r["prompt_id"], r["repeat"]))
@@ -108,16 +115,27 @@ def environment(config: BenchConfig, dtype: str) -> dict:
     except (OSError, StopIteration):
         pass
     device = torch.cuda.get_device_name() if torch.cuda.is_available() and config.device != "cpu" else cpu
-    return {"machine": f"{device}, {torch.get_num_threads()} threads", "torch": torch.__version__,
-            "transformers": transformers.__version__, "dtype": dtype,
+    threads = config.threads or torch.get_num_threads()
+    return {"machine": f"{device}, {threads} threads", "torch": torch.__version__,
+            "transformers": transformers.__version__, "dtype": dtype, "llama_cpp": _llama_cpp_version(),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "command": config.command}
+
+
+def _llama_cpp_version() -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("llama-cpp-python")
+    except PackageNotFoundError:
+        return None
 
 
 def write_report(records: list[dict], config: BenchConfig, methods: list[str], notes: list[str], out: Path,
                  dtype: str) -> dict:
     summary = {
         "config": asdict(config), "environment": environment(config, dtype), "notes": notes,
+        "baseline": baseline_of(records),
         "speedup": speedup_table(records), "lossless": lossless_table(records), "methods": method_totals(records),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -138,16 +156,17 @@ def markdown(summary: dict, methods: list[str]) -> str:
     categories = sorted({c for cats in speed.values() for c in cats if c != ALL}) + [ALL]
     lines = [
         f"Machine: {env['machine']} · torch {env['torch']} · transformers {env['transformers']} · "
-        f"dtype {env['dtype']} · {env['date']}",
+        + (f"llama-cpp-python {env['llama_cpp']} · " if env.get("llama_cpp") else "")
+        + f"dtype {env['dtype']} · {env['date']}",
         "", f"Command: `{env['command']}`", "",
-        "Speedup vs `hf` (mean per-prompt tokens/s ratio):", "",
+        f"Speedup vs `{summary['baseline']}` (mean per-prompt tokens/s ratio):", "",
         "| method | " + " | ".join(categories) + " |",
         "|---|" + "---|" * len(categories),
     ]
     for m in methods:
         cells = [f"{speed.get(m, {}).get(c, float('nan')):.2f}x" for c in categories]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    lines += ["", "| method | prompts | median tokens/s | tau | identical to hf | draft s | verify s |",
+    lines += ["", f"| method | prompts | median tokens/s | tau | identical to {summary['baseline']} | draft s | verify s |",
               "|---|---|---|---|---|---|---|"]
     for m in methods:
         t, loss = totals[m], lossless.get(m, {})

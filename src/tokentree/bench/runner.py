@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from ..api import Generator, load, load_draft
+from ..api import Generator, load, load_draft, resolve_backend
 from ..errors import TokentreeError
 from ..sampling import SamplingParams
 from .methods import Method, build_method, needs_draft, parse_method
@@ -27,11 +27,14 @@ class BenchConfig:
     temperature: float = 0.0
     top_p: float = 1.0
     repeats: int = 1
-    methods: list[str] = field(default_factory=lambda: ["hf", "hf-pld", "tt:none", "tt:pld"])
+    methods: list[str] | None = None  # None: the backend's plain and prompt-lookup baselines, tt:none, tt:pld
     target: str | None = None
     draft: str | None = None
     dtype: str = "auto"
     device: str | None = None
+    backend: str = "auto"
+    threads: int | None = None
+    n_ctx: int = 4096
     out: str = "bench-out"
     seed: int = 0
     report_only: bool = False
@@ -44,11 +47,19 @@ class BenchConfig:
             raise TokentreeError(f"--repeats must be >= 1, got {self.repeats}")
         if self.max_new_tokens < 1:
             raise TokentreeError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
+        if self.methods is None:
+            self.methods = [self.baseline, f"{self.baseline}-pld", "tt:none", "tt:pld"]
         for method in self.methods:
             parse_method(method)  # raises for an unknown method or a bad @budget
         self.sampling  # validates temperature and top_p
-        if "hf" not in self.methods:
-            self.methods = ["hf"] + list(self.methods)  # the baseline every ratio is taken against
+        baseline = self.baseline
+        if baseline not in self.methods:
+            self.methods = [baseline] + list(self.methods)  # the baseline every ratio is taken against
+
+    @property
+    def baseline(self) -> str:
+        """Plain decoding of the backend under test: ``hf`` (transformers) or ``llama`` (llama-cpp-python)."""
+        return "llama" if resolve_backend(self.backend, self.target) == "llamacpp" else "hf"
 
     @property
     def sampling(self) -> SamplingParams:
@@ -97,7 +108,8 @@ def build_methods(generator: Generator, names: list[str], notes: list[str]) -> l
 
 def load_generator(config: BenchConfig, notes: list[str]) -> Generator:
     """The target, plus a draft model when a method needs one (a missing default draft becomes a note)."""
-    generator = load(config.target, None, "none", config.dtype, config.device)
+    generator = load(config.target, None, "none", config.dtype, config.device, backend=config.backend,
+                     threads=config.threads, n_ctx=config.n_ctx)
     if config.draft is not None or any(needs_draft(m) for m in config.methods):
         try:
             generator.draft = load_draft(config.draft, generator.target)
@@ -111,7 +123,8 @@ def load_generator(config: BenchConfig, notes: list[str]) -> Generator:
 # Settings that change what a record means; --limit, --categories, --methods and --repeats only
 # choose which records exist, so a run may be resumed with more (or fewer) of them.
 WARMUP_PROMPT = "Say hello in three languages."
-RESUME_KEYS = ("suite", "prompts", "max_new_tokens", "temperature", "top_p", "target", "draft", "dtype", "seed")
+RESUME_KEYS = ("suite", "prompts", "max_new_tokens", "temperature", "top_p", "target", "draft", "dtype", "seed",
+               "backend", "threads")
 
 
 def check_same_settings(path: Path, config: BenchConfig, dtype: str) -> None:
@@ -176,7 +189,7 @@ def run_bench(config: BenchConfig) -> dict:
     notes: list[str] = []
     generator = load_generator(config, notes)
     methods = build_methods(generator, config.methods, notes)
-    dtype = str(generator.target.model.dtype).removeprefix("torch.")
+    dtype = generator.target.precision
     records = open_records(out, config, dtype)
     warmup = generator.encode([{"role": "user", "content": WARMUP_PROMPT}])
     for method in methods:  # not timed; a prompt outside the suite, so drafters learn nothing of it

@@ -1,9 +1,9 @@
 """Draft-model trees: one mechanism for chain, SpecInfer, Sequoia, RSD-C and DySpec.
 
-The draft model keeps a KV cache of the committed context (an :class:`HFBackend`, compacted after
-each step exactly like the target's). A tree grows level by level: every level is one draft forward
-over the nodes added since the last one (tree mask, ``HFBackend.grow``), so draft forwards per step
-are bounded by the depth, not by the node count. How many children each node gets is the policy of
+The draft model keeps a KV cache of the committed context (its own backend, transformers or
+llama.cpp, compacted after each step exactly like the target's). A tree grows level by level:
+every level is one draft forward over the nodes added since the last one (``grow``), so draft
+forwards per step are bounded by the depth, not by the node count. How many children each node gets is the policy of
 each drafter; how they are drawn depends on the request:
 
 - greedy: the draft's top-m tokens (verified by V-greedy);
@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..backends.hf import HFBackend
+from ..backends import make_backend
 from ..sampling import Acceptance, Draft, Draw, SamplingParams, gumbel_top_k, warp
 from ..tree import TokenTree
 
@@ -60,8 +60,8 @@ class GrowingTree:
 class DraftModel:
     """The draft model's cache and tree growth; the shared engine of every draft-model drafter."""
 
-    def __init__(self, model: torch.nn.Module):
-        self.backend = HFBackend(model)
+    def __init__(self, model):
+        self.backend = make_backend(model)  # a transformers module or a LlamaCppModel
         self.forwarded = 0  # nodes of the current tree already in the draft cache
 
     def start(self, context: Sequence[int]) -> GrowingTree:

@@ -37,7 +37,7 @@ def create_app(generator: Generator, config: ServeConfig) -> FastAPI:
     model_name = config.served_model_name or default_model_name(generator.target.source)
     worker = Worker(generator, config.max_queue)
     metrics = Metrics()
-    context_limit = getattr(generator.target.model.config, "max_position_embeddings", None) or 1 << 30
+    context_limit = generator.target.context_limit or 1 << 30
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

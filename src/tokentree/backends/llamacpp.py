@@ -1,0 +1,257 @@
+"""llama.cpp backend over llama-cpp-python's low-level API: GGUF models, a tree in one ``llama_decode``.
+
+Tree attention is expressed with sequence ids (see :mod:`tokentree.backends.sequences`); the
+context's KV cells are shared by all sequences (a unified KV cache), so copying the context into
+a path's sequence is bookkeeping, not data movement. ``commit`` keeps the accepted path's sequence,
+drops every other cell and renames the path to the context sequence, which leaves the cache exactly
+as plain decoding would.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..errors import TokentreeError
+from ..tree import TokenTree
+from .sequences import CONTEXT_SEQ, BatchPlan, SequenceBook
+
+LLAMA_CPP_PIN = "llama-cpp-python==0.3.36"
+GGUF_MAGIC = b"GGUF"
+
+
+def import_llama_cpp():
+    """The ``llama_cpp`` module, or a TokentreeError that says how to install it."""
+    try:
+        import llama_cpp
+    except ImportError as exc:
+        raise TokentreeError(
+            f"the llama.cpp backend needs llama-cpp-python: pip install 'tokentree[llamacpp]' ({LLAMA_CPP_PIN})"
+        ) from exc
+    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp logs: errors only
+    return llama_cpp
+
+
+def is_gguf(path: str | Path) -> bool:
+    """True when ``path`` is a file that starts with the GGUF magic."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == GGUF_MAGIC
+    except OSError:
+        return False
+
+
+@dataclass
+class LlamaCppConfig:
+    """How llama.cpp runs a model (CLI: ``--threads``, ``--n-ctx``)."""
+
+    threads: int | None = None  # None = all cores this process may use
+    n_ctx: int = 4096  # KV cache size in tokens (prompt + generation + one tree)
+    n_batch: int = 512  # the largest batch one llama_decode takes (prefill chunk, tree size)
+    max_sequences: int = 64  # root-to-leaf paths per tree (llama.cpp allows at most 256)
+
+    def __post_init__(self) -> None:
+        if self.threads is not None and self.threads < 1:
+            raise TokentreeError(f"--threads must be >= 1, got {self.threads}")
+        if self.n_ctx < 16:
+            raise TokentreeError(f"--n-ctx must be >= 16, got {self.n_ctx}")
+        if not 1 <= self.max_sequences <= 256:
+            raise TokentreeError(f"max_sequences must be in 1..256, got {self.max_sequences}")
+
+    @property
+    def thread_count(self) -> int:
+        return self.threads or len(os.sched_getaffinity(0))
+
+
+class LlamaCppModel:
+    """A GGUF model and one llama.cpp context (its KV cache); freed by :meth:`close` or on collection."""
+
+    def __init__(self, path: str | Path, config: LlamaCppConfig | None = None):
+        self.lib = import_llama_cpp()
+        self.path = Path(path)
+        self.config = config or LlamaCppConfig()
+        if not self.path.is_file():
+            raise TokentreeError(f"no such GGUF file: {path}")
+        if not is_gguf(self.path):
+            raise TokentreeError(f"{path} is not a GGUF file (the llama.cpp backend reads .gguf models)")
+        lib = self.lib
+        lib.llama_backend_init()
+        self.model_p = lib.llama_model_load_from_file(str(self.path).encode(), lib.llama_model_default_params())
+        if not self.model_p:
+            raise TokentreeError(f"llama.cpp could not load {path}")
+        self.ctx = lib.llama_init_from_model(self.model_p, self._context_params())
+        if not self.ctx:
+            lib.llama_model_free(self.model_p)
+            self.model_p = None
+            raise TokentreeError(f"llama.cpp could not create a context for {path} (n_ctx {self.config.n_ctx})")
+        self.vocab = lib.llama_model_get_vocab(self.model_p)
+        self.vocab_size = int(lib.llama_vocab_n_tokens(self.vocab))
+        self.memory = lib.llama_get_memory(self.ctx)
+
+    def _context_params(self):
+        params = self.lib.llama_context_default_params()
+        params.n_ctx = self.config.n_ctx
+        params.n_batch = params.n_ubatch = self.config.n_batch
+        params.n_seq_max = self.config.max_sequences
+        params.n_threads = params.n_threads_batch = self.config.thread_count
+        params.kv_unified = True  # one token may belong to several sequences (shared tree nodes)
+        params.swa_full = True  # sliding-window layers keep every cell, so any tree can be verified
+        params.no_perf = True
+        return params
+
+    @cached_property
+    def eos_ids(self) -> frozenset[int]:
+        """Every end-of-generation token of the GGUF vocabulary (what llama.cpp itself stops on)."""
+        return frozenset(t for t in range(self.vocab_size) if self.lib.llama_vocab_is_eog(self.vocab, t))
+
+    @property
+    def context_limit(self) -> int:
+        return self.config.n_ctx
+
+    def close(self) -> None:
+        if getattr(self, "ctx", None):
+            self.lib.llama_free(self.ctx)
+            self.ctx = None
+        if getattr(self, "model_p", None):
+            self.lib.llama_model_free(self.model_p)
+            self.model_p = None
+
+    def __del__(self) -> None:
+        self.close()
+
+
+class LlamaCppBackend:
+    """The backend contract over a :class:`LlamaCppModel` (see :class:`tokentree.backends.Backend`)."""
+
+    def __init__(self, model: LlamaCppModel):
+        self.model = model
+        self.lib = model.lib
+        self.vocab_size = model.vocab_size
+        self.max_leaves = model.config.max_sequences
+        self.capacity = model.config.n_batch
+        self.book = SequenceBook(model.config.max_sequences)
+        self.batch = self.lib.llama_batch_init(self.capacity, 0, model.config.max_sequences)
+        self._tokens: list[int] = []
+        self._pending: TokenTree | None = None
+
+    def __del__(self) -> None:
+        if getattr(self, "batch", None) is not None:
+            self.lib.llama_batch_free(self.batch)
+            self.batch = None
+
+    @property
+    def tokens(self) -> list[int]:
+        return list(self._tokens)
+
+    @property
+    def pending(self) -> TokenTree | None:
+        """The tree forwarded since the last commit (None when there is none)."""
+        return self._pending
+
+    def reset(self) -> None:
+        self.lib.llama_memory_clear(self.model.memory, True)
+        self._tokens, self._pending = [], None
+        self.book.reset()
+
+    def prefill(self, token_ids: Sequence[int]) -> None:
+        token_ids = [int(t) for t in token_ids]
+        self._check_room(len(token_ids))
+        shared = 0
+        for cached, new in zip(self._tokens, token_ids):
+            if cached != new:
+                break
+            shared += 1
+        memory = self.model.memory
+        self.lib.llama_memory_seq_keep(memory, CONTEXT_SEQ)  # drop any pending tree's branches
+        if not self.lib.llama_memory_seq_rm(memory, CONTEXT_SEQ, shared, -1):
+            self.reset()
+            shared = 0
+        self._tokens, self._pending = self._tokens[:shared], None
+        self.book.reset()
+        for begin in range(shared, len(token_ids), self.capacity):
+            chunk = token_ids[begin:begin + self.capacity]
+            self._decode(chunk, range(begin, begin + len(chunk)), [(CONTEXT_SEQ,)] * len(chunk), logits=False)
+            self._tokens.extend(chunk)
+
+    def verify(self, tree: TokenTree) -> torch.Tensor:
+        if self._pending is not None:
+            raise RuntimeError("verify called twice without commit")
+        return self.grow(tree, 0)
+
+    def grow(self, tree: TokenTree, start: int) -> torch.Tensor:
+        """Forward nodes ``tree[start:]`` (earlier nodes were forwarded by the previous call).
+
+        Returns [n - start, V] float32 logits, like :meth:`HFBackend.grow`.
+        """
+        if start > 0 and (self._pending is None or len(self._pending) != start
+                          or self._pending.parents != tree.parents[:start]):
+            raise RuntimeError("grow must extend the tree forwarded by the previous call")
+        if len(tree) - start > self.capacity:
+            raise TokentreeError(f"a tree of {len(tree) - start} new nodes exceeds the llama.cpp batch of "
+                                 f"{self.capacity}")
+        self._check_room(len(self._tokens) + max(tree.depths) + 1)
+        prefix = len(self._tokens)
+        try:
+            plan = self.book.plan(tree, start, prefix)
+        except ValueError as exc:
+            raise TokentreeError(f"llama.cpp backend: {exc} (cap the tree's leaves at {self.max_leaves})") from exc
+        self._apply_copies(plan)
+        positions = [prefix + tree.depths[i] for i in range(start, len(tree))]
+        self._decode(tree.tokens[start:], positions, plan.seq_ids, logits=True)
+        self._pending = tree
+        return self._logits(len(tree) - start)
+
+    def commit(self, nodes: Sequence[int]) -> None:
+        tree = self._pending
+        if tree is None:
+            raise RuntimeError("commit called without a verified tree")
+        keep = self.book.own[nodes[-1]]
+        memory, lib = self.model.memory, self.lib
+        lib.llama_memory_seq_keep(memory, keep)
+        lib.llama_memory_seq_rm(memory, keep, len(self._tokens) + len(nodes), -1)
+        if keep != CONTEXT_SEQ:
+            lib.llama_memory_seq_cp(memory, keep, CONTEXT_SEQ, -1, -1)
+            lib.llama_memory_seq_rm(memory, keep, -1, -1)
+        self._tokens.extend(tree.tokens[i] for i in nodes)
+        self._pending = None
+        self.book.reset()
+
+    # ------------------------------------------------------------------ llama.cpp calls
+    def _check_room(self, needed: int) -> None:
+        if needed > self.model.config.n_ctx:
+            raise TokentreeError(f"{needed} tokens do not fit the llama.cpp context of {self.model.config.n_ctx} "
+                                 "(raise --n-ctx)")
+
+    def _apply_copies(self, plan: BatchPlan) -> None:
+        for source, target, end in plan.copies:
+            self.lib.llama_memory_seq_cp(self.model.memory, source, target, -1, end)
+
+    def _decode(self, tokens: Sequence[int], positions: Sequence[int], seq_ids: Sequence[Sequence[int]],
+                logits: bool) -> None:
+        batch = self.batch
+        batch.n_tokens = len(tokens)
+        for i, (token, pos, seqs) in enumerate(zip(tokens, positions, seq_ids, strict=True)):
+            batch.token[i] = token
+            batch.pos[i] = pos
+            batch.n_seq_id[i] = len(seqs)
+            for j, seq in enumerate(seqs):
+                batch.seq_id[i][j] = seq
+            batch.logits[i] = logits
+        code = self.lib.llama_decode(self.model.ctx, batch)
+        if code != 0:
+            raise TokentreeError(f"llama_decode failed with code {code} on a batch of {len(tokens)} tokens"
+                                 + (" (the KV cache is full: raise --n-ctx)" if code == 1 else ""))
+
+    def _logits(self, rows: int) -> torch.Tensor:
+        pointer = self.lib.llama_get_logits(self.model.ctx)
+        array = np.ctypeslib.as_array(ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)),
+                                      shape=(rows, self.vocab_size))
+        return torch.from_numpy(array.copy())
