@@ -6,7 +6,7 @@ import torch
 
 from tokentree.api import Generator
 from tokentree.drafters import make_drafter
-from tokentree.drafters.hybrid import HybridConfig, HybridDrafter
+from tokentree.drafters.hybrid import HybridConfig, HybridDrafter, PayoffGate
 from tokentree.models import LoadedModel
 from tokentree.sampling import Acceptance
 from tokentree.tree import TokenTree
@@ -96,3 +96,25 @@ def test_auto_is_lossless_with_the_planner_and_a_draft_model(tmp_path, monkeypat
         out = generator.generate(prompt, max_new_tokens=24)
         assert out.token_ids == hf_greedy(target, prompt, 24)
     assert out.stats.mean_accepted > 1.0
+
+
+def test_payoff_gate_skips_a_source_that_does_not_pay_and_probes_it():
+    gate = PayoffGate(probe_every=4)
+    assert gate.should_call(0.2)  # nothing measured yet: call it
+    gate.record(gain=0.0, cost_s=0.05)  # added nothing, cost 50 ms
+    calls = [gate.should_call(0.2) for _ in range(8)]
+    assert calls == [False, False, False, True] * 2  # skipped, but probed every 4th step
+    gate.record(gain=3.0, cost_s=0.05)  # a probe found 3 extra tokens: 0.8*0 + 0.2*3 = 0.6 tokens ~ 120 ms
+    assert gate.should_call(0.2)
+
+
+def test_hybrid_stops_calling_a_draft_source_that_adds_nothing():
+    cheap = FixedDrafter("cheap", [[1, 2, 3]])
+    costly = ExpensiveDrafter("costly", [[7, 8]])
+    drafter = hybrid([cheap, costly], skip_above=100.0)  # the confidence rule never skips
+    for _ in range(12):
+        tree = drafter.propose([0], budget=16)
+        path = tree.follow([0, 1, 2, 3])  # the target always takes the cheap source's path
+        drafter.observe(tree, torch.zeros(len(tree), 10), Acceptance(tuple(path), 5))
+    assert drafter.gates[1].gain == 0.0
+    assert 1 < costly.calls < 12  # called until measured, then only as a probe

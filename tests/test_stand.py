@@ -77,3 +77,20 @@ def test_sampled_draft_fills_the_template_without_replacement_and_learns_its_cut
     before = drafter.shape.rate.copy()
     drafter.observe(tree, torch.zeros(len(tree), 12), Acceptance((0, first), 3))
     assert drafter.shape.rate[1] > before[1] and drafter.shape.rate[2] < before[2]
+
+
+@pytest.mark.parametrize("options", [dict(temperature=0.7), dict(temperature=1.3, top_p=0.8),
+                                     dict(temperature=0.9, top_k=2), dict(temperature=1.0, min_p=0.2)])
+def test_sampled_q_equals_warping_the_full_vocabulary(options):
+    from tokentree.sampling import SamplingParams, warp
+
+    drafter = make_drafter("stand", max_n=1, template="small")
+    drafter.vocab_size = 50
+    stored = {3: 0.5, 17: 0.25, 40: 0.15, 8: 0.1}
+    drafter.update([5], stored)
+    params = SamplingParams(**options)
+    draft = drafter.propose_sampled([5], 4, params, torch.Generator().manual_seed(1))
+    full = torch.full((1, 50), float("-inf"))
+    for token, p in drafter.lookup([5]).items():
+        full[0, token] = torch.tensor(p).log()
+    torch.testing.assert_close(draft.q[0], warp(full, params)[0])

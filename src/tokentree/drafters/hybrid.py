@@ -5,11 +5,14 @@ depth and score into an honest probability of acceptance (learned from what the 
 Paths merge into one trie (a node shared by several sources keeps its best estimate) and the
 ``budget`` most likely nodes are kept. Sources are asked cheapest first; an expensive source
 (a draft model) is skipped on steps where the cheaper ones already promise ``skip_above``
-accepted tokens (LLMCad-style fallback: call the draft model only when it pays).
+accepted tokens, and whenever its measured payoff (the tokens it added beyond the cheaper
+sources, valued at the current seconds per token) is below its drafting time (LLMCad-style
+fallback: call the draft model only when it pays; probed now and then to notice a change).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -40,6 +43,70 @@ class HybridConfig:
         return [n.strip() for n in self.sources.split(",") if n.strip()]
 
 
+@dataclass
+class PayoffGate:
+    """Whether an expensive source earns its drafting time, from exponential averages of its calls.
+
+    gain:   tokens accepted per call beyond the leading run the cheaper sources' nodes gave
+    cost_s: drafting seconds per call
+    """
+
+    decay: float = 0.8
+    probe_every: int = 8  # while it does not pay, still call it every this many steps
+    gain: float | None = None
+    cost_s: float = 0.0
+    skipped: int = 0
+
+    def should_call(self, seconds_per_token: float | None) -> bool:
+        if self.gain is None or seconds_per_token is None or self.gain * seconds_per_token >= self.cost_s:
+            return True
+        self.skipped += 1
+        if self.skipped >= self.probe_every:
+            self.skipped = 0
+            return True
+        return False
+
+    def record(self, gain: float, cost_s: float) -> None:
+        if self.gain is None:
+            self.gain, self.cost_s = gain, cost_s
+        else:
+            self.gain = self.decay * self.gain + (1 - self.decay) * gain
+            self.cost_s = self.decay * self.cost_s + (1 - self.decay) * cost_s
+
+
+@dataclass
+class StepClock:
+    """Seconds per emitted token of the running loop, from the time between successive proposals."""
+
+    decay: float = 0.8
+    seconds: float | None = None
+    tokens: float | None = None
+    _last: float | None = None
+
+    def tick(self) -> float | None:
+        """Call at each proposal; returns the period since the previous one (None at the first)."""
+        now, last = time.perf_counter(), self._last
+        self._last = now
+        return None if last is None else now - last
+
+    def record(self, period: float | None, tokens: int) -> None:
+        if period is None:
+            return
+        if self.seconds is None:
+            self.seconds, self.tokens = period, float(tokens)
+        else:
+            self.seconds = self.decay * self.seconds + (1 - self.decay) * period
+            self.tokens = self.decay * self.tokens + (1 - self.decay) * tokens
+
+    @property
+    def per_token(self) -> float | None:
+        return None if self.seconds is None else self.seconds / max(self.tokens, 1.0)
+
+    def pause(self) -> None:
+        """Between requests: the next period would count idle time."""
+        self._last = None
+
+
 def expected_accepted(tree: TokenTree) -> float:
     """Sum of node scores below the root when scores are acceptance probabilities."""
     return sum((tree.scores or (0.0,) * len(tree))[1:])
@@ -68,21 +135,30 @@ class HybridDrafter:
         self.name, self.default_budget = name, default_budget
         self.sources = [build(n) for n in config.names]
         self.calibrators = [AcceptanceCalibrator() for _ in self.sources]
+        self.gates = {i: PayoffGate() for i, source in enumerate(self.sources) if _is_expensive(source)}
+        self.clock = StepClock()
         self._proposed: list[tuple[int, TokenTree]] = []
+        self._costs: dict[int, float] = {}
+        self._period: float | None = None
 
     def reset(self) -> None:
         for source in self.sources:
             source.reset()
         self._proposed = []
+        self.clock.pause()
 
     def propose(self, context: Sequence[int], budget: int) -> TokenTree:
         root = int(context[-1])
-        self._proposed = []
+        self._proposed, self._costs = [], {}
+        self._period = self.clock.tick()
         merged = TokenTree.root(root)
         for i, source in enumerate(self.sources):
-            if _is_expensive(source) and expected_accepted(merged) >= self.config.skip_above:
+            if i in self.gates and (expected_accepted(merged) >= self.config.skip_above
+                                    or not self.gates[i].should_call(self.clock.per_token)):
                 continue
+            start = time.perf_counter()
             tree = source.propose(context, budget)
+            self._costs[i] = time.perf_counter() - start
             self._proposed.append((i, tree))
             estimated = TokenTree(tree.tokens, tree.parents, tuple(self.calibrators[i].estimate(tree)))
             merged = TokenTree.from_paths(root, _paths_of(merged) + _paths_of(estimated),
@@ -93,8 +169,16 @@ class HybridDrafter:
     def observe(self, tree: TokenTree, logits: torch.Tensor, acceptance: Acceptance) -> None:
         """Each source learns from the verified part of its tree; its calibrator from what was accepted."""
         new_tokens = acceptance.new_tokens(tree)
+        self.clock.record(self._period, len(new_tokens))
+        cheap_rows: set[int] = set()
         for i, source_tree in self._proposed:
             present, rows = restrict(source_tree, tree)
+            if i in self.gates:
+                cheap_run = next((k for k, node in enumerate(acceptance.nodes[1:]) if node not in cheap_rows),
+                                 acceptance.accepted)
+                self.gates[i].record(acceptance.accepted - cheap_run, self._costs[i])
+            else:
+                cheap_rows.update(rows)
             sub = source_tree.subset(present[1:])  # node j of sub is present[j]
             nodes = tuple(sub.follow([tree.tokens[node] for node in acceptance.nodes]))
             sub_acceptance = Acceptance(nodes, new_tokens[len(nodes) - 1])

