@@ -94,3 +94,13 @@ def test_prefix_with_leaves_cuts_from_the_end():
     assert star.prefix_with_leaves(1) == 2
     assert star.prefix_with_leaves(2) == 5
     assert len(star.prefix(star.prefix_with_leaves(1)).leaves) == 1
+
+
+def test_probe_trees_respect_a_leaf_cap():
+    from tokentree.planner import probe_tree
+
+    for n in (1, 2, 8, 64, 128):
+        assert len(probe_tree(n, 1000)) == n
+        capped = probe_tree(n, 1000, max_leaves=4)
+        assert len(capped) == n and len(capped.leaves) <= 4
+    assert len(probe_tree(128, 1000).leaves) > 4  # uncapped trees do branch

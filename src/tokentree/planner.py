@@ -67,10 +67,20 @@ class CostProfile:
                    float(data.get("measured_at", 0.0)))
 
 
-def probe_tree(n: int, vocab_size: int, seed: int = 0) -> TokenTree:
-    """A random tree of ``n`` nodes shaped like real drafts (mostly deep, some branching)."""
+def probe_tree(n: int, vocab_size: int, seed: int = 0, max_leaves: int | None = None) -> TokenTree:
+    """A random tree of ``n`` nodes shaped like real drafts (mostly deep, some branching).
+
+    With ``max_leaves`` a node that would open one leaf too many extends the previous node instead.
+    """
     gen = torch.Generator().manual_seed(seed + n)
-    parents = [-1] + [max(0, i - 1 - int(torch.randint(0, 3, (), generator=gen))) for i in range(1, n)]
+    parents, has_child, leaves = [-1], [False] * n, 1
+    for i in range(1, n):
+        parent = max(0, i - 1 - int(torch.randint(0, 3, (), generator=gen)))
+        if has_child[parent] and max_leaves is not None and leaves >= max_leaves:
+            parent = i - 1  # the newest node is always a leaf: extending it keeps the count
+        leaves += has_child[parent]
+        has_child[parent] = True
+        parents.append(parent)
     tokens = torch.randint(3, min(1000, vocab_size), (n,), generator=gen).tolist()
     return TokenTree(tuple(tokens), tuple(parents))
 
@@ -84,7 +94,7 @@ def measure_profile(backend: Backend, sizes: Sequence[int] = PROFILE_SIZES, cont
     backend.prefill(context)
     seconds = []
     for n in sizes:
-        tree = probe_tree(n, backend.vocab_size)
+        tree = probe_tree(n, backend.vocab_size, max_leaves=backend.max_leaves)
         times = []
         for attempt in range(repeats + 1):  # the first run warms up
             start = time.perf_counter()

@@ -178,7 +178,7 @@ class LlamaCppBackend:
         self.book.reset()
         for begin in range(shared, len(token_ids), self.capacity):
             chunk = token_ids[begin:begin + self.capacity]
-            self._decode(chunk, range(begin, begin + len(chunk)), [(CONTEXT_SEQ,)] * len(chunk), logits=False)
+            self._decode(chunk, range(begin, begin + len(chunk)), [(CONTEXT_SEQ,)] * len(chunk), last_only=True)
             self._tokens.extend(chunk)
 
     def verify(self, tree: TokenTree) -> torch.Tensor:
@@ -205,7 +205,7 @@ class LlamaCppBackend:
             raise TokentreeError(f"llama.cpp backend: {exc} (cap the tree's leaves at {self.max_leaves})") from exc
         self._apply_copies(plan)
         positions = [prefix + tree.depths[i] for i in range(start, len(tree))]
-        self._decode(tree.tokens[start:], positions, plan.seq_ids, logits=True)
+        self._decode(tree.tokens[start:], positions, plan.seq_ids)
         self._pending = tree
         return self._logits(len(tree) - start)
 
@@ -235,7 +235,8 @@ class LlamaCppBackend:
             self.lib.llama_memory_seq_cp(self.model.memory, source, target, -1, end)
 
     def _decode(self, tokens: Sequence[int], positions: Sequence[int], seq_ids: Sequence[Sequence[int]],
-                logits: bool) -> None:
+                last_only: bool = False) -> None:
+        """One ``llama_decode``; logits for every token (a tree) or the last one only (a prefill chunk)."""
         batch = self.batch
         batch.n_tokens = len(tokens)
         for i, (token, pos, seqs) in enumerate(zip(tokens, positions, seq_ids, strict=True)):
@@ -244,7 +245,7 @@ class LlamaCppBackend:
             batch.n_seq_id[i] = len(seqs)
             for j, seq in enumerate(seqs):
                 batch.seq_id[i][j] = seq
-            batch.logits[i] = logits
+            batch.logits[i] = not last_only or i == len(tokens) - 1
         code = self.lib.llama_decode(self.model.ctx, batch)
         if code != 0:
             raise TokentreeError(f"llama_decode failed with code {code} on a batch of {len(tokens)} tokens"
