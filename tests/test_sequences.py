@@ -104,3 +104,9 @@ def test_probe_trees_respect_a_leaf_cap():
         capped = probe_tree(n, 1000, max_leaves=4)
         assert len(capped) == n and len(capped.leaves) <= 4
     assert len(probe_tree(128, 1000).leaves) > 4  # uncapped trees do branch
+
+
+def test_preorder_puts_the_first_child_path_first():
+    tree = TokenTree((0, 1, 2, 3, 4, 5), (-1, 0, 0, 1, 1, 3))
+    assert tree.preorder == (0, 1, 3, 5, 4, 2)
+    assert sorted(random_tree(random.Random(3), 30).preorder) == list(range(30))

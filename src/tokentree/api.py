@@ -202,7 +202,8 @@ def load(target: str | None = None, draft: str | None = None, drafter: str = "pl
     draft-model drafters (chain, specinfer, rsd-c, sequoia, dyspec) load the embedded 0.5B draft
     when the target is the embedded one and no draft is given.
     ``backend``: "hf" (transformers; ``dtype``, ``device``), "llamacpp" (GGUF files through llama.cpp;
-    ``threads``, ``n_ctx``) or "auto" (llamacpp for a .gguf target when installed).
+    ``threads``, ``n_ctx``; tree sizes default to "auto") or "auto" (llamacpp for a .gguf target when
+    installed).
     ``drafter_options`` are fields of the drafter's config (e.g. ``max_ngram=4`` for "pld").
     """
     drafter_config(drafter, **drafter_options)  # bad names and options fail before any loading
@@ -213,6 +214,7 @@ def load(target: str | None = None, draft: str | None = None, drafter: str = "pl
         if device not in (None, "cpu"):
             raise TokentreeError(f"the llama.cpp backend runs on the CPU; --device {device} needs --backend hf")
         target_model = load_llamacpp_model(target, EMBEDDED_TARGET, LlamaCppConfig(threads=threads, n_ctx=n_ctx))
+        budget = "auto" if budget is None else budget  # its batch cost rises steeply on CPUs: plan every tree
     else:
         torch_device = resolve_device(device)
         target_model = load_model(target, EMBEDDED_TARGET, resolve_dtype(dtype, torch_device), torch_device)

@@ -103,6 +103,16 @@ class TokenTree:
         return tuple(tuple(k) for k in kids)
 
     @cached_property
+    def preorder(self) -> tuple[int, ...]:
+        """Nodes depth-first, first child first: the path through first children comes first, contiguous."""
+        order, stack = [], [0]
+        while stack:
+            node = stack.pop()
+            order.append(node)
+            stack.extend(reversed(self.children[node]))
+        return tuple(order)
+
+    @cached_property
     def ancestor_mask(self) -> torch.Tensor:
         """[n, n] bool; ``mask[i, j]`` is True when j is i or an ancestor of i."""
         n = len(self)

@@ -9,12 +9,15 @@ from .base import Backend
 __all__ = ["Backend", "make_backend"]
 
 
-def make_backend(model: Any) -> Backend:
-    """The backend for a loaded model: llama.cpp for a :class:`LlamaCppModel`, else transformers."""
+def make_backend(model: Any, draft: bool = False) -> Backend:
+    """The backend for a loaded model: llama.cpp for a :class:`LlamaCppModel`, else transformers.
+
+    ``draft``: the model only drafts, so its logits need not match one-token decoding bit for bit.
+    """
     from .llamacpp import LlamaCppBackend, LlamaCppModel
 
     if isinstance(model, LlamaCppModel):
-        return LlamaCppBackend(model)
+        return LlamaCppBackend(model, in_order=not draft)
     from .hf import HFBackend
 
     return HFBackend(model)

@@ -57,6 +57,8 @@ class LlamaCppConfig:
     n_ctx: int = 4096  # KV cache size in tokens (prompt + generation + one tree)
     n_batch: int = 512  # the largest batch one llama_decode takes (prefill chunk, tree size)
     max_sequences: int = 64  # root-to-leaf paths per tree (llama.cpp allows at most 256)
+    flash_attn: bool = True  # on the CPU its results do not depend on the batch size, so a verified tree
+    # scores every node exactly as one-token decoding would (without it they differ by up to ~1 logit)
 
     def __post_init__(self) -> None:
         if self.threads is not None and self.threads < 1:
@@ -105,6 +107,8 @@ class LlamaCppModel:
         params.kv_unified = True  # one token may belong to several sequences (shared tree nodes)
         params.swa_full = True  # sliding-window layers keep every cell, so any tree can be verified
         params.no_perf = True
+        params.flash_attn_type = (self.lib.LLAMA_FLASH_ATTN_TYPE_ENABLED if self.config.flash_attn
+                                  else self.lib.LLAMA_FLASH_ATTN_TYPE_DISABLED)
         return params
 
     @cached_property
@@ -129,10 +133,18 @@ class LlamaCppModel:
 
 
 class LlamaCppBackend:
-    """The backend contract over a :class:`LlamaCppModel` (see :class:`tokentree.backends.Backend`)."""
+    """The backend contract over a :class:`LlamaCppModel` (see :class:`tokentree.backends.Backend`).
 
-    def __init__(self, model: LlamaCppModel):
+    ``in_order`` keeps the committed KV cells in position order, as plain decoding leaves them, so
+    the target's logits are bit-identical to one-token decoding (flash attention sums over cells in
+    storage order): a tree is decoded depth-first, first child first, so an accepted path through
+    first children is already contiguous; any other accepted path is re-decoded behind the context
+    (a few tokens, rarely). A draft model does not need exact logits and skips that.
+    """
+
+    def __init__(self, model: LlamaCppModel, in_order: bool = True):
         self.model = model
+        self.in_order = in_order
         self.lib = model.lib
         self.vocab_size = model.vocab_size
         self.max_leaves = model.config.max_sequences
@@ -141,6 +153,8 @@ class LlamaCppBackend:
         self.batch = self.lib.llama_batch_init(self.capacity, 0, model.config.max_sequences)
         self._tokens: list[int] = []
         self._pending: TokenTree | None = None
+        self._order: tuple[int, ...] = ()  # the pending tree's nodes in the order they were decoded
+        self.redecoded = 0  # accepted tokens decoded again to keep the cells in order
 
     def __del__(self) -> None:
         if getattr(self, "batch", None) is not None:
@@ -204,24 +218,38 @@ class LlamaCppBackend:
         except ValueError as exc:
             raise TokentreeError(f"llama.cpp backend: {exc} (cap the tree's leaves at {self.max_leaves})") from exc
         self._apply_copies(plan)
-        positions = [prefix + tree.depths[i] for i in range(start, len(tree))]
-        self._decode(tree.tokens[start:], positions, plan.seq_ids)
-        self._pending = tree
-        return self._logits(len(tree) - start)
+        order = tree.preorder if self.in_order and start == 0 else tuple(range(start, len(tree)))
+        self._decode([tree.tokens[i] for i in order], [prefix + tree.depths[i] for i in order],
+                     [plan.seq_ids[i - start] for i in order])
+        self._pending, self._order = tree, self._order[:start] + order
+        logits = self._logits(len(order))
+        if order == tuple(range(start, len(tree))):
+            return logits
+        rows = torch.empty(len(order), dtype=torch.long)
+        rows[torch.tensor(order) - start] = torch.arange(len(order))
+        return logits[rows]
 
     def commit(self, nodes: Sequence[int]) -> None:
         tree = self._pending
         if tree is None:
             raise RuntimeError("commit called without a verified tree")
         keep = self.book.own[nodes[-1]]
-        memory, lib = self.model.memory, self.lib
+        prefix, memory, lib = len(self._tokens), self.model.memory, self.lib
+        in_place = len(nodes)
+        if self.in_order:  # accepted nodes stored at the first slots, in order, stay; the rest is redone
+            in_place = next((j for j, node in enumerate(nodes) if self._order[j] != node), len(nodes))
         lib.llama_memory_seq_keep(memory, keep)
-        lib.llama_memory_seq_rm(memory, keep, len(self._tokens) + len(nodes), -1)
+        lib.llama_memory_seq_rm(memory, keep, prefix + in_place, -1)
         if keep != CONTEXT_SEQ:
             lib.llama_memory_seq_cp(memory, keep, CONTEXT_SEQ, -1, -1)
             lib.llama_memory_seq_rm(memory, keep, -1, -1)
-        self._tokens.extend(tree.tokens[i] for i in nodes)
-        self._pending = None
+        tokens = [tree.tokens[i] for i in nodes]
+        if in_place < len(nodes):
+            redo = range(in_place, len(nodes))
+            self._decode(tokens[in_place:], [prefix + j for j in redo], [(CONTEXT_SEQ,)] * len(redo), last_only=True)
+            self.redecoded += len(redo)
+        self._tokens.extend(tokens)
+        self._pending, self._order = None, ()
         self.book.reset()
 
     # ------------------------------------------------------------------ llama.cpp calls

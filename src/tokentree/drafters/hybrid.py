@@ -76,7 +76,11 @@ class PayoffGate:
 
 @dataclass
 class StepClock:
-    """Seconds per emitted token of the running loop, from the time between successive proposals."""
+    """Seconds per emitted token of the running loop, from the time between successive proposals.
+
+    The hybrid drafter records each step without its expensive sources' time and extra tokens, so
+    ``per_token`` is what a token costs when they are not called.
+    """
 
     decay: float = 0.8
     seconds: float | None = None
@@ -89,9 +93,7 @@ class StepClock:
         self._last = now
         return None if last is None else now - last
 
-    def record(self, period: float | None, tokens: int) -> None:
-        if period is None:
-            return
+    def record(self, period: float, tokens: int) -> None:
         if self.seconds is None:
             self.seconds, self.tokens = period, float(tokens)
         else:
@@ -139,18 +141,22 @@ class HybridDrafter:
         self.clock = StepClock()
         self._proposed: list[tuple[int, TokenTree]] = []
         self._costs: dict[int, float] = {}
-        self._period: float | None = None
+        self._last_step: tuple[float, int] | None = None  # (expensive seconds, tokens without them)
 
     def reset(self) -> None:
         for source in self.sources:
             source.reset()
-        self._proposed = []
+        self._proposed, self._last_step = [], None
         self.clock.pause()
 
     def propose(self, context: Sequence[int], budget: int) -> TokenTree:
         root = int(context[-1])
         self._proposed, self._costs = [], {}
-        self._period = self.clock.tick()
+        period = self.clock.tick()
+        if period is not None and self._last_step is not None:
+            # the last step as it would have been without the expensive sources: the price they must beat
+            self.clock.record(period - self._last_step[0], self._last_step[1])
+        self._last_step = None
         merged = TokenTree.root(root)
         for i, source in enumerate(self.sources):
             if i in self.gates and (expected_accepted(merged) >= self.config.skip_above
@@ -169,13 +175,14 @@ class HybridDrafter:
     def observe(self, tree: TokenTree, logits: torch.Tensor, acceptance: Acceptance) -> None:
         """Each source learns from the verified part of its tree; its calibrator from what was accepted."""
         new_tokens = acceptance.new_tokens(tree)
-        self.clock.record(self._period, len(new_tokens))
         cheap_rows: set[int] = set()
+        gained, spent = 0, 0.0
         for i, source_tree in self._proposed:
             present, rows = restrict(source_tree, tree)
             if i in self.gates:
                 cheap_run = next((k for k, node in enumerate(acceptance.nodes[1:]) if node not in cheap_rows),
                                  acceptance.accepted)
+                gained, spent = gained + acceptance.accepted - cheap_run, spent + self._costs[i]
                 self.gates[i].record(acceptance.accepted - cheap_run, self._costs[i])
             else:
                 cheap_rows.update(rows)
@@ -184,6 +191,7 @@ class HybridDrafter:
             sub_acceptance = Acceptance(nodes, new_tokens[len(nodes) - 1])
             self.calibrators[i].update(sub, sub_acceptance)
             self.sources[i].observe(sub, logits[rows], sub_acceptance)
+        self._last_step = (spent, len(new_tokens) - gained)  # timed when the next step starts
         self._proposed = []
 
     def state_dict(self) -> dict:

@@ -61,7 +61,7 @@ class DraftModel:
     """The draft model's cache and tree growth; the shared engine of every draft-model drafter."""
 
     def __init__(self, model):
-        self.backend = make_backend(model)  # a transformers module or a LlamaCppModel
+        self.backend = make_backend(model, draft=True)  # a transformers module or a LlamaCppModel
         self.forwarded = 0  # nodes of the current tree already in the draft cache
 
     def start(self, context: Sequence[int]) -> GrowingTree:
