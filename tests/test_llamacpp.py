@@ -121,13 +121,11 @@ def test_commit_leaves_the_cache_like_plain_decoding(gguf):
     backend.verify(tree)
     backend.commit([0, 1, 4])  # root, 11, 14: node 4 was not decoded right after node 1
     assert backend.redecoded == 1  # so 14 was decoded again, behind 11, to keep the cells in order
-    after_tree = backend.verify(TokenTree.root(99))[0]
-    backend.commit([0])
-
     fresh = LlamaCppBackend(LlamaCppModel(gguf, LlamaCppConfig(threads=2, n_ctx=512)))
     fresh.prefill(context + [11, 14])
+    assert backend.tokens == fresh.tokens == context + [11, 14]
+    after_tree = backend.verify(TokenTree.root(99))[0]
     plain = fresh.verify(TokenTree.root(99))[0]
-    assert backend.tokens == fresh.tokens
     assert torch.equal(after_tree, plain)  # bit-identical: same cells, same order, same kernels
 
 
