@@ -146,3 +146,28 @@ def test_profiles_are_cached_and_bad_files_ignored(tmp_path, monkeypatch):
 def test_measured_profile_on_a_tiny_model():
     profile = measure_profile(HFBackend(tiny_model("llama")), sizes=(1, 4, 16), context_len=32, repeats=2)
     assert profile.sizes == (1, 4, 16) and all(s > 0 for s in profile.seconds)
+
+
+def test_probe_schedule_backs_off_while_probes_fail_and_resets_on_success():
+    from tokentree.planner import ProbeSchedule
+
+    probe = ProbeSchedule(shortest=2, longest=8, interval=2)
+    due = []
+    for _ in range(16):
+        due.append(probe.due())
+        probe.observe(4 if probe.probing else 0, 0)  # every probe: 4 drafted, none accepted
+    assert [i for i, d in enumerate(due) if d] == [1, 5, 13]  # after 2, then 4, then 8 steps
+    probe.interval, probe.waited = 8, 7
+    assert probe.due()
+    probe.observe(4, 3)
+    assert probe.interval == 2
+
+
+def test_planner_probes_when_plain_decoding_looks_best():
+    from tokentree.planner import PROBE_NODES, CostProfile, Planner
+
+    steep = CostProfile((1, 2, 4, 8), (1.0, 1.9, 3.2, 7.4), 256)  # llama.cpp-like: every token costs
+    planner = Planner(steep)
+    chain = TokenTree.chain(0, list(range(1, 9)))
+    choices = [planner.choose(chain) for _ in range(8)]
+    assert choices[:7] == [0] * 7 and choices[7] == PROBE_NODES

@@ -198,6 +198,39 @@ class PlannerConfig:
             raise TokentreeError(f"planner max_nodes must be in [1, 512], got {self.max_nodes}")
 
 
+PROBE_NODES = 4
+
+
+@dataclass
+class ProbeSchedule:
+    """When plain decoding looks best, still verify a small tree every ``interval`` steps.
+
+    Without probes a cautious prior would keep the planner from ever seeing an acceptance. The
+    interval doubles (up to ``longest``) after a probe that accepts nothing and resets after one
+    that accepts, so a workload where trees never pay costs at most a few probes.
+    """
+
+    shortest: int = 8
+    longest: int = 512
+    interval: int = 8
+    waited: int = 0
+    probing: bool = False
+
+    def due(self) -> bool:
+        self.waited += 1
+        self.probing = self.waited >= self.interval
+        if self.probing:
+            self.waited = 0
+        return self.probing
+
+    def observe(self, drafted: int, accepted: int) -> None:
+        if self.probing and drafted:
+            self.interval = self.shortest if accepted else min(self.longest, 2 * self.interval)
+        if drafted:
+            self.waited = 0
+        self.probing = False
+
+
 class Planner:
     """Chooses each step's drafted-node count from a cost profile and calibrated acceptance."""
 
@@ -207,6 +240,7 @@ class Planner:
         self.calibrator = AcceptanceCalibrator()
         self.one_token_s = profile.seconds[0]  # t(1) at the current context, tracked online
         self.draft_s = 0.0  # drafting time per step, tracked online
+        self.probe = ProbeSchedule()
 
     def expected_rate(self, estimates: Sequence[float], n: int) -> float:
         """Expected new tokens per second with the ``n`` best of ``estimates`` (sorted, descending)."""
@@ -222,10 +256,13 @@ class Planner:
             rate = (1 + gained) / (self.draft_s + self.one_token_s * self.profile.ratio(n + 1))
             if rate > best_rate:
                 best_n, best_rate = n, rate
+        if best_n == 0 and ranked and self.probe.due():
+            return min(len(ranked), PROBE_NODES)  # verify a small tree now and then, or estimates never move
         return best_n
 
     def observe(self, tree: TokenTree, acceptance: Acceptance, draft_s: float, verify_s: float) -> None:
         """Learn from a verified step: acceptance per node, drafting time, and the current t(1)."""
         self.calibrator.update(tree, acceptance)
+        self.probe.observe(len(tree) - 1, acceptance.accepted)
         self.draft_s += 0.2 * (draft_s - self.draft_s)
         self.one_token_s += 0.2 * (verify_s / self.profile.ratio(len(tree)) - self.one_token_s)
