@@ -241,9 +241,10 @@ def load_llamacpp_model(spec: str | None, embedded: EmbeddedModel, config: Llama
     """Load a GGUF file (spec None = the embedded model, straight from its GGUF) with llama.cpp."""
     import_llama_cpp()  # a missing extra fails before anything else
     path = assemble_embedded(embedded) if spec is None else Path(spec).expanduser()
+    if spec is not None and not path.exists():
+        raise TokentreeError(f"no such model file or directory: {spec}")
     if spec is not None and not path.is_file():
-        raise TokentreeError(f"the llama.cpp backend needs a .gguf file; {spec} is "
-                             + ("a directory" if path.is_dir() else "not a file"))
+        raise TokentreeError(f"the llama.cpp backend needs a .gguf file; {spec} is a directory")
     if not is_gguf(path):
         raise TokentreeError(f"{spec} is not a GGUF file (the llama.cpp backend reads .gguf models)")
     tokenizer = gguf_tokenizer(path, embedded.name if spec is None else _gguf_cache_name(path))
@@ -260,7 +261,7 @@ def gguf_tokenizer(path: Path, name: str):
     try:
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     except Exception as exc:  # noqa: BLE001 - gguf/transformers raise many types on bad files
-        raise TokentreeError(f"could not read the tokenizer of {path}: {_first_line(exc)}") from exc
+        raise TokentreeError(f"could not read GGUF file {path} (its tokenizer): {_first_line(exc)}") from exc
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     tokenizer.save_pretrained(partial)
