@@ -94,7 +94,8 @@ class LlamaCppMethod:
         self.eos = generator.target.eos_ids
         self.llm = llama_cpp.Llama(str(model.path), n_ctx=model.config.n_ctx, n_batch=model.config.n_batch,
                                    n_threads=threads, n_threads_batch=threads, flash_attn=model.config.flash_attn,
-                                   draft_model=draft, verbose=False)
+                                   draft_model=draft, verbose=False,
+                                   logits_all=draft is not None)  # its draft path writes scores past n_batch
 
     def run(self, prompt_ids: list[int], max_new_tokens: int, sampling: SamplingParams, seed: int) -> RunResult:
         if not sampling.greedy:
