@@ -199,7 +199,7 @@ def load(target: str | None = None, draft: str | None = None, drafter: str = "pl
     step from the measured verify cost and the observed acceptance).
     ``drafter_state``: a file of learned drafter state to start from, when it exists.
     ``draft`` (a model spec) is loaded and checked against the target's vocabulary when given;
-    draft-model drafters (chain, specinfer, rsd-c, sequoia, dyspec) load the embedded 0.5B draft
+    draft-model drafters (chain, specinfer, rsd-c, rsd-s, sequoia, dyspec) load the embedded 0.5B draft
     when the target is the embedded one and no draft is given.
     ``backend``: "hf" (transformers; ``dtype``, ``device``), "llamacpp" (GGUF files through llama.cpp;
     ``threads``, ``n_ctx``; tree sizes default to "auto") or "auto" (llamacpp for a .gguf target when

@@ -9,6 +9,7 @@ from typing import Any, Callable
 from ..errors import TokentreeError
 from ..sampling import Draw
 from .base import Drafter, NoDrafter
+from .beam import BeamConfig, StochasticBeamDrafter
 from .hybrid import HybridConfig, HybridDrafter
 from .draft_trees import (ChainConfig, ChainDrafter, DySpecConfig, DySpecDrafter, SequoiaConfig, SequoiaDrafter,
                           SpecInferConfig, WidthsDrafter)
@@ -26,7 +27,7 @@ class AutoConfig:
     skip_above: float = 2.0  # skip the draft model when stand + pld promise this many accepted tokens
 
     def __post_init__(self) -> None:
-        if self.draft_source not in ("chain", "specinfer", "rsd-c", "sequoia", "dyspec"):
+        if self.draft_source not in ("chain", "specinfer", "rsd-c", "rsd-s", "sequoia", "dyspec"):
             raise ValueError(f"draft_source must be a draft-model drafter, got '{self.draft_source}'")
         if self.skip_above < 0:
             raise ValueError(f"skip_above must be >= 0, got {self.skip_above}")
@@ -63,6 +64,8 @@ DRAFTERS: dict[str, DrafterSpec] = {
     "rsd-c": DrafterSpec(lambda c, m: WidthsDrafter(c, m, "rsd-c", Draw.WITHOUT_REPLACEMENT), SpecInferConfig,
                          (("widths", "3,2,1,1"),), help="draft-model tree, per-depth branching, children without "
                          "replacement (RSD-C)", needs_draft=True),
+    "rsd-s": DrafterSpec(StochasticBeamDrafter, BeamConfig, help="draft-model tree from stochastic beam search, "
+                         "siblings without replacement (RSD-S)", needs_draft=True),
     "sequoia": DrafterSpec(SequoiaDrafter, SequoiaConfig, help="draft-model tree, Sequoia's optimal static shape",
                            needs_draft=True),
     "dyspec": DrafterSpec(DySpecDrafter, DySpecConfig, help="draft-model tree grown best-first by path probability "
@@ -117,5 +120,5 @@ def make_drafter(name: str, draft_model: Any = None, **options: Any) -> Drafter:
     return spec.build(config, draft_model)
 
 
-__all__ = ["AutoConfig", "HybridConfig", "HybridDrafter", "drafter_config", "ChainConfig", "DySpecConfig", "SequoiaConfig", "SpecInferConfig", "DRAFTERS", "Drafter", "DrafterSpec", "LookaheadConfig", "LookaheadDrafter", "NoDrafter", "PLDConfig",
+__all__ = ["AutoConfig", "BeamConfig", "StochasticBeamDrafter", "HybridConfig", "HybridDrafter", "drafter_config", "ChainConfig", "DySpecConfig", "SequoiaConfig", "SpecInferConfig", "DRAFTERS", "Drafter", "DrafterSpec", "LookaheadConfig", "LookaheadDrafter", "NoDrafter", "PLDConfig",
            "PromptLookupDrafter", "RecyclingConfig", "RecyclingDrafter", "StandConfig", "StandDrafter", "make_drafter"]

@@ -1,4 +1,4 @@
-"""The draft-model drafters: chain, specinfer, rsd-c, sequoia and dyspec (see ``model.py``)."""
+"""The draft-model drafters: chain, specinfer, rsd-c, sequoia and dyspec (see ``model.py``; rsd-s in ``beam.py``)."""
 
 from __future__ import annotations
 
