@@ -82,7 +82,7 @@ def beam_step(log_q: torch.Tensor, beams: list[Beam], width: int,
 class BeamConfig:
     """RSD-S (CLI flags ``--beam-<field>``)."""
 
-    width: int = 4  # beams kept per level (the tree has at most width nodes per depth)
+    width: int = 3  # beams kept per level (the tree has at most width nodes per depth)
     depth: int = 8  # levels at most
 
     def __post_init__(self) -> None:
