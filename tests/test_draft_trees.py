@@ -57,7 +57,7 @@ def test_specinfer_widths_give_the_declared_shape_in_depth_forwards(random_draft
     per_depth = [sum(1 for d in tree.depths if d == depth) for depth in range(1, 4)]
     assert per_depth == [3, 6, 6] and max(tree.depths) == 3
     assert all(len(tree.children[v]) == (3, 2, 1, 0)[tree.depths[v]] for v in range(len(tree)))
-    assert len(calls) == 1 + 3  # the prompt prefill, then one forward per level with children
+    assert len(calls) == 3  # one forward per level with children; the short prompt rides with the first
 
 
 def test_rsd_c_children_are_distinct_when_sampling(random_draft):
@@ -161,3 +161,15 @@ def test_chain_adapts_its_length(target):
 def test_draft_model_drafters_need_a_draft_model():
     with pytest.raises(TokentreeError, match="needs a draft model"):
         make_drafter("sequoia")
+
+
+def test_clear_caches_empties_the_draft_cache_also_inside_hybrid(target, random_draft):
+    from tokentree.drafters.base import clear_caches
+
+    chain = make_drafter("chain", random_draft, confidence=0.0)
+    hybrid = make_drafter("hybrid", random_draft, sources="pld,sequoia")
+    for drafter, model in ((chain, chain.model), (hybrid, hybrid.sources[1].model)):
+        run_engine(target, drafter, [5, 6, 7, 8, 9], 6, budget=4)
+        assert model.backend.tokens  # the draft kept the committed context
+        clear_caches(drafter)
+        assert model.backend.tokens == []

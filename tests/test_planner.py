@@ -102,12 +102,27 @@ def test_no_drafting_when_nothing_is_accepted_and_full_trees_when_everything_is(
     assert flat.choose(chain) == 15
 
 
-@pytest.mark.parametrize("name", ["pld", "stand", "lookahead"])
+def test_planner_cut_keeps_the_n_best_estimates_ancestor_closed():
+    rng = random.Random(11)
+    planner = trained_planner(STEEP)
+    for _ in range(30):
+        tree = random_tree(rng, 14)
+        est = planner.calibrator.estimate(tree)
+        for n in (0, 1, 5, 13):
+            cut = planner.cut(tree, n)
+            assert len(cut) == n + 1
+            kept = tree.locate(cut)
+            assert kept is not None and kept[0] == 0
+            assert sorted(est[v] for v in kept[1:]) == sorted(est[1:], reverse=True)[:n][::-1]
+
+
+@pytest.mark.parametrize("name", ["pld", "stand", "lookahead", "recycling", "sequoia"])
 def test_budget_auto_is_lossless_end_to_end(name):
     model = tiny_model("llama", seed=2)
     backend = HFBackend(model)
     profile = measure_profile(backend, sizes=(1, 2, 4, 8), context_len=16, repeats=1)
-    engine = Engine(backend, make_drafter(name), planner=Planner(profile))
+    drafter = make_drafter(name, model) if name == "sequoia" else make_drafter(name)  # the target as its draft
+    engine = Engine(backend, drafter, planner=Planner(profile))
     rng = random.Random(3)
     drafted = 0
     for _ in range(3):

@@ -65,3 +65,13 @@ def test_bad_options():
         make_drafter("recycling", template="huge")
     with pytest.raises(TokentreeError, match="k must be"):
         make_drafter("recycling", k=2)
+
+
+def test_shape_learns_from_a_cut_of_its_tree():
+    drafter = make_drafter("recycling", k=4, template="small", learning_rate=0.5)
+    drafter.observe(TokenTree((5,), (-1,)), logits_ranking([7, 8, 9, 10]), Acceptance((0,), 7))
+    for _ in range(4):  # a planner keeps only the root's second child; the target takes it
+        tree = drafter.propose([5], budget=3)
+        cut = tree.subset([tree.tokens.index(8)])
+        drafter.observe(cut, logits_ranking(*[[7, 8, 9, 10]] * len(cut)), Acceptance((0, 1), 9))
+    assert drafter.propose([5], budget=1).tokens == (5, 8)

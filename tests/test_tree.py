@@ -76,3 +76,12 @@ def test_follow_walks_a_token_path_as_far_as_it_exists():
     tree = TokenTree.from_paths(9, [[1, 2, 3], [1, 4]])
     assert [tree.tokens[v] for v in tree.follow([9, 1, 4, 7])] == [9, 1, 4]
     assert tree.follow([9, 5]) == [0]
+
+
+def test_locate_maps_a_cut_back_by_token_paths():
+    tree = TokenTree((1, 2, 3, 4, 5, 6), (-1, 0, 0, 1, 1, 2))
+    cut = tree.subset([4, 5])
+    assert tree.locate(cut) == [0, 1, 2, 4, 5]
+    assert tree.locate(tree) == list(range(6))
+    assert tree.locate(TokenTree((1, 9), (-1, 0))) is None  # token 9 is not a child of the root
+    assert tree.locate(TokenTree.root(7)) is None

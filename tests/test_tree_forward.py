@@ -75,3 +75,19 @@ def test_chunked_prefill_and_prefix_reuse_match_a_fresh_cache(family, monkeypatc
     fresh.prefill(second)
     tree = TokenTree.chain(5, [6, 7])
     torch.testing.assert_close(reused.verify(tree), fresh.verify(tree), atol=1e-5, rtol=1e-5)
+
+
+def test_a_deferred_prefill_tail_rides_with_the_next_tree():
+    model = tiny_model("llama", seed=0)
+    plain, deferred = HFBackend(model), HFBackend(model)
+    tree = TokenTree((10, 11, 12, 13), (-1, 0, 0, 1))
+    plain.prefill([5, 6, 7, 8, 9])
+    deferred.prefill([5, 6, 7])
+    deferred.prefill([5, 6, 7, 8, 9], defer=4)  # 8, 9 held back
+    assert deferred.tokens == [5, 6, 7]
+    assert torch.allclose(deferred.grow(tree, 0), plain.verify(tree), atol=1e-5)
+    plain.commit((0, 1, 3))
+    deferred.commit((0, 1, 3))
+    assert deferred.tokens == plain.tokens == [5, 6, 7, 8, 9, 10, 11, 13]
+    nxt = TokenTree.root(14)
+    assert torch.allclose(deferred.verify(nxt), plain.verify(nxt), atol=1e-5)

@@ -12,7 +12,7 @@ from .backends.base import Backend
 from .drafters.base import Drafter, StochasticDrafter
 from .errors import TokentreeError
 from .planner import Planner
-from .sampling import Acceptance, Draft, SamplingParams, accept
+from .sampling import Acceptance, Draft, Draw, SamplingParams, accept
 from .stats import GenerationStats
 
 
@@ -113,10 +113,20 @@ class Engine:
 
     def _planned_draft(self, context: list[int], room: int, params: SamplingParams,
                        generator: torch.Generator) -> Draft:
-        """A large candidate, then (if the planner wants fewer nodes) a fresh draft of that size."""
+        """A large candidate, then (if the planner wants fewer nodes) its best n nodes.
+
+        Deterministic candidates (every greedy draft, V-det drafts) are simply cut: which nodes
+        stay depends on no random draw. A sampled draft cut by its scores would keep a sibling
+        because of its identity, which the acceptance rules do not allow, so it is drawn afresh at
+        the chosen size instead.
+        """
         candidate = self._draft(context, min(self.planner.config.max_nodes, room), params, generator)
         n = self.planner.choose(candidate.tree)
-        return candidate if n >= len(candidate.tree) - 1 else self._draft(context, n, params, generator)
+        if n >= len(candidate.tree) - 1:
+            return candidate
+        if candidate.draw is Draw.DETERMINISTIC:
+            return Draft(self.planner.cut(candidate.tree, n))
+        return self._draft(context, n, params, generator)
 
 
 def _generator(seed: int | None) -> torch.Generator:

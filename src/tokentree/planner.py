@@ -260,6 +260,13 @@ class Planner:
             return min(len(ranked), PROBE_NODES)  # verify a small tree now and then, or estimates never move
         return best_n
 
+    def cut(self, tree: TokenTree, n: int) -> TokenTree:
+        """``tree`` restricted to its ``n`` drafted nodes with the highest estimates (ancestor-closed:
+        estimates never rise along a path or a sibling list, and ties keep the earlier node)."""
+        estimates = self.calibrator.estimate(tree)
+        ranked = sorted(range(1, len(tree)), key=lambda node: (-estimates[node], node))
+        return tree.subset(ranked[:n])
+
     def observe(self, tree: TokenTree, acceptance: Acceptance, draft_s: float, verify_s: float) -> None:
         """Learn from a verified step: acceptance per node, drafting time, and the current t(1)."""
         self.calibrator.update(tree, acceptance)

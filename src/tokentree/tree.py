@@ -160,6 +160,19 @@ class TokenTree:
             nodes.append(child)
         return nodes
 
+    def locate(self, other: TokenTree) -> list[int] | None:
+        """For each node of ``other``, the node of this tree with the same token path; None unless
+        ``other`` is contained in this tree (e.g. a cut of it)."""
+        if other.tokens[0] != self.tokens[0]:
+            return None
+        found = [0]
+        for node in range(1, len(other)):
+            match = self.child_with_token(found[other.parents[node]], other.tokens[node])
+            if match is None:
+                return None
+            found.append(match)
+        return found
+
     # ----------------------------------------------------------------- editing
     def best(self, n: int) -> TokenTree:
         """Keep the ``n`` most promising nodes below the root, ancestor-closed.

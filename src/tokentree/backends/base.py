@@ -32,8 +32,12 @@ class Backend(Protocol):
         """Empty the cache."""
         ...
 
-    def prefill(self, token_ids: Sequence[int]) -> None:
-        """Make the cache hold exactly ``token_ids``, reusing a common cached prefix."""
+    def prefill(self, token_ids: Sequence[int], defer: int = 0) -> None:
+        """Make the cache hold exactly ``token_ids``, reusing a common cached prefix.
+
+        A backend may hold back a missing tail of at most ``defer`` tokens and forward it with the
+        next tree (``grow``/``verify`` at node 0) instead of in a forward of its own.
+        """
         ...
 
     def verify(self, tree: TokenTree) -> torch.Tensor:

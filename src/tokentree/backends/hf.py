@@ -69,6 +69,7 @@ class HFBackend:
         self.cache = kvcache.new_cache()
         self._tokens: list[int] = []
         self._pending: TokenTree | None = None
+        self._lead: list[int] = []  # prefill tokens held back for the next forward (see prefill)
 
     @property
     def device(self) -> torch.device:
@@ -86,11 +87,17 @@ class HFBackend:
     def reset(self) -> None:
         """Drop the whole cache (the next prefill starts from nothing)."""
         self.cache = kvcache.new_cache()
-        self._tokens = []
+        self._tokens, self._lead = [], []
         self._pending = None
 
     @torch.inference_mode()
-    def prefill(self, token_ids: Sequence[int]) -> None:
+    def prefill(self, token_ids: Sequence[int], defer: int = 0) -> None:
+        """Make the cache hold ``token_ids``, reusing the common cached prefix.
+
+        With ``defer`` > 0 a missing tail of at most that many tokens is held back and forwarded
+        together with the next tree (one forward instead of two, for a draft model that must
+        catch up on the last accepted token before it drafts).
+        """
         token_ids = [int(t) for t in token_ids]
         shared = 0
         for cached, new in zip(self._tokens, token_ids):
@@ -100,6 +107,9 @@ class HFBackend:
         kvcache.crop(self.cache, shared)
         self._tokens = self._tokens[:shared]
         self._pending = None
+        self._lead = token_ids[shared:] if len(token_ids) - shared <= defer else []
+        if self._lead:
+            return
         for start in range(shared, len(token_ids), PREFILL_CHUNK):
             chunk = token_ids[start : start + PREFILL_CHUNK]
             self.model(
@@ -128,6 +138,8 @@ class HFBackend:
             if pending is None or len(pending) != start or pending.tokens != tree.tokens[:start] or (
                     pending.parents != tree.parents[:start]):
                 raise RuntimeError("grow must extend the tree forwarded by the previous call")
+        elif self._lead:
+            return self._grow_after_lead(tree)
         prefix = len(self._tokens)
         mask = self._mask(tree, prefix)
         if mask is not None:
@@ -141,6 +153,16 @@ class HFBackend:
         )
         self._pending = tree
         return out.logits[0].float()
+
+    def _grow_after_lead(self, tree: TokenTree) -> torch.Tensor:
+        """Forward the held-back tail of the prefill and ``tree`` in one call; the tree's logits."""
+        lead, self._lead = self._lead, []
+        joined = TokenTree(tuple(lead) + tree.tokens,
+                           tuple(range(-1, len(lead) - 1)) + tuple(p + len(lead) for p in tree.parents))
+        logits = self.grow(joined, 0)
+        self._tokens.extend(lead)
+        self._pending = tree
+        return logits[len(lead):]
 
     def _mask(self, tree: TokenTree, prefix: int) -> torch.Tensor | dict[str, torch.Tensor] | None:
         if len(tree) == 1:

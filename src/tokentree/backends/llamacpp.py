@@ -175,7 +175,9 @@ class LlamaCppBackend:
         self._tokens, self._pending = [], None
         self.book.reset()
 
-    def prefill(self, token_ids: Sequence[int]) -> None:
+    def prefill(self, token_ids: Sequence[int], defer: int = 0) -> None:
+        """Make the cache hold ``token_ids``, reusing the common cached prefix (``defer`` is a hint
+        this backend does not need: it forwards the missing tail at once)."""
         token_ids = [int(t) for t in token_ids]
         self._check_room(len(token_ids))
         shared = 0

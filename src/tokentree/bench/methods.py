@@ -11,6 +11,7 @@ import torch
 from ..api import Generator
 from ..backends.llamacpp import import_llama_cpp
 from ..drafters import DRAFTERS, make_drafter
+from ..drafters.base import clear_caches
 from ..errors import TokentreeError
 from ..sampling import SamplingParams
 
@@ -70,6 +71,7 @@ class TokentreeMethod:
 
     def run(self, prompt_ids: list[int], max_new_tokens: int, sampling: SamplingParams, seed: int) -> RunResult:
         self.generator.backend.reset()  # no prompt-cache reuse: HF baselines prefill every prompt too
+        clear_caches(self.drafter)  # nor for a draft model
         start = time.perf_counter()
         out = self.generator.generate(prompt_ids, max_new_tokens=max_new_tokens, temperature=sampling.temperature,
                                       top_p=sampling.top_p, top_k=sampling.top_k, min_p=sampling.min_p, seed=seed,

@@ -25,8 +25,19 @@ class Drafter(Protocol):
         ...
 
     def reset(self) -> None:
-        """Forget per-request state (called before each generation)."""
+        """Forget per-request state (called before each generation).
+
+        Caches of earlier text (a draft model's KV cache) stay, so a request that shares a prefix
+        with the previous one reuses them, like the target's cache does.
+        """
         ...
+
+
+def clear_caches(drafter: object) -> None:
+    """Drop whatever KV cache ``drafter`` keeps of earlier requests (benchmarks start every run cold)."""
+    clear = getattr(drafter, "clear_caches", None)
+    if clear is not None:
+        clear()
 
 
 @runtime_checkable

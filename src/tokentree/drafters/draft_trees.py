@@ -12,7 +12,7 @@ import torch
 
 from ..sampling import Acceptance, Draft, Draw, SamplingParams
 from ..tree import TokenTree
-from .model import DraftModel, GrowingTree
+from .model import CATCH_UP, DraftModel, GrowingTree
 from .sequoia import DEFAULT_VECTOR, load_calibration, optimal_tree
 
 GREEDY = SamplingParams()
@@ -53,6 +53,9 @@ class _DraftModelDrafter:
     def reset(self) -> None:
         pass
 
+    def clear_caches(self) -> None:
+        self.model.backend.reset()
+
     def _finish(self, grown: GrowingTree) -> Draft:
         return grown.draft(self.draw, self.model.backend.vocab_size)
 
@@ -85,13 +88,14 @@ class ChainDrafter(_DraftModelDrafter):
     def _grow(self, context, budget, params, generator) -> Draft:
         grown = self.model.start(context)
         depth = min(self.k, budget)
-        stop = self.config.confidence
 
-        def child_count(node: int, probs: torch.Tensor) -> int:
-            return int(len(grown.ranks[node]) < depth and float(probs.max()) >= stop)
+        def may_expand(node: int) -> bool:
+            """Below the length, and the node itself was a confident draw (its distribution was
+            computed anyway, so even an unconfident token is drafted, as transformers does)."""
+            return len(grown.ranks[node]) < depth and grown.step_prob(node) >= self.config.confidence
 
-        self.model.grow_levels(grown, child_count, depth, self.draw, params, generator,
-                               may_expand=lambda node: len(grown.ranks[node]) < depth)
+        self.model.grow_levels(grown, lambda node, probs: int(may_expand(node)), depth, self.draw, params,
+                               generator, may_expand=may_expand)
         return self._finish(grown)
 
     def observe(self, tree, logits, acceptance) -> None:
@@ -219,7 +223,7 @@ class DySpecDrafter(_DraftModelDrafter):
 
     def _grow(self, context, budget, params, generator) -> Draft:
         backend = self.model.backend
-        backend.prefill(context[:-1])
+        backend.prefill(context[:-1], defer=CATCH_UP)
         known = GrowingTree([int(context[-1])])  # every node explored so far; scores = path probabilities
         forwarded: dict[int, int] = {}  # known node -> index in the forwarded tree
         fwd_tokens: list[int] = []

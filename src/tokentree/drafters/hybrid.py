@@ -21,7 +21,7 @@ import torch
 from ..planner import AcceptanceCalibrator
 from ..sampling import Acceptance
 from ..tree import TokenTree
-from .base import Drafter
+from .base import Drafter, clear_caches
 
 
 @dataclass
@@ -148,6 +148,10 @@ class HybridDrafter:
             source.reset()
         self._proposed, self._last_step = [], None
         self.clock.pause()
+
+    def clear_caches(self) -> None:
+        for source in self.sources:
+            clear_caches(source)
 
     def propose(self, context: Sequence[int], budget: int) -> TokenTree:
         root = int(context[-1])

@@ -24,6 +24,8 @@ from ..backends import make_backend
 from ..sampling import Acceptance, Draft, Draw, SamplingParams, gumbel_top_k, warp
 from ..tree import TokenTree
 
+CATCH_UP = 16  # context tokens the draft may forward together with its first tree level
+
 # (node, draft probabilities at temperature 1 [V]) -> how many children the node gets
 ChildCount = Callable[[int, torch.Tensor], int]
 
@@ -44,6 +46,13 @@ class GrowingTree:
         self.ranks.append(self.ranks[parent] + (rank,))
         self.scores.append(self.scores[parent] * prob)
         return len(self.tokens) - 1
+
+    def step_prob(self, node: int) -> float:
+        """The draft probability of ``node``'s token given its parent (1 for the root)."""
+        if node == 0:
+            return 1.0
+        parent = self.scores[self.parents[node]]
+        return self.scores[node] / parent if parent > 0 else 0.0
 
     def tree(self) -> TokenTree:
         return TokenTree(tuple(self.tokens), tuple(self.parents), tuple(self.scores))
@@ -66,7 +75,7 @@ class DraftModel:
 
     def start(self, context: Sequence[int]) -> GrowingTree:
         """Sync the cache to ``context[:-1]`` (reusing what it holds) and start a tree at ``context[-1]``."""
-        self.backend.prefill(context[:-1])
+        self.backend.prefill(context[:-1], defer=CATCH_UP)
         self.forwarded = 0
         return GrowingTree([int(context[-1])])
 

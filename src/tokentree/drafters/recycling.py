@@ -49,12 +49,17 @@ class RecyclingDrafter:
         self.shape = TemplateShape(self.config.template)
         self.matrix: np.ndarray | None = None  # [V, k] successor ids, -1 = unknown
         self._proposed: list[int] = []  # template node of each node of the last tree
+        self._tree: TokenTree | None = None  # the last tree
 
     def reset(self) -> None:
         """Per-request reset: the matrix and the learned shape are kept (hot start)."""
-        self._proposed = []
+        self._proposed, self._tree = [], None
 
     def propose(self, context: Sequence[int], budget: int) -> TokenTree:
+        self._tree = self._propose(context, budget)
+        return self._tree
+
+    def _propose(self, context: Sequence[int], budget: int) -> TokenTree:
         root = int(context[-1])
         self._proposed = [0]
         if self.matrix is None or budget <= 0:
@@ -106,5 +111,7 @@ class RecyclingDrafter:
             self.matrix = np.full((logits.shape[-1], self.config.k), -1, dtype=np.int64)
         top = logits.topk(self.config.k, dim=-1).indices.cpu().numpy()
         self.matrix[np.asarray(tree.tokens)] = top
-        if len(self._proposed) == len(tree):
-            self.shape.learn(tree, self._proposed, acceptance, self.config.learning_rate)
+        located = None if self._tree is None else self._tree.locate(tree)  # the verified tree may be a cut
+        if located is not None:
+            template_nodes = [self._proposed[node] for node in located]
+            self.shape.learn(tree, template_nodes, acceptance, self.config.learning_rate)
