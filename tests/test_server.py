@@ -201,13 +201,20 @@ def test_disconnect_mid_stream_frees_the_worker():
 
 
 def test_queue_full_gets_429_with_retry_after():
-    with running_server(tiny_generator(SlowDrafter(0.05)), max_queue=1) as (url, _):
-        body = {"messages": MESSAGES, "max_tokens": 30, "temperature": 0}
+    with running_server(tiny_generator(SlowDrafter(0.05)), max_queue=1) as (url, server):
+        body = {"messages": MESSAGES, "max_tokens": 60, "temperature": 0}
+        post = lambda _: httpx.post(url + "/v1/chat/completions", json=body, timeout=60)  # noqa: E731
+        worker = server.config.app.state.worker
         with ThreadPoolExecutor(4) as pool:
-            responses = list(pool.map(lambda _: httpx.post(url + "/v1/chat/completions", json=body, timeout=60),
-                                      range(4)))
+            first = pool.submit(post, None)
+            deadline = time.monotonic() + 10
+            while worker.running is None:  # the first job left the queue: one slot is free again
+                assert time.monotonic() < deadline, "the first request never started"
+                time.sleep(0.01)
+            others = list(pool.map(post, range(3)))
+            responses = [first.result(), *others]
         codes = sorted(r.status_code for r in responses)
-        assert codes.count(429) >= 1 and codes.count(200) >= 2, codes
+        assert codes == [200, 200, 429, 429], codes  # one running, one queued, two turned away
         busy = next(r for r in responses if r.status_code == 429)
         assert busy.headers["retry-after"] == "1" and busy.json()["error"]["code"] == "queue_full"
         assert all(r.json()["choices"][0]["message"]["content"] is not None for r in responses if r.status_code == 200)
