@@ -8,6 +8,7 @@ from tokentree.api import Generator
 from tokentree.drafters import make_drafter
 from tokentree.drafters.hybrid import HybridConfig, HybridDrafter, PayoffGate
 from tokentree.models import LoadedModel
+from tokentree.planner import ProbeSchedule
 from tokentree.sampling import Acceptance
 from tokentree.tree import TokenTree
 
@@ -98,14 +99,17 @@ def test_auto_is_lossless_with_the_planner_and_a_draft_model(tmp_path, monkeypat
     assert out.stats.mean_accepted > 1.0
 
 
-def test_payoff_gate_skips_a_source_that_does_not_pay_and_probes_it():
-    gate = PayoffGate(probe_every=4)
+def test_payoff_gate_skips_a_source_that_does_not_pay_and_probes_it_less_and_less():
+    gate = PayoffGate(probes=ProbeSchedule(shortest=4, longest=16, interval=4))
     assert gate.should_call(0.2)  # nothing measured yet: call it
     gate.record(gain=0.0, cost_s=0.05)  # added nothing, cost 50 ms
+    calls = [gate.should_call(0.2) for _ in range(4)]
+    assert calls == [False, False, False, True]  # skipped, but probed on the 4th step
+    gate.record(gain=0.0, cost_s=0.05)  # the probe did not pay: wait twice as long
     calls = [gate.should_call(0.2) for _ in range(8)]
-    assert calls == [False, False, False, True] * 2  # skipped, but probed every 4th step
-    gate.record(gain=3.0, cost_s=0.05)  # a probe found 3 extra tokens: 0.8*0 + 0.2*3 = 0.6 tokens ~ 120 ms
-    assert gate.should_call(0.2)
+    assert calls == [False] * 7 + [True]
+    gate.record(gain=10.0, cost_s=0.05)  # a probe found 10 extra tokens: 0.2*10 = 2 tokens ~ 400 ms
+    assert gate.should_call(0.2) and gate.probes.interval == 4  # it pays again; probes back to often
 
 
 def test_hybrid_stops_calling_a_draft_source_that_adds_nothing():

@@ -23,7 +23,7 @@ from .stand import StandConfig, StandDrafter
 class AutoConfig:
     """The ``auto`` drafter (CLI flags ``--auto-<field>``)."""
 
-    draft_source: str = "sequoia"  # the draft-model drafter joined when a draft model is loaded
+    draft_source: str = "chain"  # the draft-model drafter joined when a draft model is loaded (the cheapest call)
     skip_above: float = 2.0  # skip the draft model when stand + pld promise this many accepted tokens
 
     def __post_init__(self) -> None:

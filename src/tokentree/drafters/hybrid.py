@@ -7,18 +7,18 @@ Paths merge into one trie (a node shared by several sources keeps its best estim
 (a draft model) is skipped on steps where the cheaper ones already promise ``skip_above``
 accepted tokens, and whenever its measured payoff (the tokens it added beyond the cheaper
 sources, valued at the current seconds per token) is below its drafting time (LLMCad-style
-fallback: call the draft model only when it pays; probed now and then to notice a change).
+fallback: call the draft model only when it pays; probed at doubling intervals to notice a change).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
 
-from ..planner import AcceptanceCalibrator
+from ..planner import AcceptanceCalibrator, ProbeSchedule
 from ..sampling import Acceptance
 from ..tree import TokenTree
 from .base import Drafter, clear_caches
@@ -49,22 +49,23 @@ class PayoffGate:
 
     gain:   tokens accepted per call beyond the leading run the cheaper sources' nodes gave
     cost_s: drafting seconds per call
+    While it does not pay it is still called now and then (``probes``): the interval doubles after
+    each probe that does not pay either and resets after one that does, so a source that never
+    pays costs a few probes rather than a fixed share of the steps.
     """
 
     decay: float = 0.8
-    probe_every: int = 8  # while it does not pay, still call it every this many steps
+    probes: ProbeSchedule = field(default_factory=lambda: ProbeSchedule(shortest=8, longest=256))
     gain: float | None = None
     cost_s: float = 0.0
-    skipped: int = 0
+    _price: float | None = None  # seconds per token when the last call was decided
 
     def should_call(self, seconds_per_token: float | None) -> bool:
-        if self.gain is None or seconds_per_token is None or self.gain * seconds_per_token >= self.cost_s:
-            return True
-        self.skipped += 1
-        if self.skipped >= self.probe_every:
-            self.skipped = 0
-            return True
-        return False
+        self._price = seconds_per_token
+        return self.pays(seconds_per_token) or self.probes.due()
+
+    def pays(self, seconds_per_token: float | None) -> bool:
+        return self.gain is None or seconds_per_token is None or self.gain * seconds_per_token >= self.cost_s
 
     def record(self, gain: float, cost_s: float) -> None:
         if self.gain is None:
@@ -72,6 +73,7 @@ class PayoffGate:
         else:
             self.gain = self.decay * self.gain + (1 - self.decay) * gain
             self.cost_s = self.decay * self.cost_s + (1 - self.decay) * cost_s
+        self.probes.observe(1, int(self.pays(self._price)))
 
 
 @dataclass
