@@ -25,7 +25,7 @@ STEEP = CostProfile((1, 2, 4, 8, 16), (1.0, 1.1, 1.4, 2.2, 4.0), 256)
 
 def random_tree(rng, n):
     parents = [-1] + [rng.randrange(i) for i in range(1, n)]
-    return TokenTree(tuple(rng.randrange(50) for _ in range(n)), tuple(parents),
+    return TokenTree(tuple(rng.sample(range(50), n)), tuple(parents),  # distinct: siblings never share a token
                      (1.0,) + tuple(rng.random() for _ in range(n - 1)))
 
 
@@ -88,6 +88,20 @@ def test_calibration_converges_on_a_synthetic_stream():
         calibrator.update(chain, Acceptance(tuple(range(depth + 1)), 9))
     estimates = calibrator.estimate(chain)
     assert all(abs(estimates[d] - 0.8 ** d) < 0.06 for d in range(1, 6)), estimates
+
+
+def test_calibration_learns_conditional_rates_for_siblings_and_children():
+    calibrator, rng = AcceptanceCalibrator(), random.Random(2)
+    tree = TokenTree((0, 1, 2, 3), (-1, 0, 1, 0))  # root -> a -> b, and c a sibling of a
+    for _ in range(4000):
+        if rng.random() < 0.7:  # the target takes a, then b half the time
+            path = (0, 1, 2) if rng.random() < 0.5 else (0, 1)
+        else:  # or c half the time when it refuses a
+            path = (0, 3) if rng.random() < 0.5 else (0,)
+        calibrator.update(tree, Acceptance(path, 9))
+    a, b, c = calibrator.estimate(tree)[1:]
+    assert a == pytest.approx(0.7, abs=0.05) and b == pytest.approx(0.35, abs=0.05)
+    assert c == pytest.approx(0.15, abs=0.04)
 
 
 def test_no_drafting_when_nothing_is_accepted_and_full_trees_when_everything_is():

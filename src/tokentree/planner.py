@@ -141,50 +141,61 @@ def save_profile(profile: CostProfile) -> Path:
 
 
 class AcceptanceCalibrator:
-    """P(node accepted) learned online from verified trees, by (depth, drafter-score bin).
+    """P(node accepted) learned online from verified trees.
 
-    Each bin keeps exponentially forgotten counts of proposals and acceptances, shrunk toward a
-    prior ``prior_rate ** depth``. Estimates never increase from a parent to its child, nor from a
+    A node can only be accepted if its parent was, so the calibrator learns the conditional rate
+    P(accepted | parent accepted) per bin (depth, drafter-score level, sibling rank) from the nodes
+    whose parent was accepted, and a node's estimate is its parent's times that rate. Counts are
+    exponentially forgotten and shrunk toward ``prior_rate`` (so an untrained estimate is
+    ``prior_rate ** depth``). Estimates never increase from a parent to its child, nor from a
     sibling to the next (drafters list better siblings first), so the best n nodes of any tree form
     an ancestor-closed set.
     """
 
     def __init__(self, prior_rate: float = 0.6, strength: float = 3.0, forget: float = 0.998):
         self.prior_rate, self.strength, self.forget = prior_rate, strength, forget
-        self.counts: dict[tuple[int, int], list[float]] = {}  # bin -> [accepted, proposed]
+        self.counts: dict[tuple[int, int, int], list[float]] = {}  # bin -> [accepted, proposed]
 
     @staticmethod
-    def bin_of(depth: int, score: float) -> tuple[int, int]:
+    def bin_of(depth: int, score: float, rank: int) -> tuple[int, int, int]:
         level = 0 if score >= 1 else max(-12, math.floor(math.log2(max(score, 1e-9))))
-        return min(depth, 24), level
+        return min(depth, 16), level, min(rank, 2)
 
-    def _rate(self, key: tuple[int, int]) -> float:
+    def _rate(self, key: tuple[int, int, int]) -> float:
         hits, trials = self.counts.get(key, (0.0, 0.0))
-        prior = self.prior_rate ** key[0]
-        return (hits + self.strength * prior) / (trials + self.strength)
+        return (hits + self.strength * self.prior_rate) / (trials + self.strength)
+
+    def _bins(self, tree: TokenTree) -> list[tuple[int, int, int] | None]:
+        scores = tree.scores or (1.0,) * len(tree)
+        ranks = [0] * len(tree)
+        for kids in tree.children:
+            for rank, kid in enumerate(kids):
+                ranks[kid] = rank
+        return [None] + [self.bin_of(tree.depths[v], scores[v], ranks[v]) for v in range(1, len(tree))]
 
     def estimate(self, tree: TokenTree) -> list[float]:
         """[n] estimated acceptance probability per node (1 for the root)."""
-        scores = tree.scores or (1.0,) * len(tree)
         previous_sibling = {after: before for kids in tree.children for before, after in zip(kids, kids[1:])}
+        bins = self._bins(tree)
         estimates = [1.0] * len(tree)
         for node in range(1, len(tree)):  # parents and earlier siblings come first in node order
-            bound = estimates[tree.parents[node]]
+            estimates[node] = estimates[tree.parents[node]] * self._rate(bins[node])
             if node in previous_sibling:
-                bound = min(bound, estimates[previous_sibling[node]])
-            estimates[node] = min(self._rate(self.bin_of(tree.depths[node], scores[node])), bound)
+                estimates[node] = min(estimates[node], estimates[previous_sibling[node]])
         return estimates
 
     def update(self, tree: TokenTree, acceptance: Acceptance) -> None:
+        """Count each node whose parent was accepted: one trial, a hit if it was accepted too."""
         for counts in self.counts.values():
             counts[0] *= self.forget
             counts[1] *= self.forget
         accepted = set(acceptance.nodes)
-        scores = tree.scores or (1.0,) * len(tree)
+        bins = self._bins(tree)
         for node in range(1, len(tree)):
-            counts = self.counts.setdefault(self.bin_of(tree.depths[node], scores[node]), [0.0, 0.0])
-            counts[0] += node in accepted
-            counts[1] += 1
+            if tree.parents[node] in accepted:
+                counts = self.counts.setdefault(bins[node], [0.0, 0.0])
+                counts[0] += node in accepted
+                counts[1] += 1
 
 
 @dataclass
