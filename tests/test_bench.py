@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tokentree.bench.report import first_divergence, lossless_table, speedup_table
+from tokentree.bench.report import first_divergence, lossless_table, pass_table, speedup_table
 from tokentree.bench.runner import BenchConfig, run_bench
 from tokentree.bench.suites import load_suite, round_robin, select
 from tokentree.cli import main
@@ -73,6 +73,17 @@ def test_speedup_and_lossless_arithmetic():
     loss = lossless_table(records)["tt:pld"]
     assert loss["share"] == 0.5 and loss["divergences"] == [{"prompt_id": "b", "turn": 0, "position": 1}]
     assert first_divergence([1, 2], [1, 2, 3]) == 2 and first_divergence([1], [1]) is None
+
+
+def test_pass_table_compares_each_pass_with_the_baselines_same_pass():
+    def rec(method, repeat, rate, steps=None):
+        return {"method": method, "prompt_id": "a", "category": "x", "repeat": repeat, "tokens_per_s": rate,
+                "new_tokens": 8, "turns": [{"token_ids": [1], "new_tokens": 8, "steps": steps}]}
+
+    records = [rec("hf", 0, 10), rec("hf", 1, 5), rec("tt:stand", 0, 20, steps=4), rec("tt:stand", 1, 20, steps=2)]
+    passes = pass_table(records)
+    assert passes["tt:stand"] == {0: {"speedup": 2.0, "tau": 2.0}, 1: {"speedup": 4.0, "tau": 4.0}}
+    assert passes["hf"][1] == {"speedup": 1.0, "tau": None}
 
 
 def test_shipped_suites_and_selection():

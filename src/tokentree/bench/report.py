@@ -45,6 +45,25 @@ def speedup_table(records: list[dict]) -> dict[str, dict[str, float]]:
     return {m: {c: statistics.mean(v) for c, v in cats.items()} for m, cats in ratios.items()}
 
 
+def pass_table(records: list[dict]) -> dict[str, dict[int, dict]]:
+    """method -> repeat -> {"speedup": mean per-prompt ratio to the baseline's run of the same repeat,
+    "tau": tokens per step}. Repeats run in sequence, so a later pass shows what drafters that learn
+    across requests (lookahead, recycling, stand) gained from the earlier ones."""
+    baseline = baseline_of(records)
+    base = {(r["prompt_id"], r["repeat"]): r["tokens_per_s"] for r in records if r["method"] == baseline}
+    ratios: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    tokens: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0])  # (method, repeat) -> [new, steps]
+    for r in records:
+        if (r["prompt_id"], r["repeat"]) in base:
+            ratios[r["method"]][r["repeat"]].append(r["tokens_per_s"] / base[(r["prompt_id"], r["repeat"])])
+        for turn in r["turns"]:
+            tokens[(r["method"], r["repeat"])][0] += turn.get("new_tokens", 0)
+            tokens[(r["method"], r["repeat"])][1] += turn.get("steps") or 0
+    return {m: {rep: {"speedup": statistics.mean(v),
+                      "tau": tokens[(m, rep)][0] / tokens[(m, rep)][1] if tokens[(m, rep)][1] else None}
+                for rep, v in sorted(reps.items())} for m, reps in ratios.items()}
+
+
 def running_speedups(records: list[dict]) -> dict[str, float]:
     """Overall speedup of each non-baseline method so far (for the progress bar)."""
     return {m: cats[ALL] for m, cats in speedup_table(records).items() if m != baseline_of(records)}
@@ -137,6 +156,7 @@ def write_report(records: list[dict], config: BenchConfig, methods: list[str], n
         "config": asdict(config), "environment": environment(config, dtype), "notes": notes,
         "baseline": baseline_of(records),
         "speedup": speedup_table(records), "lossless": lossless_table(records), "methods": method_totals(records),
+        "passes": pass_table(records),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "results.md").write_text(markdown(summary, methods))
@@ -175,6 +195,25 @@ def markdown(summary: dict, methods: list[str]) -> str:
         split = ("-", "-") if t["draft_s"] is None else (f"{t['draft_s']:.1f}", f"{t['verify_s']:.1f}")
         lines.append(f"| {m} | {t['prompts']} | {t['median_tokens_per_s']:.2f} | {tau} | {share} | "
                      f"{split[0]} | {split[1]} |")
+    lines += _pass_lines(summary.get("passes", {}), methods, summary["baseline"])
     if summary["notes"]:
         lines += [""] + [f"Note: {n}" for n in summary["notes"]]
     return "\n".join(lines) + "\n"
+
+
+def _pass_lines(passes: dict, methods: list[str], baseline: str) -> list[str]:
+    """A speedup (tau) column per repeat, when there was more than one."""
+    repeats = sorted({rep for reps in passes.values() for rep in reps})
+    if len(repeats) < 2:
+        return []
+    lines = ["", f"By pass over the prompts (speedup vs `{baseline}` of the same pass, tau in brackets; state "
+             "learned in earlier passes is kept):", "",
+             "| method | " + " | ".join(f"pass {rep + 1}" for rep in repeats) + " |", "|---|" + "---|" * len(repeats)]
+    for m in methods:
+        cells = []
+        for rep in repeats:
+            cell = passes.get(m, {}).get(rep)
+            tau = "" if cell is None or cell["tau"] is None else f" ({cell['tau']:.2f})"
+            cells.append("-" if cell is None else f"{cell['speedup']:.2f}x{tau}")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return lines
