@@ -180,17 +180,16 @@ def test_measured_profile_on_a_tiny_model():
 def test_probe_schedule_backs_off_while_probes_fail_and_resets_on_success():
     from tokentree.planner import ProbeSchedule
 
-    probe = ProbeSchedule(shortest=2, longest=8, interval=2, size=4)
+    probe = ProbeSchedule(shortest=2, longest=8, interval=2)
     due = []
     for _ in range(16):
-        due.append(probe.due(chosen=3))
-        probe.observe(3 + 4 if due[-1] else 3, 3)  # every probe: 4 nodes more, none of them accepted
+        due.append(probe.due())
+        probe.observe(4 if probe.probing else 0, 0)  # every probe: 4 drafted, none accepted
     assert [i for i, d in enumerate(due) if d] == [1, 5, 13]  # after 2, then 4, then 8 steps
-    assert probe.size == 1  # and smaller each time: 4 -> 2 -> 1
     probe.interval, probe.waited = 8, 7
-    assert probe.due(chosen=0)
-    probe.observe(1, 1)  # a probe accepted whole: probe often again, and deeper
-    assert probe.interval == 2 and probe.size == 2
+    assert probe.due()
+    probe.observe(4, 3)
+    assert probe.interval == 2
 
 
 def test_planner_probes_when_plain_decoding_looks_best():
@@ -202,18 +201,4 @@ def test_planner_probes_when_plain_decoding_looks_best():
     choices = [planner.choose(chain) for _ in range(8)]
     assert choices[:7] == [0] * 7 and choices[7] == 1  # every token costs: probe with one
     flat = CostProfile((1, 2, 4, 8), (1.0, 1.0, 1.05, 1.2), 256)  # transformers-like: a few tokens are free
-    assert Planner(flat).probe.size == PROBE_NODES
-
-
-def test_planner_probes_deeper_than_its_choice_and_learns_deep_acceptance():
-    from tokentree.planner import Planner
-
-    steep = CostProfile((1, 2, 4, 8), (1.0, 1.9, 3.2, 7.4), 256)
-    planner = Planner(steep)
-    chain = TokenTree.chain(0, list(range(1, 9)))
-    chosen = []
-    for _ in range(400):  # the target accepts every drafted token
-        n = planner.choose(chain)
-        chosen.append(n)
-        planner.observe(chain.subset(range(1, n + 1)), Acceptance(tuple(range(n + 1)), 0), 0.0, 1.0)
-    assert max(chosen[-50:]) >= 4  # probes taught it that deep nodes pass, so deep trees pay
+    assert Planner(flat).probe_nodes == PROBE_NODES

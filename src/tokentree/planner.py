@@ -214,42 +214,32 @@ PROBE_NODES = 4
 
 @dataclass
 class ProbeSchedule:
-    """Every ``interval`` steps, verify ``size`` nodes more than the planner chose.
+    """When plain decoding looks best, still verify a small tree every ``interval`` steps.
 
-    Acceptance of a node is only observed when it is verified, so without probes a cautious prior
-    would keep the planner from ever seeing deeper acceptances. The interval doubles (up to
-    ``longest``) after a probe that gains nothing over the planner's own choice and resets after
-    one that gains; the size doubles (up to ``largest``) after a probe accepted whole and halves
-    after one that gains nothing. Probing stays cheap where bigger trees do not pay and reaches
-    deep where they do.
+    Without probes a cautious prior would keep the planner from ever seeing an acceptance. The
+    interval doubles (up to ``longest``) after a probe that accepts nothing and resets after one
+    that accepts, so a workload where trees never pay costs at most a few probes.
     """
 
     shortest: int = 8
     longest: int = 512
     interval: int = 8
-    size: int = PROBE_NODES
-    largest: int = 4 * PROBE_NODES
     waited: int = 0
-    base: int | None = None  # the planner's own choice on the step being probed; None between probes
+    probing: bool = False
 
-    def due(self, chosen: int) -> bool:
-        """Count a step; True (and remember ``chosen``) when this step should be a probe."""
+    def due(self) -> bool:
         self.waited += 1
-        if self.waited < self.interval:
-            return False
-        self.waited, self.base = 0, chosen
-        return True
+        self.probing = self.waited >= self.interval
+        if self.probing:
+            self.waited = 0
+        return self.probing
 
     def observe(self, drafted: int, accepted: int) -> None:
-        if self.base is None:
-            return
-        gained = accepted > self.base
-        self.interval = self.shortest if gained else min(self.longest, 2 * self.interval)
-        if drafted and accepted == drafted:
-            self.size = min(self.largest, 2 * self.size)
-        elif not gained:
-            self.size = max(1, self.size // 2)
-        self.base = None
+        if self.probing and drafted:
+            self.interval = self.shortest if accepted else min(self.longest, 2 * self.interval)
+        if drafted:
+            self.waited = 0
+        self.probing = False
 
 
 class Planner:
@@ -261,7 +251,7 @@ class Planner:
         self.calibrator = AcceptanceCalibrator()
         self.one_token_s = profile.seconds[0]  # t(1) at the current context, tracked online
         self.draft_s = 0.0  # drafting time per step, tracked online
-        self.probe = ProbeSchedule(size=self.cheap_probe_size())
+        self.probe = ProbeSchedule()
 
     def expected_rate(self, estimates: Sequence[float], n: int) -> float:
         """Expected new tokens per second with the ``n`` best of ``estimates`` (sorted, descending)."""
@@ -277,12 +267,13 @@ class Planner:
             rate = (1 + gained) / (self.draft_s + self.one_token_s * self.profile.ratio(n + 1))
             if rate > best_rate:
                 best_n, best_rate = n, rate
-        if best_n < len(ranked) and self.probe.due(best_n):
-            return min(len(ranked), best_n + self.probe.size)  # now and then a bigger tree, or estimates never move
+        if best_n == 0 and ranked and self.probe.due():
+            return min(len(ranked), self.probe_nodes)  # verify a small tree now and then, or estimates never move
         return best_n
 
-    def cheap_probe_size(self) -> int:
-        """First probe size: up to PROBE_NODES nodes while verifying them stays cheap (t(n + 1) <= 1.25 t(1)),
+    @property
+    def probe_nodes(self) -> int:
+        """Probe size: up to PROBE_NODES drafted nodes while verifying them stays cheap (t(n + 1) <= 1.25 t(1)),
         one where every extra token is expensive (llama.cpp on CPUs: t(2) ~ 1.9 t(1))."""
         return max([1] + [n for n in range(2, PROBE_NODES + 1) if self.profile.ratio(n + 1) <= 1.25])
 

@@ -62,7 +62,7 @@ class PayoffGate:
 
     def should_call(self, seconds_per_token: float | None) -> bool:
         self._price = seconds_per_token
-        return self.pays(seconds_per_token) or self.probes.due(chosen=0)
+        return self.pays(seconds_per_token) or self.probes.due()
 
     def pays(self, seconds_per_token: float | None) -> bool:
         return self.gain is None or seconds_per_token is None or self.gain * seconds_per_token >= self.cost_s
