@@ -268,14 +268,8 @@ class Planner:
             if rate > best_rate:
                 best_n, best_rate = n, rate
         if best_n == 0 and ranked and self.probe.due():
-            return min(len(ranked), self.probe_nodes)  # verify a small tree now and then, or estimates never move
+            return min(len(ranked), PROBE_NODES)  # verify a small tree now and then, or estimates never move
         return best_n
-
-    @property
-    def probe_nodes(self) -> int:
-        """Probe size: up to PROBE_NODES drafted nodes while verifying them stays cheap (t(n + 1) <= 1.25 t(1)),
-        one where every extra token is expensive (llama.cpp on CPUs: t(2) ~ 1.9 t(1))."""
-        return max([1] + [n for n in range(2, PROBE_NODES + 1) if self.profile.ratio(n + 1) <= 1.25])
 
     def cut(self, tree: TokenTree, n: int) -> TokenTree:
         """``tree`` restricted to its ``n`` drafted nodes with the highest estimates (ancestor-closed:
