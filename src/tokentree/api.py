@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -16,7 +17,7 @@ from .engine import DecodeRequest, Engine
 from .errors import TokentreeError
 from .models import (EMBEDDED_DRAFT, EMBEDDED_TARGET, LoadedModel, check_same_vocab, load_llamacpp_model, load_model,
                      resolve_device, resolve_dtype)
-from .planner import CostProfile, Planner, load_profile, measure_profile, profile_key, save_profile
+from .planner import CostProfile, Planner, load_profile, measure_profile, profile_key, profile_path, save_profile
 from .stats import GenerationStats
 from .text import TextStream
 
@@ -105,6 +106,9 @@ class Generator:
             key = profile_key(self.target.source, self.target.precision, self.target.device_name)
             profile = None if refresh else load_profile(key)
             if profile is None:
+                if progress is None:
+                    print(f"tokentree: measuring {self.target.source}'s verify cost t(n) once (cached in "
+                          f"{profile_path(key).parent})", file=sys.stderr)
                 profile = measure_profile(self.backend, key=key, progress=progress)
                 save_profile(profile)
             self._profile = profile
@@ -190,7 +194,7 @@ def resolve_backend(name: str, target: str | None) -> str:
     return "llamacpp" if gguf_target and importlib.util.find_spec("llama_cpp") is not None else "hf"
 
 
-def load(target: str | None = None, draft: str | None = None, drafter: str = "pld", dtype: str = "auto",
+def load(target: str | None = None, draft: str | None = None, drafter: str = "auto", dtype: str = "auto",
          device: str | None = None, budget: int | str | None = None, drafter_state: str | None = None,
          backend: str = "auto", threads: int | None = None, n_ctx: int = 4096, **drafter_options: Any) -> Generator:
     """Load a target (None = the embedded Qwen2.5-Coder-1.5B-Instruct) and build a Generator.

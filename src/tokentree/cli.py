@@ -76,7 +76,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-ctx", type=int, default=4096, help="llama.cpp context size in tokens (default 4096)")
 
 
-def _load(args: argparse.Namespace, drafter: str = "pld", draft: str | None = None, budget=None,
+def _load(args: argparse.Namespace, drafter: str = "auto", draft: str | None = None, budget=None,
           drafter_state: str | None = None, **options):
     """``tokentree.load`` with the model flags of ``add_model_arguments``."""
     from .api import load
@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
                      help="apply the chat template (default: on when the tokenizer has one)")
     add_model_arguments(gen)
-    gen.add_argument("--drafter", default="pld", help=f"one of: {', '.join(DRAFTERS)} (default pld)")
+    gen.add_argument("--drafter", default="auto", help=f"one of: {', '.join(DRAFTERS)} (default auto: stand + pld "
+                     "merged, plus the --draft model when given, tree size planned per step)")
     gen.add_argument("--budget", type=_budget, default=None,
                      help="drafted tokens per step, or 'auto' to size each step's tree from the measured verify "
                           "cost and the observed acceptance (default: the drafter's own, 10 for pld, 16 for trees)")
@@ -131,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (chat and text completions, streaming)")
     add_model_arguments(serve)
-    serve.add_argument("--drafter", default="pld", help=f"default drafter: one of {', '.join(DRAFTERS)} (default pld)")
+    serve.add_argument("--drafter", default="auto", help=f"default drafter: one of {', '.join(DRAFTERS)} (default auto)")
     serve.add_argument("--budget", type=_budget, default=None,
                        help="drafted tokens per step or 'auto' (default: the drafter's)")
     serve.add_argument("--drafter-state", metavar="PATH", help="learned drafter state: loaded when it exists, "
