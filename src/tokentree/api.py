@@ -12,6 +12,7 @@ from typing import Any, Iterator, Sequence, Union
 from .backends import make_backend
 from .backends.llamacpp import LlamaCppConfig
 from .drafters import DRAFTERS, Drafter, drafter_config, make_drafter
+from .drafters.base import uses_draft_model
 from .drafters.state import load_state, require_stateful, save_state, vocab_signature
 from .engine import DecodeRequest, Engine
 from .errors import TokentreeError
@@ -158,14 +159,14 @@ class Generator:
         temperature 0 decodes greedily; above 0 the output follows the target's distribution after
         top-k, top-p and min-p (lossless speculative sampling); ``seed`` makes a run reproducible.
         """
-        request = DecodeRequest(max_new_tokens, temperature, top_p, top_k, seed, min_p=min_p,
-                                budget=self.budget if budget is None else budget)
+        chosen = self._drafter(drafter)
+        budget = self.budget if budget is None else budget
+        budget = default_budget(chosen) if budget is None else budget
+        request = DecodeRequest(max_new_tokens, temperature, top_p, top_k, seed, min_p=min_p, budget=budget)
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         if any(not s for s in stops):
             raise TokentreeError("stop strings must be non-empty")
-        chosen = self._drafter(drafter)
-        effective = chosen.default_budget if request.budget is None else request.budget
-        planner = self.planner(chosen) if effective == "auto" else None
+        planner = self.planner(chosen) if budget == "auto" else None
         engine = Engine(self.backend, chosen, self.target.eos_ids, planner=planner)
         return GenerationStream(engine, self.encode(prompt, chat), request, TextStream(self.tokenizer, stops))
 
@@ -179,6 +180,13 @@ class Generator:
         if not isinstance(drafter, str):
             return drafter
         return make_drafter(drafter, None if self.draft is None else self.draft.model)
+
+
+def default_budget(drafter: Drafter) -> int | str:
+    """Planned ("auto") unless the drafter runs a draft model (the planner cuts a deterministic
+    candidate for free, but a sampled draft-model tree it shrinks would be drawn twice) or drafts
+    nothing (``none``)."""
+    return drafter.default_budget if uses_draft_model(drafter) or not drafter.default_budget else "auto"
 
 
 BACKENDS = ("auto", "hf", "llamacpp")

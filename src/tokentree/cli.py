@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "merged, plus the --draft model when given, tree size planned per step)")
     gen.add_argument("--budget", type=_budget, default=None,
                      help="drafted tokens per step, or 'auto' to size each step's tree from the measured verify "
-                          "cost and the observed acceptance (default: the drafter's own, 10 for pld, 16 for trees)")
+                          "cost and the observed acceptance (default: auto, except 16 for draft-model trees)")
     gen.add_argument("--max-new-tokens", type=int, default=128)
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples losslessly")
     gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1 = off)")
@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(serve)
     serve.add_argument("--drafter", default="auto", help=f"default drafter: one of {', '.join(DRAFTERS)} (default auto)")
     serve.add_argument("--budget", type=_budget, default=None,
-                       help="drafted tokens per step or 'auto' (default: the drafter's)")
+                       help="drafted tokens per step or 'auto' (default: auto, except 16 for draft-model trees)")
     serve.add_argument("--drafter-state", metavar="PATH", help="learned drafter state: loaded when it exists, "
                        "saved on shutdown")
     _config_flags(serve.add_argument_group("server"), ServeConfig)

@@ -40,6 +40,11 @@ def clear_caches(drafter: object) -> None:
         clear()
 
 
+def uses_draft_model(drafter: object) -> bool:
+    """Whether ``drafter`` runs a draft model itself (chain, specinfer, rsd-c, rsd-s, sequoia, dyspec)."""
+    return hasattr(drafter, "model")
+
+
 @runtime_checkable
 class StochasticDrafter(Protocol):
     """A drafter that, when sampling, draws children at random and says from which q (V-RRS / V-MSS)."""

@@ -21,7 +21,7 @@ import torch
 from ..planner import AcceptanceCalibrator, ProbeSchedule
 from ..sampling import Acceptance
 from ..tree import TokenTree
-from .base import Drafter, clear_caches
+from .base import Drafter, clear_caches, uses_draft_model
 
 
 @dataclass
@@ -139,7 +139,7 @@ class HybridDrafter:
         self.name, self.default_budget = name, default_budget
         self.sources = [build(n) for n in config.names]
         self.calibrators = [AcceptanceCalibrator() for _ in self.sources]
-        self.gates = {i: PayoffGate() for i, source in enumerate(self.sources) if _is_expensive(source)}
+        self.gates = {i: PayoffGate() for i, source in enumerate(self.sources) if uses_draft_model(source)}
         self.clock = StepClock()
         self._proposed: list[tuple[int, TokenTree]] = []
         self._costs: dict[int, float] = {}
@@ -210,10 +210,6 @@ class HybridDrafter:
         for source, saved in zip(self.sources, state["states"]):
             if saved is not None and hasattr(source, "load_state_dict"):
                 source.load_state_dict(saved, vocab_size)
-
-
-def _is_expensive(drafter: Drafter) -> bool:
-    return hasattr(drafter, "model")  # draft-model drafters hold a DraftModel
 
 
 def _paths_of(tree: TokenTree) -> list[list[int]]:
