@@ -109,7 +109,7 @@ def test_unsupported_model_names_its_type(capsys, tmp_path):
 @pytest.mark.parametrize("args,match", [
     (["--drafter", "magic"], "unknown drafter"),
     (["--drafter", "none", "--pld-matches", "2"], "does not apply"),
-    (["--pld-min-ngram", "0"], "min_ngram"),
+    (["--drafter", "pld", "--pld-min-ngram", "0"], "min_ngram"),
     (["--max-new-tokens", "0"], "max_new_tokens"),
     (["--device", "cuda:0"], "CUDA"),
 ])

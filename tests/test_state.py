@@ -16,8 +16,9 @@ PROMPT = "the cat sat on the mat"
 
 
 def generator(drafter, model=None):
+    """A fixed tree size: the planner's own learning is not part of the saved drafter state."""
     return Generator(LoadedModel(model or tiny_model("qwen2", seed=4), tiny_tokenizer(), "tiny"),
-                     make_drafter(drafter))
+                     make_drafter(drafter), budget=16)
 
 
 @pytest.mark.parametrize("drafter", ["lookahead", "recycling", "stand"])
