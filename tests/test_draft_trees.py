@@ -158,6 +158,28 @@ def test_chain_adapts_its_length(target):
     assert drafter.k == 4
 
 
+def test_staged_chain_drafts_the_plain_chain_in_fewer_draft_forwards(target):
+    """Prompt-lookup guesses of the draft's own tokens change how many forwards, never the chain."""
+    staged = make_drafter("chain", target, k=12, confidence=0.0, adaptive=False)
+    plain = make_drafter("chain", target, k=12, confidence=0.0, adaptive=False, lookup=0)
+    rng = random.Random(3)
+    forwards = {"staged": 0, "plain": 0}
+    for _ in range(6):
+        prompt = [rng.randrange(3, 90) for _ in range(rng.randrange(2, 8))]
+        context = prompt + hf_greedy(target, prompt, 30)  # random models fall into loops: lookup finds them
+        for label, drafter in (("staged", staged), ("plain", plain)):
+            calls, handle = count_forwards(target)
+            tree = drafter.propose(context, budget=16)
+            handle.remove()
+            forwards[label] += len(calls)
+            if label == "staged":
+                first = tree
+        assert first.tokens == tree.tokens and first.parents == tree.parents
+        assert first.scores == pytest.approx(tree.scores, rel=1e-4)
+        drafter.clear_caches(), staged.clear_caches()
+    assert forwards["staged"] < 0.7 * forwards["plain"], forwards  # 48 against 78 when written
+
+
 def test_draft_model_drafters_need_a_draft_model():
     with pytest.raises(TokentreeError, match="needs a draft model"):
         make_drafter("sequoia")
