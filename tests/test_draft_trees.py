@@ -180,6 +180,27 @@ def test_staged_chain_drafts_the_plain_chain_in_fewer_draft_forwards(target):
     assert forwards["staged"] < 0.7 * forwards["plain"], forwards  # 48 against 78 when written
 
 
+def test_a_guide_changes_the_chains_forwards_never_the_chain(target):
+    from tokentree.drafters.base import GuidedDrafter
+    from tokentree.tree import TokenTree
+
+    plain = make_drafter("chain", target, k=10, confidence=0.0, adaptive=False, lookup=0)
+    guided = make_drafter("chain", target, k=10, confidence=0.0, adaptive=False, lookup=16)
+    assert isinstance(guided, GuidedDrafter)
+    context = [11, 12, 13, 14, 15, 16]  # shorter than the catch-up: no separate prefill forward
+    expected = plain.propose(context, budget=16)
+    wrong = TokenTree.chain(context[-1], [t + 1 for t in expected.tokens[1:]])
+    half = TokenTree.chain(context[-1], expected.tokens[1:6] + (expected.tokens[6] + 1,))
+    for guide, most_forwards in ((wrong, 10), (half, 5), (expected, 1)):
+        guided.clear_caches()
+        calls, handle = count_forwards(target)
+        tree = guided.propose_guided(context, 16, guide)
+        handle.remove()
+        assert tree.tokens == expected.tokens and tree.parents == expected.parents
+        assert len(calls) <= most_forwards, (guide.tokens, len(calls))
+    assert len(calls) == 1  # a right guide: the whole chain is checked in one draft forward
+
+
 def test_draft_model_drafters_need_a_draft_model():
     with pytest.raises(TokentreeError, match="needs a draft model"):
         make_drafter("sequoia")

@@ -55,6 +55,16 @@ class StochasticDrafter(Protocol):
         ...
 
 
+@runtime_checkable
+class GuidedDrafter(Protocol):
+    """A drafter that can use a cheaper drafter's tree as guesses to draft faster (not differently)."""
+
+    def propose_guided(self, context: Sequence[int], budget: int, guide: TokenTree) -> TokenTree:
+        """The tree :meth:`Drafter.propose` would give; ``guide`` (rooted at ``context[-1]``, scores
+        = how likely each node is) only says which tokens to check first."""
+        ...
+
+
 class NoDrafter:
     """Plain decoding through the speculative engine: a tree with only the root."""
 

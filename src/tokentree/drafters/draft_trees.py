@@ -90,10 +90,14 @@ class ChainDrafter(_DraftModelDrafter):
         self.k = config.k
         self.guesser = PromptLookupDrafter(PLDConfig(max_ngram=4, min_ngram=1))
 
+    def propose_guided(self, context: Sequence[int], budget: int, guide: TokenTree) -> TokenTree:
+        """The greedy chain, guessing first along ``guide``'s most likely path (then by prompt lookup)."""
+        return self._grow_staged(context, min(self.k, budget), guide).tree
+
     def _grow(self, context, budget, params, generator) -> Draft:
         depth = min(self.k, budget)
         if params.greedy and self.config.lookup:
-            return self._grow_staged(context, depth)
+            return self._grow_staged(context, depth, TokenTree.root(int(context[-1])))
         grown = self.model.start(context)
 
         def may_expand(node: int) -> bool:
@@ -105,11 +109,12 @@ class ChainDrafter(_DraftModelDrafter):
                                generator, may_expand=may_expand)
         return self._finish(grown)
 
-    def _grow_staged(self, context: Sequence[int], depth: int) -> Draft:
-        """The greedy chain, with the draft's own next tokens guessed by prompt lookup (staged
-        speculation). Each draft forward carries the chain's newest token plus a guessed
-        continuation; every guess the draft's argmax agrees with is drafted without a forward of
-        its own. The chain is exactly the one ``_grow`` drafts, in fewer (wider) draft forwards.
+    def _grow_staged(self, context: Sequence[int], depth: int, guide: TokenTree) -> Draft:
+        """The greedy chain, with the draft's own next tokens guessed (staged speculation): along
+        ``guide`` while the chain follows it, else by prompt lookup. Each draft forward carries
+        the chain's newest token plus a guessed continuation; every guess the draft's argmax
+        agrees with is drafted without a forward of its own. The chain is exactly the one
+        ``_grow`` drafts, in fewer (wider) draft forwards.
         """
         seen = self.model.start(context)  # every node given to the draft, guesses included
         chain = GrowingTree([int(context[-1])])  # the drafted chain, scored by draft probabilities
@@ -117,7 +122,7 @@ class ChainDrafter(_DraftModelDrafter):
         while len(chain.tokens) - 1 < depth:
             room = min(depth - len(chain.tokens), self.config.lookup)
             node = tip
-            for token in self.guesser.propose(history, room).tokens[1:] if room > 0 else ():
+            for token in self._guess(history, room, guide, len(chain.tokens)):
                 node = seen.add(node, 0, token, 1.0)
             nodes, logits = self.model.forward_new(seen)
             for i, row in enumerate(logits):
@@ -132,6 +137,20 @@ class ChainDrafter(_DraftModelDrafter):
                 tip = seen.add(nodes[i], 0, top, top_prob)
                 break
         return Draft(chain.tree())
+
+    def _guess(self, history: list[int], count: int, guide: TokenTree, chain_len: int) -> list[int]:
+        """Up to ``count`` guesses of the tokens after ``history``, whose last ``chain_len`` tokens
+        are the chain so far (its root included): ``guide``'s best path below them, else prompt lookup."""
+        if count <= 0:
+            return []
+        path = guide.follow(history[len(history) - chain_len:])
+        node = path[-1] if len(path) == chain_len else None
+        guesses: list[int] = []
+        scores = guide.scores or (1.0,) * len(guide)
+        while node is not None and guide.children[node] and len(guesses) < count:
+            node = max(guide.children[node], key=lambda child: scores[child])
+            guesses.append(guide.tokens[node])
+        return guesses or self.guesser.propose(history, count).tokens[1:]
 
     def observe(self, tree, logits, acceptance) -> None:
         super().observe(tree, logits, acceptance)

@@ -21,7 +21,7 @@ import torch
 from ..planner import AcceptanceCalibrator, ProbeSchedule
 from ..sampling import Acceptance
 from ..tree import TokenTree
-from .base import Drafter, clear_caches, uses_draft_model
+from .base import Drafter, GuidedDrafter, clear_caches, uses_draft_model
 
 
 @dataclass
@@ -169,7 +169,10 @@ class HybridDrafter:
                                     or not self.gates[i].should_call(self.clock.per_token)):
                 continue
             start = time.perf_counter()
-            tree = source.propose(context, budget)
+            if isinstance(source, GuidedDrafter):  # the cheaper sources' tree as its guesses
+                tree = source.propose_guided(context, budget, merged)
+            else:
+                tree = source.propose(context, budget)
             self._costs[i] = time.perf_counter() - start
             self._proposed.append((i, tree))
             estimated = TokenTree(tree.tokens, tree.parents, tuple(self.calibrators[i].estimate(tree)))
