@@ -11,8 +11,8 @@ from tokentree.backends.hf import HFBackend
 from tokentree.drafters import make_drafter
 from tokentree.engine import DecodeRequest, Engine
 from tokentree.errors import TokentreeError
-from tokentree.planner import (AcceptanceCalibrator, CostProfile, Planner, load_profile, measure_profile,
-                               profile_path, save_profile)
+from tokentree.planner import (AcceptanceCalibrator, CostProfile, Planner, VerifyCost, load_profile,
+                               measure_profile, profile_path, save_profile)
 from tokentree.sampling import Acceptance
 from tokentree.stats import GenerationStats
 from tokentree.tree import TokenTree
@@ -50,6 +50,27 @@ def test_profile_interpolates_and_extrapolates():
     assert profile.ratio(8) == pytest.approx(4.0)
     with pytest.raises(ValueError):
         CostProfile((2, 4), (1.0, 2.0), 128)
+
+
+def test_verify_cost_starts_at_the_profile_and_learns_the_observed_shape():
+    cost = VerifyCost(STEEP)
+    assert [cost.seconds(n) for n in (1, 3, 16)] == pytest.approx([1.0, 1.25, 4.0])
+    truth = {4: 2 * 1.4, 16: 3 * 4.0}  # this run: everything slower, and large trees more so
+    rng = random.Random(0)
+    for _ in range(600):
+        n = rng.choice((4, 16))
+        cost.observe(n, truth[n] * rng.uniform(0.95, 1.05))
+    assert cost.seconds(16) / cost.seconds(4) == pytest.approx(truth[16] / truth[4], rel=0.05)  # the shape
+    assert cost.seconds(4) == pytest.approx(truth[4], rel=0.15)  # the level moves with every observation
+    assert cost.seconds(3) / cost.seconds(4) == pytest.approx(1.25 / 1.4)  # same bucket, the profile's shape
+
+
+def test_verify_cost_with_one_size_observed_rescales_the_whole_curve():
+    cost = VerifyCost(STEEP)
+    for _ in range(300):
+        cost.observe(16, 8.0)  # twice the profile
+    assert cost.seconds(16) == pytest.approx(8.0, rel=0.03)
+    assert cost.seconds(1) == pytest.approx(2.0, rel=0.1)  # the unobserved sizes scale with it
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -16,8 +16,10 @@ def test_chain_uses_longest_ngram_then_backs_off():
     # trigram (5,6,7) occurs once, followed by 1 2; bigram (6,7) occurs later, followed by 3
     tree = drafter.propose([5, 6, 7, 1, 2, 0, 6, 7, 3, 0, 5, 6, 7], budget=4)
     assert tree.tokens == (7, 1, 2, 0, 6)
+    assert tree.scores[1:] == (0.5,) * 4  # a trigram, one short of the longest n-gram (4)
     tree = drafter.propose([4, 4, 9, 1, 8, 3, 9], budget=4)  # only the unigram 9 matches
     assert tree.tokens == (9, 1, 8, 3, 9)
+    assert tree.scores[1:] == (0.125,) * 4
     assert drafter.propose([1, 2, 3], budget=4).tokens == (3,)  # nothing matches
 
 

@@ -9,6 +9,7 @@ paying the planner stops drafting.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import math
@@ -242,20 +243,59 @@ class ProbeSchedule:
         self.probing = False
 
 
+class VerifyCost:
+    """t(n), the seconds to verify an n-node tree in this run: the profile's curve, rescaled and
+    reshaped by the verify times the loop observes.
+
+    ``scale`` is an exponential average of observed seconds over the profile's ratio t(n)/t(1)
+    (context length, machine load: the level of the whole curve). Each profile size bucket (the
+    sizes up to and including that profile size) learns a residual, its observations relative
+    to ``scale``, shrunk toward 1 with ``strength`` pseudo-observations and forgotten
+    exponentially. Sizes never verified keep the profile's shape; sizes verified often follow
+    what this run measured, relative to each other.
+    """
+
+    def __init__(self, profile: CostProfile, strength: float = 4.0, forget: float = 0.99, decay: float = 0.9):
+        self.profile, self.strength, self.forget, self.decay = profile, strength, forget, decay
+        self.scale = profile.seconds[0]
+        self.residual_sum = [0.0] * len(profile.sizes)
+        self.residual_weight = [0.0] * len(profile.sizes)
+
+    def _bucket(self, n: int) -> int:
+        return min(bisect.bisect_left(self.profile.sizes, n), len(self.profile.sizes) - 1)
+
+    def _residual(self, bucket: int) -> float:
+        return (self.residual_sum[bucket] + self.strength) / (self.residual_weight[bucket] + self.strength)
+
+    def seconds(self, n: int) -> float:
+        """Predicted verify seconds of an ``n``-node tree (root included)."""
+        return self.scale * self.profile.ratio(n) * self._residual(self._bucket(n))
+
+    def observe(self, n: int, seconds: float) -> None:
+        level = seconds / self.profile.ratio(n)  # t(1) as this observation implies it
+        for k in range(len(self.residual_sum)):
+            self.residual_sum[k] *= self.forget
+            self.residual_weight[k] *= self.forget
+        bucket = self._bucket(n)
+        self.residual_sum[bucket] += level / self.scale  # relative to the level before this observation
+        self.residual_weight[bucket] += 1.0
+        self.scale += (1 - self.decay) * (level - self.scale)
+
+
 class Planner:
-    """Chooses each step's drafted-node count from a cost profile and calibrated acceptance."""
+    """Chooses each step's drafted-node count from the verify cost and calibrated acceptance."""
 
     def __init__(self, profile: CostProfile, config: PlannerConfig | None = None):
         self.profile = profile
         self.config = config or PlannerConfig()
         self.calibrator = AcceptanceCalibrator()
-        self.one_token_s = profile.seconds[0]  # t(1) at the current context, tracked online
+        self.cost = VerifyCost(profile)  # t(n) at the current context, learned online
         self.draft_s = 0.0  # drafting time per step, tracked online
         self.probe = ProbeSchedule()
 
     def expected_rate(self, estimates: Sequence[float], n: int) -> float:
         """Expected new tokens per second with the ``n`` best of ``estimates`` (sorted, descending)."""
-        return (1 + sum(estimates[:n])) / (self.draft_s + self.one_token_s * self.profile.ratio(n + 1))
+        return (1 + sum(estimates[:n])) / (self.draft_s + self.cost.seconds(n + 1))
 
     def choose(self, tree: TokenTree) -> int:
         """How many of ``tree``'s drafted nodes to verify (0 = plain decoding)."""
@@ -264,7 +304,7 @@ class Planner:
         gained = 0.0
         for n in range(1, len(ranked) + 1):
             gained += ranked[n - 1]
-            rate = (1 + gained) / (self.draft_s + self.one_token_s * self.profile.ratio(n + 1))
+            rate = (1 + gained) / (self.draft_s + self.cost.seconds(n + 1))
             if rate > best_rate:
                 best_n, best_rate = n, rate
         if best_n == 0 and ranked and self.probe.due():
@@ -279,8 +319,8 @@ class Planner:
         return tree.subset(ranked[:n])
 
     def observe(self, tree: TokenTree, acceptance: Acceptance, draft_s: float, verify_s: float) -> None:
-        """Learn from a verified step: acceptance per node, drafting time, and the current t(1)."""
+        """Learn from a verified step: acceptance per node, drafting time, and the verify cost."""
         self.calibrator.update(tree, acceptance)
         self.probe.observe(len(tree) - 1, acceptance.accepted)
         self.draft_s += 0.2 * (draft_s - self.draft_s)
-        self.one_token_s += 0.2 * (verify_s / self.profile.ratio(len(tree)) - self.one_token_s)
+        self.cost.observe(len(tree), verify_s)

@@ -49,7 +49,8 @@ def find_continuations(context: np.ndarray, ngram: int, length: int, limit: int)
 
 class PromptLookupDrafter:
     """PLD: the continuation of the latest match of the last n-gram (n = max..min) as a chain;
-    with ``matches > 1`` several matches are merged into a tree, newest first, within the budget."""
+    with ``matches > 1`` several matches are merged into a tree, newest first, within the budget.
+    Node scores say how long the matched n-gram was (1 for ``max_ngram``, halved per token less)."""
 
     def __init__(self, config: PLDConfig | None = None):
         self.config = config or PLDConfig()
@@ -64,8 +65,10 @@ class PromptLookupDrafter:
             if paths:
                 break
         # Nodes are numbered in insertion order (newest match first), and every ancestor precedes
-        # its descendants, so the first `budget` nodes below the root form a valid tree.
-        tree = TokenTree.from_paths(int(tokens[-1]), paths)
+        # its descendants, so the first `budget` nodes below the root form a valid tree. A node's
+        # score halves per n-gram length below the longest: the planner's calibration bins by it.
+        score = 0.5 ** (self.config.max_ngram - ngram)
+        tree = TokenTree.from_paths(int(tokens[-1]), paths, [[score] * len(path) for path in paths])
         return tree.subset(range(1, min(len(tree), budget + 1)))
 
     def observe(self, tree: TokenTree, logits: torch.Tensor, acceptance: Acceptance) -> None:
