@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import math
 import random
 
 import pytest
@@ -76,17 +77,31 @@ def test_verify_cost_with_one_size_observed_rescales_the_whole_curve():
 @pytest.mark.parametrize("seed", range(6))
 def test_cut_is_optimal_against_brute_force(seed):
     planner = trained_planner(STEEP, seed)
-    planner.draft_s = 0.05
+    planner.recent_tokens, planner.recent_seconds = 3.0, 2.0 + seed / 3  # a loop making ~1.5 tokens per t(1)
     tree = random_tree(random.Random(100 + seed), 9)
     estimates = planner.calibrator.estimate(tree)
-    best = 0.0
+    best = -math.inf
     for size in range(len(tree)):
         for subset in itertools.combinations(range(1, len(tree)), size):
             if all(tree.parents[v] == 0 or tree.parents[v] in subset for v in subset):  # ancestor-closed
-                rate = (1 + sum(estimates[v] for v in subset)) / (planner.draft_s + STEEP.ratio(size + 1))
-                best = max(best, rate)
+                value = 1 + sum(estimates[v] for v in subset) - planner.rate * STEEP.ratio(size + 1)
+                best = max(best, value)
     n = planner.choose(tree)
-    assert planner.expected_rate(sorted(estimates[1:], reverse=True), n) == pytest.approx(best)
+    assert planner.step_value(sorted(estimates[1:], reverse=True), n) == pytest.approx(best)
+
+
+def test_a_confident_step_gets_a_larger_tree_than_the_best_ratio_of_that_step():
+    """Dinkelbach's rule: nodes are worth verifying at the loop's average rate, not the step's own."""
+    profile = CostProfile((1, 2, 4, 8), (1.0, 1.2, 1.6, 2.4), 256)
+    planner = Planner(profile)
+    for _ in range(100):
+        planner.observe(TokenTree.root(0), Acceptance((0,), 1), 0.0, 1.0)  # plain steps: 1 token per second
+    assert planner.rate == pytest.approx(1.0, rel=0.02)
+    tree = TokenTree.chain(0, list(range(1, 8)))
+    estimates = [1.0, 0.99, 0.98, 0.97, 0.4, 0.35, 0.3, 0.25]  # confident, then doubtful nodes (each costs 0.2)
+    planner.calibrator.estimate = lambda _: estimates
+    own_best_ratio = max(range(8), key=lambda n: (1 + sum(estimates[1:n + 1])) / profile.ratio(n + 1))
+    assert own_best_ratio == 3 and planner.choose(tree) == 7
 
 
 def test_best_estimates_are_ancestor_closed_and_sibling_ordered():

@@ -2,9 +2,11 @@
 
 Each step the drafter proposes a large candidate tree; the planner estimates how likely each node
 is to be accepted (online calibration by depth and drafter score) and keeps the number of nodes n
-that maximises expected new tokens per second, ``(1 + sum of the n best estimates) / (draft time +
-t(n + 1))``, where t comes from a measured profile. n = 0 is plain decoding, so when drafts stop
-paying the planner stops drafting.
+that maximises the step's expected new tokens minus what its verify time is worth at the loop's
+own throughput, ``1 + (sum of the n best estimates) - rate * t(n + 1)`` (Dinkelbach's rule for the
+long-run ratio tokens / seconds: a step that promises more than the average gets a larger tree,
+not a smaller one). t is the measured profile, corrected online by the observed verify times.
+n = 0 is plain decoding, so when drafts stop paying the planner stops drafting.
 """
 
 from __future__ import annotations
@@ -211,6 +213,7 @@ class PlannerConfig:
 
 
 PROBE_NODES = 4
+RATE_DECAY = 0.95  # the loop's throughput averages over about the last 20 steps
 
 
 @dataclass
@@ -290,23 +293,30 @@ class Planner:
         self.config = config or PlannerConfig()
         self.calibrator = AcceptanceCalibrator()
         self.cost = VerifyCost(profile)  # t(n) at the current context, learned online
-        self.draft_s = 0.0  # drafting time per step, tracked online
+        self.recent_tokens = self.recent_seconds = 0.0  # exponentially weighted sums over the observed steps
         self.probe = ProbeSchedule()
 
-    def expected_rate(self, estimates: Sequence[float], n: int) -> float:
-        """Expected new tokens per second with the ``n`` best of ``estimates`` (sorted, descending)."""
-        return (1 + sum(estimates[:n])) / (self.draft_s + self.cost.seconds(n + 1))
+    @property
+    def rate(self) -> float:
+        """Tokens per second of the loop so far (before any step: plain decoding's rate)."""
+        return self.recent_tokens / self.recent_seconds if self.recent_seconds else 1.0 / self.cost.seconds(1)
+
+    def step_value(self, estimates: Sequence[float], n: int) -> float:
+        """Expected new tokens with the ``n`` best of ``estimates`` (sorted, descending) minus the
+        tokens the loop would make at its own rate in the time verifying them costs."""
+        return 1 + sum(estimates[:n]) - self.rate * self.cost.seconds(n + 1)
 
     def choose(self, tree: TokenTree) -> int:
         """How many of ``tree``'s drafted nodes to verify (0 = plain decoding)."""
         ranked = sorted(self.calibrator.estimate(tree)[1:], reverse=True)
-        best_n, best_rate = 0, self.expected_rate(ranked, 0)
+        rate = self.rate
+        best_n, best_value = 0, 1 - rate * self.cost.seconds(1)
         gained = 0.0
         for n in range(1, len(ranked) + 1):
             gained += ranked[n - 1]
-            rate = (1 + gained) / (self.draft_s + self.cost.seconds(n + 1))
-            if rate > best_rate:
-                best_n, best_rate = n, rate
+            value = 1 + gained - rate * self.cost.seconds(n + 1)
+            if value > best_value:
+                best_n, best_value = n, value
         if best_n == 0 and ranked and self.probe.due():
             return min(len(ranked), PROBE_NODES)  # verify a small tree now and then, or estimates never move
         return best_n
@@ -322,5 +332,6 @@ class Planner:
         """Learn from a verified step: acceptance per node, drafting time, and the verify cost."""
         self.calibrator.update(tree, acceptance)
         self.probe.observe(len(tree) - 1, acceptance.accepted)
-        self.draft_s += 0.2 * (draft_s - self.draft_s)
         self.cost.observe(len(tree), verify_s)
+        self.recent_tokens = RATE_DECAY * self.recent_tokens + acceptance.accepted + 1
+        self.recent_seconds = RATE_DECAY * self.recent_seconds + draft_s + verify_s
