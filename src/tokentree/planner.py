@@ -149,15 +149,17 @@ class AcceptanceCalibrator:
     A node can only be accepted if its parent was, so the calibrator learns the conditional rate
     P(accepted | parent accepted) per bin (depth, drafter-score level, sibling rank) from the nodes
     whose parent was accepted, and a node's estimate is its parent's times that rate. Counts are
-    exponentially forgotten and shrunk toward ``prior_rate`` (so an untrained estimate is
-    ``prior_rate ** depth``). Estimates never increase from a parent to its child, nor from a
-    sibling to the next (drafters list better siblings first), so the best n nodes of any tree form
-    an ancestor-closed set.
+    exponentially forgotten and smoothed hierarchically: a bin's rate is shrunk toward its
+    (score level, rank) group's rate over all depths, which is shrunk toward ``prior_rate`` (so
+    an untrained estimate is ``prior_rate ** depth``, and a depth seen rarely borrows from the
+    others instead of staying at the prior). Estimates never increase from a parent to its child,
+    nor from a sibling to the next (drafters list better siblings first), so the best n nodes of
+    any tree form an ancestor-closed set.
     """
 
     def __init__(self, prior_rate: float = 0.6, strength: float = 3.0, forget: float = 0.998):
         self.prior_rate, self.strength, self.forget = prior_rate, strength, forget
-        self.counts: dict[tuple[int, int, int], list[float]] = {}  # bin -> [accepted, proposed]
+        self.counts: dict[tuple[int, ...], list[float]] = {}  # bin or group -> [accepted, proposed]
 
     @staticmethod
     def bin_of(depth: int, score: float, rank: int) -> tuple[int, int, int]:
@@ -165,8 +167,10 @@ class AcceptanceCalibrator:
         return min(depth, 16), level, min(rank, 2)
 
     def _rate(self, key: tuple[int, int, int]) -> float:
+        group_hits, group_trials = self.counts.get(key[1:], (0.0, 0.0))
+        group_rate = (group_hits + self.strength * self.prior_rate) / (group_trials + self.strength)
         hits, trials = self.counts.get(key, (0.0, 0.0))
-        return (hits + self.strength * self.prior_rate) / (trials + self.strength)
+        return (hits + self.strength * group_rate) / (trials + self.strength)
 
     def _bins(self, tree: TokenTree) -> list[tuple[int, int, int] | None]:
         scores = tree.scores or (1.0,) * len(tree)
@@ -196,9 +200,10 @@ class AcceptanceCalibrator:
         bins = self._bins(tree)
         for node in range(1, len(tree)):
             if tree.parents[node] in accepted:
-                counts = self.counts.setdefault(bins[node], [0.0, 0.0])
-                counts[0] += node in accepted
-                counts[1] += 1
+                for key in (bins[node], bins[node][1:]):
+                    counts = self.counts.setdefault(key, [0.0, 0.0])
+                    counts[0] += node in accepted
+                    counts[1] += 1
 
 
 @dataclass
