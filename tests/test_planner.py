@@ -236,3 +236,15 @@ def test_planner_probes_when_plain_decoding_looks_best():
     chain = TokenTree.chain(0, list(range(1, 9)))
     choices = [planner.choose(chain) for _ in range(8)]
     assert choices[:7] == [0] * 7 and choices[7] == PROBE_NODES
+
+
+def test_a_replayable_planner_ignores_measured_times():
+    """Seeded sampled requests get one: its choices depend on acceptances only, so the seed replays."""
+    chain = TokenTree.chain(0, list(range(1, 9)))
+    choices = []
+    for verify_s in (0.001, 5.0):
+        planner = Planner(STEEP, replayable=True)
+        for _ in range(30):
+            planner.observe(chain, Acceptance((0, 1, 2), 7), draft_s=verify_s, verify_s=verify_s)
+        choices.append((planner.choose(chain), planner.rate, planner.cost.seconds(4)))
+    assert choices[0] == choices[1]

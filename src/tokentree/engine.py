@@ -77,10 +77,13 @@ class Engine:
             raise TokentreeError("budget 'auto' needs a planner (tokentree.load(...) provides one)")
         params = request.sampling
         generator = _generator(request.seed)
+        planner = self.planner
+        if planner is not None and request.seed is not None and not params.greedy:
+            planner = Planner(planner.profile, planner.config, replayable=True)  # same seed, same text
         while remaining > 0:
             t0 = time.perf_counter()
             if budget == "auto":
-                draft = self._planned_draft(context, remaining - 1, params, generator)
+                draft = self._planned_draft(planner, context, remaining - 1, params, generator)
             else:
                 draft = self._draft(context, min(budget, remaining - 1), params, generator)
             capped = draft.capped(self.backend.max_leaves)
@@ -93,8 +96,8 @@ class Engine:
             self.backend.commit(acceptance.nodes)
             t2 = time.perf_counter()
             self.drafter.observe(tree, logits, acceptance)
-            if self.planner is not None and budget == "auto":
-                self.planner.observe(tree, acceptance, t1 - t0, t2 - t1)
+            if planner is not None and budget == "auto":
+                planner.observe(tree, acceptance, t1 - t0, t2 - t1)
             new = _until_eos(acceptance.new_tokens(tree)[:remaining], self.eos_ids)
             context.extend(new)
             remaining -= len(new)
@@ -111,7 +114,7 @@ class Engine:
             return self.drafter.propose_sampled(context, budget, params, generator)
         return Draft(self.drafter.propose(context, budget))
 
-    def _planned_draft(self, context: list[int], room: int, params: SamplingParams,
+    def _planned_draft(self, planner: Planner, context: list[int], room: int, params: SamplingParams,
                        generator: torch.Generator) -> Draft:
         """A large candidate, then (if the planner wants fewer nodes) its best n nodes.
 
@@ -120,12 +123,12 @@ class Engine:
         because of its identity, which the acceptance rules do not allow, so it is drawn afresh at
         the chosen size instead.
         """
-        candidate = self._draft(context, min(self.planner.config.max_nodes, room), params, generator)
-        n = self.planner.choose(candidate.tree)
+        candidate = self._draft(context, min(planner.config.max_nodes, room), params, generator)
+        n = planner.choose(candidate.tree)
         if n >= len(candidate.tree) - 1:
             return candidate
         if candidate.draw is Draw.DETERMINISTIC:
-            return Draft(self.planner.cut(candidate.tree, n))
+            return Draft(planner.cut(candidate.tree, n))
         return self._draft(context, n, params, generator)
 
 

@@ -293,8 +293,11 @@ class VerifyCost:
 class Planner:
     """Chooses each step's drafted-node count from the verify cost and calibrated acceptance."""
 
-    def __init__(self, profile: CostProfile, config: PlannerConfig | None = None):
+    def __init__(self, profile: CostProfile, config: PlannerConfig | None = None, replayable: bool = False):
+        """``replayable``: ignore measured times (t(n) and the loop's rate come from the profile
+        alone), so its choices depend only on what was accepted: a seeded request replays."""
         self.profile = profile
+        self.replayable = replayable
         self.config = config or PlannerConfig()
         self.calibrator = AcceptanceCalibrator()
         self.cost = VerifyCost(profile)  # t(n) at the current context, learned online
@@ -337,6 +340,9 @@ class Planner:
         """Learn from a verified step: acceptance per node, drafting time, and the verify cost."""
         self.calibrator.update(tree, acceptance)
         self.probe.observe(len(tree) - 1, acceptance.accepted)
-        self.cost.observe(len(tree), verify_s)
+        if self.replayable:
+            draft_s, verify_s = 0.0, self.cost.seconds(len(tree))
+        else:
+            self.cost.observe(len(tree), verify_s)
         self.recent_tokens = RATE_DECAY * self.recent_tokens + acceptance.accepted + 1
         self.recent_seconds = RATE_DECAY * self.recent_seconds + draft_s + verify_s
