@@ -91,3 +91,16 @@ def test_a_deferred_prefill_tail_rides_with_the_next_tree():
     assert deferred.tokens == plain.tokens == [5, 6, 7, 8, 9, 10, 11, 13]
     nxt = TokenTree.root(14)
     assert torch.allclose(deferred.verify(nxt), plain.verify(nxt), atol=1e-5)
+
+
+def test_a_long_missing_tail_is_prefilled_but_its_last_defer_tokens():
+    model = tiny_model("llama", seed=0)
+    plain, deferred = HFBackend(model), HFBackend(model)
+    prompt, tree = list(range(5, 25)), TokenTree((30, 31, 32), (-1, 0, 0))
+    plain.prefill(prompt)
+    deferred.prefill(prompt, defer=6)
+    assert deferred.tokens == prompt[:-6]
+    torch.testing.assert_close(deferred.verify(tree), plain.verify(tree), atol=1e-5, rtol=1e-5)
+    deferred.commit((0, 2))
+    plain.commit((0, 2))
+    assert deferred.tokens == plain.tokens == prompt + [30, 32]

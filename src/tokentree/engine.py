@@ -16,6 +16,9 @@ from .sampling import Acceptance, Draft, Draw, SamplingParams, accept
 from .stats import GenerationStats
 
 
+PROMPT_TAIL = 64  # last prompt tokens forwarded with the first tree (one forward fewer than prefilling them)
+
+
 @dataclass
 class DecodeRequest:
     """What to generate; the sampling fields are validated by :class:`SamplingParams`."""
@@ -68,7 +71,7 @@ class Engine:
         start = time.perf_counter()
         context = [int(t) for t in prompt_ids]
         self.drafter.reset()
-        self.backend.prefill(context[:-1])
+        self.backend.prefill(context[:-1], defer=PROMPT_TAIL)
         stats.prompt_tokens = len(context)
         stats.prefill_s = time.perf_counter() - start
         remaining = request.max_new_tokens
@@ -96,8 +99,8 @@ class Engine:
             self.backend.commit(acceptance.nodes)
             t2 = time.perf_counter()
             self.drafter.observe(tree, logits, acceptance)
-            if planner is not None and budget == "auto":
-                planner.observe(tree, acceptance, t1 - t0, t2 - t1)
+            if planner is not None and budget == "auto":  # the first verify also forwarded the prompt's tail
+                planner.observe(tree, acceptance, t1 - t0, t2 - t1 if stats.steps else None)
             new = _until_eos(acceptance.new_tokens(tree)[:remaining], self.eos_ids)
             context.extend(new)
             remaining -= len(new)

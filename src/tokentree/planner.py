@@ -336,10 +336,13 @@ class Planner:
         ranked = sorted(range(1, len(tree)), key=lambda node: (-estimates[node], node))
         return tree.subset(ranked[:n])
 
-    def observe(self, tree: TokenTree, acceptance: Acceptance, draft_s: float, verify_s: float) -> None:
-        """Learn from a verified step: acceptance per node, drafting time, and the verify cost."""
+    def observe(self, tree: TokenTree, acceptance: Acceptance, draft_s: float, verify_s: float | None) -> None:
+        """Learn from a verified step: acceptance per node, drafting time, and the verify cost
+        (``verify_s`` None: the step's time says nothing about the tree, e.g. it carried prompt tokens)."""
         self.calibrator.update(tree, acceptance)
         self.probe.observe(len(tree) - 1, acceptance.accepted)
+        if verify_s is None:
+            return
         if self.replayable:
             draft_s, verify_s = 0.0, self.cost.seconds(len(tree))
         else:

@@ -35,8 +35,8 @@ class Backend(Protocol):
     def prefill(self, token_ids: Sequence[int], defer: int = 0) -> None:
         """Make the cache hold exactly ``token_ids``, reusing a common cached prefix.
 
-        A backend may hold back a missing tail of at most ``defer`` tokens and forward it with the
-        next tree (``grow``/``verify`` at node 0) instead of in a forward of its own.
+        A backend may hold back the last (at most ``defer``) missing tokens and forward them with
+        the next tree (``grow``/``verify`` at node 0) instead of in a forward of their own.
         """
         ...
 

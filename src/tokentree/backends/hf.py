@@ -94,9 +94,9 @@ class HFBackend:
     def prefill(self, token_ids: Sequence[int], defer: int = 0) -> None:
         """Make the cache hold ``token_ids``, reusing the common cached prefix.
 
-        With ``defer`` > 0 a missing tail of at most that many tokens is held back and forwarded
-        together with the next tree (one forward instead of two, for a draft model that must
-        catch up on the last accepted token before it drafts).
+        With ``defer`` > 0 the last (at most ``defer``) missing tokens are held back and forwarded
+        together with the next tree: one forward fewer (a prompt's tail goes with the first tree;
+        a draft model catches up on the last accepted tokens while it drafts).
         """
         token_ids = [int(t) for t in token_ids]
         shared = 0
@@ -107,11 +107,11 @@ class HFBackend:
         kvcache.crop(self.cache, shared)
         self._tokens = self._tokens[:shared]
         self._pending = None
-        self._lead = token_ids[shared:] if len(token_ids) - shared <= defer else []
-        if self._lead:
-            return
-        for start in range(shared, len(token_ids), PREFILL_CHUNK):
-            chunk = token_ids[start : start + PREFILL_CHUNK]
+        held = min(defer, len(token_ids) - shared)
+        self._lead = token_ids[len(token_ids) - held:] if held else []
+        forwarded = len(token_ids) - held
+        for start in range(shared, forwarded, PREFILL_CHUNK):
+            chunk = token_ids[start : min(start + PREFILL_CHUNK, forwarded)]
             self.model(
                 input_ids=torch.tensor([chunk], device=self.device),
                 position_ids=torch.arange(start, start + len(chunk), device=self.device)[None],
