@@ -129,6 +129,21 @@ def test_commit_leaves_the_cache_like_plain_decoding(gguf):
     assert torch.equal(after_tree, plain)  # bit-identical: same cells, same order, same kernels
 
 
+def test_a_deferred_prompt_tail_rides_with_the_first_tree(gguf):
+    config = LlamaCppConfig(threads=2, n_ctx=512)
+    deferred, plain = LlamaCppBackend(LlamaCppModel(gguf, config)), LlamaCppBackend(LlamaCppModel(gguf, config))
+    context = [1, 504, 3458, 282, 314, 1183, 30, 4]
+    tree = TokenTree((context[-1], 11, 12, 13, 14, 15), (-1, 0, 0, 1, 1, 2))
+    deferred.prefill(context[:-1], defer=3)
+    plain.prefill(context[:-1])
+    assert deferred.tokens == context[:-4]  # the last 3 wait for the tree's batch
+    torch.testing.assert_close(deferred.verify(tree), plain.verify(tree))
+    for backend in (deferred, plain):
+        backend.commit([0, 2, 5])  # root, 12, 15: a branch path, whose sequence becomes the context
+    assert deferred.tokens == plain.tokens == context + [12, 15]
+    assert torch.equal(deferred.verify(TokenTree.root(99))[0], plain.verify(TokenTree.root(99))[0])
+
+
 def test_draft_model_drafters_with_a_gguf_draft(gguf, llama_greedy):
     for drafter in ("chain", "dyspec", "sequoia"):
         gen = load(str(gguf), draft=str(gguf), drafter=drafter, backend="llamacpp", threads=2, n_ctx=1024)

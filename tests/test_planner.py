@@ -220,22 +220,25 @@ def test_probe_schedule_backs_off_while_probes_fail_and_resets_on_success():
     due = []
     for _ in range(16):
         due.append(probe.due())
-        probe.observe(4 if probe.probing else 0, 0)  # every probe: 4 drafted, none accepted
+        probe.observe(4 if probe.probing else 0, False)  # every probe: 4 drafted, none paid
     assert [i for i, d in enumerate(due) if d] == [1, 5, 13]  # after 2, then 4, then 8 steps
     probe.interval, probe.waited = 8, 7
     assert probe.due()
-    probe.observe(4, 3)
+    probe.observe(4, True)
     assert probe.interval == 2
 
 
 def test_planner_probes_when_plain_decoding_looks_best():
     from tokentree.planner import PROBE_NODES, CostProfile, Planner
 
-    steep = CostProfile((1, 2, 4, 8), (1.0, 1.9, 3.2, 7.4), 256)  # llama.cpp-like: every token costs
-    planner = Planner(steep)
     chain = TokenTree.chain(0, list(range(1, 9)))
-    choices = [planner.choose(chain) for _ in range(8)]
-    assert choices[:7] == [0] * 7 and choices[7] == PROBE_NODES
+    flat = CostProfile((1, 2, 4, 8), (1.0, 1.01, 1.03, 1.1), 256)  # a GPU-like curve: a probe costs little
+    steep = CostProfile((1, 2, 4, 8), (1.0, 1.9, 3.2, 7.4), 256)  # llama.cpp-like: every token costs
+    for profile, size in ((flat, PROBE_NODES), (steep, 1)):
+        planner = Planner(profile)
+        planner.calibrator.prior_rate = 0.0 if profile is flat else 0.6  # nothing pays on the flat curve
+        choices = [planner.choose(chain) for _ in range(8)]
+        assert choices[:7] == [0] * 7 and choices[7] == size
 
 
 def test_a_replayable_planner_ignores_measured_times():

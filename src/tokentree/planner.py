@@ -217,7 +217,8 @@ class PlannerConfig:
             raise TokentreeError(f"planner max_nodes must be in [1, 512], got {self.max_nodes}")
 
 
-PROBE_NODES = 4
+PROBE_NODES = 4  # the most nodes a probe verifies ...
+PROBE_COST = 1.5  # ... and at most this many one-token steps' time (at least one node)
 RATE_DECAY = 0.95  # the loop's throughput averages over about the last 20 steps
 
 
@@ -226,8 +227,8 @@ class ProbeSchedule:
     """When plain decoding looks best, still verify a small tree every ``interval`` steps.
 
     Without probes a cautious prior would keep the planner from ever seeing an acceptance. The
-    interval doubles (up to ``longest``) after a probe that accepts nothing and resets after one
-    that accepts, so a workload where trees never pay costs at most a few probes.
+    interval doubles (up to ``longest``) after a probe that did not pay for its verify time and
+    resets after one that did, so a workload where trees never pay costs at most a few probes.
     """
 
     shortest: int = 8
@@ -243,9 +244,9 @@ class ProbeSchedule:
             self.waited = 0
         return self.probing
 
-    def observe(self, drafted: int, accepted: int) -> None:
+    def observe(self, drafted: int, paid: bool) -> None:
         if self.probing and drafted:
-            self.interval = self.shortest if accepted else min(self.longest, 2 * self.interval)
+            self.interval = self.shortest if paid else min(self.longest, 2 * self.interval)
         if drafted:
             self.waited = 0
         self.probing = False
@@ -326,8 +327,13 @@ class Planner:
             if value > best_value:
                 best_n, best_value = n, value
         if best_n == 0 and ranked and self.probe.due():
-            return min(len(ranked), PROBE_NODES)  # verify a small tree now and then, or estimates never move
+            return min(len(ranked), self.probe_size())  # verify a small tree now and then, or estimates never move
         return best_n
+
+    def probe_size(self) -> int:
+        """Nodes of a probe: up to PROBE_NODES, as long as verifying them costs at most PROBE_COST steps."""
+        limit = PROBE_COST * self.cost.seconds(1)
+        return max([1] + [n for n in range(1, PROBE_NODES + 1) if self.cost.seconds(n + 1) <= limit])
 
     def cut(self, tree: TokenTree, n: int) -> TokenTree:
         """``tree`` restricted to its ``n`` drafted nodes with the highest estimates (ancestor-closed:
@@ -340,7 +346,8 @@ class Planner:
         """Learn from a verified step: acceptance per node, drafting time, and the verify cost
         (``verify_s`` None: the step's time says nothing about the tree, e.g. it carried prompt tokens)."""
         self.calibrator.update(tree, acceptance)
-        self.probe.observe(len(tree) - 1, acceptance.accepted)
+        paid = acceptance.accepted + 1 >= self.cost.seconds(len(tree)) / self.cost.seconds(1)
+        self.probe.observe(len(tree) - 1, paid)
         if verify_s is None:
             return
         if self.replayable:

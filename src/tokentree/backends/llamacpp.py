@@ -154,6 +154,7 @@ class LlamaCppBackend:
         self._tokens: list[int] = []
         self._pending: TokenTree | None = None
         self._order: tuple[int, ...] = ()  # the pending tree's nodes in the order they were decoded
+        self._lead: list[int] = []  # prefill tokens held back for the next tree's batch (see prefill)
         self.redecoded = 0  # accepted tokens decoded again to keep the cells in order
 
     def __del__(self) -> None:
@@ -172,12 +173,12 @@ class LlamaCppBackend:
 
     def reset(self) -> None:
         self.lib.llama_memory_clear(self.model.memory, True)
-        self._tokens, self._pending = [], None
+        self._tokens, self._pending, self._lead = [], None, []
         self.book.reset()
 
     def prefill(self, token_ids: Sequence[int], defer: int = 0) -> None:
-        """Make the cache hold ``token_ids``, reusing the common cached prefix (``defer`` is a hint
-        this backend does not need: it forwards the missing tail at once)."""
+        """Make the cache hold ``token_ids``, reusing the common cached prefix; the last (at most
+        ``defer``) missing tokens are held back and decoded in the next tree's batch."""
         token_ids = [int(t) for t in token_ids]
         self._check_room(len(token_ids))
         shared = 0
@@ -192,9 +193,12 @@ class LlamaCppBackend:
             shared = 0
         self._tokens, self._pending = self._tokens[:shared], None
         self.book.reset()
-        for begin in range(shared, len(token_ids), self.capacity):
-            chunk = token_ids[begin:begin + self.capacity]
-            self._decode(chunk, range(begin, begin + len(chunk)), [(CONTEXT_SEQ,)] * len(chunk), last_only=True)
+        held = min(defer, len(token_ids) - shared, self.capacity // 2)
+        forwarded = len(token_ids) - held
+        self._lead = token_ids[forwarded:]
+        for begin in range(shared, forwarded, self.capacity):
+            chunk = token_ids[begin:min(begin + self.capacity, forwarded)]
+            self._decode(chunk, range(begin, begin + len(chunk)), [(CONTEXT_SEQ,)] * len(chunk), outputs=1)
             self._tokens.extend(chunk)
 
     def verify(self, tree: TokenTree) -> torch.Tensor:
@@ -210,19 +214,24 @@ class LlamaCppBackend:
         if start > 0 and (self._pending is None or len(self._pending) != start
                           or self._pending.parents != tree.parents[:start]):
             raise RuntimeError("grow must extend the tree forwarded by the previous call")
-        if len(tree) - start > self.capacity:
+        lead = self._lead if start == 0 else []
+        if len(lead) + len(tree) - start > self.capacity:
             raise TokentreeError(f"a tree of {len(tree) - start} new nodes exceeds the llama.cpp batch of "
                                  f"{self.capacity}")
-        self._check_room(len(self._tokens) + max(tree.depths) + 1)
-        prefix = len(self._tokens)
+        self._check_room(len(self._tokens) + len(lead) + max(tree.depths) + 1)
+        prefix = len(self._tokens) + len(lead)
         try:
             plan = self.book.plan(tree, start, prefix)
         except ValueError as exc:
             raise TokentreeError(f"llama.cpp backend: {exc} (cap the tree's leaves at {self.max_leaves})") from exc
         self._apply_copies(plan)
         order = tree.preorder if self.in_order and start == 0 else tuple(range(start, len(tree)))
-        self._decode([tree.tokens[i] for i in order], [prefix + tree.depths[i] for i in order],
-                     [plan.seq_ids[i - start] for i in order])
+        every_seq = tuple(sorted({seq for seqs in plan.seq_ids for seq in seqs} | {CONTEXT_SEQ}))
+        self._decode(lead + [tree.tokens[i] for i in order],
+                     [*range(prefix - len(lead), prefix), *(prefix + tree.depths[i] for i in order)],
+                     [every_seq] * len(lead) + [plan.seq_ids[i - start] for i in order], outputs=len(order))
+        self._tokens.extend(lead)  # context now, seen by every path of the tree
+        self._lead = [] if start == 0 else self._lead
         self._pending, self._order = tree, self._order[:start] + order
         logits = self._logits(len(order))
         if order == tuple(range(start, len(tree))):
@@ -248,7 +257,7 @@ class LlamaCppBackend:
         tokens = [tree.tokens[i] for i in nodes]
         if in_place < len(nodes):
             redo = range(in_place, len(nodes))
-            self._decode(tokens[in_place:], [prefix + j for j in redo], [(CONTEXT_SEQ,)] * len(redo), last_only=True)
+            self._decode(tokens[in_place:], [prefix + j for j in redo], [(CONTEXT_SEQ,)] * len(redo), outputs=1)
             self.redecoded += len(redo)
         self._tokens.extend(tokens)
         self._pending, self._order = None, ()
@@ -265,8 +274,9 @@ class LlamaCppBackend:
             self.lib.llama_memory_seq_cp(self.model.memory, source, target, -1, end)
 
     def _decode(self, tokens: Sequence[int], positions: Sequence[int], seq_ids: Sequence[Sequence[int]],
-                last_only: bool = False) -> None:
-        """One ``llama_decode``; logits for every token (a tree) or the last one only (a prefill chunk)."""
+                outputs: int) -> None:
+        """One ``llama_decode``; logits for the last ``outputs`` tokens (a tree's nodes, after any
+        held-back context tokens; 1 for a prefill chunk)."""
         batch = self.batch
         batch.n_tokens = len(tokens)
         for i, (token, pos, seqs) in enumerate(zip(tokens, positions, seq_ids, strict=True)):
@@ -275,7 +285,7 @@ class LlamaCppBackend:
             batch.n_seq_id[i] = len(seqs)
             for j, seq in enumerate(seqs):
                 batch.seq_id[i][j] = seq
-            batch.logits[i] = not last_only or i == len(tokens) - 1
+            batch.logits[i] = i >= len(tokens) - outputs
         code = self.lib.llama_decode(self.model.ctx, batch)
         if code != 0:
             raise TokentreeError(f"llama_decode failed with code {code} on a batch of {len(tokens)} tokens"
