@@ -122,3 +122,14 @@ def test_hybrid_stops_calling_a_draft_source_that_adds_nothing():
         drafter.observe(tree, torch.zeros(len(tree), 10), Acceptance(tuple(path), 5))
     assert drafter.gates[1].gain == 0.0
     assert 1 < costly.calls < 12  # called until measured, then only as a probe
+
+
+def test_the_step_clock_times_neither_idle_time_nor_a_requests_first_step():
+    from tokentree.drafters.hybrid import StepClock
+
+    clock = StepClock()
+    assert clock.tick() is None and clock.tick() is None  # before step 1; step 1 carried the prompt's tail
+    assert clock.tick() >= 0.0
+    clock.pause()  # a new request
+    assert clock.tick() is None and clock.tick() is None
+    assert clock.tick() >= 0.0

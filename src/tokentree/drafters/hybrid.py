@@ -81,19 +81,23 @@ class StepClock:
     """Seconds per emitted token of the running loop, from the time between successive proposals.
 
     The hybrid drafter records each step without its expensive sources' time and extra tokens, so
-    ``per_token`` is what a token costs when they are not called.
+    ``per_token`` is what a token costs when they are not called. A request's first step is not
+    timed: its verify also forwards the prompt's tail.
     """
 
     decay: float = 0.8
     seconds: float | None = None
     tokens: float | None = None
     _last: float | None = None
+    _first_step: bool = True
 
     def tick(self) -> float | None:
-        """Call at each proposal; returns the period since the previous one (None at the first)."""
-        now, last = time.perf_counter(), self._last
+        """Call at each proposal; returns the period since the previous one (None for the first two
+        proposals of a request)."""
+        now, last, first = time.perf_counter(), self._last, self._first_step
         self._last = now
-        return None if last is None else now - last
+        self._first_step = last is None
+        return None if last is None or first else now - last
 
     def record(self, period: float, tokens: int) -> None:
         if self.seconds is None:
@@ -107,8 +111,8 @@ class StepClock:
         return None if self.seconds is None else self.seconds / max(self.tokens, 1.0)
 
     def pause(self) -> None:
-        """Between requests: the next period would count idle time."""
-        self._last = None
+        """Between requests: the next period would count idle time, the one after it the prompt."""
+        self._last, self._first_step = None, True
 
 
 def expected_accepted(tree: TokenTree) -> float:
