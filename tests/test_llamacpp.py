@@ -153,6 +153,17 @@ def test_draft_model_drafters_with_a_gguf_draft(gguf, llama_greedy):
         assert out.stats.mean_accepted > 2.0  # the target drafting for itself is mostly accepted
 
 
+def test_a_draft_tree_wider_than_the_draft_sequence_limit_is_kept_within_it(generator, gguf, llama_greedy):
+    from tokentree.drafters import make_drafter
+
+    narrow_draft = LlamaCppModel(gguf, LlamaCppConfig(threads=2, n_ctx=1024, max_sequences=8))
+    wide = make_drafter("specinfer", narrow_draft, widths="3,3,1")  # forwards 9 branches at depth 2
+    ids = generator.encode(PROMPTS[2], chat=False)
+    out = generator.generate(ids, max_new_tokens=40, drafter=wide, budget=24)
+    assert out.token_ids == llama_greedy(ids, 40)
+    assert out.stats.mean_accepted > 1.0
+
+
 def test_not_a_gguf_file_is_a_clear_error(tmp_path, capsys):
     bad = tmp_path / "model.gguf"
     bad.write_text("not a model")

@@ -109,7 +109,11 @@ class DraftModel:
         """Grow level by level: forward the newest level, give each node ``child_count`` children.
 
         ``may_expand(node)`` False for every new node ends the growth without a useless forward.
+        On a backend with a sequence limit (llama.cpp) the tree stays within it: n nodes need at
+        most n sequences.
         """
+        if self.backend.max_leaves is not None:
+            budget = min(budget, self.backend.max_leaves - 1)
         while len(grown.tokens) - 1 < budget:
             if not any(may_expand(node) for node in range(self.forwarded, len(grown.tokens))):
                 break
