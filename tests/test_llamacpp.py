@@ -157,11 +157,12 @@ def test_a_draft_tree_wider_than_the_draft_sequence_limit_is_kept_within_it(gene
     from tokentree.drafters import make_drafter
 
     narrow_draft = LlamaCppModel(gguf, LlamaCppConfig(threads=2, n_ctx=1024, max_sequences=8))
-    wide = make_drafter("specinfer", narrow_draft, widths="3,3,1")  # forwards 9 branches at depth 2
     ids = generator.encode(PROMPTS[2], chat=False)
-    out = generator.generate(ids, max_new_tokens=40, drafter=wide, budget=24)
-    assert out.token_ids == llama_greedy(ids, 40)
-    assert out.stats.mean_accepted > 1.0
+    for wide in (make_drafter("specinfer", narrow_draft, widths="3,3,1"),  # forwards 9 branches at depth 2
+                 make_drafter("dyspec", narrow_draft)):  # forwards the best of 8 candidates per node
+        out = generator.generate(ids, max_new_tokens=40, drafter=wide, budget=24)
+        assert out.token_ids == llama_greedy(ids, 40)
+        assert out.stats.mean_accepted > 1.0
 
 
 def test_not_a_gguf_file_is_a_clear_error(tmp_path, capsys):

@@ -38,11 +38,11 @@ class _DraftModelDrafter:
         self.model = DraftModel(draft_model)
 
     def propose(self, context: Sequence[int], budget: int) -> TokenTree:
-        return self._grow(context, budget, GREEDY, torch.Generator()).tree
+        return self._grow(context, self.model.room(budget), GREEDY, torch.Generator()).tree
 
     def propose_sampled(self, context: Sequence[int], budget: int, params: SamplingParams,
                         generator: torch.Generator) -> Draft:
-        return self._grow(context, budget, params, generator)
+        return self._grow(context, self.model.room(budget), params, generator)
 
     def _grow(self, context: Sequence[int], budget: int, params: SamplingParams,
               generator: torch.Generator) -> Draft:
@@ -285,6 +285,9 @@ class DySpecDrafter(_DraftModelDrafter):
         frontier = [0]
         for _ in range(self.config.rounds):
             start = len(fwd_tokens)
+            frontier = self._within_sequences(known, frontier, start)
+            if not frontier:
+                break
             for node in frontier:
                 forwarded[node] = len(fwd_tokens)
                 fwd_tokens.append(known.tokens[node])
@@ -302,6 +305,16 @@ class DySpecDrafter(_DraftModelDrafter):
         keep = sorted(self._best(known, budget))
         self.model.forwarded = len(fwd_tokens)
         return Draft(known.tree().subset(keep))
+
+    def _within_sequences(self, known: GrowingTree, frontier: list[int], forwarded: int) -> list[int]:
+        """The frontier's best nodes that a draft backend with a sequence limit (llama.cpp) can
+        still forward: each forwarded node may open a sequence, and nodes forwarded in earlier
+        rounds keep theirs even when they drop out of the best set."""
+        limit = self.model.backend.max_leaves
+        if limit is None or forwarded + len(frontier) <= limit:
+            return frontier
+        best = sorted(frontier, key=lambda n: -known.scores[n])[:max(0, limit - forwarded)]
+        return sorted(best)
 
     def _best(self, known: GrowingTree, budget: int) -> list[int]:
         """The best ``budget`` known nodes (or those above the threshold), ancestor-closed by construction."""

@@ -73,6 +73,12 @@ class DraftModel:
         self.backend = make_backend(model, draft=True)  # a transformers module or a LlamaCppModel
         self.forwarded = 0  # nodes of the current tree already in the draft cache
 
+    def room(self, budget: int) -> int:
+        """``budget`` within the draft backend's sequence limit (llama.cpp): a tree of n nodes
+        forwards at most n sequences."""
+        limit = self.backend.max_leaves
+        return budget if limit is None else min(budget, limit - 1)
+
     def start(self, context: Sequence[int]) -> GrowingTree:
         """Sync the cache to ``context[:-1]`` (reusing what it holds) and start a tree at ``context[-1]``."""
         self.backend.prefill(context[:-1], defer=CATCH_UP)
@@ -109,11 +115,7 @@ class DraftModel:
         """Grow level by level: forward the newest level, give each node ``child_count`` children.
 
         ``may_expand(node)`` False for every new node ends the growth without a useless forward.
-        On a backend with a sequence limit (llama.cpp) the tree stays within it: n nodes need at
-        most n sequences.
         """
-        if self.backend.max_leaves is not None:
-            budget = min(budget, self.backend.max_leaves - 1)
         while len(grown.tokens) - 1 < budget:
             if not any(may_expand(node) for node in range(self.forwarded, len(grown.tokens))):
                 break
