@@ -99,7 +99,7 @@ def test_a_confident_step_gets_a_larger_tree_than_the_best_ratio_of_that_step():
     assert planner.rate == pytest.approx(1.0, rel=0.02)
     tree = TokenTree.chain(0, list(range(1, 8)))
     estimates = [1.0, 0.99, 0.98, 0.97, 0.4, 0.35, 0.3, 0.25]  # confident, then doubtful nodes (each costs 0.2)
-    planner.calibrator.estimate = lambda _: estimates
+    planner.estimates = lambda _: estimates
     own_best_ratio = max(range(8), key=lambda n: (1 + sum(estimates[1:n + 1])) / profile.ratio(n + 1))
     assert own_best_ratio == 3 and planner.choose(tree) == 7
 
@@ -225,7 +225,9 @@ def test_probe_schedule_backs_off_while_probes_fail_and_resets_on_success():
     probe.interval, probe.waited = 8, 7
     assert probe.due()
     probe.observe(4, True)
-    assert probe.interval == 2
+    assert probe.interval == 1 and probe.due()  # a probe that paid: probe again at once
+    probe.observe(4, False)
+    assert probe.interval == 2  # and back off from the shortest interval when it fails
 
 
 def test_planner_probes_when_plain_decoding_looks_best():

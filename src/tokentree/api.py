@@ -9,8 +9,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterator, Sequence, Union
 
+import torch
+
 from .backends import make_backend
-from .backends.llamacpp import LlamaCppConfig
+from .backends.llamacpp import LLAMA_CPP_PIN, LlamaCppConfig
 from .drafters import DRAFTERS, Drafter, drafter_config, make_drafter
 from .drafters.base import uses_draft_model
 from .drafters.state import load_state, require_stateful, save_state, vocab_signature
@@ -192,14 +194,31 @@ def default_budget(drafter: Drafter) -> int | str:
 BACKENDS = ("auto", "hf", "llamacpp")
 
 
-def resolve_backend(name: str, target: str | None) -> str:
-    """'auto' = llama.cpp for a .gguf target when llama-cpp-python is installed, else transformers."""
+def resolve_backend(name: str, target: str | None, device: str | None = None) -> str:
+    """'auto' = llama.cpp for a .gguf target, and for the embedded default (a GGUF pair) on a
+    machine without a CUDA GPU, when llama-cpp-python is installed; else transformers."""
     if name not in BACKENDS:
         raise TokentreeError(f"unknown backend '{name}': choose {', '.join(BACKENDS)}")
     if name != "auto":
         return name
-    gguf_target = target is not None and str(target).endswith(".gguf")
-    return "llamacpp" if gguf_target and importlib.util.find_spec("llama_cpp") is not None else "hf"
+    if device not in (None, "cpu") or not llama_cpp_installed():
+        return "hf"
+    if target is None:
+        return "hf" if device is None and torch.cuda.is_available() else "llamacpp"
+    return "llamacpp" if str(target).endswith(".gguf") else "hf"
+
+
+def llama_cpp_installed() -> bool:
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+def _say_why_not_llamacpp(backend: str, target: str | None, device: str | None) -> None:
+    """The embedded default on a CPU without the llama.cpp extra: say once what it costs."""
+    if backend == "auto" and target is None and device in (None, "cpu") and not torch.cuda.is_available() \
+            and not llama_cpp_installed():
+        print("tokentree: llama-cpp-python is not installed, so the embedded model runs on transformers, about "
+              f"2.4x slower on a CPU; for the fast path: pip install 'tokentree[llamacpp]' ({LLAMA_CPP_PIN})",
+              file=sys.stderr)
 
 
 def load(target: str | None = None, draft: str | None = None, drafter: str = "auto", dtype: str = "auto",
@@ -214,15 +233,16 @@ def load(target: str | None = None, draft: str | None = None, drafter: str = "au
     draft-model drafters (chain, specinfer, rsd-c, rsd-s, sequoia, dyspec) load the embedded 0.5B draft
     when the target is the embedded one and no draft is given.
     ``backend``: "hf" (transformers; ``dtype``, ``device``), "llamacpp" (GGUF files through llama.cpp;
-    ``threads``, ``n_ctx``; tree sizes default to "auto") or "auto" (llamacpp for a .gguf target when
-    installed).
+    ``threads``, ``n_ctx``; tree sizes default to "auto") or "auto" (llamacpp, when installed, for a
+    .gguf target and for the embedded default on a machine without a CUDA GPU; else hf).
     ``drafter_options`` are fields of the drafter's config (e.g. ``max_ngram=4`` for "pld").
     """
     drafter_config(drafter, **drafter_options)  # bad names and options fail before any loading
     needs_draft = DRAFTERS[drafter].needs_draft
     if needs_draft and draft is None and target is not None:
         raise TokentreeError(f"drafter '{drafter}' needs a draft model: give --draft (same vocabulary as the target)")
-    if resolve_backend(backend, target) == "llamacpp":
+    _say_why_not_llamacpp(backend, target, device)
+    if resolve_backend(backend, target, device) == "llamacpp":
         if device not in (None, "cpu"):
             raise TokentreeError(f"the llama.cpp backend runs on the CPU; --device {device} needs --backend hf")
         target_model = load_llamacpp_model(target, EMBEDDED_TARGET, LlamaCppConfig(threads=threads, n_ctx=n_ctx))

@@ -70,8 +70,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--backend", default="auto", choices=["auto", "hf", "llamacpp"],
-                        help="hf (transformers) or llamacpp (GGUF files through llama.cpp); auto = llamacpp for a "
-                        ".gguf --target when llama-cpp-python is installed, else hf")
+                        help="hf (transformers) or llamacpp (GGUF files through llama.cpp); auto = llamacpp, when "
+                        "llama-cpp-python is installed, for a .gguf --target and for the embedded default without a "
+                        "CUDA GPU; else hf")
     parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: all cores)")
     parser.add_argument("--n-ctx", type=int, default=4096, help="llama.cpp context size in tokens (default 4096)")
 
@@ -143,6 +144,16 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate = sub.add_parser("calibrate", help="measure Sequoia's positional acceptance vector for a model pair")
     add_model_arguments(calibrate)
     _config_flags(calibrate.add_argument_group("calibration"), CalibrateConfig)
+
+    quant = sub.add_parser("quantize", help="requantize a GGUF file with llama.cpp's quantizer (formats where trees "
+                           "pay: see tokentree profile)")
+    quant.add_argument("input", help="a .gguf file, or 'embedded' / 'embedded-draft' for the shipped pair")
+    quant.add_argument("output", help="the .gguf file to write")
+    quant.add_argument("--type", default="q4_0", help="q4_0 (default), iq4_nl, q8_0, q4_k_m, ... (see the docs)")
+    quant.add_argument("--threads", type=int, default=None, help="quantizer threads (default: all cores)")
+    quant.add_argument("--allow-requantize", action="store_true",
+                       help="quantize an already quantized file (loses more quality than from F16/BF16)")
+    quant.add_argument("--overwrite", action="store_true", help="replace OUTPUT when it exists")
 
     profile = sub.add_parser("profile", help="measure the target's verify latency t(n) (used by --budget auto)")
     add_model_arguments(profile)
@@ -241,6 +252,14 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from .quantize import QuantizeConfig, quantize
+
+    config = QuantizeConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(QuantizeConfig)})
+    print(quantize(config))
+    return 0
+
+
 def cmd_profile(args: argparse.Namespace) -> int:
     gen = _load(args, "none")
     print(f"measuring verify latency of {gen.target.source} ({gen.target.precision}, {gen.target.device_name})",
@@ -273,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         _quiet_libraries()
         commands = {"generate": cmd_generate, "bench": cmd_bench, "serve": cmd_serve, "profile": cmd_profile,
-                    "calibrate": cmd_calibrate}
+                    "calibrate": cmd_calibrate, "quantize": cmd_quantize}
         return commands[args.command](args)
     except TokentreeError as exc:
         print(f"tokentree: error: {exc}", file=sys.stderr)

@@ -83,6 +83,8 @@ class Engine:
         planner = self.planner
         if planner is not None and request.seed is not None and not params.greedy:
             planner = Planner(planner.profile, planner.config, replayable=True)  # same seed, same text
+        if planner is not None:
+            planner.begin_request()
         while remaining > 0:
             t0 = time.perf_counter()
             if budget == "auto":

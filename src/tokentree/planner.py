@@ -29,8 +29,8 @@ from .models import cache_dir
 from .sampling import Acceptance
 from .tree import TokenTree
 
-PROFILE_SIZES = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128)
-PROFILE_VERSION = 1
+PROFILE_SIZES = tuple(range(1, 33)) + (48, 64, 96, 128)  # every size up to 32: CPU curves are not smooth
+PROFILE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -143,6 +143,9 @@ def save_profile(profile: CostProfile) -> Path:
     return path
 
 
+MAX_RATE = 0.98  # no conditional acceptance rate is estimated above this
+
+
 class AcceptanceCalibrator:
     """P(node accepted) learned online from verified trees.
 
@@ -180,30 +183,65 @@ class AcceptanceCalibrator:
                 ranks[kid] = rank
         return [None] + [self.bin_of(tree.depths[v], scores[v], ranks[v]) for v in range(1, len(tree))]
 
-    def estimate(self, tree: TokenTree) -> list[float]:
-        """[n] estimated acceptance probability per node (1 for the root)."""
+    def estimate(self, tree: TokenTree, tilt: float = 1.0) -> list[float]:
+        """[n] estimated acceptance probability per node (1 for the root); every conditional rate
+        is multiplied by ``tilt`` (this request's evidence, see :class:`RequestTilt`), capped at MAX_RATE."""
         previous_sibling = {after: before for kids in tree.children for before, after in zip(kids, kids[1:])}
         bins = self._bins(tree)
         estimates = [1.0] * len(tree)
         for node in range(1, len(tree)):  # parents and earlier siblings come first in node order
-            estimates[node] = estimates[tree.parents[node]] * self._rate(bins[node])
+            estimates[node] = estimates[tree.parents[node]] * min(MAX_RATE, tilt * self._rate(bins[node]))
             if node in previous_sibling:
                 estimates[node] = min(estimates[node], estimates[previous_sibling[node]])
         return estimates
 
-    def update(self, tree: TokenTree, acceptance: Acceptance) -> None:
-        """Count each node whose parent was accepted: one trial, a hit if it was accepted too."""
+    def update(self, tree: TokenTree, acceptance: Acceptance) -> tuple[float, float]:
+        """Count each node whose parent was accepted: one trial, a hit if it was accepted too.
+
+        Returns (hits, expected hits) over those trials, expected by the rates before this update.
+        """
         for counts in self.counts.values():
             counts[0] *= self.forget
             counts[1] *= self.forget
         accepted = set(acceptance.nodes)
         bins = self._bins(tree)
-        for node in range(1, len(tree)):
-            if tree.parents[node] in accepted:
-                for key in (bins[node], bins[node][1:]):
-                    counts = self.counts.setdefault(key, [0.0, 0.0])
-                    counts[0] += node in accepted
-                    counts[1] += 1
+        trials = [node for node in range(1, len(tree)) if tree.parents[node] in accepted]
+        expected = sum(self._rate(bins[node]) for node in trials)
+        for node in trials:
+            for key in (bins[node], bins[node][1:]):
+                counts = self.counts.setdefault(key, [0.0, 0.0])
+                counts[0] += node in accepted
+                counts[1] += 1
+        return float(sum(node in accepted for node in trials)), expected
+
+
+@dataclass
+class RequestTilt:
+    """How this request's acceptances compare with what the shared calibration expected.
+
+    The calibrator learns over all requests and forgets slowly, so after a run of code requests
+    it still expects long accepted runs when a summary request begins. The tilt is the ratio of
+    this request's hits to the hits the calibrator expected, over exponentially forgotten recent
+    steps with trials (``decay`` per such step) with ``strength`` pseudo-hits at ratio 1: a request that accepts
+    nothing brings its estimates down within two or three steps, one that accepts more than the
+    others lifts them. Reset at every request.
+    """
+
+    decay: float = 0.7
+    strength: float = 1.0
+    hits: float = 0.0
+    expected: float = 0.0
+
+    @property
+    def factor(self) -> float:
+        return (self.hits + self.strength) / (self.expected + self.strength)
+
+    def observe(self, hits: float, expected: float) -> None:
+        """One step's evidence; a step without trials (plain decoding) changes nothing."""
+        if not expected and not hits:
+            return
+        self.hits = self.decay * self.hits + hits
+        self.expected = self.decay * self.expected + expected
 
 
 @dataclass
@@ -227,8 +265,10 @@ class ProbeSchedule:
     """When plain decoding looks best, still verify a small tree every ``interval`` steps.
 
     Without probes a cautious prior would keep the planner from ever seeing an acceptance. The
-    interval doubles (up to ``longest``) after a probe that did not pay for its verify time and
-    resets after one that did, so a workload where trees never pay costs at most a few probes.
+    interval doubles (from ``shortest`` up to ``longest``) after a probe that did not pay for its
+    verify time, so a workload where trees never pay costs at most a few probes; after a probe
+    that paid the next step probes again, so a request whose drafts start paying again gathers
+    the evidence to draft within a few steps.
     """
 
     shortest: int = 8
@@ -246,7 +286,7 @@ class ProbeSchedule:
 
     def observe(self, drafted: int, paid: bool) -> None:
         if self.probing and drafted:
-            self.interval = self.shortest if paid else min(self.longest, 2 * self.interval)
+            self.interval = 1 if paid else min(self.longest, max(self.shortest, 2 * self.interval))
         if drafted:
             self.waited = 0
         self.probing = False
@@ -292,7 +332,12 @@ class VerifyCost:
 
 
 class Planner:
-    """Chooses each step's drafted-node count from the verify cost and calibrated acceptance."""
+    """Chooses each step's drafted-node count from the verify cost and calibrated acceptance.
+
+    What it learns is shared by the requests it plans (acceptance calibration, the verify-cost
+    curve, the loop's throughput); :meth:`begin_request` starts a request's own evidence (its tilt
+    and probe schedule), which dominates the shared estimates within a few steps.
+    """
 
     def __init__(self, profile: CostProfile, config: PlannerConfig | None = None, replayable: bool = False):
         """``replayable``: ignore measured times (t(n) and the loop's rate come from the profile
@@ -304,11 +349,24 @@ class Planner:
         self.cost = VerifyCost(profile)  # t(n) at the current context, learned online
         self.recent_tokens = self.recent_seconds = 0.0  # exponentially weighted sums over the observed steps
         self.probe = ProbeSchedule()
+        self.tilt = RequestTilt()
+        self._shadow: TokenTree | None = None  # the first level of a candidate not verified (see observe)
+
+    def begin_request(self) -> None:
+        """A new request: forget the previous request's tilt; probe soon."""
+        self.tilt = RequestTilt()
+        self.probe = ProbeSchedule()
 
     @property
     def rate(self) -> float:
-        """Tokens per second of the loop so far (before any step: plain decoding's rate)."""
-        return self.recent_tokens / self.recent_seconds if self.recent_seconds else 1.0 / self.cost.seconds(1)
+        """Tokens per second of the loop so far, never below plain decoding's (which is always
+        available, so a tree must beat it)."""
+        plain = 1.0 / self.cost.seconds(1)
+        return max(plain, self.recent_tokens / self.recent_seconds) if self.recent_seconds else plain
+
+    def estimates(self, tree: TokenTree) -> list[float]:
+        """[n] acceptance estimates for this request: the shared calibration times its tilt."""
+        return self.calibrator.estimate(tree, self.tilt.factor)
 
     def step_value(self, estimates: Sequence[float], n: int) -> float:
         """Expected new tokens with the ``n`` best of ``estimates`` (sorted, descending) minus the
@@ -317,7 +375,7 @@ class Planner:
 
     def choose(self, tree: TokenTree) -> int:
         """How many of ``tree``'s drafted nodes to verify (0 = plain decoding)."""
-        ranked = sorted(self.calibrator.estimate(tree)[1:], reverse=True)
+        ranked = sorted(self.estimates(tree)[1:], reverse=True)
         rate = self.rate
         best_n, best_value = 0, 1 - rate * self.cost.seconds(1)
         gained = 0.0
@@ -326,8 +384,11 @@ class Planner:
             value = 1 + gained - rate * self.cost.seconds(n + 1)
             if value > best_value:
                 best_n, best_value = n, value
-        if best_n == 0 and ranked and self.probe.due():
-            return min(len(ranked), self.probe_size())  # verify a small tree now and then, or estimates never move
+        self._shadow = None
+        if best_n == 0 and ranked:
+            if self.probe.due():
+                return min(len(ranked), self.probe_size())  # a small tree now and then: deeper evidence
+            self._shadow = tree.subset(tree.children[0])
         return best_n
 
     def probe_size(self) -> int:
@@ -338,14 +399,17 @@ class Planner:
     def cut(self, tree: TokenTree, n: int) -> TokenTree:
         """``tree`` restricted to its ``n`` drafted nodes with the highest estimates (ancestor-closed:
         estimates never rise along a path or a sibling list, and ties keep the earlier node)."""
-        estimates = self.calibrator.estimate(tree)
+        estimates = self.estimates(tree)
         ranked = sorted(range(1, len(tree)), key=lambda node: (-estimates[node], node))
         return tree.subset(ranked[:n])
 
     def observe(self, tree: TokenTree, acceptance: Acceptance, draft_s: float, verify_s: float | None) -> None:
         """Learn from a verified step: acceptance per node, drafting time, and the verify cost
         (``verify_s`` None: the step's time says nothing about the tree, e.g. it carried prompt tokens)."""
-        self.calibrator.update(tree, acceptance)
+        if len(tree) == 1 and self._shadow is not None and self._shadow.tokens[0] == tree.tokens[0]:
+            tree, acceptance = self._shadow, shadow_acceptance(self._shadow, acceptance.bonus)
+        self._shadow = None
+        self.tilt.observe(*self.calibrator.update(tree, acceptance))
         paid = acceptance.accepted + 1 >= self.cost.seconds(len(tree)) / self.cost.seconds(1)
         self.probe.observe(len(tree) - 1, paid)
         if verify_s is None:
@@ -356,3 +420,13 @@ class Planner:
             self.cost.observe(len(tree), verify_s)
         self.recent_tokens = RATE_DECAY * self.recent_tokens + acceptance.accepted + 1
         self.recent_seconds = RATE_DECAY * self.recent_seconds + draft_s + verify_s
+
+
+def shadow_acceptance(shadow: TokenTree, token: int) -> Acceptance:
+    """What verifying ``shadow`` (the root and its children) would have accepted, judged by the
+    ``token`` plain decoding produced: exact for greedy decoding, and for sampled decoding a child
+    matches with the probability V-det accepts a first child, p(child). Plain steps thus keep
+    calibrating depth-1 estimates at no cost, so a request whose drafts start paying again is
+    noticed at once, without waiting for a probe."""
+    hit = shadow.child_with_token(0, token)
+    return Acceptance((0,) if hit is None else (0, hit), token)

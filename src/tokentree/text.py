@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+LEFT_CONTEXT = 4  # tokens decoded before the new ones, so their text comes out as in the whole
+
 
 class TextStream:
     """Turns token ids, arriving a few at a time, into final text pieces.
@@ -21,9 +23,25 @@ class TextStream:
         self.token_ids: list[int] = []
         self.text = ""  # emitted so far
         self.stopped = False
+        self._head = 0  # token_ids[:_head] decode to _head_text, and no later token changes that text
+        self._head_text = ""
 
     def _decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _full_text(self) -> str:
+        """The text of all tokens, decoding only those after the head (with a few tokens before it
+        as context: tokenizers that drop a leading space need them), so a step costs O(new tokens)."""
+        context = self.token_ids[max(0, self._head - LEFT_CONTEXT):self._head]
+        left, both = self._decode(context), self._decode(context + self.token_ids[self._head:])
+        if not both.startswith(left) or left.endswith("\ufffd"):  # the tokenizer merged across the boundary
+            self._head, self._head_text = 0, ""
+            return self._decode(self.token_ids)
+        tail = both[len(left):]
+        if not tail.endswith("\ufffd"):  # every character complete: later tokens cannot change it
+            self._head, self._head_text = len(self.token_ids), self._head_text + tail
+            return self._head_text
+        return self._head_text + tail
 
     def push(self, tokens: Sequence[int]) -> str:
         """Add tokens; return the newly final text."""
@@ -31,7 +49,7 @@ class TextStream:
             return ""
         before = len(self.token_ids)
         self.token_ids.extend(tokens)
-        full = self._decode(self.token_ids)
+        full = self._full_text()
         hit = self._find_stop(full)
         if hit is not None:
             self.stopped = True
@@ -44,7 +62,7 @@ class TextStream:
         """The generation ended: release the held-back text."""
         if self.stopped:
             return ""
-        return self._emit(self._decode(self.token_ids))
+        return self._emit(self._full_text())
 
     def _emit(self, upto: str) -> str:
         piece = upto[len(self.text):]

@@ -59,7 +59,7 @@ class BenchConfig:
     @property
     def baseline(self) -> str:
         """Plain decoding of the backend under test: ``hf`` (transformers) or ``llama`` (llama-cpp-python)."""
-        return "llama" if resolve_backend(self.backend, self.target) == "llamacpp" else "hf"
+        return "llama" if resolve_backend(self.backend, self.target, self.device) == "llamacpp" else "hf"
 
     @property
     def sampling(self) -> SamplingParams:
