@@ -109,7 +109,7 @@ def test_payoff_gate_skips_a_source_that_does_not_pay_and_probes_it_less_and_les
     calls = [gate.should_call(0.2) for _ in range(8)]
     assert calls == [False] * 7 + [True]
     gate.record(gain=10.0, cost_s=0.05)  # a probe found 10 extra tokens: 0.2*10 = 2 tokens ~ 400 ms
-    assert gate.should_call(0.2) and gate.probes.interval == 4  # it pays again; probes back to often
+    assert gate.should_call(0.2) and gate.probes.interval == 1  # it pays again: probed at once when it stops
 
 
 def test_hybrid_stops_calling_a_draft_source_that_adds_nothing():

@@ -113,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     _drafter_option_groups(gen)
 
     bench = sub.add_parser("bench", help="compare HF baselines and tokentree drafters on a prompt suite")
-    bench.add_argument("--suite", default="humaneval", help="spec-bench, humaneval or mt-bench (default humaneval)")
+    bench.add_argument("--suite", default="humaneval", help="spec-bench, humaneval, mt-bench or mixed (HumanEval and "
+                       "Spec-Bench interleaved by category, one process: a server's traffic) (default humaneval)")
     bench.add_argument("--prompts", help="a JSONL file in the Spec-Bench format instead of --suite")
     bench.add_argument("--categories", type=_csv, default=None, help="comma-separated categories (default all)")
     bench.add_argument("--limit", type=int, default=None, help="at most N prompts per category")
@@ -158,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     profile = sub.add_parser("profile", help="measure the target's verify latency t(n) (used by --budget auto)")
     add_model_arguments(profile)
     profile.add_argument("--plot", metavar="PNG", help="also save the curve as a PNG plot")
+    profile.add_argument("--compare", metavar="GGUF", action="append", default=[],
+                         help="also measure this GGUF file (repeatable; e.g. the target in other formats, see "
+                         "tokentree quantize), side by side")
+    profile.add_argument("--chain", action="store_true", help="also measure single chains (trees are the default)")
     return parser
 
 
@@ -261,19 +266,30 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    gen = _load(args, "none")
-    print(f"measuring verify latency of {gen.target.source} ({gen.target.precision}, {gen.target.device_name})",
-          file=sys.stderr)
-    profile = gen.cost_profile(refresh=True,
-                               progress=lambda n, s: print(f"  n={n:<4d} {s * 1000:8.1f} ms", file=sys.stderr))
-    print(f"| tree nodes n | t(n) ms | t(n) / t(1) |  (context {profile.context_len} tokens)")
-    print("|---|---|---|")
-    for n, seconds in zip(profile.sizes, profile.seconds):
-        print(f"| {n} | {seconds * 1000:.1f} | {profile.ratio(n):.2f} |")
+    from .planner import measure_profile
+
+    columns = []  # (label, profile)
+    for index, target in enumerate([args.target] + list(args.compare)):
+        if index:  # a --compare file: a GGUF on llama.cpp, the other flags as given
+            args.target, args.backend = target, "llamacpp"
+        gen = _load(args, "none")
+        name = gen.target.source if target is None else Path(target).name
+        print(f"measuring verify latency of {name} ({gen.target.precision}, {gen.target.device_name})",
+              file=sys.stderr)
+        progress = lambda n, s: print(f"  n={n:<4d} {s * 1000:8.1f} ms", file=sys.stderr)  # noqa: E731
+        columns.append((name, gen.cost_profile(refresh=True, progress=progress)))
+        if args.chain:
+            columns.append((f"{name} (chains)", measure_profile(gen.backend, progress=progress, chain=True)))
+    print(f"t(n) / t(1): verify time of an n-node tree over one token's (context {columns[0][1].context_len} tokens)")
+    print("| n | " + " | ".join(label for label, _ in columns) + " |")
+    print("|---|" + "---|" * len(columns))
+    print("| t(1) ms | " + " | ".join(f"{p.seconds[0] * 1000:.1f}" for _, p in columns) + " |")
+    for n in columns[0][1].sizes[1:]:
+        print(f"| {n} | " + " | ".join(f"{p.ratio(n):.2f}" for _, p in columns) + " |")
     if args.plot:
         from .planner_plot import plot_profile
 
-        plot_profile(profile, args.plot)
+        plot_profile(columns[0][1], args.plot)
     return 0
 
 

@@ -89,15 +89,16 @@ def probe_tree(n: int, vocab_size: int, seed: int = 0, max_leaves: int | None = 
 
 
 def measure_profile(backend: Backend, sizes: Sequence[int] = PROFILE_SIZES, context_len: int = 256,
-                    repeats: int = 3, key: str = "", progress=None) -> CostProfile:
-    """Time ``backend.verify`` for each tree size after a ``context_len``-token prefix (median of repeats)."""
+                    repeats: int = 3, key: str = "", progress=None, chain: bool = False) -> CostProfile:
+    """Time ``backend.verify`` for each tree size after a ``context_len``-token prefix (median of
+    repeats); trees shaped like real drafts, or single chains with ``chain``."""
     context = torch.randint(3, min(1000, backend.vocab_size), (context_len,),
                             generator=torch.Generator().manual_seed(0)).tolist()
     backend.reset()
     backend.prefill(context)
     seconds = []
     for n in sizes:
-        tree = probe_tree(n, backend.vocab_size, max_leaves=backend.max_leaves)
+        tree = probe_tree(n, backend.vocab_size, max_leaves=1 if chain else backend.max_leaves)
         times = []
         for attempt in range(repeats + 1):  # the first run warms up
             start = time.perf_counter()

@@ -84,7 +84,9 @@ def quantize(config: QuantizeConfig, progress: bool = True) -> Path:
         raise TokentreeError(f"no such directory for the output: {target.parent}")
     params_count, file_type = gguf_summary(source)
     if file_type not in UNQUANTIZED_FILE_TYPES and not config.allow_requantize:
-        raise TokentreeError(f"{source.name} is already quantized (GGUF file type {file_type}); quantizing it again "
+        known = {ftype: name.upper() for name, (ftype, _) in QUANT_TYPES.items()}
+        raise TokentreeError(f"{source.name} is already quantized ({known.get(file_type, f'file type {file_type}')}); "
+                             "quantizing it again "
                              "loses more quality than quantizing from F16/BF16: pass --allow-requantize to do it")
     lib = import_llama_cpp()
     params = lib.llama_model_quantize_default_params()

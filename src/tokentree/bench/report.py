@@ -45,6 +45,18 @@ def speedup_table(records: list[dict]) -> dict[str, dict[str, float]]:
     return {m: {c: statistics.mean(v) for c, v in cats.items()} for m, cats in ratios.items()}
 
 
+def slowest_table(records: list[dict]) -> dict[str, dict]:
+    """method -> {"ratio", "prompt_id"}: its slowest prompt relative to the baseline (a mixed run's
+    worst request: learned state shaped by other kinds of request must not make any one slower)."""
+    rates, baseline = prompt_rates(records), baseline_of(records)
+    worst: dict[str, dict] = {}
+    for (method, pid), rate in rates.items():
+        base = rates.get((baseline, pid))
+        if base and (method not in worst or rate / base < worst[method]["ratio"]):
+            worst[method] = {"ratio": rate / base, "prompt_id": pid}
+    return worst
+
+
 def pass_table(records: list[dict]) -> dict[str, dict[int, dict]]:
     """method -> repeat -> {"speedup": mean per-prompt ratio to the baseline's run of the same repeat,
     "tau": tokens per step}. Repeats run in sequence, so a later pass shows what drafters that learn
@@ -138,7 +150,22 @@ def environment(config: BenchConfig, dtype: str) -> dict:
     return {"machine": f"{device}, {threads} threads", "torch": torch.__version__,
             "transformers": transformers.__version__, "dtype": dtype, "llama_cpp": _llama_cpp_version(),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "command": config.command}
+            "command": config.command, "commit": _commit()}
+
+
+def _commit() -> str | None:
+    """The tokentree checkout's commit (with '+dirty' when it has uncommitted changes), if it is one."""
+    import subprocess
+
+    where = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=where, capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty else "")
 
 
 def _llama_cpp_version() -> str | None:
@@ -156,7 +183,7 @@ def write_report(records: list[dict], config: BenchConfig, methods: list[str], n
         "config": asdict(config), "environment": environment(config, dtype), "notes": notes,
         "baseline": baseline_of(records),
         "speedup": speedup_table(records), "lossless": lossless_table(records), "methods": method_totals(records),
-        "passes": pass_table(records),
+        "passes": pass_table(records), "slowest": slowest_table(records),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "results.md").write_text(markdown(summary, methods))
@@ -177,7 +204,7 @@ def markdown(summary: dict, methods: list[str]) -> str:
     lines = [
         f"Machine: {env['machine']} · torch {env['torch']} · transformers {env['transformers']} · "
         + (f"llama-cpp-python {env['llama_cpp']} · " if env.get("llama_cpp") else "")
-        + f"dtype {env['dtype']} · {env['date']}",
+        + f"dtype {env['dtype']} · {env['date']}" + (f" · commit {env['commit']}" if env.get("commit") else ""),
         "", f"Command: `{env['command']}`", "",
         f"Speedup vs `{summary['baseline']}` (mean per-prompt tokens/s ratio):", "",
         "| method | " + " | ".join(categories) + " |",
@@ -186,15 +213,17 @@ def markdown(summary: dict, methods: list[str]) -> str:
     for m in methods:
         cells = [f"{speed.get(m, {}).get(c, float('nan')):.2f}x" for c in categories]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    lines += ["", f"| method | prompts | median tokens/s | tau | identical to {summary['baseline']} | draft s | verify s |",
-              "|---|---|---|---|---|---|---|"]
+    lines += ["", f"| method | prompts | median tokens/s | tau | identical to {summary['baseline']} | draft s | verify s "
+              "| slowest prompt |", "|---|---|---|---|---|---|---|---|"]
     for m in methods:
         t, loss = totals[m], lossless.get(m, {})
+        slow = summary.get("slowest", {}).get(m)
+        slowest = "-" if slow is None else f"{slow['ratio']:.2f}x ({slow['prompt_id']})"
         tau = "-" if t["tau"] is None else f"{t['tau']:.2f}"
         share = f"{loss.get('identical', 0)}/{loss.get('turns', 0)}" if greedy else "n/a (sampled)"
         split = ("-", "-") if t["draft_s"] is None else (f"{t['draft_s']:.1f}", f"{t['verify_s']:.1f}")
         lines.append(f"| {m} | {t['prompts']} | {t['median_tokens_per_s']:.2f} | {tau} | {share} | "
-                     f"{split[0]} | {split[1]} |")
+                     f"{split[0]} | {split[1]} | {slowest} |")
     lines += _pass_lines(summary.get("passes", {}), methods, summary["baseline"])
     if summary["notes"]:
         lines += [""] + [f"Note: {n}" for n in summary["notes"]]

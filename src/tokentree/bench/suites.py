@@ -11,9 +11,10 @@ from ..errors import TokentreeError
 
 HUMANEVAL_INSTRUCTION = "Complete the following Python function:\n\n"
 SUITE_FILES = {
-    "spec-bench": "spec_bench_questions.jsonl",
-    "mt-bench": "mt_bench_questions.jsonl",
-    "humaneval": "humaneval.jsonl",
+    "spec-bench": ("spec_bench_questions.jsonl",),
+    "mt-bench": ("mt_bench_questions.jsonl",),
+    "humaneval": ("humaneval.jsonl",),
+    "mixed": ("humaneval.jsonl", "spec_bench_questions.jsonl"),  # code and chat interleaved, as a server sees them
 }
 
 
@@ -71,8 +72,9 @@ def load_suite(suite: str | None = None, prompts_file: str | None = None) -> lis
         return read_prompts(text, prompts_file)
     if suite not in SUITE_FILES:
         raise TokentreeError(f"unknown suite '{suite}': choose {', '.join(SUITE_FILES)} or pass --prompts FILE")
-    text = resources.files("tokentree.bench").joinpath("data", SUITE_FILES[suite]).read_text(encoding="utf-8")
-    return read_prompts(text, suite)
+    data = resources.files("tokentree.bench").joinpath("data")
+    return [p for name in SUITE_FILES[suite] for p in read_prompts(data.joinpath(name).read_text(encoding="utf-8"),
+                                                                   suite)]
 
 
 def select(prompts: list[BenchPrompt], categories: list[str] | None, limit: int | None) -> list[BenchPrompt]:
