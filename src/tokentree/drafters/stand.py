@@ -186,8 +186,9 @@ class StandDrafter:
         self.vocab_size = logits.shape[-1]
         if self._proposed is not None and len(self._proposed) == len(tree):
             self.shape.learn(tree, self._proposed, acceptance, self.config.learning_rate)
-        probs, ids = torch.softmax(logits.float(), dim=-1).topk(self.config.top, dim=-1)
-        probs, ids = probs.tolist(), ids.tolist()
+        logits = logits.float()
+        top, ids = logits.topk(self.config.top, dim=-1)  # the top of the softmax, without materialising it
+        probs, ids = (top - torch.logsumexp(logits, dim=-1, keepdim=True)).exp().tolist(), ids.tolist()
         base = self._context[: -1]
         for node in range(len(tree)):
             path = [tree.tokens[i] for i in tree.path_to(node)]
