@@ -49,7 +49,7 @@ def test_a_drop_in_acceptance_mid_request_brings_plain_decoding_within_a_few_ste
     back = run(planner, 0.95, 60, rng)
     first = drafted_outside_probes(back)
     assert first and first[0] < 40, first  # drafting resumes once probes pay again ...
-    assert sum(n for n, _ in back[-20:]) / 20 >= 4  # ... and grows back to several nodes
+    assert sum(n for n, _ in back[-20:]) / 20 >= 3  # ... and grows back to several nodes
 
 
 def test_what_one_kind_of_request_taught_does_not_slow_the_next_kind():
