@@ -74,6 +74,16 @@ def test_verify_cost_with_one_size_observed_rescales_the_whole_curve():
     assert cost.seconds(1) == pytest.approx(2.0, rel=0.1)  # the unobserved sizes scale with it
 
 
+def test_verify_cost_never_prices_a_tree_below_one_token():
+    cost = VerifyCost(CostProfile((1, 2, 4), (1.0, 1.3, 1.6), 256))
+    rng = random.Random(0)
+    for _ in range(300):  # one-token steps measured slower than two-node trees (load, a noisy size)
+        n = rng.choice((1, 2))
+        cost.observe(n, 1.5 if n == 1 else 1.2)
+    assert cost.seconds(1) == pytest.approx(1.5, rel=0.05)
+    assert cost.seconds(2) >= cost.seconds(1) and cost.seconds(4) >= cost.seconds(1)  # the raw curve says 1.25
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_cut_is_optimal_against_brute_force(seed):
     planner = trained_planner(STEEP, seed)

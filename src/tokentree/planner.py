@@ -320,8 +320,10 @@ class VerifyCost:
         return (self.residual_sum[bucket] + self.strength) / (self.residual_weight[bucket] + self.strength)
 
     def seconds(self, n: int) -> float:
-        """Predicted verify seconds of an ``n``-node tree (root included)."""
-        return self.scale * self.profile.ratio(n) * self._residual(self._bucket(n))
+        """Predicted verify seconds of an ``n``-node tree (root included); never below one node's,
+        even where the learned residuals of two buckets disagree (a drafted node is never free)."""
+        one = self.scale * self._residual(self._bucket(1))
+        return max(one, self.scale * self.profile.ratio(n) * self._residual(self._bucket(n)))
 
     def observe(self, n: int, seconds: float) -> None:
         level = seconds / self.profile.ratio(n)  # t(1) as this observation implies it
