@@ -128,7 +128,7 @@ class Engine:
         because of its identity, which the acceptance rules do not allow, so it is drawn afresh at
         the chosen size instead.
         """
-        candidate = self._draft(context, min(planner.config.max_nodes, room), params, generator)
+        candidate = self._draft(context, min(planner.candidate_size(), room), params, generator)
         n = planner.choose(candidate.tree)
         if n >= len(candidate.tree) - 1:
             return candidate

@@ -145,6 +145,15 @@ def save_profile(profile: CostProfile) -> Path:
 
 
 MAX_RATE = 0.98  # no conditional acceptance rate is estimated above this
+TILT_LEVELS = 2  # first-level nodes and deeper ones get a tilt each
+
+
+def tilt_level(depth: int) -> int:
+    """0 for the root's children, 1 below: plain steps judge only the first level (shadow
+    evidence), so its shared rates can move far from the deeper ones', and one ratio cannot
+    correct both."""
+    return min(depth, TILT_LEVELS) - 1
+
 
 
 class AcceptanceCalibrator:
@@ -184,36 +193,44 @@ class AcceptanceCalibrator:
                 ranks[kid] = rank
         return [None] + [self.bin_of(tree.depths[v], scores[v], ranks[v]) for v in range(1, len(tree))]
 
-    def estimate(self, tree: TokenTree, tilt: float = 1.0) -> list[float]:
-        """[n] estimated acceptance probability per node (1 for the root); every conditional rate
-        is multiplied by ``tilt`` (this request's evidence, see :class:`RequestTilt`), capped at MAX_RATE."""
+    def estimate(self, tree: TokenTree, tilts: Sequence[float] = (1.0,) * TILT_LEVELS) -> list[float]:
+        """[n] estimated acceptance probability per node (1 for the root); each conditional rate is
+        multiplied by the tilt of its level (this request's evidence, see :class:`RequestTilt`;
+        ``tilts[tilt_level(depth)]``), capped at MAX_RATE."""
         previous_sibling = {after: before for kids in tree.children for before, after in zip(kids, kids[1:])}
         bins = self._bins(tree)
         estimates = [1.0] * len(tree)
         for node in range(1, len(tree)):  # parents and earlier siblings come first in node order
+            tilt = tilts[tilt_level(tree.depths[node])]
             estimates[node] = estimates[tree.parents[node]] * min(MAX_RATE, tilt * self._rate(bins[node]))
             if node in previous_sibling:
                 estimates[node] = min(estimates[node], estimates[previous_sibling[node]])
         return estimates
 
-    def update(self, tree: TokenTree, acceptance: Acceptance) -> tuple[float, float]:
+    def update(self, tree: TokenTree, acceptance: Acceptance) -> list[tuple[float, float]]:
         """Count each node whose parent was accepted: one trial, a hit if it was accepted too.
 
-        Returns (hits, expected hits) over those trials, expected by the rates before this update.
+        Returns per tilt level (see :func:`tilt_level`) the (hits, expected hits) of those trials,
+        expected by the rates before this update.
         """
         for counts in self.counts.values():
             counts[0] *= self.forget
             counts[1] *= self.forget
         accepted = set(acceptance.nodes)
         bins = self._bins(tree)
-        trials = [node for node in range(1, len(tree)) if tree.parents[node] in accepted]
-        expected = sum(self._rate(bins[node]) for node in trials)
-        for node in trials:
+        evidence = [[0.0, 0.0] for _ in range(TILT_LEVELS)]
+        for node in range(1, len(tree)):
+            if tree.parents[node] not in accepted:
+                continue
+            level = evidence[tilt_level(tree.depths[node])]
+            level[0] += node in accepted
+            level[1] += self._rate(bins[node])
             for key in (bins[node], bins[node][1:]):
                 counts = self.counts.setdefault(key, [0.0, 0.0])
                 counts[0] += node in accepted
                 counts[1] += 1
-        return float(sum(node in accepted for node in trials)), expected
+        return [(hits, expected) for hits, expected in evidence]
+
 
 
 @dataclass
@@ -260,6 +277,7 @@ class PlannerConfig:
 
 PROBE_NODES = 4  # the most nodes a probe verifies ...
 PROBE_COST = 1.5  # ... and at most this many one-token steps' time (at least one node)
+PLAIN_CANDIDATE = 8  # candidate nodes asked for while the planner decodes plainly
 RATE_DECAY = 0.95  # the loop's throughput averages over about the last 20 steps
 
 
@@ -274,9 +292,9 @@ class ProbeSchedule:
     the evidence to draft within a few steps.
     """
 
-    shortest: int = 8
+    shortest: int = 16
     longest: int = 512
-    interval: int = 8
+    interval: int = 16
     waited: int = 0
     probing: bool = False
 
@@ -354,13 +372,24 @@ class Planner:
         self.cost = VerifyCost(profile)  # t(n) at the current context, learned online
         self.recent_tokens = self.recent_seconds = 0.0  # exponentially weighted sums over the observed steps
         self.probe = ProbeSchedule()
-        self.tilt = RequestTilt()
+        self.tilts = [RequestTilt() for _ in range(TILT_LEVELS)]
         self._shadow: TokenTree | None = None  # the first level of a candidate not verified (see observe)
+        self._chosen = self.config.max_nodes  # the last step's choice (see candidate_size)
+        self._fresh = False  # begin_request: a request whose first tree is still to be judged
 
     def begin_request(self) -> None:
-        """A new request: forget the previous request's tilt; probe soon."""
-        self.tilt = RequestTilt()
+        """A new request: forget the previous request's tilts; probe soon."""
+        self.tilts = [RequestTilt() for _ in range(TILT_LEVELS)]
         self.probe = ProbeSchedule()
+        self._chosen = self.config.max_nodes
+        self._fresh = True  # no step of this request has judged a drafted node yet
+
+    def candidate_size(self) -> int:
+        """Nodes to ask the drafter for: ``max_nodes`` while trees are verified; while the planner
+        decodes plainly only PLAIN_CANDIDATE, enough for the shadow's first level, a probe and a
+        draft sure enough to start drafting again (the next step asks for the full size), at a
+        fraction of the drafting and estimating time of a full candidate."""
+        return self.config.max_nodes if self._chosen else min(self.config.max_nodes, PLAIN_CANDIDATE)
 
     @property
     def rate(self) -> float:
@@ -370,8 +399,8 @@ class Planner:
         return max(plain, self.recent_tokens / self.recent_seconds) if self.recent_seconds else plain
 
     def estimates(self, tree: TokenTree) -> list[float]:
-        """[n] acceptance estimates for this request: the shared calibration times its tilt."""
-        return self.calibrator.estimate(tree, self.tilt.factor)
+        """[n] acceptance estimates for this request: the shared calibration times its tilts."""
+        return self.calibrator.estimate(tree, [tilt.factor for tilt in self.tilts])
 
     def step_value(self, estimates: Sequence[float], n: int) -> float:
         """Expected new tokens with the ``n`` best of ``estimates`` (sorted, descending) minus the
@@ -390,10 +419,14 @@ class Planner:
             if value > best_value:
                 best_n, best_value = n, value
         self._shadow = None
+        if self._fresh:  # nothing known of this request yet: what earlier requests taught may not apply,
+            best_n = min(best_n, self.probe_size())  # so its first tree is probe-sized
         if best_n == 0 and ranked:
             if self.probe.due():
-                return min(len(ranked), self.probe_size())  # a small tree now and then: deeper evidence
-            self._shadow = tree.subset(tree.children[0])
+                best_n = min(len(ranked), self.probe_size())  # a small tree now and then: deeper evidence
+            else:
+                self._shadow = tree.subset(tree.children[0])
+        self._chosen = best_n
         return best_n
 
     def probe_size(self) -> int:
@@ -411,10 +444,13 @@ class Planner:
     def observe(self, tree: TokenTree, acceptance: Acceptance, draft_s: float, verify_s: float | None) -> None:
         """Learn from a verified step: acceptance per node, drafting time, and the verify cost
         (``verify_s`` None: the step's time says nothing about the tree, e.g. it carried prompt tokens)."""
+        judged, verdict = tree, acceptance  # what calibrates: the verified tree, or a plain step's shadow
         if len(tree) == 1 and self._shadow is not None and self._shadow.tokens[0] == tree.tokens[0]:
-            tree, acceptance = self._shadow, shadow_acceptance(self._shadow, acceptance.bonus)
+            judged, verdict = self._shadow, shadow_acceptance(self._shadow, acceptance.bonus)
         self._shadow = None
-        self.tilt.observe(*self.calibrator.update(tree, acceptance))
+        for tilt, evidence in zip(self.tilts, self.calibrator.update(judged, verdict)):
+            tilt.observe(*evidence)
+        self._fresh = self._fresh and len(judged) == 1
         paid = acceptance.accepted + 1 >= self.cost.seconds(len(tree)) / self.cost.seconds(1)
         self.probe.observe(len(tree) - 1, paid)
         if verify_s is None:
