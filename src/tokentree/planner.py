@@ -240,14 +240,14 @@ class RequestTilt:
     The calibrator learns over all requests and forgets slowly, so after a run of code requests
     it still expects long accepted runs when a summary request begins. The tilt is the ratio of
     this request's hits to the hits the calibrator expected, over exponentially forgotten recent
-    steps with trials (``decay`` per such step, about the last seven) with ``strength`` pseudo-hits
+    steps with trials (``decay`` per such step, about the last four) with ``strength`` pseudo-hits
     at ratio 1 (kept small: a prior that outweighs a few steps' evidence keeps a request that
     accepts little drafting at a loss): a request that accepts nothing brings its estimates down
     within two or three steps, one that accepts more than the others lifts them. Reset at every
     request.
     """
 
-    decay: float = 0.85
+    decay: float = 0.75
     strength: float = 0.3
     hits: float = 0.0
     expected: float = 0.0
