@@ -358,7 +358,7 @@ class Planner:
     """Chooses each step's drafted-node count from the verify cost and calibrated acceptance.
 
     What it learns is shared by the requests it plans (acceptance calibration, the verify-cost
-    curve, the loop's throughput); :meth:`begin_request` starts a request's own evidence (its tilt
+    curve, the loop's throughput); :meth:`begin_request` starts a request's own evidence (its tilts
     and probe schedule), which dominates the shared estimates within a few steps.
     """
 
