@@ -105,9 +105,14 @@ def test_the_tilt_is_per_request_and_plain_steps_judge_the_candidate_they_did_no
 
 def test_the_loop_rate_never_drops_below_plain_decoding():
     planner = Planner(LLAMA_Q4_K_M)
-    for _ in range(30):  # a loop that made 0.5 tokens per t(1): worse than plain
-        planner.observe(TokenTree.root(0), Acceptance((0,), 0), 1.0, 1.0)
-    assert planner.rate == 1.0  # plain decoding's rate: a tree must beat it, not the bad loop
+    tree = planner.cut(CHAIN, 4)
+    for _ in range(30):  # a loop verifying 4-node trees that all miss: 1 token per 3.6 t(1)
+        planner.observe(tree, Acceptance((0,), 99), 0.0, LLAMA_Q4_K_M.ratio(5))
+    assert planner.rate == pytest.approx(1.0)  # plain decoding's rate: a tree must beat it, not the bad loop
+    costly = Planner(LLAMA_Q4_K_M)
+    for _ in range(30):  # a draft model: 3 s of drafting a step, paid whatever the tree's size
+        costly.observe(TokenTree.root(0), Acceptance((0,), 0), 3.0, 1.0)
+    assert costly.rate == pytest.approx(0.25)  # the floor is a plain step that drafted too
 
 
 def test_plain_stretches_ask_for_small_candidates_and_drafting_asks_for_full_ones():

@@ -371,6 +371,7 @@ class Planner:
         self.calibrator = AcceptanceCalibrator()
         self.cost = VerifyCost(profile)  # t(n) at the current context, learned online
         self.recent_tokens = self.recent_seconds = 0.0  # exponentially weighted sums over the observed steps
+        self.recent_draft_s = self.recent_steps = 0.0
         self.probe = ProbeSchedule()
         self.tilts = [RequestTilt() for _ in range(TILT_LEVELS)]
         self._shadow: TokenTree | None = None  # the first level of a candidate not verified (see observe)
@@ -393,9 +394,11 @@ class Planner:
 
     @property
     def rate(self) -> float:
-        """Tokens per second of the loop so far, never below plain decoding's (which is always
-        available, so a tree must beat it)."""
-        plain = 1.0 / self.cost.seconds(1)
+        """Tokens per second of the loop so far, never below that of plain steps with the same
+        drafting time (a root-only step is always available, so a tree must beat it; the drafting
+        is paid either way)."""
+        drafting = self.recent_draft_s / self.recent_steps if self.recent_steps else 0.0
+        plain = 1.0 / (self.cost.seconds(1) + drafting)
         return max(plain, self.recent_tokens / self.recent_seconds) if self.recent_seconds else plain
 
     def estimates(self, tree: TokenTree) -> list[float]:
@@ -461,6 +464,8 @@ class Planner:
             self.cost.observe(len(tree), verify_s)
         self.recent_tokens = RATE_DECAY * self.recent_tokens + acceptance.accepted + 1
         self.recent_seconds = RATE_DECAY * self.recent_seconds + draft_s + verify_s
+        self.recent_draft_s = RATE_DECAY * self.recent_draft_s + draft_s
+        self.recent_steps = RATE_DECAY * self.recent_steps + 1
 
 
 def shadow_acceptance(shadow: TokenTree, token: int) -> Acceptance:
