@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import TokentreeError
+from .reductions import row_argmax
 from .tree import TokenTree
 
 
@@ -136,15 +137,16 @@ def _check_rows(tree: TokenTree, logits: torch.Tensor) -> None:
 def accept_greedy(tree: TokenTree, logits: torch.Tensor) -> Acceptance:
     """V-greedy: follow the child equal to the target argmax until a miss.
 
-    logits: [n, V] target logits, row i = distribution after node i.
+    logits: [n, V] target logits, row i = distribution after node i. Only the rows along the
+    accepted path are reduced (a step reads a few of a large tree's rows).
     """
     _check_rows(tree, logits)
-    best = logits.argmax(dim=-1).tolist()
     nodes = [0]
     while True:
-        child = tree.child_with_token(nodes[-1], best[nodes[-1]])
+        best = int(row_argmax(logits[nodes[-1]:nodes[-1] + 1])[0])
+        child = tree.child_with_token(nodes[-1], best)
         if child is None:
-            return Acceptance(tuple(nodes), best[nodes[-1]])
+            return Acceptance(tuple(nodes), best)
         nodes.append(child)
 
 

@@ -203,7 +203,7 @@ class HybridDrafter:
             nodes = tuple(sub.follow([tree.tokens[node] for node in acceptance.nodes]))
             sub_acceptance = Acceptance(nodes, new_tokens[len(nodes) - 1])
             self.calibrators[i].update(sub, sub_acceptance)
-            self.sources[i].observe(sub, logits[rows], sub_acceptance)
+            self.sources[i].observe(sub, _select_rows(logits, rows), sub_acceptance)
         self._last_step = (spent, len(new_tokens) - gained)  # timed when the next step starts
         self._proposed = []
 
@@ -217,6 +217,14 @@ class HybridDrafter:
         for source, saved in zip(self.sources, state["states"]):
             if saved is not None and hasattr(source, "load_state_dict"):
                 source.load_state_dict(saved, vocab_size)
+
+
+def _select_rows(logits: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    """``logits[rows]``: a view when the rows are consecutive (a copy of full-vocabulary rows costs
+    about as much as reducing them)."""
+    if rows == list(range(rows[0], rows[0] + len(rows))):
+        return logits[rows[0]:rows[0] + len(rows)]
+    return logits[rows]
 
 
 def _paths_of(tree: TokenTree) -> list[list[int]]:

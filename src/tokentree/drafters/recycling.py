@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..reductions import top_k
 from ..sampling import Acceptance
 from ..tree import TokenTree
 from .template import TEMPLATES, TemplateShape, parse_template
@@ -109,7 +110,7 @@ class RecyclingDrafter:
         """Refresh the rows of every verified token from the target's logits; learn the shape."""
         if self.matrix is None:
             self.matrix = np.full((logits.shape[-1], self.config.k), -1, dtype=np.int64)
-        top = logits.topk(self.config.k, dim=-1).indices.cpu().numpy()
+        top = top_k(logits, self.config.k)[1].cpu().numpy()
         self.matrix[np.asarray(tree.tokens)] = top
         located = None if self._tree is None else self._tree.locate(tree)  # the verified tree may be a cut
         if located is not None:

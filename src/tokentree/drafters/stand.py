@@ -17,6 +17,7 @@ from typing import Sequence
 
 import torch
 
+from ..reductions import top_probabilities
 from ..sampling import Acceptance, Draft, Draw, SamplingParams, gumbel_top_k, warp
 from ..tree import TokenTree
 from .template import TEMPLATES, TemplateShape
@@ -186,9 +187,8 @@ class StandDrafter:
         self.vocab_size = logits.shape[-1]
         if self._proposed is not None and len(self._proposed) == len(tree):
             self.shape.learn(tree, self._proposed, acceptance, self.config.learning_rate)
-        logits = logits.float()
-        top, ids = logits.topk(self.config.top, dim=-1)  # the top of the softmax, without materialising it
-        probs, ids = (top - torch.logsumexp(logits, dim=-1, keepdim=True)).exp().tolist(), ids.tolist()
+        probs, ids = top_probabilities(logits, self.config.top)
+        probs, ids = probs.tolist(), ids.tolist()
         base = self._context[: -1]
         for node in range(len(tree)):
             path = [tree.tokens[i] for i in tree.path_to(node)]
