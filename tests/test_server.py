@@ -145,11 +145,10 @@ BAD_BODIES = [
     ({"messages": MESSAGES, "temperature": 2.5}, "temperature"),
     ({"messages": MESSAGES, "top_p": 0}, "top_p"),
     ({"messages": MESSAGES, "max_tokens": 0}, "max_tokens"),
-    ({"messages": MESSAGES, "n": 2}, "n > 1"),
+    ({"messages": MESSAGES, "n": 2}, "n is not supported"),
     ({"messages": []}, "messages"),
     ({"messages": [{"role": "wizard", "content": "hi"}]}, "role"),
     ({"messages": "hello"}, "messages"),
-    ({"model": "gpt-9", "messages": MESSAGES}, "unknown model"),
     ({"messages": MESSAGES, "stop": [""]}, "stop"),
     ({"messages": MESSAGES, "tokentree": {"drafter": "magic"}}, "unknown drafter"),
     ({"messages": MESSAGES, "tokentree": {"drafter": "sequoia"}}, "needs a draft model"),
@@ -272,3 +271,193 @@ def test_concurrent_load_every_response_complete(generator, capsys):
     with capsys.disabled():
         print(f"\nload: {len(results)} requests, 0 errors, p50 {statistics.median(latencies) * 1000:.0f} ms, "
               f"p95 {p95 * 1000:.0f} ms, {sum(r[1] for r in results) / wall:.0f} tokens/s")
+
+
+# ---------------------------------------------------------------- hardening (one request never stalls the others)
+
+def _post(url: str, body=None, path="/v1/chat/completions", **kwargs) -> httpx.Response:
+    return httpx.post(url + path, json=body, timeout=kwargs.pop("timeout", 30), **kwargs)
+
+
+def _wait_idle(url: str, seconds: float = 5.0, headers=None) -> None:
+    deadline = time.monotonic() + seconds
+    while httpx.get(url + "/health", headers=headers).json()["queue_depth"]:
+        assert time.monotonic() < deadline, "the abandoned generation kept its place"
+        time.sleep(0.05)
+
+
+def test_stop_strings_have_a_count_and_length_limit(server):
+    for stop in (["x" * 257], ["a"] * 17):
+        response = _post(server, {"messages": MESSAGES, "stop": stop})
+        assert response.status_code == 400 and response.json()["error"]["param"] == "stop"
+    assert _post(server, {"messages": MESSAGES, "max_tokens": 3, "stop": ["x" * 256] * 16}).status_code == 200
+
+
+def test_a_non_streaming_client_that_disconnects_is_cancelled():
+    with running_server(tiny_generator(SlowDrafter(0.02)), request_timeout=60) as (url, server):
+        body = {"messages": MESSAGES, "max_tokens": 400, "temperature": 0}  # 400 steps: 8 s
+        with pytest.raises(httpx.ReadTimeout):
+            _post(url, body, timeout=0.5)
+        _wait_idle(url)
+        metrics = httpx.get(url + "/metrics").text
+        assert 'endpoint="generation",status="200"' not in metrics  # never counted as served
+
+
+def test_the_api_key_and_the_body_limit_are_checked_before_the_body_is_read(generator):
+    with running_server(generator, api_key="sesame", max_body_bytes=2000) as (url, _):
+        big = {"messages": [{"role": "user", "content": "x" * 5000}]}
+        assert _post(url, big, headers={"Authorization": "Bearer wrong"}).status_code == 401
+        response = _post(url, big, headers={"Authorization": "Bearer sesame"})
+        assert response.status_code == 413 and "max-body-bytes" in response.json()["error"]["message"]
+        chunked = httpx.post(url + "/v1/chat/completions", content=iter([b"{" + b" " * 1500, b" " * 1500 + b"}"]),
+                             headers={"Authorization": "Bearer sesame", "content-type": "application/json"})
+        assert chunked.status_code == 413  # no Content-Length: cut off at the limit while it arrives
+        ok = _post(url, {"messages": MESSAGES, "max_tokens": 2}, headers={"Authorization": "bearer sesame"})
+        assert ok.status_code == 200  # the scheme in any case
+
+
+class SlowTokenizing(Generator):
+    """Tokenizes in ``delay`` seconds: a huge prompt."""
+
+    delay = 1.5
+
+    def encode(self, prompt, chat=None):
+        time.sleep(self.delay)
+        return super().encode(prompt, chat)
+
+
+def test_tokenizing_a_long_prompt_does_not_hold_up_other_clients():
+    target = LoadedModel(tiny_model("llama", seed=5), tiny_tokenizer(), MODEL)
+    with running_server(SlowTokenizing(target, make_drafter("pld"))) as (url, _):
+        with ThreadPoolExecutor(1) as pool:
+            slow = pool.submit(_post, url, {"messages": MESSAGES, "max_tokens": 2})
+            time.sleep(0.3)
+            start = time.monotonic()
+            assert httpx.get(url + "/health").status_code == 200
+            assert time.monotonic() - start < 1.0  # not behind the 1.5 s of tokenization
+            assert slow.result().status_code == 200
+
+
+def test_clients_that_leave_the_queue_give_their_slots_back():
+    with running_server(tiny_generator(SlowDrafter(0.05)), max_queue=2, request_timeout=60) as (url, server):
+        worker = server.config.app.state.worker
+        body = {"messages": MESSAGES, "max_tokens": 400, "temperature": 0, "stream": True}  # 20 s of work
+        with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=30) as running:
+            lines = running.iter_lines()  # kept: a collected line iterator closes the connection
+            next(lines)
+            while worker.running is None:
+                time.sleep(0.01)
+            first = worker.running
+            for _ in range(2):  # two streaming clients queue behind it, then go away
+                with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=30) as response:
+                    next(response.iter_lines())
+            deadline = time.monotonic() + 2
+            while worker.depth > 1:
+                assert time.monotonic() < deadline, "abandoned jobs kept their queue slots"
+                time.sleep(0.05)
+            with httpx.Client(timeout=30) as http:  # both slots are free again: neither gets 429
+                waiting = [http.send(http.build_request("POST", url + "/v1/chat/completions", json=body), stream=True)
+                           for _ in range(2)]
+                assert [r.status_code for r in waiting] == [200, 200]
+                assert worker.running is first and worker.depth == 3  # the first client is still served
+                for response in waiting:
+                    response.close()
+
+
+@pytest.mark.parametrize("body,path", [
+    ({"messages": [{"role": "user", "content": "a\ud800b"}]}, "/v1/chat/completions"),
+    ({"messages": [{"role": "user", "content": [{"type": "text", "text": "\udfff"}]}]}, "/v1/chat/completions"),
+    ({"messages": MESSAGES, "model": "\ud800"}, "/v1/chat/completions"),
+    ({"messages": MESSAGES, "stop": ["\ud800"]}, "/v1/chat/completions"),
+    ({"prompt": "hi \ud800"}, "/v1/completions"),
+])
+def test_lone_surrogates_get_400(server, body, path):
+    response = httpx.post(server + path, content=json.dumps(body).encode(),  # json.dumps escapes them as \\ud800
+                          headers={"content-type": "application/json"})
+    assert response.status_code == 400 and "surrogate" in response.json()["error"]["message"]
+
+
+def test_metrics_labels_are_routes_not_raw_paths(server):
+    for i in range(30):
+        assert httpx.get(f"{server}/random/{i}").status_code == 404
+    metrics = httpx.get(server + "/metrics").text
+    assert "/random/" not in metrics and 'endpoint="unmatched",status="404"' in metrics
+
+
+@pytest.mark.parametrize("field,value", [
+    ("tools", [{"type": "function", "function": {"name": "f"}}]), ("tool_choice", "required"),
+    ("response_format", {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}),
+    ("logit_bias", {"50": 10}), ("best_of", 2), ("top_logprobs", 2), ("logprobs", True),
+    ("frequency_penalty", 0.5), ("audio", {"voice": "alloy"}),
+])
+def test_parameters_that_would_be_ignored_get_400(server, field, value):
+    response = _post(server, {"messages": MESSAGES, field: value})
+    assert response.status_code == 400 and field in response.json()["error"]["message"]
+
+
+def test_neutral_values_explicit_nulls_and_tiny_temperatures_are_served(server):
+    neutral = {"tool_choice": "none", "response_format": {"type": "text"}, "logit_bias": {}, "best_of": 1,
+               "n": 1, "temperature": None, "top_p": None, "max_tokens": None, "stop": None, "seed": None,
+               "stream": None, "user": "someone", "unknown_extension": 1}
+    assert _post(server, {"messages": MESSAGES, **neutral} | {"max_tokens": 3}).status_code == 200
+    for temperature in (5e-324, 1e-40):  # logits / T would overflow: decoded greedily, T's limit
+        reply = _post(server, {"messages": MESSAGES, "max_tokens": 6, "temperature": temperature})
+        greedy = _post(server, {"messages": MESSAGES, "max_tokens": 6, "temperature": 0})
+        assert reply.status_code == 200 and reply.json()["choices"] == greedy.json()["choices"]
+    suffix = _post(server, {"prompt": "a", "suffix": "b"}, path="/v1/completions")
+    assert suffix.status_code == 400 and "suffix" in suffix.json()["error"]["message"]
+
+
+def test_strict_types_models_routes_and_protocol_details(server):
+    for value in (True, "3", 3.0):
+        assert _post(server, {"messages": MESSAGES, "max_tokens": value}).status_code == 400
+    wrong = _post(server, {"messages": MESSAGES, "model": "gpt-9"})
+    assert wrong.status_code == 404 and wrong.json()["error"]["code"] == "model_not_found"
+    assert httpx.get(f"{server}/v1/models/{MODEL}").json()["id"] == MODEL
+    assert httpx.get(f"{server}/v1/models/gpt-9").status_code == 404
+    not_allowed = httpx.delete(server + "/v1/chat/completions")
+    assert not_allowed.status_code == 405 and "POST" in not_allowed.headers["allow"]
+    assert httpx.head(server + "/health").status_code == 200
+    as_text = httpx.post(server + "/v1/chat/completions", content=b'{"messages": []}',
+                         headers={"content-type": "text/plain"})
+    assert as_text.status_code == 400 and "Content-Type: application/json" in as_text.json()["error"]["message"]
+    bad = httpx.post(server + "/v1/chat/completions", content=b'{"messages": [',
+                     headers={"content-type": "application/json"})
+    assert "malformed JSON" in bad.json()["error"]["message"] and bad.json()["error"]["param"] is None
+    body = {"messages": MESSAGES, "max_tokens": 2, "stream": True}
+    with httpx.stream("POST", server + "/v1/chat/completions", json=body) as response:
+        assert response.headers["cache-control"] == "no-cache"
+
+
+def test_the_api_key_from_a_file_or_the_environment_guards_all_but_health(generator, tmp_path, monkeypatch):
+    key_file = tmp_path / "key"
+    key_file.write_text("from-a-file\n")
+    with running_server(generator, api_key_file=str(key_file)) as (url, _):
+        for route in ("/metrics", "/v1/models", "/openapi.json", "/docs"):
+            assert httpx.get(url + route).status_code == 401, route
+        assert httpx.get(url + "/metrics", headers={"Authorization": "Bearer from-a-file"}).status_code == 200
+        assert httpx.get(url + "/health").status_code == 200
+    monkeypatch.setenv("TOKENTREE_API_KEY", "from-the-env")
+    with running_server(generator) as (url, _):
+        assert client(url, api_key="from-the-env").models.list().data[0].id == MODEL
+        assert httpx.get(url + "/v1/models").status_code == 401
+
+
+def test_shutdown_past_the_grace_period_answers_everyone():
+    with running_server(tiny_generator(SlowDrafter(0.05)), shutdown_grace=1.5, request_timeout=60) as (url, server):
+        worker = server.config.app.state.worker
+        with ThreadPoolExecutor(1) as pool:
+            body = {"messages": MESSAGES, "max_tokens": 400, "temperature": 0, "stream": True}
+            with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=30) as stream:
+                lines = stream.iter_lines()
+                next(lines)
+                while worker.running is None:
+                    time.sleep(0.01)
+                queued = pool.submit(_post, url, {"messages": MESSAGES, "max_tokens": 5})
+                while worker.depth < 2:
+                    time.sleep(0.01)
+                server.should_exit = True  # the running stream needs 20 s: more than the grace period
+                rest = [ln for ln in lines if ln.startswith("data: ")]
+            answer = queued.result()
+    assert answer.status_code == 503 and answer.json()["error"]["type"] == "server_error"
+    assert rest[-1] == "data: [DONE]" and "shutting down" in json.loads(rest[-2][6:])["error"]["message"]

@@ -74,3 +74,29 @@ def test_each_step_decodes_only_the_new_tokens():
         stream.push([step, step + 1])
     assert len(stream.text) == 400
     assert max(calls[-10:]) <= 8  # a few tokens of context plus the new ones, not the whole output
+
+
+def test_stop_prefix_at_end_equals_trying_every_prefix():
+    import random
+
+    from tokentree.text import stop_prefix_at_end
+
+    def every_prefix(text, stop):
+        return max((k for k in range(1, len(stop)) if text.endswith(stop[:k])), default=0)
+
+    rng = random.Random(0)
+    for _ in range(5000):
+        text = "".join(rng.choice("ab") for _ in range(rng.randint(0, 12)))
+        stop = "".join(rng.choice("ab") for _ in range(rng.randint(1, 8)))
+        assert stop_prefix_at_end(text, stop) == every_prefix(text, stop), (text, stop)
+
+
+def test_a_long_stop_string_costs_about_its_length_per_step():
+    import time
+
+    from tokentree.text import stop_prefix_at_end
+
+    stop = "ab" * 100_000  # trying every prefix would compare ~10^10 characters
+    start = time.perf_counter()
+    assert stop_prefix_at_end("xx" + "ab" * 50 + "a", stop) == 101
+    assert time.perf_counter() - start < 1.0

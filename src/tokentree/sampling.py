@@ -23,11 +23,14 @@ from .reductions import row_argmax
 from .tree import TokenTree
 
 
+GREEDY_BELOW = 1e-5  # temperatures below this decode greedily (the limit T -> 0; logits / T would overflow)
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """Warping applied identically to target and draft distributions (HF order: T, top-k, top-p, min-p)."""
 
-    temperature: float = 0.0  # 0 = greedy
+    temperature: float = 0.0  # 0 (or below GREEDY_BELOW) = greedy
     top_k: int = 0  # 0 = off
     top_p: float = 1.0  # 1 = off
     min_p: float = 0.0  # 0 = off
@@ -44,7 +47,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        return self.temperature < GREEDY_BELOW
 
 
 def warp(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:

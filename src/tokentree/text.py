@@ -71,7 +71,7 @@ class TextStream:
 
     def _stop_prefix_at_end(self, full: str) -> int:
         """Length of the longest tail of ``full`` that begins some stop string."""
-        return max((k for s in self.stop for k in range(1, len(s)) if full.endswith(s[:k])), default=0)
+        return max((stop_prefix_at_end(full, s) for s in self.stop), default=0)
 
     def _find_stop(self, full: str) -> int | None:
         start = max(0, len(self.text) - max((len(s) for s in self.stop), default=0))
@@ -85,3 +85,20 @@ class TextStream:
             if self._find_stop(self._decode(self.token_ids[:k])) == hit:
                 self.token_ids = self.token_ids[:k]
                 return
+
+
+def stop_prefix_at_end(text: str, stop: str) -> int:
+    """Length of the longest proper prefix of ``stop`` that ``text`` ends with (0: none).
+
+    Only prefixes ending in ``text``'s last character are compared, longest first, each in C, so a
+    step costs about len(stop) character comparisons, not the len(stop)^2 of trying every prefix.
+    """
+    if not text:
+        return 0
+    last, k = text[-1], min(len(stop) - 1, len(text))
+    while k > 0:
+        k = stop.rfind(last, 0, k) + 1  # the longest candidate: stop[k - 1] == last
+        if k and text.endswith(stop[:k]):
+            return k
+        k -= 1
+    return 0

@@ -4,25 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 import time
 import uuid
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import AsyncIterator
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..api import Generator
 from ..drafters import DRAFTERS
 from ..errors import TokentreeError
 from .config import ServeConfig
+from .gate import Gate
 from .metrics import Metrics
 from .protocol import ChatRequest, CompletionRequest, GenerationRequest, error_body
-from .worker import Job, QueueFull, Result, ShuttingDown, Worker
+from .worker import SHUTTING_DOWN, Job, QueueFull, Result, ShuttingDown, Worker
+
+POLL_S = 0.25  # how often a waiting request checks its client and its deadlines
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy may buffer a stream
 
 
 class APIError(Exception):
@@ -38,6 +42,10 @@ def create_app(generator: Generator, config: ServeConfig) -> FastAPI:
     worker = Worker(generator, config.max_queue)
     metrics = Metrics()
     context_limit = generator.target.context_limit or 1 << 30
+    prompt_limit = min(context_limit, config.max_prompt_tokens or context_limit)
+    new_token_limit = min(context_limit, config.max_tokens_limit or context_limit)
+    prompt_limit_name = "the model's context" if prompt_limit == context_limit else "--max-prompt-tokens"
+    new_token_limit_name = "the model's context" if new_token_limit == context_limit else "--max-tokens-limit"
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -49,49 +57,53 @@ def create_app(generator: Generator, config: ServeConfig) -> FastAPI:
     app.state.worker, app.state.metrics = worker, metrics
     install_error_handlers(app)
 
-    @app.middleware("http")
-    async def count_requests(request: Request, call_next):
-        response = await call_next(request)
-        metrics.request_done(request.url.path, response.status_code)
-        return response
-
-    def authorize(request: Request) -> None:
-        if config.api_key is None:
-            return
-        given = request.headers.get("authorization", "")
-        if not secrets.compare_digest(given.encode(), f"Bearer {config.api_key}".encode()):
-            raise APIError(401, "invalid or missing API key (send 'Authorization: Bearer <key>')",
-                           code="invalid_api_key")
-
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])
     async def health():
-        return {"status": "ok", "model": model_name, "queue_depth": worker.depth}
+        return {"status": "shutting_down" if worker.stopping else "ok", "model": model_name,
+                "queue_depth": worker.depth}
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics_text():
         metrics.set_queue_depth(worker.depth)
         return metrics.render()
 
-    @app.get("/v1/models", dependencies=[Depends(authorize)])
-    async def models():
-        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": 0, "owned_by": "tokentree"}]}
+    model_card = {"id": model_name, "object": "model", "created": 0, "owned_by": "tokentree"}
 
-    @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [model_card]}
+
+    @app.get("/v1/models/{model:path}")
+    async def model(model: str):
+        if model != model_name:
+            raise unknown_model(model)
+        return model_card
+
+    @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request):
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-        ids = encode(lambda: generator.encode(messages, chat=True), "messages")
+        ids = await encode(lambda: generator.encode(messages, chat=True), "messages")
         return await generate(request, body, ids, "messages", chat=True)
 
-    @app.post("/v1/completions", dependencies=[Depends(authorize)])
+    @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
-        ids = encode(lambda: generator.encode(body.prompt, chat=False), "prompt")
+        ids = await encode(lambda: generator.encode(body.prompt, chat=False), "prompt")
         return await generate(request, body, ids, "prompt", chat=False)
 
-    def encode(fn, param: str) -> list[int]:
+    def unknown_model(name: str) -> APIError:
+        return APIError(404, f"the model '{name}' does not exist: this server serves '{model_name}'", param="model",
+                        code="model_not_found")
+
+    async def encode(fn, param: str) -> list[int]:
+        """Tokenize in a thread: a long prompt must not hold up the event loop (and every other client)."""
         try:
-            return fn()
+            ids = await run_in_threadpool(fn)
         except TokentreeError as exc:
             raise APIError(400, str(exc), param=param) from None
+        if len(ids) > prompt_limit:
+            raise APIError(400, f"the prompt has {len(ids)} tokens, over {prompt_limit_name} of {prompt_limit} tokens",
+                           param=param, code="context_length_exceeded")
+        return ids
 
     async def generate(request: Request, body: ChatRequest | CompletionRequest, ids: list[int], param: str,
                        chat: bool):
@@ -102,12 +114,12 @@ def create_app(generator: Generator, config: ServeConfig) -> FastAPI:
             raise APIError(429, f"the server is busy ({config.max_queue} requests queued); retry shortly",
                            type_="rate_limit_error", code="queue_full", headers={"Retry-After": "1"}) from None
         except ShuttingDown:
-            raise APIError(503, "the server is shutting down", type_="server_error") from None
+            raise APIError(*SHUTTING_DOWN, type_="server_error") from None
         started = time.monotonic()
         reply = Reply(model_name, chat, len(ids))
-        if body.stream:
+        if body.stream:  # (None = false)
             return StreamingResponse(stream_events(request, job, reply, body.include_usage, started),
-                                     media_type="text/event-stream")
+                                     media_type="text/event-stream", headers=SSE_HEADERS)
         pieces = []
         async for kind, value in events(request, job, started):
             if kind == "text":
@@ -122,8 +134,14 @@ def create_app(generator: Generator, config: ServeConfig) -> FastAPI:
 
     def make_job(body: GenerationRequest, ids: list[int], param: str) -> Job:
         if body.model is not None and body.model != model_name:
-            raise APIError(400, f"unknown model '{body.model}': this server serves '{model_name}'", param="model",
-                           code="model_not_found")
+            raise unknown_model(body.model)
+        stops = body.stops
+        if len(stops) > config.max_stops or any(not 0 < len(stop) <= config.max_stop_length for stop in stops):
+            raise APIError(400, f"give at most {config.max_stops} stop strings of 1 to {config.max_stop_length} "
+                           "characters", param="stop")
+        if body.token_limit is not None and body.token_limit > new_token_limit:
+            raise APIError(400, f"max_tokens {body.token_limit} is over {new_token_limit_name} of {new_token_limit} tokens",
+                           param="max_tokens")
         extra = body.tokentree
         drafter = extra.drafter if extra else None
         if drafter is not None and drafter not in DRAFTERS:
@@ -137,23 +155,31 @@ def create_app(generator: Generator, config: ServeConfig) -> FastAPI:
         if max_new > room or room < 1:
             raise APIError(400, f"the prompt has {len(ids)} tokens and asks for {max_new} more, over the model's "
                            f"context of {context_limit} tokens", param=param, code="context_length_exceeded")
-        options = dict(max_new_tokens=max_new, temperature=body.temperature, top_p=body.top_p, top_k=body.top_k,
-                       min_p=body.min_p, seed=body.seed, stop=body.stop, budget=extra.budget if extra else None)
+        options = dict(max_new_tokens=max_new, stop=stops, budget=extra.budget if extra else None, **body.sampling())
         return Job(ids, options, drafter, asyncio.get_running_loop())
 
     async def events(request: Request, job: Job, started: float) -> AsyncIterator[tuple]:
-        """The job's events until done or error; cancels the job on disconnect or timeout."""
+        """The job's events until done or error; cancels the job on disconnect, timeout or the end of
+        a shutdown's grace period. The client's connection is checked every POLL_S seconds, also
+        while text keeps coming (a non-streaming client that left would otherwise go unnoticed)."""
         deadline = started + config.request_timeout
+        checked = time.monotonic()
         try:
             while True:
-                if time.monotonic() > deadline:
+                now = time.monotonic()
+                if now > deadline:
                     yield "error", (504, f"the request took longer than {config.request_timeout:g} s")
                     return
-                try:
-                    kind, value = await asyncio.wait_for(job.events.get(), timeout=0.25)
-                except asyncio.TimeoutError:
+                if worker.deadline is not None and now > worker.deadline:
+                    yield "error", SHUTTING_DOWN  # the shutdown's grace period is over
+                    return
+                if now - checked >= POLL_S:
+                    checked = now
                     if await request.is_disconnected():
                         return
+                try:
+                    kind, value = await asyncio.wait_for(job.events.get(), timeout=POLL_S)
+                except asyncio.TimeoutError:
                     continue
                 yield kind, value
                 if kind != "text":
@@ -179,6 +205,10 @@ def create_app(generator: Generator, config: ServeConfig) -> FastAPI:
                                      code=str(status)))
         yield "data: [DONE]\n\n"
 
+    routes = frozenset({"/health", "/metrics", "/v1/models", "/v1/models/{model}", "/v1/chat/completions",
+                        "/v1/completions", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+    app.add_middleware(Gate, metrics=metrics, routes=routes, api_key=config.resolved_api_key(),
+                       max_body_bytes=config.max_body_bytes)
     return app
 
 
@@ -243,16 +273,32 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
-        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        loc = [str(part) for part in first.get("loc", ()) if part != "body"]
-        where = ".".join(loc)
-        message = first.get("msg", "invalid request").removeprefix("Value error, ")
+        message, where = validation_message(exc.errors())
         return JSONResponse(error_body(f"{where}: {message}" if where else message, param=where or None), 400)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
-        return JSONResponse(error_body(str(exc.detail), code=str(exc.status_code)), exc.status_code)
+        return JSONResponse(error_body(str(exc.detail), code=str(exc.status_code)), exc.status_code,
+                            headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def crash(request: Request, exc: Exception):
-        return JSONResponse(error_body(f"internal error: {type(exc).__name__}", "server_error"), 500)
+        return JSONResponse(error_body("internal error (see the server log)", "server_error"), 500)
+
+
+def _union_tag(part) -> bool:
+    """pydantic names the member of a union in an error's location ('str', 'list[TextPart]', ...)."""
+    return isinstance(part, str) and ("[" in part or part in ("str", "int", "float", "bool", "dict", "list"))
+
+
+def validation_message(errors: list[dict]) -> tuple[str, str]:
+    """(message, the field it is about or "") for pydantic's first error, in a client's words."""
+    first = next((e for e in errors if e.get("type") == "value_error"), errors[0] if errors else  # our checks first
+                 {"loc": (), "msg": "invalid request", "type": ""})
+    loc = [str(part) for part in first.get("loc", ()) if part != "body" and not _union_tag(part)]
+    if first.get("type") == "json_invalid":  # loc is (body, character position)
+        error = first.get("ctx", {}).get("error", "")
+        return f"malformed JSON at character {loc[0] if loc else '?'}" + (f": {error}" if error else ""), ""
+    if not loc and first.get("type") in ("model_attributes_type", "dict_type", "model_type"):
+        return "the body must be a JSON object (send it with Content-Type: application/json)", ""
+    return first.get("msg", "invalid request").removeprefix("Value error, "), ".".join(loc)

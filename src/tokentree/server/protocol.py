@@ -1,34 +1,57 @@
-"""OpenAI request bodies (validated by pydantic) and the OpenAI error shape."""
+"""OpenAI request bodies (validated by pydantic, strictly: ``true`` or ``"3"`` is not an integer) and
+the OpenAI error shape.
+
+Every field OpenAI defines for these routes is either honoured or, when a request sets it to a
+value that would change the output in a way tokentree does not provide, rejected with a 400 that
+names it: nothing is silently ignored. ``null`` means the default, as in OpenAI's API. Fields
+OpenAI does not define are ignored (clients send their own extensions).
+"""
 
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+def _valid_unicode(text: str) -> str:
+    """JSON may carry lone surrogates (``"\\ud800"``), which no tokenizer can encode."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("contains a lone surrogate (invalid Unicode)") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_valid_unicode)]
+STRICT = ConfigDict(strict=True)
 
 
 class TextPart(BaseModel):
+    model_config = STRICT
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class Message(BaseModel):
+    model_config = STRICT
     role: Literal["system", "developer", "user", "assistant"]
-    content: Union[str, list[TextPart]]
+    content: Union[Text, list[TextPart]]
 
     def text(self) -> str:
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
 
 
 class StreamOptions(BaseModel):
-    include_usage: bool = False
+    model_config = STRICT
+    include_usage: bool | None = None
 
 
 class TokentreeOptions(BaseModel):
     """tokentree's own options, sent as ``extra_body={"tokentree": {...}}``."""
 
-    model_config = ConfigDict(extra="forbid")
-    drafter: str | None = None
+    model_config = ConfigDict(strict=True, extra="forbid")
+    drafter: Text | None = None
     budget: Union[int, Literal["auto"], None] = None
 
     @field_validator("budget")
@@ -39,52 +62,86 @@ class TokentreeOptions(BaseModel):
         return budget
 
 
+UNSUPPORTED = "is not supported by tokentree"
+
+
+def _unsupported(request: BaseModel, rules: dict[str, Any]) -> None:
+    """Raise for the first field set to a value other than those ``rules`` allows (None always is)."""
+    for name, allowed in rules.items():
+        value = getattr(request, name, None)
+        if value is not None and not allowed(value):
+            raise ValueError(f"{name} {UNSUPPORTED} (got {value!r})")
+
+
 class GenerationRequest(BaseModel):
-    """Fields shared by chat and text completions (unknown OpenAI fields are ignored)."""
+    """Fields shared by chat and text completions."""
 
-    model: str | None = None
+    model_config = STRICT
+    model: Text | None = None
     max_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(1.0, ge=0, le=2)
-    top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int = Field(0, ge=0)  # vLLM-style extension
-    min_p: float = Field(0.0, ge=0, lt=1)  # vLLM-style extension
+    temperature: float | None = Field(None, ge=0, le=2)  # None = 1.0
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=0)  # vLLM-style extension
+    min_p: float | None = Field(None, ge=0, lt=1)  # vLLM-style extension
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
-    stop: Union[str, list[str], None] = None
-    n: int = Field(1, ge=1)
-    stream: bool = False
+    stop: Union[Text, list[Text], None] = None
+    stream: bool | None = None
     stream_options: StreamOptions | None = None
-    logprobs: bool | int | None = None
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
     tokentree: TokentreeOptions | None = None
-
-    @field_validator("stop")
-    @classmethod
-    def _stops(cls, stop):
-        stops = [stop] if isinstance(stop, str) else list(stop or [])
-        if len(stops) > 16 or any(not s for s in stops):
-            raise ValueError("give at most 16 non-empty stop strings")
-        return stops
+    user: Text | None = None  # accepted and unused, as OpenAI's abuse-monitoring id
+    # defined by OpenAI, honoured only at their neutral values:
+    n: int | None = None
+    best_of: int | None = None
+    logprobs: Union[bool, int, None] = None
+    top_logprobs: int | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    repetition_penalty: float | None = None  # vLLM-style
+    logit_bias: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _supported(self):
-        if self.n != 1:
-            raise ValueError("n > 1 is not supported: send one request per completion")
-        if self.logprobs:
-            raise ValueError("logprobs are not supported")
-        if self.frequency_penalty or self.presence_penalty:
-            raise ValueError("frequency_penalty and presence_penalty are not supported (they would change the "
-                             "target's distribution)")
+        _unsupported(self, {"n": lambda v: v == 1, "best_of": lambda v: v == 1, "logprobs": lambda v: not v,
+                            "top_logprobs": lambda v: v == 0, "frequency_penalty": lambda v: v == 0,
+                            "presence_penalty": lambda v: v == 0, "repetition_penalty": lambda v: v == 1,
+                            "logit_bias": lambda v: not v})
         return self
+
+    @property
+    def stops(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
+    def sampling(self) -> dict[str, Any]:
+        """Generator.stream's sampling options, with OpenAI's defaults for the fields left out."""
+        return dict(temperature=1.0 if self.temperature is None else self.temperature,
+                    top_p=1.0 if self.top_p is None else self.top_p, top_k=self.top_k or 0,
+                    min_p=self.min_p or 0.0, seed=self.seed)
+
 
 class ChatRequest(GenerationRequest):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
+    tools: list[Any] | None = None
+    tool_choice: Union[str, dict[str, Any], None] = None
+    functions: list[Any] | None = None
+    function_call: Union[str, dict[str, Any], None] = None
+    parallel_tool_calls: bool | None = None
+    response_format: dict[str, Any] | None = None
+    modalities: list[str] | None = None
+    audio: dict[str, Any] | None = None
+    prediction: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _chat_supported(self):
+        _unsupported(self, {"tools": lambda v: not v, "functions": lambda v: not v,
+                            "tool_choice": lambda v: v in ("none", "auto"), "function_call": lambda v: v in ("none", "auto"),
+                            "response_format": lambda v: v.get("type") == "text", "modalities": lambda v: v == ["text"],
+                            "audio": lambda v: False, "prediction": lambda v: False})
+        return self
 
     @property
     def token_limit(self) -> int | None:
@@ -92,15 +149,14 @@ class ChatRequest(GenerationRequest):
 
 
 class CompletionRequest(GenerationRequest):
-    prompt: Union[str, list[int]] = Field(min_length=1)
-    echo: bool = False
+    prompt: Union[Annotated[Text, Field(min_length=1)], Annotated[list[int], Field(min_length=1)]]
+    echo: bool | None = None
+    suffix: Text | None = None
 
-    @field_validator("echo")
-    @classmethod
-    def _no_echo(cls, echo):
-        if echo:
-            raise ValueError("echo is not supported")
-        return echo
+    @model_validator(mode="after")
+    def _completion_supported(self):
+        _unsupported(self, {"echo": lambda v: not v, "suffix": lambda v: not v})
+        return self
 
     @property
     def token_limit(self) -> int | None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
-import queue
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,54 +57,85 @@ class ShuttingDown(Exception):
     pass
 
 
+SHUTTING_DOWN = (503, "the server is shutting down")
+
+
 class Worker:
+    """Runs jobs one at a time in its own thread; at most ``max_queue`` live jobs wait.
+
+    A job whose client went away (or timed out) is cancelled and gives its queue slot back at
+    once: only live jobs count against ``max_queue`` and in :attr:`depth`.
+    """
+
     def __init__(self, generator: Generator, max_queue: int):
         self.generator = generator
-        self.jobs: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
+        self.max_queue = max_queue
         self.running: Job | None = None
         self.stopping = False
+        self.deadline: float | None = None  # monotonic time by which a shutdown ends the running job
+        self._waiting: collections.deque[Job] = collections.deque()
+        self._ready = threading.Condition()
         self._drafters: dict[str, Drafter] = {}  # one per name, so learned state carries across requests
         self._thread = threading.Thread(target=self._serve, name="tokentree-worker", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
+    def _live_waiting(self) -> int:
+        """Drop cancelled jobs from the queue; the number left (call with the lock held)."""
+        live = [job for job in self._waiting if not job.cancelled.is_set()]
+        if len(live) != len(self._waiting):
+            self._waiting = collections.deque(live)
+        return len(live)
+
     @property
     def depth(self) -> int:
-        """Jobs waiting or running."""
-        return self.jobs.qsize() + (self.running is not None)
+        """Live jobs waiting or running."""
+        with self._ready:
+            running = self.running is not None and not self.running.cancelled.is_set()
+            return self._live_waiting() + running
 
     def submit(self, job: Job) -> None:
-        if self.stopping:
-            raise ShuttingDown()
-        try:
-            self.jobs.put_nowait(job)
-        except queue.Full:
-            raise QueueFull() from None
+        with self._ready:
+            if self.stopping:
+                raise ShuttingDown()
+            if self._live_waiting() >= self.max_queue:
+                raise QueueFull()
+            self._waiting.append(job)
+            self._ready.notify()
+
+    def begin_shutdown(self, grace: float) -> None:
+        """Refuse new jobs, answer the queued ones 503 now, give the running one ``grace`` seconds."""
+        with self._ready:
+            self.stopping = True
+            self.deadline = time.monotonic() + grace
+            queued, self._waiting = list(self._waiting), collections.deque()
+            self._ready.notify()
+        for job in queued:
+            job.cancel()
+            job.post("error", SHUTTING_DOWN)
 
     def stop(self) -> None:
         """Abort queued jobs, stop the running one after its current step, end the thread."""
-        self.stopping = True
-        while True:
-            try:
-                job = self.jobs.get_nowait()
-            except queue.Empty:
-                break
-            if job is not None:
-                job.post("error", (503, "the server is shutting down"))
-        if self.running is not None:
-            self.running.cancel()
-        self.jobs.put(None)
+        self.begin_shutdown(0.0)
+        running = self.running
+        if running is not None:
+            running.cancel()
         self._thread.join(timeout=30)
 
+    def _next(self) -> Job | None:
+        """The next live job, waiting for one; None once shutting down."""
+        with self._ready:
+            while True:
+                if self.stopping:
+                    return None
+                if self._live_waiting():
+                    self.running = self._waiting.popleft()
+                    return self.running
+                self._ready.wait()
+
     def _serve(self) -> None:
-        while True:
-            job = self.jobs.get()
-            if job is None:
-                return
-            if job.cancelled.is_set():
-                continue
-            self.running = job
+        while (job := self._next()) is not None:
             try:
                 self._run(job)
             finally:
@@ -120,9 +152,9 @@ class Worker:
             job.post("done", Result(stream.text, len(stream.token_ids), stream.finish_reason, stream.stats.to_dict()))
         except TokentreeError as exc:
             job.post("error", (400, str(exc)))
-        except Exception as exc:  # a bug, not a user mistake: log it, answer 500, keep serving
+        except Exception:  # a bug, not a user mistake: log it, answer 500 (details stay in the log), keep serving
             log.exception("generation failed")
-            job.post("error", (500, f"internal error: {type(exc).__name__}: {exc}"))
+            job.post("error", (500, "internal error while generating (see the server log)"))
 
     def _drafter(self, name: str | None) -> Drafter:
         if name is None:
