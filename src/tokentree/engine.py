@@ -12,10 +12,11 @@ from .backends.base import Backend
 from .drafters.base import Drafter, StochasticDrafter
 from .errors import TokentreeError
 from .planner import Planner
-from .sampling import Acceptance, Draft, Draw, SamplingParams, accept
+from .sampling import Acceptance, Draft, Draw, PositionNoise, SamplingParams, accept, accept_coupled
 from .stats import GenerationStats
 
 
+GREEDY = SamplingParams()
 PROMPT_TAIL = 64  # last prompt tokens forwarded with the first tree (one forward fewer than prefilling them)
 
 
@@ -52,7 +53,10 @@ class Engine:
 
     ``rule`` is the acceptance rule (default: the lossless one for each draft); tests swap in a
     deliberately biased rule to show the distribution tests can tell. ``planner`` sizes each step's
-    tree when a request asks for ``budget="auto"``.
+    tree when a request asks for ``budget="auto"``. With ``couple_seeded`` a seeded sampled request
+    draws every position with noise keyed by its seed (:func:`accept_coupled`): its text depends on
+    the seed alone, whatever the drafter learned; without it, seeded requests use ``rule`` like the
+    others and repeat only with the same drafter state.
     """
 
     backend: Backend
@@ -60,6 +64,7 @@ class Engine:
     eos_ids: frozenset[int] = field(default_factory=frozenset)
     rule: Callable[[Draft, torch.Tensor, SamplingParams, torch.Generator], Acceptance] = accept
     planner: Planner | None = None
+    couple_seeded: bool = True
 
     def run(self, prompt_ids: Sequence[int], request: DecodeRequest, stats: GenerationStats) -> Iterator[list[int]]:
         """Yield the new tokens of each step; ``stats`` is updated as steps complete.
@@ -80,24 +85,30 @@ class Engine:
             raise TokentreeError("budget 'auto' needs a planner (tokentree.load(...) provides one)")
         params = request.sampling
         generator = _generator(request.seed)
+        coupled = self.couple_seeded and request.seed is not None and not params.greedy
+        noise = PositionNoise(request.seed) if coupled else None
+        draw_params = GREEDY if noise is not None else params  # coupled: deterministic drafts, V-greedy on noise
         planner = self.planner
-        if planner is not None and request.seed is not None and not params.greedy:
+        if planner is not None and request.seed is not None and not params.greedy and noise is None:
             planner = Planner(planner.profile, planner.config, replayable=True)  # same seed, same text
         if planner is not None:
             planner.begin_request()
         while remaining > 0:
             t0 = time.perf_counter()
             if budget == "auto":
-                draft = self._planned_draft(planner, context, remaining - 1, params, generator)
+                draft = self._planned_draft(planner, context, remaining - 1, draw_params, generator)
             else:
-                draft = self._draft(context, min(budget, remaining - 1), params, generator)
+                draft = self._draft(context, min(budget, remaining - 1), draw_params, generator)
             capped = draft.capped(self.backend.max_leaves)
             stats.capped_steps += capped is not draft
             draft = capped
             tree = draft.tree
             t1 = time.perf_counter()
             logits = self.backend.verify(tree)
-            acceptance = self.rule(draft, logits, params, generator)
+            if noise is None:
+                acceptance = self.rule(draft, logits, params, generator)
+            else:
+                acceptance = accept_coupled(tree, logits, params, noise, request.max_new_tokens - remaining)
             self.backend.commit(acceptance.nodes)
             t2 = time.perf_counter()
             self.drafter.observe(tree, logits, acceptance)

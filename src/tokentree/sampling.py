@@ -206,6 +206,52 @@ def accept_sampled(draft: Draft, p: torch.Tensor, generator: torch.Generator) ->
         nodes.append(accepted)
 
 
+class PositionNoise:
+    """Gumbel noise for one seeded request: a [V] row per output position, a function of (seed,
+    position) alone. Sampling position i as argmax(log p_i + G_i) draws exactly from p_i (the
+    Gumbel-max trick), and since G_i does not depend on anything a drafter did, the text is a
+    function of the seed: the same with every drafter, learned state and tree size, and the same
+    as plain decoding with that seed."""
+
+    KEEP = 256  # rows kept (the positions a step can still ask for lie just past the output)
+
+    def __init__(self, seed: int):
+        self.seed = seed
+        self._rows: dict[int, torch.Tensor] = {}
+
+    def at(self, position: int, vocab_size: int) -> torch.Tensor:
+        """[vocab_size] float32 standard Gumbel noise of ``position``."""
+        row = self._rows.get(position)
+        if row is None or row.shape[0] != vocab_size:
+            generator = torch.Generator().manual_seed((self.seed * 1_000_003 + position) % 2**63)
+            uniform = torch.rand(vocab_size, generator=generator).clamp_min(1e-20)
+            row = -(-uniform.log()).log()
+            self._rows = {k: v for k, v in self._rows.items() if k > position - self.KEEP}
+            self._rows[position] = row
+        return row
+
+
+def accept_coupled(tree: TokenTree, logits: torch.Tensor, params: SamplingParams, noise: PositionNoise,
+                   start: int) -> Acceptance:
+    """Seeded sampling: V-greedy on Gumbel-perturbed warped log-probabilities.
+
+    The token after a node of depth d is output position ``start + d``; it is argmax(log p + G) with
+    that position's noise (see :class:`PositionNoise`), and the child holding it, if any, is accepted.
+    Lossless for any tree: every emitted token is the Gumbel-max draw from the target's own p at
+    its position. logits: [n, V]; only the rows along the accepted path are warped.
+    """
+    _check_rows(tree, logits)
+    nodes = [0]
+    while True:
+        node = nodes[-1]
+        p = warp(logits[node:node + 1], params)[0]
+        token = int(row_argmax((p.log() + noise.at(start + tree.depths[node], p.shape[0]))[None])[0])
+        child = tree.child_with_token(node, token)
+        if child is None:
+            return Acceptance(tuple(nodes), token)
+        nodes.append(child)
+
+
 def accept(draft: Draft, logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> Acceptance:
     """The lossless rule for ``draft`` under ``params``: V-greedy at temperature 0, else by draw kind."""
     if params.greedy:
