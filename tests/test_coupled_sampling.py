@@ -6,16 +6,15 @@ from collections import Counter
 
 import pytest
 import torch
-
 from chisquare import fits
+from conftest import tiny_model
+
 from tokentree.backends.hf import HFBackend
 from tokentree.drafters import make_drafter
 from tokentree.engine import DecodeRequest, Engine
 from tokentree.sampling import PositionNoise, SamplingParams, accept_coupled, warp
 from tokentree.stats import GenerationStats
 from tokentree.tree import TokenTree
-
-from conftest import tiny_model
 
 PARAMS = SamplingParams(temperature=0.7, top_k=5, top_p=0.95)
 TREE = TokenTree((9, 2, 3, 1, 4), (-1, 0, 0, 1, 1))  # root -> {2, 3}; 2 -> {1, 4}

@@ -11,14 +11,13 @@ from contextlib import contextmanager
 import httpx
 import openai
 import pytest
+from conftest import tiny_model, tiny_tokenizer
 
 from tokentree.api import Generator
 from tokentree.drafters import NoDrafter, make_drafter
 from tokentree.models import LoadedModel
 from tokentree.server.config import ServeConfig
 from tokentree.server.run import build_server
-
-from conftest import tiny_model, tiny_tokenizer
 
 MODEL = "tiny"
 MESSAGES = [{"role": "user", "content": "hello there"}]
@@ -202,7 +201,7 @@ def test_disconnect_mid_stream_frees_the_worker():
 def test_queue_full_gets_429_with_retry_after():
     with running_server(tiny_generator(SlowDrafter(0.05)), max_queue=1) as (url, server):
         body = {"messages": MESSAGES, "max_tokens": 60, "temperature": 0}
-        post = lambda _: httpx.post(url + "/v1/chat/completions", json=body, timeout=60)  # noqa: E731
+        post = lambda _: httpx.post(url + "/v1/chat/completions", json=body, timeout=60)
         worker = server.config.app.state.worker
         with ThreadPoolExecutor(4) as pool:
             first = pool.submit(post, None)

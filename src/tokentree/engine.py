@@ -12,9 +12,16 @@ from .backends.base import Backend
 from .drafters.base import Drafter, StochasticDrafter
 from .errors import TokentreeError
 from .planner import Planner
-from .sampling import Acceptance, Draft, Draw, PositionNoise, SamplingParams, accept, accept_coupled
+from .sampling import (
+    Acceptance,
+    Draft,
+    Draw,
+    PositionNoise,
+    SamplingParams,
+    accept,
+    accept_coupled,
+)
 from .stats import GenerationStats
-
 
 GREEDY = SamplingParams()
 PROMPT_TAIL = 64  # last prompt tokens forwarded with the first tree (one forward fewer than prefilling them)

@@ -8,7 +8,6 @@ from ..api import Generator
 from ..errors import TokentreeError
 from .config import ServeConfig
 
-
 SHUTDOWN_MARGIN = 0.5  # seconds of the grace period kept for the last events of ended requests
 
 
