@@ -5,15 +5,14 @@ from collections import Counter
 
 import pytest
 import torch
-
 from chisquare import fits
+from conftest import tiny_model
+from test_greedy_equality import hf_greedy, run_engine
+
 from tokentree.drafters import make_drafter
 from tokentree.drafters.beam import Beam, beam_step, truncated_gumbel
 from tokentree.sampling import Draft, Draw, SamplingParams, accept_sampled
 from tokentree.tree import TokenTree
-
-from conftest import tiny_model
-from test_greedy_equality import hf_greedy, run_engine
 
 V = 5
 ROOT = 0
@@ -89,6 +88,7 @@ EXPECTED = {(a, b): float(P[ROOT, a] * P[a, b]) for a in range(V) for b in range
 N = 20000
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("width,depth", [(2, 2), (3, 3)])
 def test_sbs_trees_with_rrs_keep_the_target_law(width, depth):
     generator = torch.Generator().manual_seed(width)
@@ -96,6 +96,7 @@ def test_sbs_trees_with_rrs_keep_the_target_law(width, depth):
     assert fits(counts, EXPECTED, N), sorted(counts.items())
 
 
+@pytest.mark.slow
 def test_negative_control_identity_dependent_pruning_is_caught():
     generator = torch.Generator().manual_seed(7)
     counts = Counter(sample_two(generator, width=3, depth=2, drop_token=int(Q[ROOT].argmin())) for _ in range(N))
@@ -125,4 +126,4 @@ def test_rsd_s_greedy_equals_plain_decoding_with_partial_acceptance(width):
         prompt = [4, 9, 17, 3, 9]
         tokens, stats = run_engine(target, drafter, prompt, 30, budget=9)
         assert tokens == hf_greedy(target, prompt, 30)
-    assert stats.mean_accepted > 1.3
+    assert stats.tokens_per_step > 1.3

@@ -4,6 +4,7 @@ import random
 
 import pytest
 import torch
+from conftest import VOCAB, tiny_model
 
 from tokentree.backends.hf import HFBackend
 from tokentree.drafters import DRAFTERS, make_drafter
@@ -11,8 +12,6 @@ from tokentree.drafters.pld import PLDConfig, PromptLookupDrafter
 from tokentree.engine import DecodeRequest, Engine
 from tokentree.stats import GenerationStats
 from tokentree.tree import TokenTree
-
-from conftest import VOCAB, tiny_model
 
 
 @torch.inference_mode()
@@ -37,6 +36,7 @@ class OracleMixDrafter:
     followed by wrong tokens, with wrong sibling branches, so steps accept all, some or nothing."""
 
     name = "oracle-mix"
+    runs_draft_model = False
 
     def __init__(self, prompt_len, truth, seed):
         self.prompt_len, self.truth, self.rng = prompt_len, truth, random.Random(seed)

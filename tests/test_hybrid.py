@@ -3,6 +3,8 @@
 import random
 
 import torch
+from conftest import tiny_model, tiny_tokenizer
+from test_greedy_equality import hf_greedy
 
 from tokentree.api import Generator
 from tokentree.drafters import make_drafter
@@ -12,14 +14,12 @@ from tokentree.planner import ProbeSchedule
 from tokentree.sampling import Acceptance
 from tokentree.tree import TokenTree
 
-from conftest import tiny_model, tiny_tokenizer
-from test_greedy_equality import hf_greedy
-
 
 class FixedDrafter:
     """Proposes the same paths every step and records what it is told."""
 
     default_budget = 16
+    runs_draft_model = False
 
     def __init__(self, name, paths):
         self.name, self.paths, self.calls, self.seen = name, paths, 0, []
@@ -36,7 +36,7 @@ class FixedDrafter:
 
 
 class ExpensiveDrafter(FixedDrafter):
-    model = "a draft model"
+    runs_draft_model = True  # gated like a draft model
 
 
 def hybrid(sources, skip_above=2.0):
@@ -96,7 +96,7 @@ def test_auto_is_lossless_with_the_planner_and_a_draft_model(tmp_path, monkeypat
         prompt = [rng.randrange(3, 90) for _ in range(5)] * 2
         out = generator.generate(prompt, max_new_tokens=24)
         assert out.token_ids == hf_greedy(target, prompt, 24)
-    assert out.stats.mean_accepted > 1.0
+    assert out.stats.tokens_per_step > 1.0
 
 
 def test_payoff_gate_skips_a_source_that_does_not_pay_and_probes_it_less_and_less():
@@ -125,11 +125,16 @@ def test_hybrid_stops_calling_a_draft_source_that_adds_nothing():
 
 
 def test_the_step_clock_times_neither_idle_time_nor_a_requests_first_step():
+    import time
+
     from tokentree.drafters.hybrid import StepClock
 
     clock = StepClock()
     assert clock.tick() is None and clock.tick() is None  # before step 1; step 1 carried the prompt's tail
-    assert clock.tick() >= 0.0
+    time.sleep(0.02)
+    assert 0.02 <= clock.tick() < 5  # the time since the previous tick
     clock.pause()  # a new request
+    time.sleep(0.02)
     assert clock.tick() is None and clock.tick() is None
-    assert clock.tick() >= 0.0
+    time.sleep(0.02)
+    assert 0.02 <= clock.tick() < 5

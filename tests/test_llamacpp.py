@@ -22,6 +22,8 @@ from tokentree.errors import TokentreeError
 from tokentree.stats import GenerationStats
 from tokentree.tree import TokenTree
 
+pytestmark = pytest.mark.slow  # minutes: CI runs it; pytest -m "not slow" skips it
+
 PROMPTS = ["def fibonacci(n):", "The three primary colors are", "List the days of the week: Monday,"]
 
 
@@ -81,6 +83,7 @@ class RandomTrees:
     """Wide random trees around the right answer: forces partial acceptance and many leaves."""
 
     name, default_budget = "random-trees", 12
+    runs_draft_model = False
 
     def __init__(self, prompt_len: int, answer: list[int], seed: int = 0):
         self.prompt_len, self.answer, self.rng = prompt_len, answer, random.Random(seed)
@@ -108,7 +111,7 @@ def test_partial_acceptance_on_wide_trees_and_the_sequence_cap(generator, gguf, 
         stats = GenerationStats()
         out = [t for step in engine.run(ids, DecodeRequest(max_new_tokens=48), stats) for t in step]
         assert out == want
-        assert 1.0 < stats.mean_accepted  # some drafted tokens were accepted ...
+        assert 1.0 < stats.tokens_per_step  # some drafted tokens were accepted ...
         assert stats.drafted_tokens > stats.new_tokens  # ... and many were rejected
         assert (stats.capped_steps > 0) == (max_sequences == 2)
 
@@ -150,7 +153,7 @@ def test_draft_model_drafters_with_a_gguf_draft(gguf, llama_greedy):
         ids = gen.encode(PROMPTS[1], chat=False)
         out = gen.generate(ids, max_new_tokens=32)
         assert out.token_ids == llama_greedy(ids, 32), drafter
-        assert out.stats.mean_accepted > 2.0  # the target drafting for itself is mostly accepted
+        assert out.stats.tokens_per_step > 2.0  # the target drafting for itself is mostly accepted
 
 
 def test_a_draft_tree_wider_than_the_draft_sequence_limit_is_kept_within_it(generator, gguf, llama_greedy):
@@ -162,7 +165,7 @@ def test_a_draft_tree_wider_than_the_draft_sequence_limit_is_kept_within_it(gene
                  make_drafter("dyspec", narrow_draft)):  # forwards the best of 8 candidates per node
         out = generator.generate(ids, max_new_tokens=40, drafter=wide, budget=24)
         assert out.token_ids == llama_greedy(ids, 40)
-        assert out.stats.mean_accepted > 1.0
+        assert out.stats.tokens_per_step > 1.0
 
 
 def test_not_a_gguf_file_is_a_clear_error(tmp_path, capsys):
@@ -180,3 +183,9 @@ def test_missing_extra_says_how_to_install(monkeypatch, tmp_path):
     monkeypatch.setitem(__import__("sys").modules, "llama_cpp", None)  # import llama_cpp now raises
     with pytest.raises(TokentreeError, match=r"pip install 'tokentree\[llamacpp\]'"):
         load(str(tmp_path / "x.gguf"), backend="llamacpp")
+
+
+def test_calibrate_with_a_gguf_target_is_a_clear_error(gguf, capsys):
+    assert main(["calibrate", "--target", str(gguf), "--out", "unused.json"]) == 2
+    err = capsys.readouterr().err
+    assert "calibrate runs on the hf backend" in err and "Traceback" not in err

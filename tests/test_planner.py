@@ -6,20 +6,26 @@ import math
 import random
 
 import pytest
-import torch
+from conftest import tiny_model
+from test_greedy_equality import hf_greedy
 
 from tokentree.backends.hf import HFBackend
 from tokentree.drafters import make_drafter
 from tokentree.engine import DecodeRequest, Engine
 from tokentree.errors import TokentreeError
-from tokentree.planner import (AcceptanceCalibrator, CostProfile, Planner, VerifyCost, load_profile,
-                               measure_profile, profile_path, save_profile)
+from tokentree.planner import (
+    AcceptanceCalibrator,
+    CostProfile,
+    Planner,
+    VerifyCost,
+    load_profile,
+    measure_profile,
+    profile_path,
+    save_profile,
+)
 from tokentree.sampling import Acceptance
 from tokentree.stats import GenerationStats
 from tokentree.tree import TokenTree
-
-from conftest import tiny_model
-from test_greedy_equality import hf_greedy
 
 STEEP = CostProfile((1, 2, 4, 8, 16), (1.0, 1.1, 1.4, 2.2, 4.0), 256)
 
@@ -180,9 +186,10 @@ def test_planner_cut_keeps_the_n_best_estimates_ancestor_closed():
 def test_budget_auto_is_lossless_end_to_end(name):
     model = tiny_model("llama", seed=2)
     backend = HFBackend(model)
-    profile = measure_profile(backend, sizes=(1, 2, 4, 8), context_len=16, repeats=1)
+    profile = CostProfile((1, 2, 4, 8), (0.010, 0.0101, 0.0102, 0.0104), 16)  # trees nearly free: drafting pays
     drafter = make_drafter(name, model) if name == "sequoia" else make_drafter(name)  # the target as its draft
-    engine = Engine(backend, drafter, planner=Planner(profile))
+    engine = Engine(backend, drafter, planner=Planner(profile, replayable=True))  # measured times ignored:
+    # the choices, and so the drafted count, do not depend on how busy the machine is
     rng = random.Random(3)
     drafted = 0
     for _ in range(3):

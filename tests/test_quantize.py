@@ -1,6 +1,7 @@
 """``tokentree quantize`` (llama.cpp's quantizer) and the CPU default backend."""
 
 import pytest
+from test_llamacpp import gguf  # noqa: F401 - the SmolLM2 GGUF fixture
 
 from tokentree import api
 from tokentree.api import resolve_backend
@@ -8,9 +9,8 @@ from tokentree.cli import main
 from tokentree.errors import TokentreeError
 from tokentree.quantize import QuantizeConfig, gguf_summary, quantize
 
-from test_llamacpp import gguf  # noqa: F401 - the SmolLM2 GGUF fixture
 
-
+@pytest.mark.slow
 def test_quantize_writes_a_gguf_that_decodes(gguf, tmp_path):  # noqa: F811
     out = tmp_path / "smol-q8_0.gguf"
     quantize(QuantizeConfig(str(gguf), str(out), "q8_0", threads=2, allow_requantize=True), progress=False)

@@ -5,8 +5,9 @@ from collections import Counter
 
 import pytest
 import torch
-
 from chisquare import fits
+from conftest import tiny_model
+
 from tokentree.backends.hf import HFBackend
 from tokentree.drafters import DRAFTERS, make_drafter
 from tokentree.engine import DecodeRequest, Engine
@@ -14,7 +15,7 @@ from tokentree.sampling import Acceptance, Draft, Draw, SamplingParams, warp
 from tokentree.stats import GenerationStats
 from tokentree.tree import TokenTree
 
-from conftest import tiny_model
+pytestmark = pytest.mark.slow  # minutes: CI runs it; pytest -m "not slow" skips it
 
 SMALL_VOCAB = 16
 SAMPLES = 3000
@@ -49,6 +50,7 @@ class IIDDrafter:
 
     name = "iid-test"
     default_budget = 9
+    runs_draft_model = False
 
     def __init__(self):
         self.q = torch.softmax(torch.randn(SMALL_VOCAB, generator=torch.Generator().manual_seed(5)) * 2, -1)

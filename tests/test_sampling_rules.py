@@ -4,12 +4,16 @@ from collections import Counter
 
 import pytest
 import torch
-from transformers.generation.logits_process import (MinPLogitsWarper, TemperatureLogitsWarper, TopKLogitsWarper,
-                                                    TopPLogitsWarper)
-
 from chisquare import fits, total_variation
+from transformers.generation.logits_process import (
+    MinPLogitsWarper,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
 from tokentree.errors import TokentreeError
-from tokentree.sampling import (Draft, Draw, SamplingParams, accept, accept_sampled, gumbel_top_k, residual, warp)
+from tokentree.sampling import Draft, Draw, SamplingParams, accept, accept_sampled, gumbel_top_k, residual, warp
 from tokentree.tree import TokenTree
 
 V = 8
@@ -38,7 +42,8 @@ def expand(tree, p_root):
 
 
 @pytest.mark.parametrize("params", [
-    SamplingParams(temperature=0.7), SamplingParams(temperature=1.3, top_k=3), SamplingParams(temperature=1.0, top_p=0.8),
+    SamplingParams(temperature=0.7), SamplingParams(temperature=1.3, top_k=3),
+    SamplingParams(temperature=1.0, top_p=0.8),
     SamplingParams(temperature=0.5, min_p=0.2), SamplingParams(temperature=0.9, top_k=5, top_p=0.9, min_p=0.05),
 ])
 def test_warp_matches_transformers_warpers(params):

@@ -168,7 +168,8 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server, bod
 
 
 def test_malformed_json_and_unknown_routes(server):
-    bad = httpx.post(server + "/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
+    bad = httpx.post(server + "/v1/chat/completions", content=b"{not json",
+                     headers={"content-type": "application/json"})
     assert bad.status_code == 400 and "error" in bad.json()
     missing = httpx.get(server + "/v1/nothing")
     assert missing.status_code == 404 and "error" in missing.json()
@@ -201,7 +202,9 @@ def test_disconnect_mid_stream_frees_the_worker():
 def test_queue_full_gets_429_with_retry_after():
     with running_server(tiny_generator(SlowDrafter(0.05)), max_queue=1) as (url, server):
         body = {"messages": MESSAGES, "max_tokens": 60, "temperature": 0}
-        post = lambda _: httpx.post(url + "/v1/chat/completions", json=body, timeout=60)
+        def post(_):
+            return httpx.post(url + "/v1/chat/completions", json=body, timeout=60)
+
         worker = server.config.app.state.worker
         with ThreadPoolExecutor(4) as pool:
             first = pool.submit(post, None)

@@ -5,7 +5,6 @@ from tokentree.drafters import make_drafter
 from tokentree.drafters.stand import merge
 from tokentree.errors import TokentreeError
 from tokentree.sampling import Acceptance
-from tokentree.tree import TokenTree
 
 
 def test_merge_is_a_running_average_capped_to_top():

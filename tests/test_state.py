@@ -4,13 +4,12 @@ import gzip
 import json
 
 import pytest
+from conftest import tiny_model, tiny_tokenizer
 
 from tokentree.api import Generator
 from tokentree.drafters import make_drafter
 from tokentree.errors import TokentreeError
 from tokentree.models import LoadedModel
-
-from conftest import tiny_model, tiny_tokenizer
 
 PROMPT = "the cat sat on the mat"
 

@@ -1,12 +1,11 @@
 """A tree forward equals the forwards of its root-to-leaf paths; compaction equals plain decoding."""
 
 import torch
+from conftest import VOCAB, tiny_model
 
 from tokentree import kvcache
 from tokentree.backends.hf import HFBackend
 from tokentree.tree import TokenTree
-
-from conftest import VOCAB, tiny_model
 
 
 def random_tree(gen: torch.Generator, n: int) -> TokenTree:

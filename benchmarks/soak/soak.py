@@ -33,7 +33,8 @@ def one(url: str, i: int, rng: random.Random) -> tuple[str, int, bool]:
     kind = rng.choices(["plain", "stream", "leave", "invalid", "over"], [40, 30, 10, 10, 10])[0]
     if kind == "plain":
         r = httpx.post(chat, json=body, timeout=300)
-        return kind, r.status_code, r.status_code == 200 and r.json()["choices"][0]["finish_reason"] in ("stop", "length")
+        finished = r.status_code == 200 and r.json()["choices"][0]["finish_reason"] in ("stop", "length")
+        return kind, r.status_code, finished
     if kind in ("stream", "leave"):
         with httpx.stream("POST", chat, json=body | {"stream": True}, timeout=300) as r:
             lines = r.iter_lines()

@@ -14,12 +14,20 @@ import torch
 from .backends import make_backend
 from .backends.llamacpp import LLAMA_CPP_PIN, LlamaCppConfig
 from .drafters import DRAFTERS, Drafter, drafter_config, make_drafter
-from .drafters.base import uses_draft_model
+from .drafters.base import resolve_budget
 from .drafters.state import load_state, require_stateful, save_state, vocab_signature
 from .engine import DecodeRequest, Engine
 from .errors import TokentreeError
-from .models import (EMBEDDED_DRAFT, EMBEDDED_TARGET, LoadedModel, check_same_vocab, load_llamacpp_model, load_model,
-                     resolve_device, resolve_dtype)
+from .models import (
+    EMBEDDED_DRAFT,
+    EMBEDDED_TARGET,
+    LoadedModel,
+    check_same_vocab,
+    load_llamacpp_model,
+    load_model,
+    resolve_device,
+    resolve_dtype,
+)
 from .planner import CostProfile, Planner, load_profile, measure_profile, profile_key, profile_path, save_profile
 from .stats import GenerationStats
 from .text import TextStream
@@ -92,7 +100,8 @@ class Generator:
         self.drafter = drafter
         self.budget = budget
         self.backend = make_backend(target.model)
-        self._planners: dict[int, Planner] = {}  # per drafter object: calibration carries across requests
+        self._drafters: dict[str, Drafter] = {drafter.name: drafter}  # built once per name: learning carries over
+        self._planners: dict[str, Planner] = {}  # per drafter name: calibration carries across requests
         self._profile: CostProfile | None = None
 
     @property
@@ -118,10 +127,17 @@ class Generator:
         return self._profile
 
     def planner(self, drafter: Drafter) -> Planner:
-        """The planner sizing ``drafter``'s trees under ``budget="auto"``."""
-        if id(drafter) not in self._planners:
-            self._planners[id(drafter)] = Planner(self.cost_profile())
-        return self._planners[id(drafter)]
+        """The planner sizing trees of the drafter named like ``drafter`` under ``budget="auto"``."""
+        if drafter.name not in self._planners:
+            self._planners[drafter.name] = Planner(self.cost_profile())
+        return self._planners[drafter.name]
+
+    def drafter_named(self, name: str) -> Drafter:
+        """This generator's drafter ``name``, built on first use and kept, so what it learns carries
+        from call to call (``generate(..., drafter="stand")`` twice uses one STAND table)."""
+        if name not in self._drafters:
+            self._drafters[name] = make_drafter(name, None if self.draft is None else self.draft.model)
+        return self._drafters[name]
 
     def load_drafter_state(self, path: str | Path) -> None:
         """Restore the default drafter's learned state (tries, matrices) from ``path``."""
@@ -162,8 +178,7 @@ class Generator:
         top-k, top-p and min-p (lossless speculative sampling); ``seed`` makes a run reproducible.
         """
         chosen = self._drafter(drafter)
-        budget = self.budget if budget is None else budget
-        budget = default_budget(chosen) if budget is None else budget
+        budget = resolve_budget(self.budget if budget is None else budget, chosen)
         request = DecodeRequest(max_new_tokens, temperature, top_p, top_k, seed, min_p=min_p, budget=budget)
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         if any(not s for s in stops):
@@ -179,16 +194,7 @@ class Generator:
     def _drafter(self, drafter: str | Drafter | None) -> Drafter:
         if drafter is None:
             return self.drafter
-        if not isinstance(drafter, str):
-            return drafter
-        return make_drafter(drafter, None if self.draft is None else self.draft.model)
-
-
-def default_budget(drafter: Drafter) -> int | str:
-    """Planned ("auto") unless the drafter runs a draft model (the planner cuts a deterministic
-    candidate for free, but a sampled draft-model tree it shrinks would be drawn twice) or drafts
-    nothing (``none``)."""
-    return drafter.default_budget if uses_draft_model(drafter) or not drafter.default_budget else "auto"
+        return self.drafter_named(drafter) if isinstance(drafter, str) else drafter
 
 
 BACKENDS = ("auto", "hf", "llamacpp")

@@ -134,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (chat and text completions, streaming)")
     add_model_arguments(serve)
-    serve.add_argument("--drafter", default="auto", help=f"default drafter: one of {', '.join(DRAFTERS)} (default auto)")
+    serve.add_argument("--drafter", default="auto",
+                       help=f"default drafter: one of {', '.join(DRAFTERS)} (default auto)")
     serve.add_argument("--budget", type=_budget, default=None,
                        help="drafted tokens per step or 'auto' (default: auto, except 16 for draft-model trees)")
     serve.add_argument("--drafter-state", metavar="PATH", help="learned drafter state: loaded when it exists, "
@@ -247,8 +248,14 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from .calibrate import calibrate
 
     config = CalibrateConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(CalibrateConfig)})
-    if args.backend == "llamacpp":
-        raise TokentreeError("calibrate runs on the hf backend (the vector it measures applies to both)")
+    from .api import resolve_backend
+    from .backends.llamacpp import is_gguf
+
+    if args.backend == "llamacpp" or (args.target is not None and is_gguf(args.target)):
+        raise TokentreeError("calibrate runs on the hf backend (the vector it measures applies to both): give a "
+                             "transformers --target and --draft")
+    if resolve_backend(args.backend, args.target, args.device) == "llamacpp":
+        args.backend = "hf"  # auto would pick llama.cpp for the embedded pair on a CPU
     gen = _load(args, "pld")
     gen.draft = load_draft(args.draft, gen.target)
     vector = calibrate(gen, config)

@@ -1,4 +1,5 @@
-"""The only place that mutates a KV cache.
+"""The only place that mutates a transformers KV cache (llama.cpp's cells are changed only by
+``LlamaCppBackend``'s ``prefill``/``grow``/``commit``, through llama.cpp's own memory calls).
 
 Caches are transformers ``DynamicCache`` objects whose layers all keep the full sequence
 (``DynamicLayer``): keys/values of shape [batch, kv_heads, seq, head_dim]. Sliding-window models

@@ -25,6 +25,7 @@ import torch
 
 from .backends.base import Backend
 from .errors import TokentreeError
+from .files import write_atomically
 from .models import cache_dir
 from .sampling import Acceptance
 from .tree import TokenTree
@@ -136,12 +137,7 @@ def load_profile(key: str, max_age_days: float = 30.0) -> CostProfile | None:
 
 
 def save_profile(profile: CostProfile) -> Path:
-    path = profile_path(profile.key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_suffix(".tmp")
-    temp.write_text(json.dumps(profile.to_dict(), indent=1) + "\n")
-    temp.replace(path)
-    return path
+    return write_atomically(profile_path(profile.key), (json.dumps(profile.to_dict(), indent=1) + "\n").encode())
 
 
 MAX_RATE = 0.98  # no conditional acceptance rate is estimated above this

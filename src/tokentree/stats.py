@@ -10,7 +10,8 @@ class GenerationStats:
     """Counters of one generation.
 
     accepted_hist maps "drafted tokens accepted in a step" to the number of such steps.
-    mean_accepted (tau) counts the bonus token too: plain decoding has tau = 1.
+    tokens_per_step (tau) counts every token a step emits, the bonus too: plain decoding has tau = 1,
+    and a step that accepted k drafted tokens emits k + 1 ("accepted" never counts the bonus).
     """
 
     prompt_tokens: int = 0
@@ -33,7 +34,7 @@ class GenerationStats:
         self.verify_s += verify_s
 
     @property
-    def mean_accepted(self) -> float:
+    def tokens_per_step(self) -> float:
         return self.new_tokens / self.steps if self.steps else 0.0
 
     @property
@@ -47,7 +48,7 @@ class GenerationStats:
             "capped_steps": self.capped_steps,
             "steps": self.steps,
             "drafted_tokens": self.drafted_tokens,
-            "mean_accepted": round(self.mean_accepted, 4),
+            "tokens_per_step": round(self.tokens_per_step, 4),
             "accepted_hist": {str(k): v for k, v in sorted(self.accepted_hist.items())},
             "tokens_per_s": round(self.tokens_per_s, 3),
             "prefill_s": round(self.prefill_s, 4),
@@ -58,7 +59,7 @@ class GenerationStats:
 
     def summary(self) -> str:
         return (
-            f"{self.new_tokens} tokens in {self.steps} steps, tau {self.mean_accepted:.2f}, "
+            f"{self.new_tokens} tokens in {self.steps} steps, tau {self.tokens_per_step:.2f}, "
             f"{self.tokens_per_s:.2f} tokens/s (prefill {self.prefill_s:.2f}s, "
             f"draft {self.draft_s:.2f}s, verify {self.verify_s:.2f}s)"
         )

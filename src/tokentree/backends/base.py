@@ -1,6 +1,7 @@
 """The backend contract: prefill, verify a tree, commit an accepted path.
 
-Drafters, acceptance rules and the engine talk to models only through this protocol, so a
+The engine and the acceptance rules talk to the target only through :class:`Backend`; draft models
+run on a :class:`GrowingBackend` (a tree forwarded a level at a time). Either way a
 llama.cpp backend can sit beside the transformers one.
 """
 
@@ -11,6 +12,16 @@ from typing import Protocol, Sequence
 import torch
 
 from ..tree import TokenTree
+
+
+def shared_prefix(cached: Sequence[int], wanted: Sequence[int]) -> int:
+    """How many leading tokens ``cached`` and ``wanted`` have in common (what a prefill can keep)."""
+    shared = 0
+    for a, b in zip(cached, wanted):
+        if a != b:
+            break
+        shared += 1
+    return shared
 
 
 class Backend(Protocol):
@@ -46,4 +57,19 @@ class Backend(Protocol):
 
     def commit(self, nodes: Sequence[int]) -> None:
         """Keep the cache entries of the verified tree's ``nodes`` (ascending, from 0); drop the rest."""
+        ...
+
+
+class GrowingBackend(Backend, Protocol):
+    """A backend a draft model runs on: besides the target's contract, a tree can be forwarded in
+    parts, a level at a time, before one commit (both backends provide it)."""
+
+    @property
+    def pending(self) -> TokenTree | None:
+        """The tree forwarded since the last commit (None when there is none)."""
+        ...
+
+    def grow(self, tree: TokenTree, start: int) -> torch.Tensor:
+        """Forward nodes ``tree[start:]``; ``tree[:start]`` is what the previous call forwarded.
+        Returns [n - start, V] float32 logits."""
         ...

@@ -9,6 +9,7 @@ import torch
 from .. import kvcache
 from ..errors import UnsupportedModelError
 from ..tree import TokenTree
+from .base import shared_prefix
 
 SUPPORTED_LAYER_TYPES = {"full_attention", "sliding_attention"}
 MASKABLE_ATTENTION = ("sdpa", "eager")
@@ -99,11 +100,7 @@ class HFBackend:
         a draft model catches up on the last accepted tokens while it drafts).
         """
         token_ids = [int(t) for t in token_ids]
-        shared = 0
-        for cached, new in zip(self._tokens, token_ids):
-            if cached != new:
-                break
-            shared += 1
+        shared = shared_prefix(self._tokens, token_ids)
         kvcache.crop(self.cache, shared)
         self._tokens = self._tokens[:shared]
         self._pending = None

@@ -22,6 +22,7 @@ import torch
 
 from ..errors import TokentreeError
 from ..tree import TokenTree
+from .base import shared_prefix
 from .sequences import CONTEXT_SEQ, BatchPlan, SequenceBook
 
 LLAMA_CPP_PIN = "llama-cpp-python==0.3.36"
@@ -181,11 +182,7 @@ class LlamaCppBackend:
         ``defer``) missing tokens are held back and decoded in the next tree's batch."""
         token_ids = [int(t) for t in token_ids]
         self._check_room(len(token_ids))
-        shared = 0
-        for cached, new in zip(self._tokens, token_ids):
-            if cached != new:
-                break
-            shared += 1
+        shared = shared_prefix(self._tokens, token_ids)
         memory = self.model.memory
         self.lib.llama_memory_seq_keep(memory, CONTEXT_SEQ)  # drop any pending tree's branches
         if not self.lib.llama_memory_seq_rm(memory, CONTEXT_SEQ, shared, -1):

@@ -23,7 +23,7 @@ class RunResult:
     token_ids: list[int]
     wall_s: float
     steps: int | None = None
-    mean_accepted: float | None = None
+    tokens_per_step: float | None = None
     accepted_hist: dict[str, int] = field(default_factory=dict)
     draft_s: float | None = None
     verify_s: float | None = None
@@ -78,7 +78,7 @@ class TokentreeMethod:
                                       drafter=self.drafter, budget=self.budget)
         wall = time.perf_counter() - start
         s = out.stats
-        return RunResult(out.token_ids, wall, s.steps, s.mean_accepted,
+        return RunResult(out.token_ids, wall, s.steps, s.tokens_per_step,
                          {str(k): v for k, v in sorted(s.accepted_hist.items())}, s.draft_s, s.verify_s)
 
 

@@ -213,8 +213,8 @@ def markdown(summary: dict, methods: list[str]) -> str:
     for m in methods:
         cells = [f"{speed.get(m, {}).get(c, float('nan')):.2f}x" for c in categories]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    lines += ["", f"| method | prompts | median tokens/s | tau | identical to {summary['baseline']} | draft s | verify s "
-              "| slowest prompt |", "|---|---|---|---|---|---|---|---|"]
+    lines += ["", f"| method | prompts | median tokens/s | tau | identical to {summary['baseline']} | draft s "
+              "| verify s | slowest prompt |", "|---|---|---|---|---|---|---|---|"]
     for m in methods:
         t, loss = totals[m], lossless.get(m, {})
         slow = summary.get("slowest", {}).get(m)

@@ -10,9 +10,17 @@ from ..errors import TokentreeError
 from ..sampling import Draw
 from .base import Drafter, NoDrafter
 from .beam import BeamConfig, StochasticBeamDrafter
+from .draft_trees import (
+    ChainConfig,
+    ChainDrafter,
+    DySpecConfig,
+    DySpecDrafter,
+    SequoiaConfig,
+    SequoiaDrafter,
+    SpecInferConfig,
+    WidthsDrafter,
+)
 from .hybrid import HybridConfig, HybridDrafter
-from .draft_trees import (ChainConfig, ChainDrafter, DySpecConfig, DySpecDrafter, SequoiaConfig, SequoiaDrafter,
-                          SpecInferConfig, WidthsDrafter)
 from .lookahead import LookaheadConfig, LookaheadDrafter
 from .pld import PLDConfig, PromptLookupDrafter
 from .recycling import RecyclingConfig, RecyclingDrafter
@@ -71,9 +79,11 @@ DRAFTERS: dict[str, DrafterSpec] = {
     "dyspec": DrafterSpec(DySpecDrafter, DySpecConfig, help="draft-model tree grown best-first by path probability "
                           "(DySpec)", needs_draft=True),
     "hybrid": DrafterSpec(lambda c, m: HybridDrafter(c, lambda name: make_drafter(name, m)), HybridConfig,
-                          help="several drafters merged into one tree, ranked by calibrated acceptance", uses_draft=True),
+                          help="several drafters merged into one tree, ranked by calibrated acceptance",
+                          uses_draft=True),
     "auto": DrafterSpec(lambda c, m: _auto(c, m), AutoConfig, uses_draft=True,
-                        help="hybrid of stand + pld (+ the draft model when one is loaded), tree size planned per step"),
+                        help="hybrid of stand + pld (+ the draft model when one is loaded), tree size planned "
+                             "per step"),
 }
 
 
@@ -120,5 +130,7 @@ def make_drafter(name: str, draft_model: Any = None, **options: Any) -> Drafter:
     return spec.build(config, draft_model)
 
 
-__all__ = ["AutoConfig", "BeamConfig", "StochasticBeamDrafter", "HybridConfig", "HybridDrafter", "drafter_config", "ChainConfig", "DySpecConfig", "SequoiaConfig", "SpecInferConfig", "DRAFTERS", "Drafter", "DrafterSpec", "LookaheadConfig", "LookaheadDrafter", "NoDrafter", "PLDConfig",
-           "PromptLookupDrafter", "RecyclingConfig", "RecyclingDrafter", "StandConfig", "StandDrafter", "make_drafter"]
+__all__ = ["AutoConfig", "BeamConfig", "StochasticBeamDrafter", "HybridConfig", "HybridDrafter", "drafter_config",
+           "ChainConfig", "DySpecConfig", "SequoiaConfig", "SpecInferConfig", "DRAFTERS", "Drafter", "DrafterSpec",
+           "LookaheadConfig", "LookaheadDrafter", "NoDrafter", "PLDConfig", "PromptLookupDrafter",
+           "RecyclingConfig", "RecyclingDrafter", "StandConfig", "StandDrafter", "make_drafter"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Literal, Protocol, Sequence, runtime_checkable
 
 import torch
 
@@ -14,7 +14,8 @@ class Drafter(Protocol):
     """Proposes a token tree continuing ``context``; learns from what the target did."""
 
     name: str
-    default_budget: int  # drafted tokens per step when the request does not say
+    default_budget: int | Literal["auto"]  # drafted tokens per step when the request does not say
+    runs_draft_model: bool  # drafting runs a draft model (a forward per tree level; see resolve_budget)
 
     def propose(self, context: Sequence[int], budget: int) -> TokenTree:
         """A tree rooted at ``context[-1]`` with at most ``budget`` nodes below the root."""
@@ -33,16 +34,40 @@ class Drafter(Protocol):
         ...
 
 
-def clear_caches(drafter: object) -> None:
-    """Drop whatever KV cache ``drafter`` keeps of earlier requests (benchmarks start every run cold)."""
-    clear = getattr(drafter, "clear_caches", None)
-    if clear is not None:
-        clear()
+@runtime_checkable
+class CachingDrafter(Protocol):
+    """A drafter that keeps a KV cache of earlier requests (a draft model's)."""
+
+    def clear_caches(self) -> None:
+        """Drop it (benchmarks start every run cold)."""
+        ...
 
 
-def uses_draft_model(drafter: object) -> bool:
-    """Whether ``drafter`` runs a draft model itself (chain, specinfer, rsd-c, rsd-s, sequoia, dyspec)."""
-    return hasattr(drafter, "model")
+@runtime_checkable
+class LearningDrafter(Protocol):
+    """A drafter whose learned state (tries, tables, matrices) can be saved and loaded."""
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict, vocab_size: int) -> None: ...
+
+
+def clear_caches(drafter: Drafter) -> None:
+    """Drop whatever KV cache ``drafter`` keeps of earlier requests."""
+    if isinstance(drafter, CachingDrafter):
+        drafter.clear_caches()
+
+
+def resolve_budget(requested: int | str | None, drafter: Drafter) -> int | str:
+    """The drafted-node budget of a request (the one place it is decided): ``requested`` when given,
+    else planned ("auto"), unless the drafter runs a draft model (the planner cuts a deterministic
+    candidate for free, but a sampled draft-model tree it shrinks would be drawn twice) or drafts
+    nothing (``none``): then the drafter's own default."""
+    if requested is not None:
+        return requested
+    if drafter.runs_draft_model or not drafter.default_budget:
+        return drafter.default_budget
+    return "auto"
 
 
 @runtime_checkable
@@ -70,6 +95,7 @@ class NoDrafter:
 
     name = "none"
     default_budget = 0
+    runs_draft_model = False
 
     def propose(self, context: Sequence[int], budget: int) -> TokenTree:
         return TokenTree.root(context[-1])

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import heapq
-import math
 import sys
 from dataclasses import dataclass
 from typing import Sequence
@@ -33,6 +31,7 @@ class _DraftModelDrafter:
     """Shared plumbing: greedy ``propose`` and sampled ``propose_sampled`` both call ``_grow``."""
 
     draw = Draw.WITHOUT_REPLACEMENT
+    runs_draft_model = True
 
     def __init__(self, draft_model: torch.nn.Module):
         self.model = DraftModel(draft_model)

@@ -21,7 +21,7 @@ import torch
 from ..planner import AcceptanceCalibrator, ProbeSchedule
 from ..sampling import Acceptance
 from ..tree import TokenTree
-from .base import Drafter, GuidedDrafter, clear_caches, uses_draft_model
+from .base import Drafter, GuidedDrafter, LearningDrafter, clear_caches
 
 
 @dataclass
@@ -136,6 +136,7 @@ def restrict(source: TokenTree, verified: TokenTree) -> tuple[list[int], list[in
 class HybridDrafter:
     name = "hybrid"
     default_budget: int | str = 16
+    runs_draft_model = False  # its sources may: they are gated one by one (PayoffGate)
 
     def __init__(self, config: HybridConfig, build: Callable[[str], Drafter], name: str = "hybrid",
                  default_budget: int | str = 16):
@@ -143,7 +144,7 @@ class HybridDrafter:
         self.name, self.default_budget = name, default_budget
         self.sources = [build(n) for n in config.names]
         self.calibrators = [AcceptanceCalibrator() for _ in self.sources]
-        self.gates = {i: PayoffGate() for i, source in enumerate(self.sources) if uses_draft_model(source)}
+        self.gates = {i: PayoffGate() for i, source in enumerate(self.sources) if source.runs_draft_model}
         self.clock = StepClock()
         self._proposed: list[tuple[int, TokenTree]] = []
         self._costs: dict[int, float] = {}
@@ -209,13 +210,13 @@ class HybridDrafter:
 
     def state_dict(self) -> dict:
         return {"sources": self.config.names,
-                "states": [s.state_dict() if hasattr(s, "state_dict") else None for s in self.sources]}
+                "states": [s.state_dict() if isinstance(s, LearningDrafter) else None for s in self.sources]}
 
     def load_state_dict(self, state: dict, vocab_size: int) -> None:
         if state.get("sources") != self.config.names:
             raise ValueError(f"saved for sources {state.get('sources')}, this drafter uses {self.config.names}")
         for source, saved in zip(self.sources, state["states"]):
-            if saved is not None and hasattr(source, "load_state_dict"):
+            if saved is not None and isinstance(source, LearningDrafter):
                 source.load_state_dict(saved, vocab_size)
 
 

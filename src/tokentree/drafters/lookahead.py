@@ -38,6 +38,7 @@ class LookaheadConfig:
 class LookaheadDrafter:
     name = "lookahead"
     default_budget = 16
+    runs_draft_model = False
 
     def __init__(self, config: LookaheadConfig | None = None):
         self.config = config or LookaheadConfig()

@@ -52,6 +52,8 @@ class PromptLookupDrafter:
     with ``matches > 1`` several matches are merged into a tree, newest first, within the budget.
     Node scores say how long the matched n-gram was (1 for ``max_ngram``, halved per token less)."""
 
+    runs_draft_model = False
+
     def __init__(self, config: PLDConfig | None = None):
         self.config = config or PLDConfig()
         self.name = "pld" if self.config.matches == 1 else "pld-tree"

@@ -23,6 +23,7 @@ from ..sampling import Acceptance
 from ..tree import TokenTree
 from .template import TEMPLATES, TemplateShape, parse_template
 
+
 @dataclass
 class RecyclingConfig:
     """Token Recycling options (CLI flags ``--recycling-<field>``)."""
@@ -44,6 +45,7 @@ class RecyclingConfig:
 class RecyclingDrafter:
     name = "recycling"
     default_budget = 16
+    runs_draft_model = False
 
     def __init__(self, config: RecyclingConfig | None = None):
         self.config = config or RecyclingConfig()
@@ -88,7 +90,8 @@ class RecyclingDrafter:
             "rows": int(self.matrix.shape[0]),
             "data": base64.b64encode(self.matrix.astype(np.int32).tobytes()).decode(),
         }
-        return {"k": self.config.k, "template": self.config.template, "rate": self.shape.rate.tolist(), "matrix": matrix}
+        return {"k": self.config.k, "template": self.config.template, "rate": self.shape.rate.tolist(),
+                "matrix": matrix}
 
     def load_state_dict(self, state: dict, vocab_size: int) -> None:
         if state["k"] != self.config.k or state["template"] != self.config.template:

@@ -9,11 +9,11 @@ that sum. Calibration files (``tokentree calibrate``) hold a measured vector per
 from __future__ import annotations
 
 import json
-import os
 from functools import lru_cache
 from pathlib import Path
 
 from ..errors import TokentreeError
+from ..files import write_atomically
 
 DEFAULT_VECTOR = (0.55, 0.12, 0.05, 0.03, 0.02, 0.015, 0.01, 0.008)  # greedy-like, before calibration
 CALIBRATION_VERSION = 1
@@ -79,10 +79,7 @@ def check_vector(vector) -> tuple[float, ...]:
 def save_calibration(path: str | Path, vector, target: str, draft: str, positions: int) -> None:
     data = {"version": CALIBRATION_VERSION, "target": target, "draft": draft, "positions": positions,
             "vector": list(check_vector(vector))}
-    path = Path(path)
-    temp = path.with_name(path.name + f".tmp{os.getpid()}")
-    temp.write_text(json.dumps(data, indent=1) + "\n")
-    temp.replace(path)
+    write_atomically(path, (json.dumps(data, indent=1) + "\n").encode())
 
 
 def load_calibration(path: str | Path) -> tuple[float, ...]:

@@ -67,6 +67,7 @@ def merge(old: Distribution | None, new: Distribution, rate: float, top: int) ->
 class StandDrafter:
     name = "stand"
     default_budget = 16
+    runs_draft_model = False
 
     def __init__(self, config: StandConfig | None = None):
         self.config = config or StandConfig()

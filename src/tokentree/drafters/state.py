@@ -11,13 +11,13 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import os
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Any
 
 from ..errors import TokentreeError
+from ..files import write_atomically
+from .base import LearningDrafter
 
 FORMAT = "tokentree-drafter-state"
 VERSION = 1
@@ -30,7 +30,7 @@ def vocab_signature(tokenizer: Any) -> str:
 
 
 def require_stateful(drafter: Any) -> None:
-    if not hasattr(drafter, "state_dict"):
+    if not isinstance(drafter, LearningDrafter):
         raise TokentreeError(f"drafter '{drafter.name}' keeps no state to save or load")
 
 
@@ -40,15 +40,7 @@ def save_state(drafter: Any, path: str | Path, vocab: str) -> None:
     path = Path(path)
     document = {"format": FORMAT, "version": VERSION, "drafter": drafter.name, "vocab": vocab,
                 "state": drafter.state_dict()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as out:
-            out.write(json.dumps(document, separators=(",", ":")).encode())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, gzip.compress(json.dumps(document, separators=(",", ":")).encode(), mtime=0))
 
 
 def load_state(drafter: Any, path: str | Path, vocab: str, vocab_size: int) -> None:

@@ -140,7 +140,8 @@ def create_app(generator: Generator, config: ServeConfig) -> FastAPI:
             raise APIError(400, f"give at most {config.max_stops} stop strings of 1 to {config.max_stop_length} "
                            "characters", param="stop")
         if body.token_limit is not None and body.token_limit > new_token_limit:
-            raise APIError(400, f"max_tokens {body.token_limit} is over {new_token_limit_name} of {new_token_limit} tokens",
+            raise APIError(400, f"max_tokens {body.token_limit} is over {new_token_limit_name} of "
+                           f"{new_token_limit} tokens",
                            param="max_tokens")
         extra = body.tokentree
         drafter = extra.drafter if extra else None

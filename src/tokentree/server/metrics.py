@@ -68,7 +68,8 @@ class Metrics:
                      "# TYPE tokentree_requests_total counter"]
             lines += [f'tokentree_requests_total{{endpoint="{e}",status="{s}"}} {n}'
                       for (e, s), n in sorted(self.requests.items())]
-            lines += ["# TYPE tokentree_prompt_tokens_total counter", f"tokentree_prompt_tokens_total {self.prompt_tokens}",
+            lines += ["# TYPE tokentree_prompt_tokens_total counter",
+                      f"tokentree_prompt_tokens_total {self.prompt_tokens}",
                       "# TYPE tokentree_generated_tokens_total counter",
                       f"tokentree_generated_tokens_total {self.generated_tokens}",
                       "# TYPE tokentree_steps_total counter", f"tokentree_steps_total {self.steps}",

@@ -145,7 +145,8 @@ class ChatRequest(GenerationRequest):
     @model_validator(mode="after")
     def _chat_supported(self):
         _unsupported(self, {"tools": lambda v: not v, "functions": lambda v: not v,
-                            "tool_choice": lambda v: v in ("none", "auto"), "function_call": lambda v: v in ("none", "auto"),
+                            "tool_choice": lambda v: v in ("none", "auto"),
+                            "function_call": lambda v: v in ("none", "auto"),
                             "response_format": lambda v: v.get("type") == "text", "modalities": lambda v: v == ["text"],
                             "audio": lambda v: False, "prediction": lambda v: False})
         return self

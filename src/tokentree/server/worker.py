@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..api import GenerationStream, Generator
-from ..drafters import Drafter, make_drafter
 from ..errors import TokentreeError
 
 log = logging.getLogger("tokentree.server")
@@ -75,7 +74,6 @@ class Worker:
         self.deadline: float | None = None  # monotonic time by which a shutdown ends the running job
         self._waiting: collections.deque[Job] = collections.deque()
         self._ready = threading.Condition()
-        self._drafters: dict[str, Drafter] = {}  # one per name, so learned state carries across requests
         self._thread = threading.Thread(target=self._serve, name="tokentree-worker", daemon=True)
 
     def start(self) -> None:
@@ -143,7 +141,7 @@ class Worker:
 
     def _run(self, job: Job) -> None:
         try:
-            stream = self.generator.stream(job.prompt_ids, drafter=self._drafter(job.drafter), **job.options)
+            stream = self.generator.stream(job.prompt_ids, drafter=job.drafter, **job.options)
             job.stream = stream
             if job.cancelled.is_set():
                 stream.cancelled = True
@@ -155,11 +153,3 @@ class Worker:
         except Exception:  # a bug, not a user mistake: log it, answer 500 (details stay in the log), keep serving
             log.exception("generation failed")
             job.post("error", (500, "internal error while generating (see the server log)"))
-
-    def _drafter(self, name: str | None) -> Drafter:
-        if name is None:
-            return self.generator.drafter
-        if name not in self._drafters:
-            draft = self.generator.draft
-            self._drafters[name] = make_drafter(name, None if draft is None else draft.model)
-        return self._drafters[name]
