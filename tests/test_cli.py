@@ -209,5 +209,8 @@ def test_boolean_and_shared_drafter_flags_parse():
 
     args = build_parser().parse_args(["generate", "x", "--drafter", "chain", "--chain-adaptive", "false"])
     assert drafter_options(args) == {"adaptive": False}
-    args = build_parser().parse_args(["generate", "x", "--drafter", "rsd-c", "--specinfer-widths", "3,2"])
+    args = build_parser().parse_args(["generate", "x", "--drafter", "rsd-c", "--rsdc-widths", "3,2"])
     assert drafter_options(args) == {"widths": "3,2"}
+    args = build_parser().parse_args(["generate", "x", "--drafter", "rsd-c", "--specinfer-widths", "3,2"])
+    with pytest.raises(TokentreeError, match="does not apply"):
+        drafter_options(args)

@@ -15,6 +15,7 @@ from .draft_trees import (
     ChainDrafter,
     DySpecConfig,
     DySpecDrafter,
+    RSDCConfig,
     SequoiaConfig,
     SequoiaDrafter,
     SpecInferConfig,
@@ -69,7 +70,7 @@ DRAFTERS: dict[str, DrafterSpec] = {
                          needs_draft=True),
     "specinfer": DrafterSpec(lambda c, m: WidthsDrafter(c, m, "specinfer", Draw.IID), SpecInferConfig,
                              help="draft-model tree, per-depth widths, i.i.d. children (SpecInfer)", needs_draft=True),
-    "rsd-c": DrafterSpec(lambda c, m: WidthsDrafter(c, m, "rsd-c", Draw.WITHOUT_REPLACEMENT), SpecInferConfig,
+    "rsd-c": DrafterSpec(lambda c, m: WidthsDrafter(c, m, "rsd-c", Draw.WITHOUT_REPLACEMENT), RSDCConfig,
                          (("widths", "3,2,1,1"),), help="draft-model tree, per-depth branching, children without "
                          "replacement (RSD-C)", needs_draft=True),
     "rsd-s": DrafterSpec(StochasticBeamDrafter, BeamConfig, help="draft-model tree from stochastic beam search, "
@@ -131,6 +132,7 @@ def make_drafter(name: str, draft_model: Any = None, **options: Any) -> Drafter:
 
 
 __all__ = ["AutoConfig", "BeamConfig", "StochasticBeamDrafter", "HybridConfig", "HybridDrafter", "drafter_config",
-           "ChainConfig", "DySpecConfig", "SequoiaConfig", "SpecInferConfig", "DRAFTERS", "Drafter", "DrafterSpec",
+           "ChainConfig", "DySpecConfig", "SequoiaConfig", "SpecInferConfig", "RSDCConfig", "DRAFTERS", "Drafter",
+           "DrafterSpec",
            "LookaheadConfig", "LookaheadDrafter", "NoDrafter", "PLDConfig", "PromptLookupDrafter",
            "RecyclingConfig", "RecyclingDrafter", "StandConfig", "StandDrafter", "make_drafter"]

@@ -160,15 +160,19 @@ class ChainDrafter(_DraftModelDrafter):
 
 @dataclass
 class SpecInferConfig:
-    """Per-depth branching (CLI flags ``--specinfer-<field>``, also for ``rsd-c``).
-
-    ``specinfer`` draws children i.i.d. when sampling, ``rsd-c`` without replacement.
-    """
+    """SpecInfer's per-depth branching (CLI flags ``--specinfer-<field>``); children drawn i.i.d.
+    when sampling."""
 
     widths: str = "2,2,1,1"  # children per node at depth 0, 1, 2, ...
 
     def __post_init__(self) -> None:
         parse_widths(self.widths)
+
+
+@dataclass
+class RSDCConfig(SpecInferConfig):
+    """RSD-C's per-depth branching (CLI flags ``--rsdc-<field>``); children drawn without
+    replacement when sampling."""
 
 
 class WidthsDrafter(_DraftModelDrafter):
