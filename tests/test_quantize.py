@@ -21,10 +21,29 @@ def test_quantize_writes_a_gguf_that_decodes(gguf, tmp_path):  # noqa: F811
     assert len(gen.generate("def add(a, b):", max_new_tokens=8, chat=False).token_ids) == 8
 
 
+@pytest.mark.slow
+def test_quantize_sets_the_output_layer_type(gguf, tmp_path):  # noqa: F811
+    """--output-type decides the output layer (SmolLM2 ties it to the embedding, which then takes it)."""
+    from gguf import GGUFReader
+
+    def output_layer_type(path):
+        tensors = {t.name: int(t.tensor_type) for t in GGUFReader(str(path)).tensors}
+        return tensors.get("output.weight", tensors["token_embd.weight"])
+
+    types = {}
+    for output_type in (None, "q4_0"):
+        out = tmp_path / f"smol-{output_type}.gguf"
+        quantize(QuantizeConfig(str(gguf), str(out), "q8_0", threads=2, allow_requantize=True,
+                                output_type=output_type), progress=False)
+        types[output_type] = output_layer_type(out)
+    assert types == {None: 8, "q4_0": 2}  # ggml types Q8_0 and Q4_0
+
+
 def test_quantize_user_mistakes_are_one_line_errors(gguf, tmp_path, capsys):  # noqa: F811
     out = tmp_path / "out.gguf"
     cases = [
         ([str(gguf), str(out), "--type", "q9_9"], "unknown quantization type 'q9_9'"),
+        ([str(gguf), str(out), "--output-type", "q9"], "unknown output layer type 'q9'"),
         ([str(tmp_path / "missing.gguf"), str(out)], "no such GGUF file"),
         ([str(gguf), str(out)], "already quantized"),  # SmolLM2 ships quantized: needs --allow-requantize
         ([str(gguf), str(gguf), "--allow-requantize"], "overwrite the input"),

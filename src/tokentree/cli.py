@@ -156,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     quant.add_argument("--allow-requantize", action="store_true",
                        help="quantize an already quantized file (loses more quality than from F16/BF16)")
     quant.add_argument("--overwrite", action="store_true", help="replace OUTPUT when it exists")
+    quant.add_argument("--output-type", default=None,
+                       help="the output layer's type (q4_0, q8_0, q6_k, ...; default: llama.cpp's choice for "
+                            "--type); a draft model reads it every token, so a smaller one drafts faster")
 
     profile = sub.add_parser("profile", help="measure the target's verify latency t(n) (used by --budget auto)")
     add_model_arguments(profile)

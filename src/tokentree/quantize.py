@@ -23,6 +23,9 @@ QUANT_TYPES: dict[str, tuple[int, float]] = {
     "q4_k_m": (15, 4.9), "q5_k_s": (16, 5.5), "q5_k_m": (17, 5.7), "q6_k": (18, 6.6), "iq4_nl": (25, 4.5),
     "iq4_xs": (30, 4.3), "f16": (1, 16.0), "bf16": (32, 16.0),
 }
+# ggml tensor type ids for the output layer (llama.cpp's --output-tensor-type)
+OUTPUT_TYPES: dict[str, int] = {"f16": 1, "q4_0": 2, "q5_0": 6, "q8_0": 8, "q4_k": 12, "q5_k": 13, "q6_k": 14,
+                                "iq4_nl": 20}
 UNQUANTIZED_FILE_TYPES = {0: "F32", 1: "F16", 32: "BF16"}  # GGUF general.file_type values
 EMBEDDED_INPUTS = ("embedded", "embedded-draft")
 
@@ -37,11 +40,17 @@ class QuantizeConfig:
     threads: int | None = None  # None = all cores
     allow_requantize: bool = False  # quantize an already quantized file (loses more than from F16/BF16)
     overwrite: bool = False
+    output_type: str | None = None  # the output layer's type; None = llama.cpp's choice for ``type``
 
     def __post_init__(self) -> None:
         self.type = self.type.lower()
         if self.type not in QUANT_TYPES:
             raise TokentreeError(f"unknown quantization type '{self.type}': choose {', '.join(QUANT_TYPES)}")
+        if self.output_type is not None:
+            self.output_type = self.output_type.lower()
+            if self.output_type not in OUTPUT_TYPES:
+                raise TokentreeError(f"unknown output layer type '{self.output_type}': choose "
+                                     f"{', '.join(OUTPUT_TYPES)}")
         if self.threads is not None and self.threads < 1:
             raise TokentreeError(f"--threads must be >= 1, got {self.threads}")
 
@@ -93,6 +102,8 @@ def quantize(config: QuantizeConfig, progress: bool = True) -> Path:
     params.ftype = QUANT_TYPES[config.type][0]
     params.nthread = config.threads or 0
     params.allow_requantize = config.allow_requantize
+    if config.output_type is not None:
+        params.output_tensor_type = OUTPUT_TYPES[config.output_type]
     partial = target.with_name(target.name + ".partial")
     result: list[int] = []
     worker = threading.Thread(target=lambda: result.append(
