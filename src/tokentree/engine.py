@@ -22,6 +22,7 @@ from .sampling import (
     accept_coupled,
 )
 from .stats import GenerationStats
+from .tree import TokenTree
 
 GREEDY = SamplingParams()
 PROMPT_TAIL = 64  # last prompt tokens forwarded with the first tree (one forward fewer than prefilling them)
@@ -78,81 +79,141 @@ class Engine:
 
         Stops after an EOS token (which is emitted) or ``request.max_new_tokens`` tokens.
         """
+        run = self.start(prompt_ids, request, stats, self.backend, self.drafter, self.planner)
+        while not run.done:
+            draft = run.draft()
+            started = time.perf_counter()
+            logits = self.backend.verify(draft.tree)
+            yield run.settle(logits, time.perf_counter() - started)
+
+    def start(self, prompt_ids: Sequence[int], request: DecodeRequest, stats: GenerationStats, backend: Backend,
+              drafter: Drafter, planner: Planner | None) -> SequenceRun:
+        """Prefill ``prompt_ids`` on ``backend`` and return the run that decodes it step by step."""
         if not prompt_ids:
             raise TokentreeError("the prompt is empty: give at least one token")
         start = time.perf_counter()
         context = [int(t) for t in prompt_ids]
-        self.drafter.reset()
-        self.backend.prefill(context[:-1], defer=PROMPT_TAIL)
+        drafter.reset()
+        backend.prefill(context[:-1], defer=PROMPT_TAIL)
         stats.prompt_tokens = len(context)
         stats.prefill_s = time.perf_counter() - start
-        remaining = request.max_new_tokens
-        budget = self.drafter.default_budget if request.budget is None else request.budget
-        if budget == "auto" and self.planner is None:
+        budget = drafter.default_budget if request.budget is None else request.budget
+        if budget == "auto" and planner is None:
             raise TokentreeError("budget 'auto' needs a planner (tokentree.load(...) provides one)")
         params = request.sampling
-        generator = _generator(request.seed)
         coupled = self.couple_seeded and request.seed is not None and not params.greedy
-        noise = PositionNoise(request.seed) if coupled else None
-        draw_params = GREEDY if noise is not None else params  # coupled: deterministic drafts, V-greedy on noise
-        planner = self.planner
-        if planner is not None and request.seed is not None and not params.greedy and noise is None:
+        if planner is not None and request.seed is not None and not params.greedy and not coupled:
             planner = Planner(planner.profile, planner.config, replayable=True)  # same seed, same text
-        if planner is not None:
+        if planner is not None and budget == "auto":
             planner.begin_request()
-        while remaining > 0:
-            t0 = time.perf_counter()
-            if budget == "auto":
-                draft = self._planned_draft(planner, context, remaining - 1, draw_params, generator)
-            else:
-                draft = self._draft(context, min(budget, remaining - 1), draw_params, generator)
-            capped = draft.capped(self.backend.max_leaves)
-            stats.capped_steps += capped is not draft
-            draft = capped
-            tree = draft.tree
-            t1 = time.perf_counter()
-            logits = self.backend.verify(tree)
-            if noise is None:
-                acceptance = self.rule(draft, logits, params, generator)
-            else:
-                acceptance = accept_coupled(tree, logits, params, noise, request.max_new_tokens - remaining)
-            self.backend.commit(acceptance.nodes)
-            t2 = time.perf_counter()
-            self.drafter.observe(tree, logits, acceptance)
-            if planner is not None and budget == "auto":  # the first verify also forwarded the prompt's tail
-                planner.observe(tree, acceptance, t1 - t0, t2 - t1 if stats.steps else None)
-            new = _until_eos(acceptance.new_tokens(tree)[:remaining], self.eos_ids)
-            context.extend(new)
-            remaining -= len(new)
-            stats.record_step(len(tree) - 1, acceptance.accepted, len(new), t1 - t0, t2 - t1)
-            stats.total_s = time.perf_counter() - start
-            yield new
-            if new[-1] in self.eos_ids:
-                return
+        return SequenceRun(self, backend, drafter, request, stats, context, budget,
+                           planner if budget == "auto" else None, _generator(request.seed),
+                           PositionNoise(request.seed) if coupled else None, start)
 
 
-    def _draft(self, context: list[int], budget: int, params: SamplingParams, generator: torch.Generator) -> Draft:
+@dataclass
+class SequenceRun:
+    """One sequence being decoded: its context, drafter, planner and statistics between steps.
+
+    A step is :meth:`draft`, then a verify of ``draft.tree`` by the caller (alone, or in one
+    forward with other sequences' trees), then :meth:`settle` with the tree's logits.
+    """
+
+    engine: Engine
+    backend: Backend
+    drafter: Drafter
+    request: DecodeRequest
+    stats: GenerationStats
+    context: list[int]
+    budget: int | str
+    planner: Planner | None  # set when the budget is "auto"
+    generator: torch.Generator
+    noise: PositionNoise | None  # coupled sampling of a seeded request (see Engine)
+    started: float
+    own_forward: bool = True  # False: its verify shares a forward with other sequences (a batch)
+    done: bool = False
+    _draft: Draft | None = None
+    _draft_s: float = 0.0
+
+    @property
+    def remaining(self) -> int:
+        return self.request.max_new_tokens - self.stats.new_tokens
+
+    def draft(self) -> Draft:
+        """This step's draft (planned when the budget is "auto"), capped to the backend's leaves."""
+        t0 = time.perf_counter()
+        if self.planner is None:
+            draft = self._drafted(min(self.budget, self.remaining - 1))
+        else:
+            candidate = self._drafted(min(self.planner.candidate_size(), self.remaining - 1))
+            draft = self._sized(candidate, self.planner.choose(candidate.tree))
+        return self._take(draft, time.perf_counter() - t0)
+
+    def candidate(self) -> Draft:
+        """The largest draft this step may verify (planned together with other sequences' by the
+        caller, then cut by :meth:`take`); needs a planner."""
+        t0 = time.perf_counter()
+        draft = self._drafted(min(self.planner.config.max_nodes, self.remaining - 1))
+        self._draft_s = time.perf_counter() - t0
+        return draft
+
+    def take(self, candidate: Draft, n: int) -> Draft:
+        """This step's draft: ``candidate`` cut to ``n`` drafted nodes (see :meth:`_sized`)."""
+        t0 = time.perf_counter()
+        return self._take(self._sized(candidate, n), self._draft_s + time.perf_counter() - t0)
+
+    def plain(self) -> Draft:
+        """This step as a plain one (the root only), in place of the draft taken."""
+        return self._take(Draft(TokenTree.root(self.context[-1])), self._draft_s)
+
+    def _take(self, draft: Draft, draft_s: float) -> Draft:
+        capped = draft.capped(self.backend.max_leaves)
+        self.stats.capped_steps += capped is not draft
+        self._draft, self._draft_s = capped, draft_s
+        return capped
+
+    def settle(self, logits: torch.Tensor, verify_s: float) -> list[int]:
+        """Accept from the verified tree's [n, V] logits, commit, learn; returns the new tokens."""
+        draft, params = self._draft, self.request.sampling
+        tree = draft.tree
+        t1 = time.perf_counter()
+        if self.noise is None:
+            acceptance = self.engine.rule(draft, logits, params, self.generator)
+        else:
+            acceptance = accept_coupled(tree, logits, params, self.noise, self.stats.new_tokens)
+        self.backend.commit(acceptance.nodes)
+        verify_s += time.perf_counter() - t1
+        self.drafter.observe(tree, logits, acceptance)
+        if self.planner is not None:  # the first verify also forwarded the prompt's tail; a batch's
+            timed = self.own_forward and self.stats.steps  # forward times all its sequences' trees
+            self.planner.observe(tree, acceptance, self._draft_s, verify_s if timed else None)
+        new = _until_eos(acceptance.new_tokens(tree)[:self.remaining], self.engine.eos_ids)
+        self.context.extend(new)
+        self.stats.record_step(len(tree) - 1, acceptance.accepted, len(new), self._draft_s, verify_s)
+        self.stats.total_s = time.perf_counter() - self.started
+        self.done = self.remaining <= 0 or new[-1] in self.engine.eos_ids
+        return new
+
+    def _drafted(self, budget: int) -> Draft:
         """A sampled draft from drafters that can draw one (when sampling), else a deterministic one."""
+        params = GREEDY if self.noise is not None else self.request.sampling  # coupled: deterministic drafts
         if not params.greedy and isinstance(self.drafter, StochasticDrafter):
-            return self.drafter.propose_sampled(context, budget, params, generator)
-        return Draft(self.drafter.propose(context, budget))
+            return self.drafter.propose_sampled(self.context, budget, params, self.generator)
+        return Draft(self.drafter.propose(self.context, budget))
 
-    def _planned_draft(self, planner: Planner, context: list[int], room: int, params: SamplingParams,
-                       generator: torch.Generator) -> Draft:
-        """A large candidate, then (if the planner wants fewer nodes) its best n nodes.
+    def _sized(self, candidate: Draft, n: int) -> Draft:
+        """``candidate`` with (at most) ``n`` drafted nodes.
 
-        Deterministic candidates (every greedy draft, V-det drafts) are simply cut: which nodes
-        stay depends on no random draw. A sampled draft cut by its scores would keep a sibling
-        because of its identity, which the acceptance rules do not allow, so it is drawn afresh at
-        the chosen size instead.
+        Deterministic candidates (every greedy draft, V-det drafts) are simply cut to their best n
+        nodes: which nodes stay depends on no random draw. A sampled draft cut by its scores would
+        keep a sibling because of its identity, which the acceptance rules do not allow, so it is
+        drawn afresh at the chosen size instead.
         """
-        candidate = self._draft(context, min(planner.candidate_size(), room), params, generator)
-        n = planner.choose(candidate.tree)
         if n >= len(candidate.tree) - 1:
             return candidate
         if candidate.draw is Draw.DETERMINISTIC:
-            return Draft(planner.cut(candidate.tree, n))
-        return self._draft(context, n, params, generator)
+            return Draft(self.planner.cut(candidate.tree, n))
+        return self._drafted(n)
 
 
 def _generator(seed: int | None) -> torch.Generator:
