@@ -178,18 +178,64 @@ class Generator:
         top-k, top-p and min-p (lossless speculative sampling); ``seed`` makes a run reproducible.
         """
         chosen = self._drafter(drafter)
-        budget = resolve_budget(self.budget if budget is None else budget, chosen)
-        request = DecodeRequest(max_new_tokens, temperature, top_p, top_k, seed, min_p=min_p, budget=budget)
-        stops = [stop] if isinstance(stop, str) else list(stop or [])
-        if any(not s for s in stops):
-            raise TokentreeError("stop strings must be non-empty")
-        planner = self.planner(chosen) if budget == "auto" else None
+        request, stops = self._request(chosen, max_new_tokens, temperature, top_p, top_k, seed, stop, budget, min_p)
+        planner = self.planner(chosen) if request.budget == "auto" else None
         engine = Engine(self.backend, chosen, self.target.eos_ids, planner=planner)
         return GenerationStream(engine, self.encode(prompt, chat), request, TextStream(self.tokenizer, stops))
 
     def generate(self, prompt: Prompt, **options: Any) -> Output:
         """Generate to the end (same options as :meth:`stream`)."""
         return self.stream(prompt, **options).output()
+
+    def generate_batch(self, prompts: Sequence[Prompt], max_new_tokens: int = 128, chat: bool | None = None,
+                       temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int | None = None,
+                       stop: Sequence[str] | str | None = None, drafter: str | Drafter | None = None,
+                       budget: int | str | None = None, min_p: float = 0.0,
+                       max_batch: int | None = None) -> list[Output]:
+        """Generate for every prompt, up to ``max_batch`` of them in each target forward (default:
+        all, at most the llama.cpp context's sequences); a prompt waiting for a slot joins when one
+        finishes. Each output is what :meth:`generate` with the same options gives (the drafter's
+        learned state aside). llama.cpp backend only, for now."""
+        from .batch import BatchEngine
+
+        if not self.target.is_llamacpp:
+            raise TokentreeError("generate_batch runs on the llama.cpp backend (backend='llamacpp') for now")
+        if isinstance(prompts, str) or not prompts:
+            raise TokentreeError("generate_batch takes a non-empty list of prompts")
+        chosen = self._drafter(drafter)
+        request, stops = self._request(chosen, max_new_tokens, temperature, top_p, top_k, seed, stop, budget, min_p)
+        ids = [self.encode(prompt, chat) for prompt in prompts]
+        limit = self.target.model.config.max_sequences
+        planner = self.planner(chosen) if request.budget == "auto" else None
+        self.backend.reset()  # the batch's sequences use every sequence id of the context
+        batch = BatchEngine(self.target.model, chosen, self.target.eos_ids, min(max_batch or len(ids), limit),
+                            planner)
+        texts = [TextStream(self.tokenizer, stops) for _ in ids]
+        stats = [GenerationStats() for _ in ids]
+        owner: dict[int, int] = {}  # slot -> prompt index
+        waiting = list(range(len(ids)))[::-1]
+        while waiting or batch.runs:
+            while waiting and batch.free_slots:
+                index = waiting.pop()
+                owner[batch.add(ids[index], request, stats[index])] = index
+            for slot, tokens in batch.step().items():
+                texts[owner[slot]].push(tokens)
+                if texts[owner[slot]].stopped:
+                    batch.cancel(slot)
+        for text in texts:
+            text.finish()
+        return [Output(text.text, list(text.token_ids), stat) for text, stat in zip(texts, stats)]
+
+    def _request(self, drafter: Drafter, max_new_tokens: int, temperature: float, top_p: float, top_k: int,
+                 seed: int | None, stop: Sequence[str] | str | None, budget: int | str | None,
+                 min_p: float) -> tuple[DecodeRequest, list[str]]:
+        """The validated request and stop strings of a call."""
+        budget = resolve_budget(self.budget if budget is None else budget, drafter)
+        request = DecodeRequest(max_new_tokens, temperature, top_p, top_k, seed, min_p=min_p, budget=budget)
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        if any(not s for s in stops):
+            raise TokentreeError("stop strings must be non-empty")
+        return request, stops
 
     def _drafter(self, drafter: str | Drafter | None) -> Drafter:
         if drafter is None:

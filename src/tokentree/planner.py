@@ -12,14 +12,16 @@ n = 0 is plain decoding, so when drafts stop paying the planner stops drafting.
 from __future__ import annotations
 
 import bisect
+import copy
 import hashlib
+import heapq
 import json
 import math
 import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -381,6 +383,15 @@ class Planner:
         self._chosen = self.config.max_nodes
         self._fresh = True  # no step of this request has judged a drafted node yet
 
+    def fork(self) -> Planner:
+        """A planner for a sequence decoded beside this one's (a batch): its own request evidence
+        (tilts, probes, throughput) over this one's calibration and verify cost, which all forks
+        keep learning."""
+        other = copy.copy(self)
+        other.begin_request()
+        other._shadow = None
+        return other
+
     def candidate_size(self) -> int:
         """Nodes to ask the drafter for: ``max_nodes`` while trees are verified; while the planner
         decodes plainly only PLAIN_CANDIDATE, enough for the shadow's first level, a probe and a
@@ -418,8 +429,7 @@ class Planner:
             if value > best_value:
                 best_n, best_value = n, value
         self._shadow = None
-        if self._fresh:  # nothing known of this request yet: what earlier requests taught may not apply,
-            best_n = min(best_n, self.probe_size())  # so its first tree is probe-sized
+        best_n = self.first_tree_cap(best_n)
         if best_n == 0 and ranked:
             if self.probe.due():
                 best_n = min(len(ranked), self.probe_size())  # a small tree now and then: deeper evidence
@@ -427,6 +437,11 @@ class Planner:
                 self._shadow = tree.subset(tree.children[0])
         self._chosen = best_n
         return best_n
+
+    def first_tree_cap(self, n: int) -> int:
+        """``n``, at most probe-sized while no tree of this request has been judged: what earlier
+        requests taught may not apply to it."""
+        return min(n, self.probe_size()) if self._fresh else n
 
     def probe_size(self) -> int:
         """Nodes of a probe: up to PROBE_NODES, as long as verifying them costs at most PROBE_COST steps."""
@@ -462,6 +477,27 @@ class Planner:
         self.recent_seconds = RATE_DECAY * self.recent_seconds + draft_s + verify_s
         self.recent_draft_s = RATE_DECAY * self.recent_draft_s + draft_s
         self.recent_steps = RATE_DECAY * self.recent_steps + 1
+
+
+def choose_batch(ranked: Sequence[Sequence[float]], seconds: Callable[[int], float], rate: float) -> list[int]:
+    """How many drafted nodes of each sequence to verify when all of them share one forward.
+
+    ``ranked[i]``: sequence i's acceptance estimates of its drafted nodes, descending (so any
+    prefix is ancestor-closed); ``seconds(m)``: verify time of m rows in one forward; ``rate``:
+    the batch's tokens per second. Takes the k best estimates over all sequences for the k that
+    maximises ``sum of them - rate * seconds(len(ranked) + k)`` (every sequence verifies its root):
+    a node is verified when it beats its marginal cost in this step, whichever sequence it serves.
+    """
+    merged = heapq.merge(*[[(-estimate, i) for estimate in row] for i, row in enumerate(ranked)])
+    counts, best = [0] * len(ranked), [0] * len(ranked)
+    gained, best_value = 0.0, -rate * seconds(len(ranked))
+    for k, (negative, i) in enumerate(merged, start=1):
+        gained -= negative
+        counts[i] += 1
+        value = gained - rate * seconds(len(ranked) + k)
+        if value > best_value:
+            best_value, best = value, list(counts)
+    return best
 
 
 def shadow_acceptance(shadow: TokenTree, token: int) -> Acceptance:

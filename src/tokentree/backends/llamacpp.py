@@ -23,7 +23,7 @@ import torch
 from ..errors import TokentreeError
 from ..tree import TokenTree
 from .base import shared_prefix
-from .sequences import CONTEXT_SEQ, BatchPlan, SequenceBook
+from .sequences import CONTEXT_SEQ, BatchRows, SequenceBook
 
 LLAMA_CPP_PIN = "llama-cpp-python==0.3.36"
 GGUF_MAGIC = b"GGUF"
@@ -98,6 +98,8 @@ class LlamaCppModel:
         self.vocab = lib.llama_model_get_vocab(self.model_p)
         self.vocab_size = int(lib.llama_vocab_n_tokens(self.vocab))
         self.memory = lib.llama_get_memory(self.ctx)
+        self.batch = lib.llama_batch_init(self.config.n_batch, 0, self.config.max_sequences)
+        self.decoded_rows = 0  # every row decoded so far (each took a cache cell)
 
     def _context_params(self):
         params = self.lib.llama_context_default_params()
@@ -121,7 +123,38 @@ class LlamaCppModel:
     def context_limit(self) -> int:
         return self.config.n_ctx
 
+    def decode(self, rows: BatchRows) -> None:
+        """One ``llama_decode`` of ``rows``; their flagged rows' logits are then :meth:`logits`."""
+        batch, lib = self.batch, self.lib
+        if len(rows.tokens) > self.config.n_batch:
+            raise TokentreeError(f"a batch of {len(rows.tokens)} tokens exceeds the llama.cpp batch of "
+                                 f"{self.config.n_batch}")
+        batch.n_tokens = len(rows.tokens)
+        for i, (token, pos, seqs, out) in enumerate(zip(rows.tokens, rows.positions, rows.seq_ids, rows.outputs,
+                                                        strict=True)):
+            batch.token[i] = token
+            batch.pos[i] = pos
+            batch.n_seq_id[i] = len(seqs)
+            for j, seq in enumerate(seqs):
+                batch.seq_id[i][j] = seq
+            batch.logits[i] = out
+        code = lib.llama_decode(self.ctx, batch)
+        self.decoded_rows += len(rows.tokens) if code == 0 else 0
+        if code != 0:
+            raise TokentreeError(f"llama_decode failed with code {code} on a batch of {len(rows.tokens)} tokens"
+                                 + (" (the KV cache is full: raise --n-ctx)" if code == 1 else ""))
+
+    def logits(self, rows: int) -> torch.Tensor:
+        """[rows, V] float32: a copy of the last decode's output logits, in batch order."""
+        pointer = self.lib.llama_get_logits(self.ctx)
+        array = np.ctypeslib.as_array(ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)),
+                                      shape=(rows, self.vocab_size))
+        return torch.from_numpy(array.copy())
+
     def close(self) -> None:
+        if getattr(self, "batch", None) is not None:
+            self.lib.llama_batch_free(self.batch)
+            self.batch = None
         if getattr(self, "ctx", None):
             self.lib.llama_free(self.ctx)
             self.ctx = None
@@ -141,27 +174,47 @@ class LlamaCppBackend:
     storage order): a tree is decoded depth-first, first child first, so an accepted path through
     first children is already contiguous; any other accepted path is re-decoded behind the context
     (a few tokens, rarely). A draft model does not need exact logits and skips that.
+
+    ``sequences`` are the llama.cpp sequence ids this backend owns (default: all of the context's):
+    several backends over one model, each with its own ids, are the sequences of a batch
+    (:func:`verify_many` forwards their trees in one ``llama_decode``). Every cache operation
+    touches only the owned ids.
+
+    With ``trash`` (a sequence id no backend owns) cells this backend lets go are handed to that
+    sequence instead of freed. llama.cpp's CPU attention sums over a sequence's cells in storage
+    order, in F16, so the order shows in the logits, and it fills freed cells first: with several
+    sequences in one cache a freed cell of one would take another's next token ahead of its older
+    ones. Kept occupied, every new cell lands after all earlier ones. That is not all llama.cpp's
+    rounding depends on (a sequence whose cells span several 256-cell tiles of a shared cache, or a
+    batch of 64 rows or more, rounds differently from decoding alone), so a batch's sequences equal
+    their plain decoding exactly only while the cache is small. The batch frees the trash when it
+    is empty (see :class:`tokentree.batch.BatchEngine`).
     """
 
-    def __init__(self, model: LlamaCppModel, in_order: bool = True):
+    def __init__(self, model: LlamaCppModel, in_order: bool = True, sequences: range | None = None,
+                 trash: int | None = None):
         self.model = model
         self.in_order = in_order
         self.lib = model.lib
         self.vocab_size = model.vocab_size
-        self.max_leaves = model.config.max_sequences
+        self.sequences = range(model.config.max_sequences) if sequences is None else sequences
+        if not self.sequences or self.sequences.step != 1 or not (
+                0 <= self.sequences.start and self.sequences.stop <= model.config.max_sequences):
+            raise ValueError(f"sequence ids {self.sequences} are not a block of the context's "
+                             f"{model.config.max_sequences}")
+        if trash is not None and (trash in self.sequences or not 0 <= trash < model.config.max_sequences):
+            raise ValueError(f"the trash sequence {trash} must be a sequence id outside {self.sequences}")
+        self.trash = trash
+        self.max_leaves = len(self.sequences)
         self.capacity = model.config.n_batch
-        self.book = SequenceBook(model.config.max_sequences)
-        self.batch = self.lib.llama_batch_init(self.capacity, 0, model.config.max_sequences)
+        self.context_seq = self.sequences.start + CONTEXT_SEQ
+        self.book = SequenceBook(len(self.sequences))
         self._tokens: list[int] = []
         self._pending: TokenTree | None = None
         self._order: tuple[int, ...] = ()  # the pending tree's nodes in the order they were decoded
         self._lead: list[int] = []  # prefill tokens held back for the next tree's batch (see prefill)
+        self._staged: tuple[int, tuple[int, ...]] = (0, ())  # (start, decode order) of the staged rows
         self.redecoded = 0  # accepted tokens decoded again to keep the cells in order
-
-    def __del__(self) -> None:
-        if getattr(self, "batch", None) is not None:
-            self.lib.llama_batch_free(self.batch)
-            self.batch = None
 
     @property
     def tokens(self) -> list[int]:
@@ -173,7 +226,8 @@ class LlamaCppBackend:
         return self._pending
 
     def reset(self) -> None:
-        self.lib.llama_memory_clear(self.model.memory, True)
+        for seq in self.sequences:
+            self._release(seq, -1, -1)
         self._tokens, self._pending, self._lead = [], None, []
         self.book.reset()
 
@@ -183,9 +237,8 @@ class LlamaCppBackend:
         token_ids = [int(t) for t in token_ids]
         self._check_room(len(token_ids))
         shared = shared_prefix(self._tokens, token_ids)
-        memory = self.model.memory
-        self.lib.llama_memory_seq_keep(memory, CONTEXT_SEQ)  # drop any pending tree's branches
-        if not self.lib.llama_memory_seq_rm(memory, CONTEXT_SEQ, shared, -1):
+        self._drop_branches(keep=self.context_seq)  # any pending tree's
+        if not self._release(self.context_seq, shared, -1):
             self.reset()
             shared = 0
         self._tokens, self._pending = self._tokens[:shared], None
@@ -195,7 +248,9 @@ class LlamaCppBackend:
         self._lead = token_ids[forwarded:]
         for begin in range(shared, forwarded, self.capacity):
             chunk = token_ids[begin:min(begin + self.capacity, forwarded)]
-            self._decode(chunk, range(begin, begin + len(chunk)), [(CONTEXT_SEQ,)] * len(chunk), outputs=1)
+            rows = BatchRows()
+            rows.add(chunk, range(begin, begin + len(chunk)), [(self.context_seq,)] * len(chunk), outputs=1)
+            self.model.decode(rows)
             self._tokens.extend(chunk)
 
     def verify(self, tree: TokenTree) -> torch.Tensor:
@@ -208,6 +263,13 @@ class LlamaCppBackend:
 
         Returns [n - start, V] float32 logits, like :meth:`HFBackend.grow`.
         """
+        rows = self.stage(tree, start)
+        self.model.decode(rows)
+        return self.absorb(self.model.logits(rows.output_count))
+
+    def stage(self, tree: TokenTree, start: int) -> BatchRows:
+        """Plan the forward of ``tree[start:]``: copy the cells its new branches need and return its
+        batch rows; :meth:`absorb` takes the logits once they are decoded (alone or in a batch)."""
         if start > 0 and (self._pending is None or len(self._pending) != start
                           or self._pending.parents != tree.parents[:start]):
             raise RuntimeError("grow must extend the tree forwarded by the previous call")
@@ -221,17 +283,26 @@ class LlamaCppBackend:
             plan = self.book.plan(tree, start, prefix)
         except ValueError as exc:
             raise TokentreeError(f"llama.cpp backend: {exc} (cap the tree's leaves at {self.max_leaves})") from exc
-        self._apply_copies(plan)
+        base = self.sequences.start
+        for source, target, end in plan.copies:
+            self.lib.llama_memory_seq_cp(self.model.memory, base + source, base + target, -1, end)
         order = tree.preorder if self.in_order and start == 0 else tuple(range(start, len(tree)))
-        every_seq = tuple(sorted({seq for seqs in plan.seq_ids for seq in seqs} | {CONTEXT_SEQ}))
-        self._decode(lead + [tree.tokens[i] for i in order],
-                     [*range(prefix - len(lead), prefix), *(prefix + tree.depths[i] for i in order)],
-                     [every_seq] * len(lead) + [plan.seq_ids[i - start] for i in order], outputs=len(order))
+        every_seq = tuple(sorted({base + seq for seqs in plan.seq_ids for seq in seqs} | {self.context_seq}))
+        rows = BatchRows()
+        rows.add(lead + [tree.tokens[i] for i in order],
+                 [*range(prefix - len(lead), prefix), *(prefix + tree.depths[i] for i in order)],
+                 [every_seq] * len(lead) + [tuple(base + s for s in plan.seq_ids[i - start]) for i in order],
+                 outputs=len(order))
         self._tokens.extend(lead)  # context now, seen by every path of the tree
         self._lead = [] if start == 0 else self._lead
         self._pending, self._order = tree, self._order[:start] + order
-        logits = self._logits(len(order))
-        if order == tuple(range(start, len(tree))):
+        self._staged = (start, order)
+        return rows
+
+    def absorb(self, logits: torch.Tensor) -> torch.Tensor:
+        """[m, V] logits of the staged rows, in decode order -> [m, V] in node order."""
+        start, order = self._staged
+        if order == tuple(range(start, len(self._pending))):
             return logits
         rows = torch.empty(len(order), dtype=torch.long)
         rows[torch.tensor(order) - start] = torch.arange(len(order))
@@ -241,55 +312,66 @@ class LlamaCppBackend:
         tree = self._pending
         if tree is None:
             raise RuntimeError("commit called without a verified tree")
-        keep = self.book.own[nodes[-1]]
+        keep = self.sequences.start + self.book.own[nodes[-1]]
         prefix, memory, lib = len(self._tokens), self.model.memory, self.lib
         in_place = len(nodes)
         if self.in_order:  # accepted nodes stored at the first slots, in order, stay; the rest is redone
             in_place = next((j for j, node in enumerate(nodes) if self._order[j] != node), len(nodes))
-        lib.llama_memory_seq_keep(memory, keep)
-        lib.llama_memory_seq_rm(memory, keep, prefix + in_place, -1)
-        if keep != CONTEXT_SEQ:
-            lib.llama_memory_seq_cp(memory, keep, CONTEXT_SEQ, -1, -1)
+        self._drop_branches(keep)
+        self._release(keep, prefix + in_place, -1)
+        if keep != self.context_seq:
+            lib.llama_memory_seq_cp(memory, keep, self.context_seq, -1, -1)
             lib.llama_memory_seq_rm(memory, keep, -1, -1)
         tokens = [tree.tokens[i] for i in nodes]
         if in_place < len(nodes):
             redo = range(in_place, len(nodes))
-            self._decode(tokens[in_place:], [prefix + j for j in redo], [(CONTEXT_SEQ,)] * len(redo), outputs=1)
+            rows = BatchRows()
+            rows.add(tokens[in_place:], [prefix + j for j in redo], [(self.context_seq,)] * len(redo), outputs=1)
+            self.model.decode(rows)
             self.redecoded += len(redo)
         self._tokens.extend(tokens)
         self._pending, self._order = None, ()
         self.book.reset()
 
     # ------------------------------------------------------------------ llama.cpp calls
+    def _drop_branches(self, keep: int) -> None:
+        """Remove every sequence the pending tree used except ``keep`` (the context's cells stay where
+        ``keep`` holds them too)."""
+        for seq in {self.sequences.start + s for s in self.book.own} - {keep}:
+            self._release(seq, -1, -1)
+
+    def _release(self, seq: int, begin: int, end: int) -> bool:
+        """Drop ``seq`` from its cells at positions [begin, end) (-1: open); with a trash sequence
+        the cells stay occupied by it (see the class docstring)."""
+        if self.trash is not None:
+            self.lib.llama_memory_seq_cp(self.model.memory, seq, self.trash, begin, end)
+        return self.lib.llama_memory_seq_rm(self.model.memory, seq, begin, end)
+
     def _check_room(self, needed: int) -> None:
         if needed > self.model.config.n_ctx:
             raise TokentreeError(f"{needed} tokens do not fit the llama.cpp context of {self.model.config.n_ctx} "
                                  "(raise --n-ctx)")
 
-    def _apply_copies(self, plan: BatchPlan) -> None:
-        for source, target, end in plan.copies:
-            self.lib.llama_memory_seq_cp(self.model.memory, source, target, -1, end)
 
-    def _decode(self, tokens: Sequence[int], positions: Sequence[int], seq_ids: Sequence[Sequence[int]],
-                outputs: int) -> None:
-        """One ``llama_decode``; logits for the last ``outputs`` tokens (a tree's nodes, after any
-        held-back context tokens; 1 for a prefill chunk)."""
-        batch = self.batch
-        batch.n_tokens = len(tokens)
-        for i, (token, pos, seqs) in enumerate(zip(tokens, positions, seq_ids, strict=True)):
-            batch.token[i] = token
-            batch.pos[i] = pos
-            batch.n_seq_id[i] = len(seqs)
-            for j, seq in enumerate(seqs):
-                batch.seq_id[i][j] = seq
-            batch.logits[i] = i >= len(tokens) - outputs
-        code = self.lib.llama_decode(self.model.ctx, batch)
-        if code != 0:
-            raise TokentreeError(f"llama_decode failed with code {code} on a batch of {len(tokens)} tokens"
-                                 + (" (the KV cache is full: raise --n-ctx)" if code == 1 else ""))
-
-    def _logits(self, rows: int) -> torch.Tensor:
-        pointer = self.lib.llama_get_logits(self.model.ctx)
-        array = np.ctypeslib.as_array(ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)),
-                                      shape=(rows, self.vocab_size))
-        return torch.from_numpy(array.copy())
+def verify_many(backends: Sequence[LlamaCppBackend], trees: Sequence[TokenTree]) -> list[torch.Tensor]:
+    """Verify each backend's tree in one ``llama_decode``: backends over one model, with disjoint
+    sequence ids (the sequences of a batch). Returns each tree's [n_i, V] logits."""
+    if not backends:
+        return []
+    model = backends[0].model
+    if any(b.model is not model for b in backends) or len({b.sequences.start for b in backends}) < len(backends):
+        raise ValueError("verify_many needs backends over one model with their own sequence ids")
+    rows, counts = BatchRows(), []
+    for backend, tree in zip(backends, trees, strict=True):
+        if backend.pending is not None:
+            raise RuntimeError("verify called twice without commit")
+        staged = backend.stage(tree, 0)
+        rows.extend(staged)
+        counts.append(staged.output_count)
+    model.decode(rows)
+    logits = model.logits(rows.output_count)
+    out, begin = [], 0
+    for backend, count in zip(backends, counts):
+        out.append(backend.absorb(logits[begin:begin + count]))
+        begin += count
+    return out

@@ -15,6 +15,7 @@ pure bookkeeping; the backend applies its :class:`BatchPlan` with the llama.cpp 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 from ..tree import TokenTree
 
@@ -32,6 +33,35 @@ class BatchPlan:
 
     seq_ids: tuple[tuple[int, ...], ...]
     copies: tuple[tuple[int, int, int], ...]
+
+
+@dataclass
+class BatchRows:
+    """The rows of one ``llama_decode``: token, position, sequence ids (own first) and whether its
+    logits are wanted, per row. Rows of several sequences' trees are concatenated into one."""
+
+    tokens: list[int] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+    seq_ids: list[tuple[int, ...]] = field(default_factory=list)
+    outputs: list[bool] = field(default_factory=list)
+
+    def add(self, tokens: Sequence[int], positions: Sequence[int], seq_ids: Sequence[tuple[int, ...]],
+            outputs: int) -> None:
+        """Append rows; the last ``outputs`` of them return logits."""
+        self.tokens.extend(tokens)
+        self.positions.extend(positions)
+        self.seq_ids.extend(seq_ids)
+        self.outputs.extend(i >= len(tokens) - outputs for i in range(len(tokens)))
+
+    def extend(self, other: BatchRows) -> None:
+        self.tokens += other.tokens
+        self.positions += other.positions
+        self.seq_ids += other.seq_ids
+        self.outputs += other.outputs
+
+    @property
+    def output_count(self) -> int:
+        return sum(self.outputs)
 
 
 @dataclass

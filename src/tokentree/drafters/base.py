@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Literal, Protocol, Sequence, runtime_checkable
 
 import torch
 
+from ..errors import TokentreeError
 from ..sampling import Acceptance, Draft, SamplingParams
 from ..tree import TokenTree
 
@@ -52,6 +54,33 @@ class LearningDrafter(Protocol):
     def load_state_dict(self, state: dict, vocab_size: int) -> None: ...
 
 
+@runtime_checkable
+class ForkingDrafter(Protocol):
+    """A drafter that can decode several sequences at once (the sequences of a batch, ``n`` samples)."""
+
+    def fork(self) -> Drafter:
+        """A drafter with its own per-request state (what one step proposes and then observes) over
+        this one's learned state: what any fork learns, all of them and this one use."""
+        ...
+
+
+def fork(drafter: Drafter) -> Drafter:
+    """``drafter.fork()``, or a clear error for drafters that hold one sequence's state (a draft
+    model's KV cache, for one)."""
+    if isinstance(drafter, ForkingDrafter):
+        return drafter.fork()
+    raise TokentreeError(f"drafter '{drafter.name}' cannot decode several sequences at once yet: use auto "
+                         "(without a draft model), stand, pld, lookahead or none")
+
+
+def fresh_request_copy(drafter: Drafter) -> Drafter:
+    """A shallow copy (the learned tables are shared) with its per-request state reset: the fork
+    of drafters whose learned state lives in objects they only mutate."""
+    other = copy.copy(drafter)
+    other.reset()
+    return other
+
+
 def clear_caches(drafter: Drafter) -> None:
     """Drop whatever KV cache ``drafter`` keeps of earlier requests."""
     if isinstance(drafter, CachingDrafter):
@@ -96,6 +125,9 @@ class NoDrafter:
     name = "none"
     default_budget = 0
     runs_draft_model = False
+
+    def fork(self) -> NoDrafter:
+        return self  # no state at all
 
     def propose(self, context: Sequence[int], budget: int) -> TokenTree:
         return TokenTree.root(context[-1])

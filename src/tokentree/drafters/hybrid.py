@@ -12,6 +12,7 @@ fallback: call the draft model only when it pays; probed at doubling intervals t
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -21,7 +22,7 @@ import torch
 from ..planner import AcceptanceCalibrator, ProbeSchedule
 from ..sampling import Acceptance
 from ..tree import TokenTree
-from .base import Drafter, GuidedDrafter, LearningDrafter, clear_caches
+from .base import Drafter, GuidedDrafter, LearningDrafter, clear_caches, fork
 
 
 @dataclass
@@ -155,6 +156,15 @@ class HybridDrafter:
             source.reset()
         self._proposed, self._last_step = [], None
         self.clock.pause()
+
+    def fork(self) -> HybridDrafter:
+        """Forks of its sources (each must fork) and its own step state; the calibrators and gates
+        are shared, so what one sequence teaches them applies to all (see :class:`ForkingDrafter`)."""
+        other = copy.copy(self)
+        other.sources = [fork(source) for source in self.sources]
+        other.clock = StepClock()
+        other._proposed, other._costs, other._last_step = [], {}, None
+        return other
 
     def clear_caches(self) -> None:
         for source in self.sources:

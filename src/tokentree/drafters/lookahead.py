@@ -15,6 +15,7 @@ import torch
 
 from ..sampling import Acceptance
 from ..tree import TokenTree
+from .base import fresh_request_copy
 from .trie import WindowTrie
 
 
@@ -44,6 +45,10 @@ class LookaheadDrafter:
         self.config = config or LookaheadConfig()
         self.global_trie = WindowTrie(self.config.window, self.config.max_nodes)
         self.reset()
+
+    def fork(self) -> LookaheadDrafter:
+        """Its own request trie over this global trie (see :class:`ForkingDrafter`)."""
+        return fresh_request_copy(self)
 
     def reset(self) -> None:
         self.request_trie = WindowTrie(self.config.window, 1 << 62)

@@ -79,3 +79,6 @@ class PromptLookupDrafter:
     def reset(self) -> None:
         pass
 
+    def fork(self) -> PromptLookupDrafter:
+        return self  # it reads only the context it is given
+

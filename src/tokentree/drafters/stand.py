@@ -20,6 +20,7 @@ import torch
 from ..reductions import top_probabilities
 from ..sampling import Acceptance, Draft, Draw, SamplingParams, gumbel_top_k, warp
 from ..tree import TokenTree
+from .base import fresh_request_copy
 from .template import TEMPLATES, TemplateShape
 
 Distribution = dict[int, float]
@@ -75,6 +76,10 @@ class StandDrafter:
         self.shape = TemplateShape(self.config.template)
         self.vocab_size: int | None = None  # known after the first verify
         self.reset()
+
+    def fork(self) -> StandDrafter:
+        """Its own request state over this table and template shape (see :class:`ForkingDrafter`)."""
+        return fresh_request_copy(self)
 
     def reset(self) -> None:
         self._context: list[int] = []
