@@ -187,44 +187,40 @@ class Generator:
         """Generate to the end (same options as :meth:`stream`)."""
         return self.stream(prompt, **options).output()
 
-    def generate_batch(self, prompts: Sequence[Prompt], max_new_tokens: int = 128, chat: bool | None = None,
-                       temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int | None = None,
-                       stop: Sequence[str] | str | None = None, drafter: str | Drafter | None = None,
-                       budget: int | str | None = None, min_p: float = 0.0,
-                       max_batch: int | None = None) -> list[Output]:
+    def generate_batch(self, prompts: Sequence[Prompt], max_batch: int | None = None, chat: bool | None = None,
+                       drafter: str | Drafter | None = None, **options: Any) -> list[Output]:
         """Generate for every prompt, up to ``max_batch`` of them in each target forward (default:
-        all, at most the llama.cpp context's sequences); a prompt waiting for a slot joins when one
-        finishes. Each output is what :meth:`generate` with the same options gives (the drafter's
-        learned state aside). llama.cpp backend only, for now."""
-        from .batch import BatchEngine
-
-        if not self.target.is_llamacpp:
-            raise TokentreeError("generate_batch runs on the llama.cpp backend (backend='llamacpp') for now")
+        all, at most the llama.cpp context allows); a prompt waiting for a slot joins when one
+        finishes. ``options`` are those of :meth:`stream` and apply to every prompt; each output is
+        what :meth:`generate` gives for its prompt (see :mod:`tokentree.batch` on llama.cpp's
+        rounding). llama.cpp backend only, for now."""
         if isinstance(prompts, str) or not prompts:
             raise TokentreeError("generate_batch takes a non-empty list of prompts")
-        chosen = self._drafter(drafter)
-        request, stops = self._request(chosen, max_new_tokens, temperature, top_p, top_k, seed, stop, budget, min_p)
+        session = self.batch_session(max_batch or len(prompts))
         ids = [self.encode(prompt, chat) for prompt in prompts]
-        limit = self.target.model.config.max_sequences
-        planner = self.planner(chosen) if request.budget == "auto" else None
-        self.backend.reset()  # the batch's sequences use every sequence id of the context
-        batch = BatchEngine(self.target.model, chosen, self.target.eos_ids, min(max_batch or len(ids), limit),
-                            planner)
-        texts = [TextStream(self.tokenizer, stops) for _ in ids]
-        stats = [GenerationStats() for _ in ids]
-        owner: dict[int, int] = {}  # slot -> prompt index
+        slots: dict[int, int] = {}  # prompt index -> slot
+        outputs: dict[int, Output] = {}
         waiting = list(range(len(ids)))[::-1]
-        while waiting or batch.runs:
-            while waiting and batch.free_slots:
+        while waiting or session.busy:
+            while waiting and session.free_slots:
                 index = waiting.pop()
-                owner[batch.add(ids[index], request, stats[index])] = index
-            for slot, tokens in batch.step().items():
-                texts[owner[slot]].push(tokens)
-                if texts[owner[slot]].stopped:
-                    batch.cancel(slot)
-        for text in texts:
-            text.finish()
-        return [Output(text.text, list(text.token_ids), stat) for text, stat in zip(texts, stats)]
+                slots[index] = session.add(ids[index], drafter=drafter, **options)
+            session.step()
+            for index, slot in list(slots.items()):
+                if session.finished(slot):
+                    outputs[index] = session.release(slot)
+                    del slots[index]
+        return [outputs[i] for i in range(len(ids))]
+
+    def batch_session(self, max_batch: int) -> BatchSession:
+        """A session decoding up to ``max_batch`` sequences per forward (llama.cpp backend); it uses
+        every sequence id of the target's context, so the generator's own cache is emptied."""
+        if not self.target.is_llamacpp:
+            raise TokentreeError("several sequences per forward run on the llama.cpp backend (backend='llamacpp') "
+                                 "for now")
+        self.cost_profile()  # measured now if need be: it runs on the context the session's sequences share
+        self.backend.reset()
+        return BatchSession(self, max_batch)
 
     def _request(self, drafter: Drafter, max_new_tokens: int, temperature: float, top_p: float, top_k: int,
                  seed: int | None, stop: Sequence[str] | str | None, budget: int | str | None,
@@ -241,6 +237,83 @@ class Generator:
         if drafter is None:
             return self.drafter
         return self.drafter_named(drafter) if isinstance(drafter, str) else drafter
+
+
+class BatchSession:
+    """Sequences decoded together over the target (see :class:`tokentree.batch.BatchEngine`):
+    :meth:`add` prompts between steps, :meth:`step`, read each slot's text as it grows, and
+    :meth:`release` a finished slot for its :class:`Output`."""
+
+    def __init__(self, generator: Generator, max_batch: int):
+        from .batch import BatchEngine
+
+        limit = generator.target.model.config.max_sequences - 1
+        self.generator = generator
+        self.engine = BatchEngine(generator.target.model, generator.drafter, generator.target.eos_ids,
+                                  min(max_batch, limit))
+        self.texts: dict[int, TextStream] = {}
+        self.stats: dict[int, GenerationStats] = {}
+        self.reasons: dict[int, str] = {}  # finished slots: "stop", "length" or "cancelled"
+
+    @property
+    def free_slots(self) -> list[int]:
+        return [slot for slot in self.engine.free_slots if slot not in self.texts]
+
+    @property
+    def busy(self) -> bool:
+        """Some sequence is still being decoded."""
+        return bool(self.engine.runs)
+
+    def fits(self, prompt_tokens: int, max_new_tokens: int) -> bool:
+        """Whether such a sequence has room in the shared cache now."""
+        return self.engine.fits(prompt_tokens, max_new_tokens)
+
+    def add(self, prompt_ids: list[int], drafter: str | Drafter | None = None, max_new_tokens: int = 128,
+            temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int | None = None,
+            stop: Sequence[str] | str | None = None, budget: int | str | None = None, min_p: float = 0.0) -> int:
+        """Start a sequence (prefilled now) with the options of :meth:`Generator.stream`; its slot."""
+        gen = self.generator
+        chosen = gen._drafter(drafter)
+        request, stops = gen._request(chosen, max_new_tokens, temperature, top_p, top_k, seed, stop, budget, min_p)
+        planner = gen.planner(chosen) if request.budget == "auto" else None
+        stats = GenerationStats()
+        slot = self.engine.add(prompt_ids, request, stats, drafter=chosen, planner=planner)
+        self.texts[slot], self.stats[slot] = TextStream(gen.tokenizer, stops), stats
+        return slot
+
+    def step(self) -> dict[int, str]:
+        """One forward for every running sequence; the new final text of each (finished ones too)."""
+        pieces = {}
+        for slot, tokens in self.engine.step().items():
+            text = self.texts[slot]
+            pieces[slot] = text.push(tokens)
+            if text.stopped:
+                self.engine.cancel(slot)
+                self.reasons[slot] = "stop"
+            elif slot not in self.engine.runs:  # EOS or length
+                pieces[slot] += text.finish()
+                eos = bool(text.token_ids) and text.token_ids[-1] in self.generator.target.eos_ids
+                self.reasons[slot] = "stop" if eos else "length"
+        return pieces
+
+    def finished(self, slot: int) -> bool:
+        return slot in self.reasons
+
+    def cancel(self, slot: int) -> None:
+        """Stop ``slot`` now (between steps); :meth:`release` it as usual."""
+        if slot in self.texts and slot not in self.reasons:
+            self.engine.cancel(slot)
+            self.reasons[slot] = "cancelled"
+
+    def finish_reason(self, slot: int) -> str:
+        return self.reasons[slot]
+
+    def release(self, slot: int) -> Output:
+        """A finished (or cancelled) slot's output; the slot is free again."""
+        self.cancel(slot)
+        text, stats = self.texts.pop(slot), self.stats.pop(slot)
+        self.reasons.pop(slot)
+        return Output(text.text, list(text.token_ids), stats)
 
 
 BACKENDS = ("auto", "hf", "llamacpp")

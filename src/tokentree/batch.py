@@ -82,16 +82,19 @@ class BatchEngine:
     def free_slots(self) -> list[int]:
         return [slot for slot in range(len(self.lanes)) if slot not in self.runs]
 
-    def add(self, prompt_ids: Sequence[int], request: DecodeRequest, stats: GenerationStats) -> int:
-        """Prefill a new sequence into a free slot (between steps); returns the slot."""
+    def add(self, prompt_ids: Sequence[int], request: DecodeRequest, stats: GenerationStats,
+            drafter: Drafter | None = None, planner: Planner | None = None) -> int:
+        """Prefill a new sequence into a free slot (between steps); returns the slot. ``drafter`` and
+        ``planner`` (forked for it) default to the batch's."""
         free = self.free_slots
         if not free:
             raise TokentreeError(f"the batch is full ({len(self.lanes)} sequences)")
         slot, lane = free[0], self.lanes[free[0]]
         if not self.runs:
             self._empty_cache()
-        planner = None if self.planner is None else self.planner.fork()
-        run = self.engine.start(prompt_ids, request, stats, lane, fork(self.drafter), planner)
+        planner = planner or self.planner
+        run = self.engine.start(prompt_ids, request, stats, lane, fork(drafter or self.drafter),
+                                None if planner is None else planner.fork())
         run.own_forward = False
         self.runs[slot] = run
         return slot
@@ -109,6 +112,13 @@ class BatchEngine:
             lane.reset()
         self.model.lib.llama_memory_seq_rm(self.model.memory, self.trash, -1, -1)
         self._cleared_at = self.model.decoded_rows
+
+    def fits(self, prompt_tokens: int, max_new_tokens: int) -> bool:
+        """Whether a sequence of this size has room in the cache beside the running ones (an empty
+        batch frees every cell first)."""
+        if not self.runs:
+            return prompt_tokens + max_new_tokens <= self.model.config.n_ctx
+        return prompt_tokens + max_new_tokens <= self._spare_cells(list(self.runs.values()))
 
     def _spare_cells(self, runs: list[SequenceRun]) -> int:
         """Cache cells left for drafted nodes this step, after one cell per token every running
@@ -134,8 +144,10 @@ class BatchEngine:
             new[slot] = run.settle(rows, forward_s)
             if run.done:
                 self.cancel(slot)
-        if timed and self.planner is not None:
-            self.planner.cost.observe(sum(len(d.tree) for d in drafts), forward_s)
+        if timed:
+            rows = sum(len(d.tree) for d in drafts)
+            for cost in {id(run.planner.cost): run.planner.cost for run in runs if run.planner}.values():
+                cost.observe(rows, forward_s)  # each planner's verify cost (forks share their parent's)
             self.rates.observe(sum(len(t) for t in new.values()), forward_s)
         return new
 
@@ -156,7 +168,7 @@ class BatchEngine:
             candidates = [run.candidate() for run in planned]
             ranked = [sorted(run.planner.estimates(c.tree)[1:], reverse=True) for run, c in zip(planned, candidates)]
             fixed_rows = sum(len(d.tree) for d in drafts.values())
-            cost = self.planner.cost
+            cost = planned[0].planner.cost
             rate = self.rates.rate(floor=len(runs) / cost.seconds(len(runs)))
             counts = choose_batch(ranked, lambda m: cost.seconds(m + fixed_rows), rate)
             for run, candidate, n in zip(planned, candidates, counts):

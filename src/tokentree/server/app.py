@@ -39,7 +39,9 @@ class APIError(Exception):
 
 def create_app(generator: Generator, config: ServeConfig) -> FastAPI:
     model_name = config.served_model_name or default_model_name(generator.target.source)
-    worker = Worker(generator, config.max_queue)
+    if config.max_batch > 1 and not generator.target.is_llamacpp:
+        raise TokentreeError("--max-batch above 1 needs the llama.cpp backend (--backend llamacpp) for now")
+    worker = Worker(generator, config.max_queue, config.max_batch)
     metrics = Metrics()
     context_limit = generator.target.context_limit or 1 << 30
     prompt_limit = min(context_limit, config.max_prompt_tokens or context_limit)
@@ -60,7 +62,7 @@ def create_app(generator: Generator, config: ServeConfig) -> FastAPI:
     @app.api_route("/health", methods=["GET", "HEAD"])
     async def health():
         return {"status": "shutting_down" if worker.stopping else "ok", "model": model_name,
-                "queue_depth": worker.depth}
+                "queue_depth": worker.depth, "batch_size": len(worker.batched) or int(worker.running is not None)}
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics_text():

@@ -20,7 +20,8 @@ class ServeConfig:
     api_key: str | None = None  # also read from $TOKENTREE_API_KEY or --api-key-file (not visible in ps)
     api_key_file: str | None = None  # a file whose first line is the API key
     served_model_name: str | None = None  # default: the target's name
-    max_queue: int = 16  # requests waiting beyond the running one; more get 429
+    max_queue: int = 16  # requests waiting beyond the running ones; more get 429
+    max_batch: int = 1  # requests decoded together, one forward per step (llama.cpp backend)
     request_timeout: float = 600.0  # seconds from arrival to the last token
     default_max_tokens: int = 512  # when a request gives no max_tokens
     shutdown_grace: float = 10.0  # seconds in-flight requests get to finish on shutdown
@@ -33,7 +34,7 @@ class ServeConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise TokentreeError(f"--port must be in [0, 65535], got {self.port}")
-        for name in ("max_queue", "request_timeout", "default_max_tokens", "max_body_bytes", "max_stops",
+        for name in ("max_queue", "max_batch", "request_timeout", "default_max_tokens", "max_body_bytes", "max_stops",
                      "max_stop_length"):
             if getattr(self, name) <= 0:
                 raise TokentreeError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")

@@ -1,4 +1,5 @@
-"""One model worker thread serving jobs from a bounded queue, one at a time."""
+"""One model worker thread serving jobs from a bounded queue: one at a time, or (``max_batch`` > 1 on
+the llama.cpp backend) up to ``max_batch`` at once, joining and leaving between steps."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..api import GenerationStream, Generator
+from ..api import BatchSession, GenerationStream, Generator
 from ..errors import TokentreeError
 
 log = logging.getLogger("tokentree.server")
@@ -66,10 +67,13 @@ class Worker:
     once: only live jobs count against ``max_queue`` and in :attr:`depth`.
     """
 
-    def __init__(self, generator: Generator, max_queue: int):
+    def __init__(self, generator: Generator, max_queue: int, max_batch: int = 1):
         self.generator = generator
         self.max_queue = max_queue
+        self.max_batch = max_batch
         self.running: Job | None = None
+        self.batched: dict[int, Job] = {}  # batch mode: slot -> its job
+        self.peak_batch = 0  # the most jobs decoded together so far
         self.stopping = False
         self.deadline: float | None = None  # monotonic time by which a shutdown ends the running job
         self._waiting: collections.deque[Job] = collections.deque()
@@ -91,7 +95,8 @@ class Worker:
         """Live jobs waiting or running."""
         with self._ready:
             running = self.running is not None and not self.running.cancelled.is_set()
-            return self._live_waiting() + running
+            batched = sum(not job.cancelled.is_set() for job in list(self.batched.values()))
+            return self._live_waiting() + running + batched
 
     def submit(self, job: Job) -> None:
         with self._ready:
@@ -116,9 +121,9 @@ class Worker:
     def stop(self) -> None:
         """Abort queued jobs, stop the running one after its current step, end the thread."""
         self.begin_shutdown(0.0)
-        running = self.running
-        if running is not None:
-            running.cancel()
+        for job in [self.running, *list(self.batched.values())]:
+            if job is not None:
+                job.cancel()
         self._thread.join(timeout=30)
 
     def _next(self) -> Job | None:
@@ -133,6 +138,9 @@ class Worker:
                 self._ready.wait()
 
     def _serve(self) -> None:
+        if self.max_batch > 1:
+            self._serve_batches()
+            return
         while (job := self._next()) is not None:
             try:
                 self._run(job)
@@ -153,3 +161,65 @@ class Worker:
         except Exception:  # a bug, not a user mistake: log it, answer 500 (details stay in the log), keep serving
             log.exception("generation failed")
             job.post("error", (500, "internal error while generating (see the server log)"))
+
+    # ------------------------------------------------------------------ batch mode
+    def _serve_batches(self) -> None:
+        session = self.generator.batch_session(self.max_batch)
+        while True:
+            while (job := self._admit(session)) is not None:
+                self._start(session, job)
+            for slot, job in list(self.batched.items()):
+                if job.cancelled.is_set():
+                    session.cancel(slot)
+                    self._finish(session, slot)
+            if not session.busy:
+                if self.stopping:
+                    return
+                continue
+            try:
+                pieces = session.step()
+            except Exception:  # a failed forward takes every sequence in it: answer all, keep serving
+                log.exception("batch step failed")
+                for slot in list(self.batched):
+                    self.batched[slot].post("error", (500, "internal error while generating (see the server log)"))
+                    session.cancel(slot)
+                    session.release(slot)
+                    del self.batched[slot]
+                continue
+            for slot, piece in pieces.items():
+                if piece:
+                    self.batched[slot].post("text", piece)
+                if session.finished(slot):
+                    self._finish(session, slot)
+
+    def _admit(self, session: BatchSession) -> Job | None:
+        """The next live job to start now, if a slot is free and its cells fit beside the running
+        sequences; waits for one while nothing runs. None once shutting down."""
+        with self._ready:
+            while not self.stopping and not session.busy and not self._live_waiting():
+                self._ready.wait()
+            if self.stopping or not session.free_slots or not self._live_waiting():
+                return None
+            job = self._waiting[0]
+            if not session.fits(len(job.prompt_ids), job.options["max_new_tokens"]):
+                return None  # it waits for running sequences to finish
+            return self._waiting.popleft()
+
+    def _start(self, session: BatchSession, job: Job) -> None:
+        try:
+            slot = session.add(job.prompt_ids, drafter=job.drafter, **job.options)
+        except TokentreeError as exc:
+            job.post("error", (400, str(exc)))
+            return
+        except Exception:
+            log.exception("starting a generation failed")
+            job.post("error", (500, "internal error while generating (see the server log)"))
+            return
+        self.batched[slot] = job
+        self.peak_batch = max(self.peak_batch, len(self.batched))
+
+    def _finish(self, session: BatchSession, slot: int) -> None:
+        job, reason = self.batched.pop(slot), session.finish_reason(slot)
+        output = session.release(slot)
+        if reason != "cancelled":
+            job.post("done", Result(output.text, len(output.token_ids), reason, output.stats.to_dict()))

@@ -1,0 +1,60 @@
+"""``tokentree serve --max-batch N`` on llama.cpp (SmolLM2 GGUF): concurrent requests are decoded
+together, each answer equals the library's, and a client that leaves frees its slot."""
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+from test_llamacpp import generator, gguf  # noqa: F401 - the SmolLM2 fixtures
+from test_server import client, running_server, tiny_generator
+
+from tokentree.errors import TokentreeError
+from tokentree.server.config import ServeConfig
+from tokentree.server.run import build_server
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = ["def fibonacci(n):", "The three primary colors are", "List the days of the week: Monday,",
+           "import numpy as np\n\ndef mean(xs):", "Once upon a time, in a small village,"]
+
+
+def _complete(url: str, prompt: str, tokens: int, drafter: str = "none"):
+    return client(url).completions.create(model="m", prompt=prompt, max_tokens=tokens, temperature=0,
+                                          extra_body={"tokentree": {"drafter": drafter}})
+
+
+@pytest.fixture(scope="module", autouse=True)
+def profiled(generator):  # noqa: F811 - measured before the servers start (it takes a while once)
+    generator.cost_profile()
+
+
+def test_concurrent_requests_share_forwards_and_get_their_own_answers(generator):  # noqa: F811
+    want = [generator.generate(p, max_new_tokens=16, chat=False, drafter="none").text for p in PROMPTS]
+    with running_server(generator, max_batch=3, served_model_name="m") as (url, server):
+        with ThreadPoolExecutor(len(PROMPTS)) as pool:
+            replies = list(pool.map(lambda p: _complete(url, p, 16), PROMPTS))
+        worker = server.config.app.state.worker
+        assert [r.choices[0].text for r in replies] == want
+        assert 2 <= worker.peak_batch <= 3  # decoded together, never more than --max-batch
+        planned = _complete(url, PROMPTS[0], 12, drafter="auto")  # the default drafter, trees planned together
+        assert planned.choices[0].finish_reason in ("stop", "length") and planned.usage.completion_tokens > 0
+
+
+def test_a_client_that_leaves_a_batch_frees_its_slot(generator):  # noqa: F811
+    with running_server(generator, max_batch=2, served_model_name="m") as (url, server):
+        worker = server.config.app.state.worker
+        body = {"model": "m", "prompt": PROMPTS[1], "max_tokens": 400, "temperature": 0, "stream": True,
+                "tokentree": {"drafter": "none"}}
+        with httpx.stream("POST", url + "/v1/completions", json=body, timeout=60) as response:
+            next(response.iter_lines())  # the first chunk: it is running
+        deadline = time.monotonic() + 10
+        while (worker.depth or worker.batched) and time.monotonic() < deadline:  # the worker drops it between steps
+            time.sleep(0.05)
+        assert worker.depth == 0 and not worker.batched
+        assert _complete(url, PROMPTS[0], 8).choices[0].finish_reason in ("stop", "length")
+
+
+def test_max_batch_needs_the_llamacpp_backend():
+    with pytest.raises(TokentreeError, match="--max-batch above 1 needs the llama.cpp backend"):
+        build_server(tiny_generator(), ServeConfig(port=0, max_batch=2))
