@@ -1,5 +1,6 @@
 """Aggregate tokens/s of B sequences per forward (generate_batch) against the same prompts one at a
-time (generate), on the llama.cpp backend; prints a markdown table.
+time (generate), on the llama.cpp backend; prints a markdown table. Every row starts from a freshly
+loaded generator, so no row's drafters have seen the answers of another.
 
     python benchmarks/batch.py --prompts 4 --max-new-tokens 64
 """
@@ -18,17 +19,20 @@ def main() -> None:
     parser.add_argument("--batches", default="2,4", help="batch sizes to run")
     parser.add_argument("--drafters", default="none,auto")
     args = parser.parse_args()
-    gen = tokentree.load(backend="llamacpp", n_ctx=8192)
+    fresh = lambda: tokentree.load(backend="llamacpp", n_ctx=8192)  # noqa: E731
+    gen = fresh()
     prompts = [gen.encode(p.turns[0]) for p in load_suite("humaneval")[: args.prompts]]
     print("| drafter | how | tokens | seconds | aggregate tokens/s | vs one at a time |")
     print("|---|---|---|---|---|---|")
     for drafter in args.drafters.split(","):
+        gen = fresh()
         start = time.perf_counter()
         tokens = sum(len(gen.generate(p, max_new_tokens=args.max_new_tokens, drafter=drafter).token_ids)
                      for p in prompts)
         single = tokens / (time.perf_counter() - start)
         print(f"| {drafter} | one at a time | {tokens} | {tokens / single:.1f} | {single:.2f} | 1.00x |", flush=True)
         for size in map(int, args.batches.split(",")):
+            gen = fresh()
             start = time.perf_counter()
             outs = gen.generate_batch(prompts, max_new_tokens=args.max_new_tokens, drafter=drafter, max_batch=size)
             seconds = time.perf_counter() - start

@@ -153,3 +153,26 @@ def test_generate_batch_needs_the_llamacpp_backend(tiny_generator=None):
     gen.target = Target()
     with pytest.raises(TokentreeError, match="llama.cpp backend"):
         gen.generate_batch(["a", "b"])
+
+
+@pytest.mark.slow
+def test_n_samples_equal_their_seeded_single_runs(generator):  # noqa: F811
+    ids = generator.encode(PROMPTS[1], chat=False)
+    outs = generator.generate_batch([ids], n=3, seed=11, max_new_tokens=12, temperature=0.9, drafter="stand")
+    want = [generator.generate(ids, max_new_tokens=12, temperature=0.9, seed=11 + i, drafter="none").token_ids
+            for i in range(3)]
+    assert [o.token_ids for o in outs] == want  # seeded sampling: the text is the seed's, whatever drafts
+    assert len({tuple(w) for w in want}) > 1  # and the samples differ
+
+
+@pytest.mark.slow
+def test_samples_of_one_prompt_decode_its_prefix_once(generator):  # noqa: F811
+    ids = generator.encode(" ".join(PROMPTS) * 2, chat=False)
+    assert len(ids) > 80
+    model = generator.target.model
+    before = model.decoded_rows
+    outs = generator.generate_batch([ids], n=3, max_new_tokens=16, drafter="none")
+    tail = 64  # engine.PROMPT_TAIL: each sequence forwards its prompt's last tokens with its first tree
+    assert model.decoded_rows - before == (len(ids) - 1 - tail) + 3 * (tail + 1) + 3 * 15
+    assert outs[0].token_ids == outs[1].token_ids == outs[2].token_ids == generator.generate(
+        ids, max_new_tokens=16, drafter="none").token_ids

@@ -188,23 +188,30 @@ class Generator:
         return self.stream(prompt, **options).output()
 
     def generate_batch(self, prompts: Sequence[Prompt], max_batch: int | None = None, chat: bool | None = None,
-                       drafter: str | Drafter | None = None, **options: Any) -> list[Output]:
-        """Generate for every prompt, up to ``max_batch`` of them in each target forward (default:
-        all, at most the llama.cpp context allows); a prompt waiting for a slot joins when one
-        finishes. ``options`` are those of :meth:`stream` and apply to every prompt; each output is
-        what :meth:`generate` gives for its prompt (see :mod:`tokentree.batch` on llama.cpp's
-        rounding). llama.cpp backend only, for now."""
+                       drafter: str | Drafter | None = None, n: int = 1, seed: int | None = None,
+                       **options: Any) -> list[Output]:
+        """Generate for every prompt, up to ``max_batch`` sequences in each target forward (default:
+        all, at most the llama.cpp context allows); a sequence waiting for a slot joins when one
+        finishes. ``n`` samples per prompt (outputs prompt by prompt, its samples in order): they
+        share the prompt's cache cells, and sample i is seeded ``seed + i`` (None: each its own
+        random seed). ``options`` are those of :meth:`stream` and apply to every sequence; each
+        output is what :meth:`generate` gives for its prompt and seed (see :mod:`tokentree.batch`
+        on llama.cpp's rounding). llama.cpp backend only, for now."""
         if isinstance(prompts, str) or not prompts:
             raise TokentreeError("generate_batch takes a non-empty list of prompts")
-        session = self.batch_session(max_batch or len(prompts))
-        ids = [self.encode(prompt, chat) for prompt in prompts]
+        if n < 1:
+            raise TokentreeError(f"n must be >= 1, got {n}")
+        encoded = [self.encode(prompt, chat) for prompt in prompts]
+        ids = [prompt for prompt in encoded for _ in range(n)]
+        seeds = [None if seed is None else seed + i for _ in encoded for i in range(n)]
+        session = self.batch_session(max_batch or len(ids))
         slots: dict[int, int] = {}  # prompt index -> slot
         outputs: dict[int, Output] = {}
         waiting = list(range(len(ids)))[::-1]
         while waiting or session.busy:
             while waiting and session.free_slots:
                 index = waiting.pop()
-                slots[index] = session.add(ids[index], drafter=drafter, **options)
+                slots[index] = session.add(ids[index], drafter=drafter, seed=seeds[index], **options)
             session.step()
             for index, slot in list(slots.items()):
                 if session.finished(slot):

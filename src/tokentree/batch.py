@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Sequence
 
+from .backends.base import shared_prefix
 from .backends.llamacpp import LlamaCppBackend, LlamaCppModel, verify_many
 from .drafters.base import Drafter, fork
 from .engine import DecodeRequest, Engine, SequenceRun
@@ -92,6 +93,7 @@ class BatchEngine:
         slot, lane = free[0], self.lanes[free[0]]
         if not self.runs:
             self._empty_cache()
+        self._share_prefix(lane, prompt_ids)
         planner = planner or self.planner
         run = self.engine.start(prompt_ids, request, stats, lane, fork(drafter or self.drafter),
                                 None if planner is None else planner.fork())
@@ -112,6 +114,18 @@ class BatchEngine:
             lane.reset()
         self.model.lib.llama_memory_seq_rm(self.model.memory, self.trash, -1, -1)
         self._cleared_at = self.model.decoded_rows
+
+    def _share_prefix(self, lane: LlamaCppBackend, prompt_ids: Sequence[int]) -> None:
+        """Let ``lane`` start from the running sequence whose cached tokens share the longest prefix
+        with ``prompt_ids`` (n samples of one prompt, a common system prompt)."""
+        best, shared = None, 0
+        for slot in self.runs:
+            other = self.lanes[slot]
+            common = shared_prefix(other.tokens, prompt_ids[:-1])
+            if common > shared:
+                best, shared = other, common
+        if best is not None:
+            lane.adopt(best, shared)
 
     def fits(self, prompt_tokens: int, max_new_tokens: int) -> bool:
         """Whether a sequence of this size has room in the cache beside the running ones (an empty

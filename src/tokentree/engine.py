@@ -150,16 +150,17 @@ class SequenceRun:
         return self._take(draft, time.perf_counter() - t0)
 
     def candidate(self) -> Draft:
-        """The largest draft this step may verify (planned together with other sequences' by the
-        caller, then cut by :meth:`take`); needs a planner."""
+        """The candidate draft of this step (its planner's candidate size), sized together with other
+        sequences' by the caller and then cut by :meth:`take`; needs a planner."""
         t0 = time.perf_counter()
-        draft = self._drafted(min(self.planner.config.max_nodes, self.remaining - 1))
+        draft = self._drafted(min(self.planner.candidate_size(), self.remaining - 1))
         self._draft_s = time.perf_counter() - t0
         return draft
 
     def take(self, candidate: Draft, n: int) -> Draft:
         """This step's draft: ``candidate`` cut to ``n`` drafted nodes (see :meth:`_sized`)."""
         t0 = time.perf_counter()
+        self.planner.chose(n)
         return self._take(self._sized(candidate, n), self._draft_s + time.perf_counter() - t0)
 
     def plain(self) -> Draft:

@@ -438,6 +438,11 @@ class Planner:
         self._chosen = best_n
         return best_n
 
+    def chose(self, n: int) -> None:
+        """Record a choice made for this planner's request elsewhere (a batch sizes its trees
+        together): it decides the next candidate's size, as :meth:`choose` does."""
+        self._chosen = n
+
     def first_tree_cap(self, n: int) -> int:
         """``n``, at most probe-sized while no tree of this request has been judged: what earlier
         requests taught may not apply to it."""

@@ -253,6 +253,16 @@ class LlamaCppBackend:
             self.model.decode(rows)
             self._tokens.extend(chunk)
 
+    def adopt(self, source: LlamaCppBackend, count: int) -> None:
+        """Start from the first ``count`` cached tokens of ``source`` (another backend over the same
+        model): its cells get this backend's context sequence too, so a shared prompt prefix is
+        decoded once (bookkeeping in the unified cache, no data moves)."""
+        if source.model is not self.model or source.pending is not None or count > len(source._tokens):
+            raise ValueError("adopt needs a backend over the same model, between steps, with that many tokens")
+        self.reset()
+        self.lib.llama_memory_seq_cp(self.model.memory, source.context_seq, self.context_seq, 0, count)
+        self._tokens = source._tokens[:count]
+
     def verify(self, tree: TokenTree) -> torch.Tensor:
         if self._pending is not None:
             raise RuntimeError("verify called twice without commit")
