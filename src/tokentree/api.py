@@ -201,10 +201,10 @@ class Generator:
             raise TokentreeError("generate_batch takes a non-empty list of prompts")
         if n < 1:
             raise TokentreeError(f"n must be >= 1, got {n}")
+        session = self.batch_session(max_batch or len(prompts) * n)
         encoded = [self.encode(prompt, chat) for prompt in prompts]
         ids = [prompt for prompt in encoded for _ in range(n)]
         seeds = [None if seed is None else seed + i for _ in encoded for i in range(n)]
-        session = self.batch_session(max_batch or len(ids))
         slots: dict[int, int] = {}  # prompt index -> slot
         outputs: dict[int, Output] = {}
         waiting = list(range(len(ids)))[::-1]

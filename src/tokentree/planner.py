@@ -454,11 +454,9 @@ class Planner:
         return max([1] + [n for n in range(1, PROBE_NODES + 1) if self.cost.seconds(n + 1) <= limit])
 
     def cut(self, tree: TokenTree, n: int) -> TokenTree:
-        """``tree`` restricted to its ``n`` drafted nodes with the highest estimates (ancestor-closed:
-        estimates never rise along a path or a sibling list, and ties keep the earlier node)."""
-        estimates = self.estimates(tree)
-        ranked = sorted(range(1, len(tree)), key=lambda node: (-estimates[node], node))
-        return tree.subset(ranked[:n])
+        """``tree`` restricted to its ``n`` drafted nodes with the highest estimates (ancestor-closed,
+        see :meth:`TokenTree.ranked`)."""
+        return tree.subset(tree.ranked(self.estimates(tree))[:n])
 
     def observe(self, tree: TokenTree, acceptance: Acceptance, draft_s: float, verify_s: float | None) -> None:
         """Learn from a verified step: acceptance per node, drafting time, and the verify cost

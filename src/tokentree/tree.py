@@ -175,20 +175,23 @@ class TokenTree:
 
     # ----------------------------------------------------------------- editing
     def best(self, n: int) -> TokenTree:
-        """Keep the ``n`` most promising nodes below the root, ancestor-closed.
-
-        A node's worth is the smallest score on its path (so a child never outranks its parent);
-        ties go to shallower, then earlier, nodes. Without scores the first ``n`` nodes are kept.
-        """
+        """Keep the ``n`` most promising nodes below the root (see :meth:`ranked`); without scores
+        the first ``n`` nodes are kept."""
         if n >= len(self) - 1:
             return self
         if self.scores is None:
             return self.subset(range(1, n + 1))
-        worth = list(self.scores)
+        return self.subset(self.ranked()[:n])
+
+    def ranked(self, scores: Sequence[float] | None = None) -> list[int]:
+        """Every node below the root, best first, by ``scores`` (default: the tree's): a node's worth
+        is the smallest score on its path, so a child never outranks its parent, and ties go to
+        shallower, then earlier, nodes. Any prefix of the list is ancestor-closed (the one n-best
+        routine: drafters, the planner's cut and DySpec's growth all use it)."""
+        worth = list(self.scores if scores is None else scores)
         for i in range(1, len(self)):
             worth[i] = min(worth[i], worth[self.parents[i]])
-        ranked = sorted(range(1, len(self)), key=lambda i: (-worth[i], self.depths[i], i))
-        return self.subset(ranked[:n])
+        return sorted(range(1, len(self)), key=lambda i: (-worth[i], self.depths[i], i))
 
     def prefix_with_leaves(self, max_leaves: int) -> int:
         """The largest ``m`` such that the first ``m`` nodes form a tree of at most ``max_leaves`` leaves.

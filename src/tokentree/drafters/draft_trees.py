@@ -320,8 +320,9 @@ class DySpecDrafter(_DraftModelDrafter):
         return sorted(best)
 
     def _best(self, known: GrowingTree, budget: int) -> list[int]:
-        """The best ``budget`` known nodes (or those above the threshold), ancestor-closed by construction."""
-        ranked = sorted(range(1, len(known.tokens)), key=lambda n: (-known.scores[n], len(known.ranks[n]), n))
+        """The best ``budget`` known nodes (or those above the threshold), ancestor-closed (path
+        probabilities never rise from a parent to its child)."""
+        ranked = known.tree().ranked()
         if self.config.threshold > 0:
             ranked = [n for n in ranked if known.scores[n] > self.config.threshold]
         return ranked[:budget]
