@@ -55,6 +55,29 @@ def test_a_client_that_leaves_a_batch_frees_its_slot(generator):  # noqa: F811
         assert _complete(url, PROMPTS[0], 8).choices[0].finish_reason in ("stop", "length")
 
 
+def test_n_choices_are_the_seeded_samples_whole_and_streamed(generator):  # noqa: F811
+    want = [generator.generate(PROMPTS[2], max_new_tokens=10, chat=False, temperature=0.8, seed=5 + i,
+                               drafter="none").text for i in range(3)]
+    with running_server(generator, max_batch=2, served_model_name="m") as (url, _):
+        reply = client(url).completions.create(model="m", prompt=PROMPTS[2], max_tokens=10, temperature=0.8,
+                                               seed=5, n=3, extra_body={"tokentree": {"drafter": "stand"}})
+        assert [c.index for c in reply.choices] == [0, 1, 2]
+        assert [c.text for c in reply.choices] == want  # choice i is seed 5 + i, with 2 decoded at a time
+        assert reply.usage.completion_tokens == sum(
+            len(generator.generate(PROMPTS[2], max_new_tokens=10, chat=False, temperature=0.8, seed=5 + i,
+                                   drafter="none").token_ids) for i in range(3))
+        chunks = list(client(url).completions.create(model="m", prompt=PROMPTS[2], max_tokens=10, temperature=0.8,
+                                                     seed=5, n=2, stream=True,
+                                                     stream_options={"include_usage": True}))
+        texts, finished = ["", ""], set()
+        for chunk in chunks:
+            for choice in chunk.choices:
+                texts[choice.index] += choice.text
+                if choice.finish_reason:
+                    finished.add(choice.index)
+        assert texts == want[:2] and finished == {0, 1} and chunks[-1].usage.completion_tokens > 0
+
+
 def test_max_batch_needs_the_llamacpp_backend():
     with pytest.raises(TokentreeError, match="--max-batch above 1 needs the llama.cpp backend"):
         build_server(tiny_generator(), ServeConfig(port=0, max_batch=2))

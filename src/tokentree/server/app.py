@@ -109,9 +109,13 @@ def create_app(generator: Generator, config: ServeConfig) -> FastAPI:
 
     async def generate(request: Request, body: ChatRequest | CompletionRequest, ids: list[int], param: str,
                        chat: bool):
-        job = make_job(body, ids, param)
+        choices = body.n or 1
+        if choices > 1 and config.max_batch < 2:
+            raise APIError(400, "n > 1 needs a server started with --max-batch 2 or more (llama.cpp backend)",
+                           param="n")
+        jobs = make_jobs(body, ids, param, choices)
         try:
-            worker.submit(job)
+            worker.submit(*jobs)
         except QueueFull:
             raise APIError(429, f"the server is busy ({config.max_queue} requests queued); retry shortly",
                            type_="rate_limit_error", code="queue_full", headers={"Retry-After": "1"}) from None
@@ -120,19 +124,33 @@ def create_app(generator: Generator, config: ServeConfig) -> FastAPI:
         started = time.monotonic()
         reply = Reply(model_name, chat, len(ids))
         if body.stream:  # (None = false)
-            return StreamingResponse(stream_events(request, job, reply, body.include_usage, started),
+            return StreamingResponse(stream_events(request, jobs, reply, body.include_usage, started),
                                      media_type="text/event-stream", headers=SSE_HEADERS)
-        pieces = []
-        async for kind, value in events(request, job, started):
+        pieces: list[list[str]] = [[] for _ in jobs]
+        results: dict[int, Result] = {}
+        async for index, kind, value in events(request, jobs, started):
             if kind == "text":
-                pieces.append(value)
+                pieces[index].append(value)
             elif kind == "done":
-                metrics.request_done("generation", 200, time.monotonic() - started)
+                results[index] = value
                 metrics.generation_done(len(ids), value.completion_tokens, _hist(value.stats))
-                return reply.whole("".join(pieces), value)
             else:
                 status, message = value
                 raise APIError(status, message, type_="server_error" if status >= 500 else "invalid_request_error")
+        if len(results) < len(jobs):  # the client left
+            return None
+        metrics.request_done("generation", 200, time.monotonic() - started)
+        return reply.whole(["".join(p) for p in pieces], [results[i] for i in range(len(jobs))])
+
+    def make_jobs(body: GenerationRequest, ids: list[int], param: str, choices: int) -> list[Job]:
+        """The request's ``choices`` jobs, sharing one event queue; choice i is seeded seed + i."""
+        first = make_job(body, ids, param)
+        jobs = [first]
+        for index in range(1, choices):
+            seed = first.options["seed"]
+            options = first.options | {"seed": None if seed is None else seed + index}
+            jobs.append(Job(ids, options, first.drafter, first.loop, first.events, index))
+        return jobs
 
     def make_job(body: GenerationRequest, ids: list[int], param: str) -> Job:
         if body.model is not None and body.model != model_name:
@@ -161,47 +179,55 @@ def create_app(generator: Generator, config: ServeConfig) -> FastAPI:
         options = dict(max_new_tokens=max_new, stop=stops, budget=extra.budget if extra else None, **body.sampling())
         return Job(ids, options, drafter, asyncio.get_running_loop())
 
-    async def events(request: Request, job: Job, started: float) -> AsyncIterator[tuple]:
-        """The job's events until done or error; cancels the job on disconnect, timeout or the end of
-        a shutdown's grace period. The client's connection is checked every POLL_S seconds, also
-        while text keeps coming (a non-streaming client that left would otherwise go unnoticed)."""
+    async def events(request: Request, jobs: list[Job], started: float) -> AsyncIterator[tuple]:
+        """(index, kind, value) events of the request's jobs until every one is done or one fails;
+        cancels them on disconnect, timeout or the end of a shutdown's grace period. The client's
+        connection is checked every POLL_S seconds, also while text keeps coming (a non-streaming
+        client that left would otherwise go unnoticed)."""
         deadline = started + config.request_timeout
         checked = time.monotonic()
+        queue, running = jobs[0].events, len(jobs)
         try:
             while True:
                 now = time.monotonic()
                 if now > deadline:
-                    yield "error", (504, f"the request took longer than {config.request_timeout:g} s")
+                    yield 0, "error", (504, f"the request took longer than {config.request_timeout:g} s")
                     return
                 if worker.deadline is not None and now > worker.deadline:
-                    yield "error", SHUTTING_DOWN  # the shutdown's grace period is over
+                    yield 0, "error", SHUTTING_DOWN  # the shutdown's grace period is over
                     return
                 if now - checked >= POLL_S:
                     checked = now
                     if await request.is_disconnected():
                         return
                 try:
-                    kind, value = await asyncio.wait_for(job.events.get(), timeout=POLL_S)
+                    index, kind, value = await asyncio.wait_for(queue.get(), timeout=POLL_S)
                 except asyncio.TimeoutError:
                     continue
-                yield kind, value
-                if kind != "text":
+                yield index, kind, value
+                running -= kind == "done"
+                if kind == "error" or not running:
                     return
         finally:
-            job.cancel()  # no-op when finished; frees the worker at the next step otherwise
+            for job in jobs:
+                job.cancel()  # no-op when finished; frees the worker at the next step otherwise
 
-    async def stream_events(request: Request, job: Job, reply: "Reply", include_usage: bool,
+    async def stream_events(request: Request, jobs: list[Job], reply: "Reply", include_usage: bool,
                             started: float) -> AsyncIterator[str]:
-        yield sse(reply.chunk(role=True))
-        async for kind, value in events(request, job, started):
+        for job in jobs:
+            yield sse(reply.chunk(job.index, role=True))
+        results: list[Result] = []
+        async for index, kind, value in events(request, jobs, started):
             if kind == "text":
-                yield sse(reply.chunk(text=value))
+                yield sse(reply.chunk(index, text=value))
             elif kind == "done":
-                metrics.request_done("generation", 200, time.monotonic() - started)
+                results.append(value)
                 metrics.generation_done(reply.prompt_tokens, value.completion_tokens, _hist(value.stats))
-                yield sse(reply.chunk(finish=value))
-                if include_usage:
-                    yield sse(reply.usage_chunk(value))
+                yield sse(reply.chunk(index, finish=value))
+                if len(results) == len(jobs):
+                    metrics.request_done("generation", 200, time.monotonic() - started)
+                    if include_usage:
+                        yield sse(reply.usage_chunk(results))
             else:
                 status, message = value
                 yield sse(error_body(message, "server_error" if status >= 500 else "invalid_request_error",
@@ -241,30 +267,34 @@ class Reply:
         kind = ("chat.completion" if self.chat else "text_completion") + (".chunk" if chunk and self.chat else "")
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model, "choices": choices}
 
-    def _usage(self, result: Result) -> dict:
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": result.completion_tokens,
-                "total_tokens": self.prompt_tokens + result.completion_tokens}
+    def _usage(self, results: list[Result]) -> dict:
+        completion = sum(result.completion_tokens for result in results)
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion,
+                "total_tokens": self.prompt_tokens + completion}
 
-    def _choice(self, text: str | None, finish: str | None, role: bool = False, whole: bool = False) -> dict:
+    def _choice(self, index: int, text: str | None, finish: str | None, role: bool = False,
+                whole: bool = False) -> dict:
         if not self.chat:
-            return {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
+            return {"index": index, "text": text or "", "finish_reason": finish, "logprobs": None}
         if whole:
-            return {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish,
+            return {"index": index, "message": {"role": "assistant", "content": text}, "finish_reason": finish,
                     "logprobs": None}
         delta = ({"role": "assistant", "content": ""} if role else {}) | ({"content": text} if text else {})
-        return {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+        return {"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}
 
-    def whole(self, text: str, result: Result) -> dict:
-        body = self._envelope([self._choice(text, result.finish_reason, whole=True)], chunk=False)
-        return body | {"usage": self._usage(result), "tokentree": result.stats}
+    def whole(self, texts: list[str], results: list[Result]) -> dict:
+        """The whole response: choice i is ``texts[i]``; tokentree's statistics are the first choice's."""
+        choices = [self._choice(i, text, result.finish_reason, whole=True)
+                   for i, (text, result) in enumerate(zip(texts, results))]
+        return self._envelope(choices, chunk=False) | {"usage": self._usage(results), "tokentree": results[0].stats}
 
-    def chunk(self, text: str | None = None, role: bool = False, finish: Result | None = None) -> dict:
-        choice = self._choice(text, finish.finish_reason if finish else None, role=role)
+    def chunk(self, index: int, text: str | None = None, role: bool = False, finish: Result | None = None) -> dict:
+        choice = self._choice(index, text, finish.finish_reason if finish else None, role=role)
         body = self._envelope([choice], chunk=True)
         return body | ({"tokentree": finish.stats} if finish else {})
 
-    def usage_chunk(self, result: Result) -> dict:
-        return self._envelope([], chunk=True) | {"usage": self._usage(result)}
+    def usage_chunk(self, results: list[Result]) -> dict:
+        return self._envelope([], chunk=True) | {"usage": self._usage(results)}
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -96,8 +96,8 @@ class GenerationRequest(BaseModel):
     stream_options: StreamOptions | None = None
     tokentree: TokentreeOptions | None = None
     user: Text | None = None  # accepted and unused, as OpenAI's abuse-monitoring id
+    n: int | None = Field(None, ge=1, le=16)  # choices per request (more than 1 needs --max-batch > 1)
     # defined by OpenAI, honoured only at their neutral values:
-    n: int | None = None
     best_of: int | None = None
     logprobs: Union[bool, int, None] = None
     top_logprobs: int | None = None
@@ -108,7 +108,7 @@ class GenerationRequest(BaseModel):
 
     @model_validator(mode="after")
     def _supported(self):
-        _unsupported(self, {"n": lambda v: v == 1, "best_of": lambda v: v == 1, "logprobs": lambda v: not v,
+        _unsupported(self, {"best_of": lambda v: v == 1, "logprobs": lambda v: not v,
                             "top_logprobs": lambda v: v == 0, "frequency_penalty": lambda v: v == 0,
                             "presence_penalty": lambda v: v == 0, "repetition_penalty": lambda v: v == 1,
                             "logit_bias": lambda v: not v})

@@ -29,18 +29,21 @@ class Result:
 
 @dataclass
 class Job:
-    """One generation. Events, in order: ("text", str)*, then ("done", Result) or ("error", (status, message))."""
+    """One generation (one choice of a request). Events, in order, each as (index, kind, value):
+    ("text", str)*, then ("done", Result) or ("error", (status, message)). The ``n`` jobs of one
+    request share their ``events`` queue and tell their events apart by ``index``."""
 
     prompt_ids: list[int]
     options: dict[str, Any]  # keyword arguments of Generator.stream
     drafter: str | None
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    index: int = 0  # the choice this job answers
     cancelled: threading.Event = field(default_factory=threading.Event)
     stream: GenerationStream | None = None
 
     def post(self, kind: str, value: Any) -> None:
-        self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
+        self.loop.call_soon_threadsafe(self.events.put_nowait, (self.index, kind, value))
 
     def cancel(self) -> None:
         """Stop after the current step (or never start); safe from any thread."""
@@ -98,13 +101,14 @@ class Worker:
             batched = sum(not job.cancelled.is_set() for job in list(self.batched.values()))
             return self._live_waiting() + running + batched
 
-    def submit(self, job: Job) -> None:
+    def submit(self, *jobs: Job) -> None:
+        """Queue ``jobs`` (the choices of one request): all of them, or none when the queue lacks room."""
         with self._ready:
             if self.stopping:
                 raise ShuttingDown()
-            if self._live_waiting() >= self.max_queue:
+            if self._live_waiting() + len(jobs) > self.max_queue:
                 raise QueueFull()
-            self._waiting.append(job)
+            self._waiting.extend(jobs)
             self._ready.notify()
 
     def begin_shutdown(self, grace: float) -> None:
