@@ -153,7 +153,10 @@ def test_draft_model_drafters_with_a_gguf_draft(gguf, llama_greedy):
         ids = gen.encode(PROMPTS[1], chat=False)
         out = gen.generate(ids, max_new_tokens=32)
         assert out.token_ids == llama_greedy(ids, 32), drafter
-        assert out.stats.tokens_per_step > 2.0  # the target drafting for itself is mostly accepted
+        # the target drafting for itself is often accepted (about 3.5 tokens per step here; the draft
+        # keeps its cells out of order, and llama.cpp's F16 attention then rounds them differently
+        # from run to run: one CI run under load saw 2.0)
+        assert out.stats.tokens_per_step > 1.5
 
 
 def test_a_draft_tree_wider_than_the_draft_sequence_limit_is_kept_within_it(generator, gguf, llama_greedy):

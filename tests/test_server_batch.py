@@ -37,6 +37,10 @@ def test_concurrent_requests_share_forwards_and_get_their_own_answers(generator)
         worker = server.config.app.state.worker
         assert [r.choices[0].text for r in replies] == want
         assert 2 <= worker.peak_batch <= 3  # decoded together, never more than --max-batch
+        metrics = httpx.get(url + "/metrics").text
+        assert "tokentree_batch_size 0" in metrics  # all done
+        waits = [line for line in metrics.splitlines() if line.startswith("tokentree_queue_wait_seconds_count")]
+        assert waits == [f"tokentree_queue_wait_seconds_count {len(PROMPTS)}"]
         planned = _complete(url, PROMPTS[0], 12, drafter="auto")  # the default drafter, trees planned together
         assert planned.choices[0].finish_reason in ("stop", "length") and planned.usage.completion_tokens > 0
 

@@ -186,5 +186,5 @@ class BatchEngine:
             rate = self.rates.rate(floor=len(runs) / cost.seconds(len(runs)))
             counts = choose_batch(ranked, lambda m: cost.seconds(m + fixed_rows), rate)
             for run, candidate, n in zip(planned, candidates, counts):
-                drafts[id(run)] = run.take(candidate, run.planner.first_tree_cap(n))
+                drafts[id(run)] = run.take(candidate, n)
         return [drafts[id(run)] for run in runs]

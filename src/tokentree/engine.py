@@ -158,9 +158,10 @@ class SequenceRun:
         return draft
 
     def take(self, candidate: Draft, n: int) -> Draft:
-        """This step's draft: ``candidate`` cut to ``n`` drafted nodes (see :meth:`_sized`)."""
+        """This step's draft: ``candidate`` cut to the ``n`` drafted nodes a joint choice gave it, as
+        its planner's request rules settle them (see :meth:`Planner.settle_choice`, :meth:`_sized`)."""
         t0 = time.perf_counter()
-        self.planner.chose(n)
+        n = self.planner.settle_choice(candidate.tree, n)
         return self._take(self._sized(candidate, n), self._draft_s + time.perf_counter() - t0)
 
     def plain(self) -> Draft:

@@ -428,20 +428,24 @@ class Planner:
             value = 1 + gained - rate * self.cost.seconds(n + 1)
             if value > best_value:
                 best_n, best_value = n, value
+        return self.settle_choice(tree, best_n)
+
+    def settle_choice(self, tree: TokenTree, n: int) -> int:
+        """The size to verify of candidate ``tree`` when the cost rule chose ``n`` (here, or for a
+        batch by :func:`choose_batch`), after this request's own rules: its first tree is
+        probe-sized; a plain step verifies a probe now and then, and otherwise keeps the
+        candidate's first level as shadow evidence (see :meth:`observe`). Recorded for the next
+        candidate's size."""
         self._shadow = None
-        best_n = self.first_tree_cap(best_n)
-        if best_n == 0 and ranked:
+        n = self.first_tree_cap(n)
+        drafted = len(tree) - 1
+        if n == 0 and drafted:
             if self.probe.due():
-                best_n = min(len(ranked), self.probe_size())  # a small tree now and then: deeper evidence
+                n = min(drafted, self.probe_size())  # a small tree now and then: deeper evidence
             else:
                 self._shadow = tree.subset(tree.children[0])
-        self._chosen = best_n
-        return best_n
-
-    def chose(self, n: int) -> None:
-        """Record a choice made for this planner's request elsewhere (a batch sizes its trees
-        together): it decides the next candidate's size, as :meth:`choose` does."""
         self._chosen = n
+        return n
 
     def first_tree_cap(self, n: int) -> int:
         """``n``, at most probe-sized while no tree of this request has been judged: what earlier

@@ -62,11 +62,11 @@ def create_app(generator: Generator, config: ServeConfig) -> FastAPI:
     @app.api_route("/health", methods=["GET", "HEAD"])
     async def health():
         return {"status": "shutting_down" if worker.stopping else "ok", "model": model_name,
-                "queue_depth": worker.depth, "batch_size": len(worker.batched) or int(worker.running is not None)}
+                "queue_depth": worker.depth, "batch_size": worker.batch_size}
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics_text():
-        metrics.set_queue_depth(worker.depth)
+        metrics.set_queue_depth(worker.depth, worker.batch_size)
         return metrics.render()
 
     model_card = {"id": model_name, "object": "model", "created": 0, "owned_by": "tokentree"}
@@ -134,6 +134,7 @@ def create_app(generator: Generator, config: ServeConfig) -> FastAPI:
             elif kind == "done":
                 results[index] = value
                 metrics.generation_done(len(ids), value.completion_tokens, _hist(value.stats))
+                metrics.waited(jobs[index].started_at - jobs[index].queued_at)
             else:
                 status, message = value
                 raise APIError(status, message, type_="server_error" if status >= 500 else "invalid_request_error")
@@ -223,6 +224,7 @@ def create_app(generator: Generator, config: ServeConfig) -> FastAPI:
             elif kind == "done":
                 results.append(value)
                 metrics.generation_done(reply.prompt_tokens, value.completion_tokens, _hist(value.stats))
+                metrics.waited(jobs[index].started_at - jobs[index].queued_at)
                 yield sse(reply.chunk(index, finish=value))
                 if len(results) == len(jobs):
                     metrics.request_done("generation", 200, time.monotonic() - started)

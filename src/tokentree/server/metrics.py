@@ -43,6 +43,8 @@ class Metrics:
         self.latency = Histogram(LATENCY_BUCKETS)
         self.accepted = Histogram(ACCEPTED_BUCKETS)
         self.queue_depth = 0
+        self.batch_size = 0
+        self.queue_wait = Histogram(LATENCY_BUCKETS)
 
     def request_done(self, endpoint: str, status: int, latency_s: float | None = None) -> None:
         with self._lock:
@@ -58,9 +60,14 @@ class Metrics:
                 self.accepted.observe(accepted, steps)
                 self.steps += steps
 
-    def set_queue_depth(self, depth: int) -> None:
+    def set_queue_depth(self, depth: int, batch_size: int = 0) -> None:
         with self._lock:
-            self.queue_depth = depth
+            self.queue_depth, self.batch_size = depth, batch_size
+
+    def waited(self, seconds: float) -> None:
+        """A job started ``seconds`` after it was queued."""
+        with self._lock:
+            self.queue_wait.observe(seconds)
 
     def render(self) -> str:
         with self._lock:
@@ -75,7 +82,12 @@ class Metrics:
                       "# TYPE tokentree_steps_total counter", f"tokentree_steps_total {self.steps}",
                       "# HELP tokentree_queue_depth Requests waiting or running.",
                       "# TYPE tokentree_queue_depth gauge", f"tokentree_queue_depth {self.queue_depth}",
-                      "# HELP tokentree_request_latency_seconds Time from request to last byte.",
+                      "# HELP tokentree_batch_size Requests decoded together now.",
+                      "# TYPE tokentree_batch_size gauge", f"tokentree_batch_size {self.batch_size}",
+                      "# HELP tokentree_queue_wait_seconds Time from a request's arrival to its first step.",
+                      "# TYPE tokentree_queue_wait_seconds histogram"]
+            lines += self.queue_wait.lines("tokentree_queue_wait_seconds")
+            lines += ["# HELP tokentree_request_latency_seconds Time from request to last byte.",
                       "# TYPE tokentree_request_latency_seconds histogram"]
             lines += self.latency.lines("tokentree_request_latency_seconds")
             lines += ["# HELP tokentree_accepted_tokens_per_step Drafted tokens accepted per verify step (tau - 1).",

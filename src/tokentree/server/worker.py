@@ -39,6 +39,8 @@ class Job:
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     index: int = 0  # the choice this job answers
+    queued_at: float = 0.0  # monotonic times: submitted, and its generation started (0: not yet)
+    started_at: float = 0.0
     cancelled: threading.Event = field(default_factory=threading.Event)
     stream: GenerationStream | None = None
 
@@ -94,6 +96,11 @@ class Worker:
         return len(live)
 
     @property
+    def batch_size(self) -> int:
+        """Jobs being decoded now."""
+        return len(self.batched) or int(self.running is not None)
+
+    @property
     def depth(self) -> int:
         """Live jobs waiting or running."""
         with self._ready:
@@ -108,6 +115,8 @@ class Worker:
                 raise ShuttingDown()
             if self._live_waiting() + len(jobs) > self.max_queue:
                 raise QueueFull()
+            for job in jobs:
+                job.queued_at = time.monotonic()
             self._waiting.extend(jobs)
             self._ready.notify()
 
@@ -152,6 +161,7 @@ class Worker:
                 self.running = None
 
     def _run(self, job: Job) -> None:
+        job.started_at = time.monotonic()
         try:
             stream = self.generator.stream(job.prompt_ids, drafter=job.drafter, **job.options)
             job.stream = stream
@@ -210,6 +220,7 @@ class Worker:
             return self._waiting.popleft()
 
     def _start(self, session: BatchSession, job: Job) -> None:
+        job.started_at = time.monotonic()
         try:
             slot = session.add(job.prompt_ids, drafter=job.drafter, **job.options)
         except TokentreeError as exc:
