@@ -13,7 +13,8 @@ import torch
 from test_llamacpp import generator, gguf  # noqa: F401 - the SmolLM2 fixtures
 
 from tokentree.backends.llamacpp import LlamaCppBackend, LlamaCppConfig, LlamaCppModel, verify_many
-from tokentree.batch import BatchEngine, slot_ids
+from tokentree.backends.llamacpp_batch import LlamaCppBatch, slot_ids
+from tokentree.batch import BatchEngine
 from tokentree.drafters import make_drafter
 from tokentree.drafters.base import fork
 from tokentree.engine import DecodeRequest
@@ -73,17 +74,17 @@ class NearAnswers:
 
     name, default_budget, runs_draft_model = "near-answers", 10, False
 
-    def __init__(self, answers: dict[tuple[int, ...], list[int]], seed: int = 0):
-        self.answers, self.rng = answers, random.Random(seed)
+    def __init__(self, answers: dict[tuple[int, ...], list[int]], seed: int = 0, vocab: int = 5000):
+        self.answers, self.rng, self.vocab = answers, random.Random(seed), vocab
 
     def fork(self):
-        return NearAnswers(self.answers, self.rng.randrange(1 << 30))
+        return NearAnswers(self.answers, self.rng.randrange(1 << 30), self.vocab)
 
     def propose(self, context, budget):
         prompt = next(p for p in self.answers if tuple(context[:len(p)]) == p)
         done = len(context) - len(prompt)
         truth = self.answers[prompt][done:done + 4]
-        paths = [truth[: self.rng.randint(0, len(truth))] + [self.rng.randrange(50, 5000)] for _ in range(3)]
+        paths = [truth[: self.rng.randint(0, len(truth))] + [self.rng.randrange(50, self.vocab)] for _ in range(3)]
         return TokenTree.from_paths(context[-1], [p for p in paths if p]).best(budget)
 
     def observe(self, tree, logits, acceptance):
@@ -110,8 +111,8 @@ def test_partial_acceptance_and_leaving_sequences_in_a_batch(generator, gguf):  
     ids = [generator.encode(p, chat=False) for p in PROMPTS]
     want = [generator.generate(i, max_new_tokens=40, drafter="none").token_ids for i in ids]
     model = LlamaCppModel(gguf, LlamaCppConfig(threads=2, n_ctx=2048, max_sequences=16))
-    batch = BatchEngine(model, NearAnswers({tuple(i): w for i, w in zip(ids, want)}), generator.target.eos_ids,
-                        max_batch=3)
+    batch = BatchEngine(LlamaCppBatch(model, 3), NearAnswers({tuple(i): w for i, w in zip(ids, want)}),
+                        generator.target.eos_ids)
     stats = [GenerationStats() for _ in ids]
     got = {k: [] for k in range(len(ids))}
     owner, waiting = {}, list(range(len(ids)))
@@ -141,18 +142,6 @@ def test_a_lane_reset_leaves_the_other_lanes_cache_alone(gguf):  # noqa: F811
     b.prefill(list(range(300, 320)))
     after, _ = verify_many([a, b], [TokenTree.root(140), TokenTree.root(320)])
     assert torch.equal(before, after)
-
-
-def test_generate_batch_needs_the_llamacpp_backend(tiny_generator=None):
-    from tokentree.api import Generator
-
-    class Target:
-        is_llamacpp = False
-
-    gen = Generator.__new__(Generator)
-    gen.target = Target()
-    with pytest.raises(TokentreeError, match="llama.cpp backend"):
-        gen.generate_batch(["a", "b"])
 
 
 @pytest.mark.slow

@@ -193,10 +193,10 @@ def test_disconnect_mid_stream_frees_the_worker():
             next(response.iter_lines())  # the role chunk: generation has started
         worker = server.config.app.state.worker
         deadline = time.monotonic() + 5  # 400 steps would take 8 s
-        while httpx.get(url + "/health").json()["queue_depth"]:
+        # the cancelled job leaves the queue count at once; the worker drops it at its next step
+        while httpx.get(url + "/health").json()["queue_depth"] or worker.running is not None:
             assert time.monotonic() < deadline, "the abandoned generation kept running"
             time.sleep(0.05)
-        assert worker.running is None
         assert client(url).chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=3).choices
 
 

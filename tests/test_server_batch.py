@@ -7,11 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 from test_llamacpp import generator, gguf  # noqa: F401 - the SmolLM2 fixtures
-from test_server import client, running_server, tiny_generator
-
-from tokentree.errors import TokentreeError
-from tokentree.server.config import ServeConfig
-from tokentree.server.run import build_server
+from test_server import client, running_server
 
 pytestmark = pytest.mark.slow
 
@@ -81,7 +77,3 @@ def test_n_choices_are_the_seeded_samples_whole_and_streamed(generator):  # noqa
                     finished.add(choice.index)
         assert texts == want[:2] and finished == {0, 1} and chunks[-1].usage.completion_tokens > 0
 
-
-def test_max_batch_needs_the_llamacpp_backend():
-    with pytest.raises(TokentreeError, match="--max-batch above 1 needs the llama.cpp backend"):
-        build_server(tiny_generator(), ServeConfig(port=0, max_batch=2))

@@ -11,7 +11,7 @@ from typing import Any, Iterator, Sequence, Union
 
 import torch
 
-from .backends import make_backend
+from .backends import make_backend, make_batch_target
 from .backends.llamacpp import LLAMA_CPP_PIN, LlamaCppConfig
 from .drafters import DRAFTERS, Drafter, drafter_config, make_drafter
 from .drafters.base import resolve_budget
@@ -191,12 +191,12 @@ class Generator:
                        drafter: str | Drafter | None = None, n: int = 1, seed: int | None = None,
                        **options: Any) -> list[Output]:
         """Generate for every prompt, up to ``max_batch`` sequences in each target forward (default:
-        all, at most the llama.cpp context allows); a sequence waiting for a slot joins when one
+        all; on llama.cpp at most its context's sequences allow); a sequence waiting for a slot joins when one
         finishes. ``n`` samples per prompt (outputs prompt by prompt, its samples in order): they
         share the prompt's cache cells, and sample i is seeded ``seed + i`` (None: each its own
         random seed). ``options`` are those of :meth:`stream` and apply to every sequence; each
         output is what :meth:`generate` gives for its prompt and seed (see :mod:`tokentree.batch`
-        on llama.cpp's rounding). llama.cpp backend only, for now."""
+        on rounding)."""
         if isinstance(prompts, str) or not prompts:
             raise TokentreeError("generate_batch takes a non-empty list of prompts")
         if n < 1:
@@ -220,12 +220,12 @@ class Generator:
         return [outputs[i] for i in range(len(ids))]
 
     def batch_session(self, max_batch: int) -> BatchSession:
-        """A session decoding up to ``max_batch`` sequences per forward (llama.cpp backend); it uses
-        every sequence id of the target's context, so the generator's own cache is emptied."""
-        if not self.target.is_llamacpp:
-            raise TokentreeError("several sequences per forward run on the llama.cpp backend (backend='llamacpp') "
-                                 "for now")
-        self.cost_profile()  # measured now if need be: it runs on the context the session's sequences share
+        """A session decoding up to ``max_batch`` sequences per forward (on llama.cpp at most the
+        context's sequence ids allow, less one); the generator's own cache is emptied (llama.cpp:
+        the session uses every sequence id of the context)."""
+        if max_batch < 1:
+            raise TokentreeError(f"max_batch must be >= 1, got {max_batch}")
+        self.cost_profile()  # measured now if need be: on llama.cpp it runs on the context the sequences share
         self.backend.reset()
         return BatchSession(self, max_batch)
 
@@ -254,10 +254,9 @@ class BatchSession:
     def __init__(self, generator: Generator, max_batch: int):
         from .batch import BatchEngine
 
-        limit = generator.target.model.config.max_sequences - 1
         self.generator = generator
-        self.engine = BatchEngine(generator.target.model, generator.drafter, generator.target.eos_ids,
-                                  min(max_batch, limit))
+        self.engine = BatchEngine(make_batch_target(generator.target.model, max_batch), generator.drafter,
+                                  generator.target.eos_ids)
         self.texts: dict[int, TextStream] = {}
         self.stats: dict[int, GenerationStats] = {}
         self.reasons: dict[int, str] = {}  # finished slots: "stop", "length" or "cancelled"

@@ -1,9 +1,10 @@
-"""Many sequences per target forward: each sequence drafts its own tree, one ``llama_decode``
-verifies all of them, and each keeps its accepted path.
+"""Many sequences per target forward: each sequence drafts its own tree, one forward verifies all
+of them, and each keeps its accepted path.
 
-The llama.cpp context is shared: sequence i of a batch owns the block ``slot_ids(i)`` of the
-context's sequence ids (its context and its tree's paths, see :mod:`tokentree.backends.sequences`),
-so the trees of a step need no mask beyond what each sequence's ids already say. Sequences join
+The target is a :class:`~tokentree.backends.base.BatchTarget`: slot i of a batch is a lane, a
+backend over its own part of one shared cache (llama.cpp sequence ids, see
+:mod:`tokentree.backends.llamacpp_batch`; cells of a packed transformers cache under a block mask,
+see :mod:`tokentree.backends.hf_batch`), so the trees of a step go into one forward. Sequences join
 (:meth:`BatchEngine.add`, a prefill of their own) and leave (finished or :meth:`BatchEngine.cancel`)
 between steps. Every sequence is decoded as :class:`Engine` would decode it alone (the same
 :class:`SequenceRun` steps: its acceptance rule judges its tree by the target's logits for it), so
@@ -11,7 +12,8 @@ each follows the target; only the tree sizes are chosen together under ``budget=
 (:func:`choose_batch`: a node must beat its marginal cost in the shared forward). llama.cpp's CPU
 kernels round a sequence's logits differently when other sequences share its cache and batch,
 as in llama.cpp's own parallel decoding, so at a near-tie a greedy answer can differ from decoding
-it alone (see :class:`LlamaCppBackend`).
+it alone (see :class:`LlamaCppBackend`); on transformers the difference is the float summation
+order of a wider attention (fp32: about 1e-7).
 """
 
 from __future__ import annotations
@@ -20,20 +22,12 @@ import time
 from dataclasses import dataclass
 from typing import Sequence
 
-from .backends.base import shared_prefix
-from .backends.llamacpp import LlamaCppBackend, LlamaCppModel, verify_many
+from .backends.base import BatchTarget, shared_prefix
 from .drafters.base import Drafter, fork
 from .engine import DecodeRequest, Engine, SequenceRun
 from .errors import TokentreeError
 from .planner import RATE_DECAY, Planner, choose_batch
 from .stats import GenerationStats
-
-
-def slot_ids(slot: int, slots: int, max_sequences: int) -> range:
-    """The sequence ids of slot ``slot`` of ``slots``: an equal block of the context's ids each, the
-    last id left out (the batch's trash sequence, see :class:`LlamaCppBackend`)."""
-    per = (max_sequences - 1) // slots
-    return range(slot * per, (slot + 1) * per)
 
 
 @dataclass
@@ -52,29 +46,17 @@ class BatchRates:
 
 
 class BatchEngine:
-    """Decodes up to ``max_batch`` sequences at once over one llama.cpp model.
+    """Decodes up to ``len(target.lanes)`` sequences at once over one :class:`BatchTarget`.
 
-    Each sequence gets a :class:`LlamaCppBackend` over its slot's sequence ids, a fork of
-    ``drafter`` (its own request state, the learned tables shared) and, with ``budget="auto"``, a
-    fork of ``planner`` (its own tilts, the calibration and verify cost shared).
-
-    Cells a sequence lets go (rejected nodes, finished sequences) stay occupied by the trash
-    sequence until the batch is empty, so each sequence's cells stay in position order (see
-    :class:`LlamaCppBackend` for what else llama.cpp's rounding depends on); trees shrink to plain
-    steps when the cache has no room left for them.
+    Each sequence gets a lane, a fork of ``drafter`` (its own request state, the learned tables
+    shared) and, with ``budget="auto"``, a fork of ``planner`` (its own tilts, the calibration and
+    verify cost shared). Trees shrink to plain steps when the cache has no room left for them.
     """
 
-    def __init__(self, model: LlamaCppModel, drafter: Drafter, eos_ids: frozenset[int], max_batch: int,
+    def __init__(self, target: BatchTarget, drafter: Drafter, eos_ids: frozenset[int],
                  planner: Planner | None = None, engine: Engine | None = None):
-        limit = model.config.max_sequences - 1  # the last id is the trash
-        if not 1 <= max_batch <= limit:
-            raise TokentreeError(f"max_batch must be in 1..{limit} (the llama.cpp context's sequences, less one), "
-                                 f"got {max_batch}")
-        self.model, self.drafter, self.planner = model, drafter, planner
-        self.trash = limit
-        self.lanes = [LlamaCppBackend(model, sequences=slot_ids(i, max_batch, limit + 1), trash=self.trash)
-                      for i in range(max_batch)]
-        self._cleared_at = model.decoded_rows  # cells in use: rows decoded since the cache was last emptied
+        self.target, self.drafter, self.planner = target, drafter, planner
+        self.lanes = target.lanes
         self.engine = engine or Engine(self.lanes[0], drafter, eos_ids, planner=planner)
         self.runs: dict[int, SequenceRun] = {}  # slot -> its running sequence
         self.rates = BatchRates()
@@ -92,8 +74,8 @@ class BatchEngine:
             raise TokentreeError(f"the batch is full ({len(self.lanes)} sequences)")
         slot, lane = free[0], self.lanes[free[0]]
         if not self.runs:
-            self._empty_cache()
-        self._share_prefix(lane, prompt_ids)
+            self.target.clear()
+        self._share_prefix(slot, prompt_ids)
         planner = planner or self.planner
         run = self.engine.start(prompt_ids, request, stats, lane, fork(drafter or self.drafter),
                                 None if planner is None else planner.fork())
@@ -104,42 +86,31 @@ class BatchEngine:
     def cancel(self, slot: int) -> None:
         """Stop the sequence in ``slot`` (between steps) and free its cache cells."""
         if self.runs.pop(slot, None) is not None:
-            self.lanes[slot].reset()
+            self.target.release(slot)
             if not self.runs:
-                self._empty_cache()
+                self.target.clear()
 
-    def _empty_cache(self) -> None:
-        """No sequence is running: free every cell (the trash's)."""
-        for lane in self.lanes:
-            lane.reset()
-        self.model.lib.llama_memory_seq_rm(self.model.memory, self.trash, -1, -1)
-        self._cleared_at = self.model.decoded_rows
-
-    def _share_prefix(self, lane: LlamaCppBackend, prompt_ids: Sequence[int]) -> None:
-        """Let ``lane`` start from the running sequence whose cached tokens share the longest prefix
+    def _share_prefix(self, slot: int, prompt_ids: Sequence[int]) -> None:
+        """Let ``slot`` start from the running sequence whose cached tokens share the longest prefix
         with ``prompt_ids`` (n samples of one prompt, a common system prompt)."""
         best, shared = None, 0
-        for slot in self.runs:
-            other = self.lanes[slot]
-            common = shared_prefix(other.tokens, prompt_ids[:-1])
+        for other in self.runs:
+            common = shared_prefix(self.lanes[other].tokens, prompt_ids[:-1])
             if common > shared:
                 best, shared = other, common
         if best is not None:
-            lane.adopt(best, shared)
+            self.target.adopt(slot, best, shared)
 
     def fits(self, prompt_tokens: int, max_new_tokens: int) -> bool:
         """Whether a sequence of this size has room in the cache beside the running ones (an empty
         batch frees every cell first)."""
-        if not self.runs:
-            return prompt_tokens + max_new_tokens <= self.model.config.n_ctx
-        return prompt_tokens + max_new_tokens <= self._spare_cells(list(self.runs.values()))
+        room = self.target.capacity if not self.runs else self._spare_cells()
+        return room is None or prompt_tokens + max_new_tokens <= room
 
-    def _spare_cells(self, runs: list[SequenceRun]) -> int:
+    def _spare_cells(self) -> int | None:
         """Cache cells left for drafted nodes this step, after one cell per token every running
-        sequence may still need and the prompt tails still to be forwarded."""
-        used = self.model.decoded_rows - self._cleared_at
-        owed = sum(run.remaining + len(self.lanes[slot]._lead) for slot, run in self.runs.items())
-        return self.model.config.n_ctx - used - owed
+        sequence may still need (None: no fixed limit)."""
+        return self.target.spare_cells(sum(run.remaining for run in self.runs.values()))
 
     def step(self) -> dict[int, list[int]]:
         """One forward for every running sequence; returns each slot's new tokens. Finished
@@ -150,7 +121,7 @@ class BatchEngine:
         runs = [self.runs[slot] for slot in slots]
         drafts = self._fit(runs, self._drafts(runs))
         started = time.perf_counter()
-        logits = verify_many([self.lanes[slot] for slot in slots], [d.tree for d in drafts])
+        logits = self.target.verify_many(slots, [d.tree for d in drafts])
         forward_s = time.perf_counter() - started
         timed = all(run.stats.steps for run in runs)  # a sequence's first step forwards its prompt's tail too
         new = {}
@@ -167,7 +138,9 @@ class BatchEngine:
 
     def _fit(self, runs: list[SequenceRun], drafts: list) -> list:
         """``drafts``, the largest turned into plain steps until their nodes fit the spare cells."""
-        spare = self._spare_cells(runs)
+        spare = self._spare_cells()
+        if spare is None:
+            return drafts
         order = sorted(range(len(runs)), key=lambda i: -len(drafts[i].tree))
         while order and sum(len(d.tree) - 1 for d in drafts) > spare:
             i = order.pop(0)

@@ -173,6 +173,15 @@ class TokenTree:
             found.append(match)
         return found
 
+    def behind(self, lead: Sequence[int]) -> TokenTree:
+        """``lead`` as a chain with this tree hanging from its last token: what one forward takes
+        when tokens still missing from a cache go ahead of a tree (its nodes move up by len(lead))."""
+        if not lead:
+            return self
+        shift = len(lead)
+        return TokenTree(tuple(int(t) for t in lead) + self.tokens,
+                         tuple(range(-1, shift - 1)) + tuple(p + shift for p in self.parents))
+
     # ----------------------------------------------------------------- editing
     def best(self, n: int) -> TokenTree:
         """Keep the ``n`` most promising nodes below the root (see :meth:`ranked`); without scores

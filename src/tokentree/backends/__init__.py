@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Backend, GrowingBackend
+from .base import Backend, BatchTarget, GrowingBackend
 
-__all__ = ["Backend", "GrowingBackend", "make_backend"]
+__all__ = ["Backend", "BatchTarget", "GrowingBackend", "make_backend", "make_batch_target"]
 
 
 def make_backend(model: Any, draft: bool = False) -> GrowingBackend:
@@ -21,3 +21,18 @@ def make_backend(model: Any, draft: bool = False) -> GrowingBackend:
     from .hf import HFBackend
 
     return HFBackend(model)
+
+
+def make_batch_target(model: Any, max_batch: int) -> BatchTarget:
+    """Up to ``max_batch`` sequences per forward over a loaded model (for llama.cpp at most the
+    context's sequence ids allow, less one): lanes of one llama.cpp context, or of a packed
+    transformers cache."""
+    from .llamacpp import LlamaCppModel
+
+    if isinstance(model, LlamaCppModel):
+        from .llamacpp_batch import LlamaCppBatch
+
+        return LlamaCppBatch(model, min(max_batch, model.config.max_sequences - 1))
+    from .hf_batch import PackedBatch
+
+    return PackedBatch(model, max_batch)

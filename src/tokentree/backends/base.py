@@ -73,3 +73,34 @@ class GrowingBackend(Backend, Protocol):
         """Forward nodes ``tree[start:]``; ``tree[:start]`` is what the previous call forwarded.
         Returns [n - start, V] float32 logits."""
         ...
+
+
+class BatchTarget(Protocol):
+    """A target decoding several sequences per forward: ``lanes[slot]`` is a :class:`Backend` over
+    that slot's part of one shared cache (llama.cpp sequence ids, or cells of a packed transformers
+    cache), and :meth:`verify_many` verifies several lanes' trees in one forward."""
+
+    lanes: Sequence[Backend]
+    capacity: int | None  # cache cells in all (None: the cache grows as lanes need)
+
+    def verify_many(self, slots: Sequence[int], trees: Sequence[TokenTree]) -> list[torch.Tensor]:
+        """Each slot's tree in one forward; returns each tree's [n_i, V] float32 logits."""
+        ...
+
+    def adopt(self, slot: int, source: int, count: int) -> None:
+        """Let lane ``slot`` start from the first ``count`` cached tokens of lane ``source`` (a shared
+        prompt prefix is forwarded once)."""
+        ...
+
+    def release(self, slot: int) -> None:
+        """The sequence in ``slot`` left: its lane lets go of its cells."""
+        ...
+
+    def clear(self) -> None:
+        """No sequence is running: free every cell."""
+        ...
+
+    def spare_cells(self, owed: int) -> int | None:
+        """Cells left for drafted nodes after ``owed`` more committed tokens and every lane's prompt
+        tail still to be forwarded (None: no fixed limit)."""
+        ...

@@ -10,9 +10,10 @@ from .. import kvcache
 from ..errors import UnsupportedModelError
 from ..tree import TokenTree
 from .base import shared_prefix
+from .lane_attention import LANE_ATTENTION
 
 SUPPORTED_LAYER_TYPES = {"full_attention", "sliding_attention"}
-MASKABLE_ATTENTION = ("sdpa", "eager")
+MASKABLE_ATTENTION = ("sdpa", "eager", LANE_ATTENTION)
 PREFILL_CHUNK = 512
 
 
@@ -154,9 +155,7 @@ class HFBackend:
     def _grow_after_lead(self, tree: TokenTree) -> torch.Tensor:
         """Forward the held-back tail of the prefill and ``tree`` in one call; the tree's logits."""
         lead, self._lead = self._lead, []
-        joined = TokenTree(tuple(lead) + tree.tokens,
-                           tuple(range(-1, len(lead) - 1)) + tuple(p + len(lead) for p in tree.parents))
-        logits = self.grow(joined, 0)
+        logits = self.grow(tree.behind(lead), 0)
         self._tokens.extend(lead)
         self._pending = tree
         return logits[len(lead):]

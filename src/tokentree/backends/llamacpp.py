@@ -225,6 +225,11 @@ class LlamaCppBackend:
         """The tree forwarded since the last commit (None when there is none)."""
         return self._pending
 
+    @property
+    def lead(self) -> int:
+        """Prompt tokens still to be decoded (with the next tree)."""
+        return len(self._lead)
+
     def reset(self) -> None:
         for seq in self.sequences:
             self._release(seq, -1, -1)

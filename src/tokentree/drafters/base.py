@@ -70,7 +70,7 @@ def fork(drafter: Drafter) -> Drafter:
     if isinstance(drafter, ForkingDrafter):
         return drafter.fork()
     raise TokentreeError(f"drafter '{drafter.name}' cannot decode several sequences at once yet: use auto "
-                         "(without a draft model), stand, pld, lookahead or none")
+                         "(without a draft model), stand, pld, lookahead, recycling or none")
 
 
 def fresh_request_copy(drafter: Drafter) -> Drafter:

@@ -21,6 +21,7 @@ import torch
 from ..reductions import top_k
 from ..sampling import Acceptance
 from ..tree import TokenTree
+from .base import fresh_request_copy
 from .template import TEMPLATES, TemplateShape, parse_template
 
 
@@ -50,13 +51,27 @@ class RecyclingDrafter:
     def __init__(self, config: RecyclingConfig | None = None):
         self.config = config or RecyclingConfig()
         self.shape = TemplateShape(self.config.template)
-        self.matrix: np.ndarray | None = None  # [V, k] successor ids, -1 = unknown
+        self._learned = self  # whose matrix this drafter reads and writes (a fork's: its parent's)
+        self._matrix: np.ndarray | None = None
         self._proposed: list[int] = []  # template node of each node of the last tree
         self._tree: TokenTree | None = None  # the last tree
+
+    @property
+    def matrix(self) -> np.ndarray | None:
+        """[V, k] successor ids, -1 = unknown (made at the first observe, shared with every fork)."""
+        return self._learned._matrix
+
+    @matrix.setter
+    def matrix(self, value: np.ndarray | None) -> None:
+        self._learned._matrix = value
 
     def reset(self) -> None:
         """Per-request reset: the matrix and the learned shape are kept (hot start)."""
         self._proposed, self._tree = [], None
+
+    def fork(self) -> RecyclingDrafter:
+        """Its own last tree over this drafter's matrix and template rates (see :class:`ForkingDrafter`)."""
+        return fresh_request_copy(self)
 
     def propose(self, context: Sequence[int], budget: int) -> TokenTree:
         self._tree = self._propose(context, budget)

@@ -39,8 +39,6 @@ class APIError(Exception):
 
 def create_app(generator: Generator, config: ServeConfig) -> FastAPI:
     model_name = config.served_model_name or default_model_name(generator.target.source)
-    if config.max_batch > 1 and not generator.target.is_llamacpp:
-        raise TokentreeError("--max-batch above 1 needs the llama.cpp backend (--backend llamacpp) for now")
     worker = Worker(generator, config.max_queue, config.max_batch)
     metrics = Metrics()
     context_limit = generator.target.context_limit or 1 << 30
@@ -111,7 +109,7 @@ def create_app(generator: Generator, config: ServeConfig) -> FastAPI:
                        chat: bool):
         choices = body.n or 1
         if choices > 1 and config.max_batch < 2:
-            raise APIError(400, "n > 1 needs a server started with --max-batch 2 or more (llama.cpp backend)",
+            raise APIError(400, "n > 1 needs a server started with --max-batch 2 or more",
                            param="n")
         jobs = make_jobs(body, ids, param, choices)
         try:

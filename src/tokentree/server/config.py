@@ -21,7 +21,7 @@ class ServeConfig:
     api_key_file: str | None = None  # a file whose first line is the API key
     served_model_name: str | None = None  # default: the target's name
     max_queue: int = 16  # requests waiting beyond the running ones; more get 429
-    max_batch: int = 1  # requests decoded together, one forward per step (llama.cpp backend)
+    max_batch: int = 1  # requests decoded together, one forward per step
     request_timeout: float = 600.0  # seconds from arrival to the last token
     default_max_tokens: int = 512  # when a request gives no max_tokens
     shutdown_grace: float = 10.0  # seconds in-flight requests get to finish on shutdown

@@ -1,5 +1,5 @@
-"""One model worker thread serving jobs from a bounded queue: one at a time, or (``max_batch`` > 1 on
-the llama.cpp backend) up to ``max_batch`` at once, joining and leaving between steps."""
+"""One model worker thread serving jobs from a bounded queue: one at a time, or (``max_batch`` > 1)
+up to ``max_batch`` at once, joining and leaving between steps."""
 
 from __future__ import annotations
 
