@@ -192,3 +192,20 @@ def test_calibrate_with_a_gguf_target_is_a_clear_error(gguf, capsys):
     assert main(["calibrate", "--target", str(gguf), "--out", "unused.json"]) == 2
     err = capsys.readouterr().err
     assert "calibrate runs on the hf backend" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_a_gguf_target_converts_for_transformers(gguf, tmp_path, monkeypatch):
+    """`--backend hf` with a GGUF file dequantizes it once (transformers needs accelerate for that)
+    and decodes greedily like the model's own generate."""
+    from tokentree.models import convert_gguf
+
+    monkeypatch.setenv("TOKENTREE_CACHE", str(tmp_path))
+    gen = load(str(gguf), backend="hf", dtype="float32", drafter="pld")
+    out = gen.generate("def fibonacci(n):", max_new_tokens=12, chat=False)
+    ids = torch.tensor([gen.encode("def fibonacci(n):", chat=False)])
+    with torch.inference_mode():
+        want = gen.target.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=12,
+                                         pad_token_id=0, eos_token_id=None)[0, ids.shape[1]:].tolist()
+    assert out.token_ids == want[:len(out.token_ids)] and len(out.token_ids) >= 1
+    assert convert_gguf(gguf, torch.float32).is_dir()  # cached: the second call converts nothing
