@@ -106,6 +106,18 @@ def test_every_sequence_of_a_batch_equals_its_own_greedy_decoding(generator, dra
     assert after.token_ids == want[0]
 
 
+def drive(batch: BatchEngine, ids, lengths, stats) -> list[list[int]]:
+    """Decode prompt ``ids[k]`` for ``lengths[k]`` tokens each, joining in order as slots free up."""
+    got, owner, waiting = [[] for _ in ids], {}, list(range(len(ids)))
+    while waiting or batch.runs:
+        while waiting and batch.free_slots:
+            k = waiting.pop(0)
+            owner[batch.add(ids[k], DecodeRequest(max_new_tokens=lengths[k]), stats[k])] = k
+        for slot, tokens in batch.step().items():
+            got[owner[slot]] += tokens
+    return got
+
+
 @pytest.mark.slow
 def test_partial_acceptance_and_leaving_sequences_in_a_batch(generator, gguf):  # noqa: F811
     ids = [generator.encode(p, chat=False) for p in PROMPTS]
@@ -114,16 +126,8 @@ def test_partial_acceptance_and_leaving_sequences_in_a_batch(generator, gguf):  
     batch = BatchEngine(LlamaCppBatch(model, 3), NearAnswers({tuple(i): w for i, w in zip(ids, want)}),
                         generator.target.eos_ids)
     stats = [GenerationStats() for _ in ids]
-    got = {k: [] for k in range(len(ids))}
-    owner, waiting = {}, list(range(len(ids)))
     lengths = [24, 5, 24, 11, 16]  # some leave early, then a waiting prompt takes the slot
-    while waiting or batch.runs:
-        while waiting and batch.free_slots:
-            k = waiting.pop(0)
-            owner[batch.add(ids[k], DecodeRequest(max_new_tokens=lengths[k]), stats[k])] = k
-        for slot, tokens in batch.step().items():
-            got[owner[slot]] += tokens
-    assert [got[k] for k in range(len(ids))] == [w[:n] for w, n in zip(want, lengths)]
+    assert drive(batch, ids, lengths, stats) == [w[:n] for w, n in zip(want, lengths)]
     assert model.decoded_rows < 256  # the regime where llama.cpp rounds as for one sequence (see above)
     assert all(s.tokens_per_step > 1.0 for s in stats)  # drafted tokens were accepted ...
     assert sum(s.drafted_tokens for s in stats) > sum(s.new_tokens for s in stats)  # ... and many rejected

@@ -8,14 +8,13 @@ import random
 import pytest
 import torch
 from conftest import VOCAB, tiny_model, tiny_tokenizer
-from test_batch import NearAnswers
+from test_batch import NearAnswers, drive
 
 from tokentree.api import Generator
 from tokentree.backends.hf import HFBackend
 from tokentree.backends.hf_batch import PackedBatch
 from tokentree.batch import BatchEngine
 from tokentree.drafters import make_drafter
-from tokentree.engine import DecodeRequest
 from tokentree.models import LoadedModel
 from tokentree.stats import GenerationStats
 from tokentree.tree import TokenTree
@@ -112,14 +111,7 @@ def test_partial_acceptance_eos_and_leaving_sequences_in_a_batch():
     drafter = NearAnswers({tuple(i): w for i, w in zip(ids, full)}, vocab=VOCAB)
     batch = BatchEngine(PackedBatch(gen.target.model, 3), drafter, eos)
     stats = [GenerationStats() for _ in ids]
-    got, owner, waiting = {k: [] for k in range(len(ids))}, {}, list(range(len(ids)))
-    while waiting or batch.runs:
-        while waiting and batch.free_slots:
-            k = waiting.pop(0)
-            owner[batch.add(ids[k], DecodeRequest(max_new_tokens=lengths[k]), stats[k])] = k
-        for slot, tokens in batch.step().items():
-            got[owner[slot]] += tokens
-    assert [got[k] for k in range(len(ids))] == [w[:min(n, c)] for w, n, c in zip(full, lengths, cut)]
+    assert drive(batch, ids, lengths, stats) == [w[:min(n, c)] for w, n, c in zip(full, lengths, cut)]
     assert all(s.tokens_per_step > 1.0 for s in stats)  # drafted tokens were accepted ...
     assert sum(s.drafted_tokens for s in stats) > sum(s.new_tokens for s in stats)  # ... and many rejected
 

@@ -104,3 +104,20 @@ class BatchTarget(Protocol):
         """Cells left for drafted nodes after ``owed`` more committed tokens and every lane's prompt
         tail still to be forwarded (None: no fixed limit)."""
         ...
+
+
+class LaneSlots:
+    """What both batch targets do the same way over their ``lanes`` (each lane a backend with
+    ``adopt(source, count)`` and ``reset()``)."""
+
+    lanes: Sequence
+
+    def adopt(self, slot: int, source: int, count: int) -> None:
+        self.lanes[slot].adopt(self.lanes[source], count)
+
+    def release(self, slot: int) -> None:
+        self.lanes[slot].reset()
+
+    def reset_lanes(self) -> None:
+        for lane in self.lanes:
+            lane.reset()

@@ -25,7 +25,7 @@ import torch
 
 from .. import kvcache
 from ..tree import TokenTree
-from .base import shared_prefix
+from .base import LaneSlots, shared_prefix
 from .hf import PREFILL_CHUNK, check_tree_support
 from .lane_attention import LanePlan, use_lane_attention
 
@@ -95,7 +95,7 @@ class PackedLane:
 
 
 
-class PackedBatch:
+class PackedBatch(LaneSlots):
     """Up to ``max_batch`` lanes over one transformers model, verified together in one forward
     (:class:`tokentree.backends.base.BatchTarget`)."""
 
@@ -124,15 +124,8 @@ class PackedBatch:
         """Each slot's tree in one forward; each tree's [n_i, V] float32 logits."""
         return self.forward([self.lanes[slot] for slot in slots], trees)
 
-    def adopt(self, slot: int, source: int, count: int) -> None:
-        self.lanes[slot].adopt(self.lanes[source], count)
-
-    def release(self, slot: int) -> None:
-        self.lanes[slot].reset()
-
     def clear(self) -> None:
-        for lane in self.lanes:
-            lane.reset()
+        self.reset_lanes()
         self.cache = kvcache.new_cache()
         self.cell_positions = torch.empty(0, dtype=torch.long)
 

@@ -8,6 +8,7 @@ import torch
 
 from ..errors import TokentreeError
 from ..tree import TokenTree
+from .base import LaneSlots
 from .llamacpp import LlamaCppBackend, LlamaCppModel, verify_many
 
 
@@ -18,7 +19,7 @@ def slot_ids(slot: int, slots: int, max_sequences: int) -> range:
     return range(slot * per, (slot + 1) * per)
 
 
-class LlamaCppBatch:
+class LlamaCppBatch(LaneSlots):
     """Up to ``max_batch`` :class:`LlamaCppBackend` lanes over one context
     (:class:`tokentree.backends.base.BatchTarget`).
 
@@ -42,15 +43,8 @@ class LlamaCppBatch:
     def verify_many(self, slots: Sequence[int], trees: Sequence[TokenTree]) -> list[torch.Tensor]:
         return verify_many([self.lanes[slot] for slot in slots], trees)
 
-    def adopt(self, slot: int, source: int, count: int) -> None:
-        self.lanes[slot].adopt(self.lanes[source], count)
-
-    def release(self, slot: int) -> None:
-        self.lanes[slot].reset()
-
     def clear(self) -> None:
-        for lane in self.lanes:
-            lane.reset()
+        self.reset_lanes()
         self.model.lib.llama_memory_seq_rm(self.model.memory, self.trash, -1, -1)
         self._cleared_at = self.model.decoded_rows
 
