@@ -9,9 +9,12 @@ Why one packed row rather than one batch row per sequence (``benchmarks/batch_la
 docs/results.md): on a CPU the weights dominate a step, so the rows a forward carries decide its
 cost; batch rows pad every tree to the largest one of the step (the planner sizes trees very
 unequally) and every context to the longest, while the packed row carries exactly the drafted
-nodes, at the price of attention over every lane's cells (masked ones included), which is small
-next to the matrix products at these context lengths. The packed row also shares prompt cells
-between lanes without copies.
+nodes. Plain SDPA over the packed mask scores every query against every lane's cells (8 lanes of
+300 cells, one node each: 1.45x the cost of 8 rows); lane attention
+(:mod:`tokentree.backends.lane_attention`) scores each lane against its own cells only, and then
+the packed row costs at most what rows do at every measured size. It also shares prompt cells
+between lanes without copies. Models with sliding-window layers keep the full mask (a lane plan
+would need a window per layer type).
 
 Cells of rejected nodes and of finished lanes are garbage; the batch drops them (through
 :func:`tokentree.kvcache.compact`, the one cache mutator) before its next forward.
