@@ -88,7 +88,7 @@ def tiny_generator(drafter: str = "pld") -> Generator:
     return Generator(LoadedModel(model, tiny_tokenizer(chat=False), "tiny-qwen2"), make_drafter(drafter))
 
 
-@pytest.mark.parametrize("drafter", ["none", "pld", "stand", "lookahead", "recycling", "auto"])
+@pytest.mark.parametrize("drafter", ["none", "pld", "stand", "lookahead", "recycling", "suffix", "auto"])
 def test_every_sequence_of_a_batch_equals_its_own_greedy_decoding(drafter):
     gen = tiny_generator()
     ids = [gen.encode(p) * 2 for p in PROMPTS]  # repeated: prompt lookup and the tables find continuations

@@ -71,7 +71,7 @@ def generator(gguf, tmp_path_factory):
         return load(str(gguf), backend="llamacpp", threads=2, n_ctx=1024)
 
 
-@pytest.mark.parametrize("drafter", ["none", "pld", "pld-tree", "lookahead", "recycling", "stand"])
+@pytest.mark.parametrize("drafter", ["none", "pld", "pld-tree", "lookahead", "recycling", "stand", "suffix"])
 def test_model_free_drafters_equal_llama_greedy(generator, llama_greedy, drafter):
     for prompt in PROMPTS:
         ids = generator.encode(prompt, chat=False)

@@ -20,7 +20,7 @@ def generator(drafter, model=None):
                      make_drafter(drafter), budget=16)
 
 
-@pytest.mark.parametrize("drafter", ["lookahead", "recycling", "stand"])
+@pytest.mark.parametrize("drafter", ["lookahead", "recycling", "stand", "suffix"])
 def test_learning_helps_the_next_request_and_survives_save_load(drafter, tmp_path):
     gen = generator(drafter)
     first = gen.generate(PROMPT, max_new_tokens=40, chat=False)

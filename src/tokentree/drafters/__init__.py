@@ -26,6 +26,7 @@ from .lookahead import LookaheadConfig, LookaheadDrafter
 from .pld import PLDConfig, PromptLookupDrafter
 from .recycling import RecyclingConfig, RecyclingDrafter
 from .stand import StandConfig, StandDrafter
+from .suffix import SuffixConfig, SuffixDrafter
 
 
 @dataclass
@@ -66,6 +67,8 @@ DRAFTERS: dict[str, DrafterSpec] = {
     "lookahead": DrafterSpec(LookaheadDrafter, LookaheadConfig, help="tries of earlier token windows (Lookahead)"),
     "recycling": DrafterSpec(RecyclingDrafter, RecyclingConfig, help="the target's recycled top-k successors"),
     "stand": DrafterSpec(StandDrafter, StandConfig, help="n-gram table of the target's distributions (STAND)"),
+    "suffix": DrafterSpec(SuffixDrafter, SuffixConfig, help="longest suffix match in tries of this request and of past "
+                          "responses, depth adaptive to the match (SuffixDecoding)"),
     "chain": DrafterSpec(ChainDrafter, ChainConfig, help="draft-model chain, adaptive length, confidence stop",
                          needs_draft=True),
     "specinfer": DrafterSpec(lambda c, m: WidthsDrafter(c, m, "specinfer", Draw.IID), SpecInferConfig,
@@ -135,4 +138,5 @@ __all__ = ["AutoConfig", "BeamConfig", "StochasticBeamDrafter", "HybridConfig", 
            "ChainConfig", "DySpecConfig", "SequoiaConfig", "SpecInferConfig", "RSDCConfig", "DRAFTERS", "Drafter",
            "DrafterSpec",
            "LookaheadConfig", "LookaheadDrafter", "NoDrafter", "PLDConfig", "PromptLookupDrafter",
-           "RecyclingConfig", "RecyclingDrafter", "StandConfig", "StandDrafter", "make_drafter"]
+           "RecyclingConfig", "RecyclingDrafter", "StandConfig", "StandDrafter", "SuffixConfig", "SuffixDrafter",
+           "make_drafter"]

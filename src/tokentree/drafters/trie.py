@@ -15,11 +15,13 @@ class TrieNode:
 
 
 class WindowTrie:
-    """Every window ``tokens[p : p + window]`` of the inserted text, counted once per occurrence.
+    """Every window ``tokens[p : p + window]`` of the inserted text, counted once per occurrence: a
+    suffix trie cut at depth ``window`` (a node's count is how often its token path occurs).
 
     Text grows at the end: :meth:`extend` adds exactly the window prefixes that became visible, so
-    each window's nodes are counted once however the text arrives. Node count is capped: past
-    ``max_nodes`` all counts are halved and nodes that reach zero are pruned.
+    each window's nodes are counted once however the text arrives, and :meth:`remove` takes a text
+    out again. Node count is capped: past ``max_nodes`` all counts are halved and nodes that reach
+    zero are pruned (a trie whose texts are removed later keeps its own cap instead).
     """
 
     def __init__(self, window: int, max_nodes: int):
@@ -53,6 +55,19 @@ class WindowTrie:
                 child.count += 1
             node = child
 
+    def remove(self, tokens: Sequence[int]) -> None:
+        """Take out a text inserted earlier (all of it, as :meth:`extend` counted it)."""
+        for start in range(len(tokens)):
+            node, window = self.root, tokens[start : start + self.window]
+            for depth, token in enumerate(window):
+                child = node.children[token]
+                child.count -= 1
+                if child.count == 0:  # only this occurrence went through it: its subtree is this window's rest
+                    del node.children[token]
+                    self.nodes -= len(window) - depth
+                    break
+                node = child
+
     def halve(self) -> None:
         """Halve every count and prune the nodes left at zero (with their subtrees)."""
         self.nodes = 0
@@ -74,6 +89,22 @@ class WindowTrie:
             if node is None:
                 return None
         return node
+
+    def longest_suffix(self, context: Sequence[int]) -> int:
+        """The largest m < ``window`` such that ``context[-m:]`` occurs followed by some token (0 if
+        none): the context's own trailing occurrence, with nothing after it yet, does not count.
+
+        Binary search: a suffix of a continued occurrence is continued too, so it is monotone in m.
+        """
+        low, high = 0, min(len(context), self.window - 1)
+        while low < high:
+            mid = (low + high + 1) // 2
+            node = self.find(context[-mid:])
+            if node is None or not node.children:
+                high = mid - 1
+            else:
+                low = mid
+        return low
 
     def continuations(self, key: Sequence[int], limit: int) -> list[tuple[list[int], float]]:
         """Up to ``limit`` continuation nodes after ``key``, most frequent first, as (path, share):
