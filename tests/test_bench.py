@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from tokentree.bench.methods import needs_draft, parse_method
 from tokentree.bench.report import first_divergence, lossless_table, pass_table, speedup_table
 from tokentree.bench.runner import BenchConfig, run_bench
 from tokentree.bench.suites import load_suite, round_robin, select
@@ -92,6 +93,9 @@ def test_shipped_suites_and_selection():
     assert len(select(spec, None, 5)) == 65
     assert len(load_suite("humaneval")) == 164 and len(load_suite("mt-bench")) == 80
     assert load_suite("humaneval")[0].turns[0].startswith("Complete the following Python function:")
+    agent = load_suite("agent")
+    assert len(agent) == 164 and agent[0].category == "agent" and len(agent[0].turns) == 4
+    assert agent[0].turns[0] == load_suite("humaneval")[0].turns[0] and "write_file" in agent[0].turns[-1]
     with pytest.raises(TokentreeError, match="unknown categories"):
         select(spec, ["poetry"], None)
     mixed = round_robin(select(spec, None, 2))
@@ -122,6 +126,14 @@ def test_unknown_method_fails_before_loading_anything(capsys):
     assert main(["bench", "--methods", "hf,tt:magic", "--target", "/no/such/model"]) == 2
     err = capsys.readouterr().err
     assert "unknown method 'tt:magic'" in err
+
+
+def test_a_hybrid_of_named_sources_is_a_method():
+    assert parse_method("tt:stand+pld+suffix") == ("stand+pld+suffix", None)
+    assert parse_method("tt:stand+chain@auto") == ("stand+chain", "auto") and needs_draft("tt:stand+chain")
+    for bad, match in (("tt:stand+stand", "distinct"), ("tt:auto+pld", "not hybrid"), ("tt:stand+magic", "unknown")):
+        with pytest.raises(TokentreeError, match=match):
+            parse_method(bad)
 
 
 @pytest.mark.parametrize("method", ["tt:pld@0", "tt:pld@x", "tt:pld@-3", "tt:magic@4", "hf@4"])

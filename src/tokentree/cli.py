@@ -113,8 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     _drafter_option_groups(gen)
 
     bench = sub.add_parser("bench", help="compare HF baselines and tokentree drafters on a prompt suite")
-    bench.add_argument("--suite", default="humaneval", help="spec-bench, humaneval, mt-bench or mixed (HumanEval and "
-                       "Spec-Bench interleaved by category, one process: a server's traffic) (default humaneval)")
+    bench.add_argument("--suite", default="humaneval", help="spec-bench, humaneval, mt-bench, mixed (HumanEval and "
+                       "Spec-Bench interleaved by category, one process: a server's traffic) or agent (each HumanEval "
+                       "task as four turns that rework the earlier answer, ending in a JSON tool call) "
+                       "(default humaneval)")
     bench.add_argument("--prompts", help="a JSONL file in the Spec-Bench format instead of --suite")
     bench.add_argument("--categories", type=_csv, default=None, help="comma-separated categories (default all)")
     bench.add_argument("--limit", type=int, default=None, help="at most N prompts per category")

@@ -10,7 +10,7 @@ import torch
 
 from ..api import Generator
 from ..backends.llamacpp import import_llama_cpp
-from ..drafters import DRAFTERS, make_drafter
+from ..drafters import DRAFTERS, HybridConfig, HybridDrafter, make_drafter
 from ..drafters.base import clear_caches
 from ..errors import TokentreeError
 from ..sampling import SamplingParams
@@ -67,7 +67,12 @@ class TokentreeMethod:
         self.generator = generator
         self.budget = budget
         draft = None if generator.draft is None else generator.draft.model
-        self.drafter = make_drafter(drafter_name, draft)
+        if "+" in drafter_name:  # a hybrid of these sources, sized per step like auto
+            sources = HybridConfig(sources=drafter_name.replace("+", ","))
+            self.drafter = HybridDrafter(sources, lambda name: make_drafter(name, draft), name=drafter_name,
+                                         default_budget="auto")
+        else:
+            self.drafter = make_drafter(drafter_name, draft)
 
     def run(self, prompt_ids: list[int], max_new_tokens: int, sampling: SamplingParams, seed: int) -> RunResult:
         self.generator.backend.reset()  # no prompt-cache reuse: HF baselines prefill every prompt too
@@ -118,7 +123,7 @@ LLAMA_METHODS = ("llama", "llama-pld")
 
 
 def known_methods() -> list[str]:
-    return list(HF_METHODS) + list(LLAMA_METHODS) + [f"tt:{name}" for name in DRAFTERS]
+    return list(HF_METHODS) + list(LLAMA_METHODS) + [f"tt:{name}" for name in DRAFTERS] + ["tt:<a>+<b>..."]
 
 
 def parse_method(name: str) -> tuple[str, int | str | None]:
@@ -128,11 +133,18 @@ def parse_method(name: str) -> tuple[str, int | str | None]:
     (llama.cpp backend: llama-cpp-python's plain decoding and its prompt-lookup draft of 10 tokens) and
     ``tt:<drafter>[@<budget>]`` where the budget
     is a positive node count or ``auto`` (planned per step); without it the drafter's default applies.
+    ``tt:<a>+<b>+...`` is the hybrid of those drafters (``tt:stand+pld`` is auto without a draft model).
     """
     if name in HF_METHODS or name in LLAMA_METHODS:
         return name, None
     drafter, at, budget = name.removeprefix("tt:").partition("@")
-    if not name.startswith("tt:") or drafter not in DRAFTERS:
+    sources = drafter.split("+")
+    if name.startswith("tt:") and len(sources) > 1 and all(s in DRAFTERS for s in sources):
+        try:
+            HybridConfig(sources=",".join(sources))  # distinct, and none of hybrid, auto or none
+        except ValueError as exc:
+            raise TokentreeError(f"method '{name}': {exc}") from None
+    elif not name.startswith("tt:") or drafter not in DRAFTERS:
         raise TokentreeError(f"unknown method '{name}': choose from {', '.join(known_methods())} "
                              "(tt:<drafter>@<budget> fixes the tree size, e.g. tt:stand@8)")
     if not at:
@@ -145,7 +157,7 @@ def parse_method(name: str) -> tuple[str, int | str | None]:
 def needs_draft(name: str) -> bool:
     """Whether a (valid) method name needs a draft model."""
     base, _ = parse_method(name)
-    return base == "hf-assisted" or (name.startswith("tt:") and DRAFTERS[base].needs_draft)
+    return base == "hf-assisted" or (name.startswith("tt:") and any(DRAFTERS[s].needs_draft for s in base.split("+")))
 
 
 def build_method(name: str, generator: Generator) -> Method:

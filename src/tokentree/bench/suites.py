@@ -16,6 +16,17 @@ SUITE_FILES = {
     "humaneval": ("humaneval.jsonl",),
     "mixed": ("humaneval.jsonl", "spec_bench_questions.jsonl"),  # code and chat interleaved, as a server sees them
 }
+# The agent suite: each HumanEval task as an agent loop that reworks its own earlier answer, turn by
+# turn, and ends in a tool call carrying the code (what suffix decoding was built for).
+AGENT_TURNS = (
+    "Add type hints to every parameter and to the return value of your function. Reply with the complete "
+    "code only.",
+    "Rename the function to `solution`, keep everything else as it is, and add a one-line docstring. Reply with "
+    "the complete code only.",
+    'Save your final code with the tool `write_file`: reply with only the JSON object {"name": "write_file", '
+    '"arguments": {"path": "solution.py", "content": "<the code as a JSON string>"}}.',
+)
+SUITES = (*SUITE_FILES, "agent")
 
 
 @dataclass(frozen=True)
@@ -70,8 +81,10 @@ def load_suite(suite: str | None = None, prompts_file: str | None = None) -> lis
         except UnicodeDecodeError as exc:
             raise TokentreeError(f"{prompts_file}: not UTF-8 text") from exc
         return read_prompts(text, prompts_file)
-    if suite not in SUITE_FILES:
-        raise TokentreeError(f"unknown suite '{suite}': choose {', '.join(SUITE_FILES)} or pass --prompts FILE")
+    if suite not in SUITES:
+        raise TokentreeError(f"unknown suite '{suite}': choose {', '.join(SUITES)} or pass --prompts FILE")
+    if suite == "agent":
+        return [BenchPrompt(f"agent/{p.id}", "agent", p.turns + AGENT_TURNS) for p in load_suite("humaneval")]
     data = resources.files("tokentree.bench").joinpath("data")
     return [p for name in SUITE_FILES[suite] for p in read_prompts(data.joinpath(name).read_text(encoding="utf-8"),
                                                                    suite)]
