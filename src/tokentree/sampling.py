@@ -9,6 +9,9 @@ a drafter cannot be verified by a rule that would be lossy for it:
 - V-det (``Draw.DETERMINISTIC``): candidates chosen without randomness (PLD, tries, recycling).
 - V-RRS (``Draw.WITHOUT_REPLACEMENT``): children drawn from q without replacement, in order.
 - V-MSS (``Draw.IID``): children drawn i.i.d. from q.
+- Block verification (any draw, when the draft is one chain): the whole chain is judged at once
+  (Sun et al., ICLR 2025); the same output law, and at least as many accepted tokens as the
+  token-by-token rules (optimal for one chain).
 """
 
 from __future__ import annotations
@@ -205,6 +208,51 @@ def accept_sampled(draft: Draft, p: torch.Tensor, generator: torch.Generator) ->
         nodes.append(accepted)
 
 
+def _draft_row(draft: Draft, node: int, vocab_size: int) -> torch.Tensor:
+    """q at ``node`` [V]: the draft's own row, or one-hot at the child a deterministic drafter chose."""
+    if draft.q is not None:
+        return draft.q[node]
+    row = torch.zeros(vocab_size)
+    row[draft.tree.tokens[node + 1]] = 1.0
+    return row
+
+
+def accept_block(draft: Draft, p: torch.Tensor, generator: torch.Generator) -> Acceptance:
+    """Block verification of a chain draft x_1..x_g (any draw; a deterministic one has one-hot q).
+
+    With weights w_0 = 1, w_i = min(w_{i-1} p_{i-1}(x_i) / q_{i-1}(x_i), 1) (p_i, q_i: the rows at
+    node i), node i < g is a stopping point with chance h_i = m_i / (m_i + 1 - w_i), where
+    m_i = sum(max(w_i p_i - q_i, 0)), and node g with chance w_g; one uniform draw per node decides,
+    and the deepest node that says stop is where the accepted prefix ends. The bonus comes from
+    norm(max(w_i p_i - q_i, 0)) at that node i (from p_g after the whole chain). p: [g + 1, V].
+    """
+    tree = draft.tree
+    _check_rows(tree, p)
+    if not tree.is_chain:
+        raise ValueError("block verification takes a chain draft")
+    last, vocab = len(tree) - 1, p.shape[1]
+    weights, stop = [1.0], 0
+    for node in range(1, last + 1):
+        q = _draft_row(draft, node - 1, vocab)
+        token = tree.tokens[node]
+        ratio = float(p[node - 1, token] / q[token]) if q[token] > 0 else 0.0
+        weights.append(min(weights[-1] * ratio, 1.0))
+        if node == last:
+            chance = weights[-1]
+        elif weights[-1] >= 1.0:
+            chance = 1.0
+        else:
+            mass = float((weights[-1] * p[node] - _draft_row(draft, node, vocab)).clamp_min(0).sum())
+            chance = mass / (mass + 1.0 - weights[-1])
+        if float(torch.rand((), generator=generator)) < chance:
+            stop = node
+    rest = p[stop]
+    if stop < last:
+        difference = (weights[stop] * p[stop] - _draft_row(draft, stop, vocab)).clamp_min(0)
+        rest = difference if difference.sum() > 1e-12 else rest  # multinomial normalises
+    return Acceptance(tuple(range(stop + 1)), int(torch.multinomial(rest, 1, generator=generator)))
+
+
 class PositionNoise:
     """Gumbel noise for one seeded request: a [V] row per output position, a function of (seed,
     position) alone. Sampling position i as argmax(log p_i + G_i) draws exactly from p_i (the
@@ -252,9 +300,12 @@ def accept_coupled(tree: TokenTree, logits: torch.Tensor, params: SamplingParams
 
 
 def accept(draft: Draft, logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> Acceptance:
-    """The lossless rule for ``draft`` under ``params``: V-greedy at temperature 0, else by draw kind."""
+    """The lossless rule for ``draft`` under ``params``: V-greedy at temperature 0, block verification
+    for a sampled chain, else the token-by-token rule of its draw kind."""
     if params.greedy:
         return accept_greedy(draft.tree, logits)
+    if draft.tree.is_chain and len(draft.tree) > 1:
+        return accept_block(draft, warp(logits, params), generator)
     return accept_sampled(draft, warp(logits, params), generator)
 
 

@@ -135,6 +135,11 @@ class TokenTree:
         return path[::-1]
 
     @cached_property
+    def is_chain(self) -> bool:
+        """Whether the tree is one path (every node has at most one child; node i is at depth i)."""
+        return all(parent == i - 1 for i, parent in enumerate(self.parents))
+
+    @cached_property
     def leaves(self) -> tuple[int, ...]:
         return tuple(i for i, kids in enumerate(self.children) if not kids)
 
