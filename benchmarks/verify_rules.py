@@ -36,7 +36,7 @@ class Paired:
         chosen = accept(draft, logits, params, generator)
         token = accept_sampled(draft, warp(logits, params), self.shadow)
         self.steps += 1
-        self.chains += draft.tree.is_chain and len(draft.tree) > 1
+        self.chains += any(draft.tree.chain_below[i] and draft.tree.children[i] for i in range(len(draft.tree)))
         self.accepted["block"] += chosen.accepted
         self.accepted["token"] += token.accepted
         return chosen
@@ -70,7 +70,7 @@ def main() -> None:
     texts = [p.turns[0] for p in load_suite("humaneval")[: args.prompts // 2]]
     texts += [p.turns[0] for p in list(spec.values())[: args.prompts - len(texts)]]
     prompts = [gen.encode(t) for t in texts]
-    print("| drafter | T | steps | chain drafts | accepted/step block | accepted/step token | gain "
+    print("| drafter | T | steps | drafts with a chain | accepted/step block | accepted/step token | gain "
           "| tokens/s block | tokens/s token | ratio |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name in args.drafters.split(","):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from chisquare import fits
 
-from tokentree.sampling import Acceptance, Draft, Draw, accept_block, accept_sampled
+from tokentree.sampling import Acceptance, Draft, Draw, accept_block, accept_sampled, accept_tree
 from tokentree.tree import TokenTree
 
 VOCAB, LENGTH, CHAIN = 3, 3, 3
@@ -44,18 +44,36 @@ def draft_chain(prefix: tuple, deterministic: bool, generator: torch.Generator) 
     return Draft(tree) if deterministic else Draft(tree, Draw.IID, torch.stack(rows))
 
 
+def draft_tree(prefix: tuple, deterministic: bool, generator: torch.Generator) -> Draft:
+    """Two children of the root (i.i.d. from q, or q's two most likely tokens), each followed by a
+    chain of two: the token rule at the root, block verification below."""
+    q = DRAFT(prefix)
+    drawn = torch.multinomial(q, 2, replacement=True, generator=generator)
+    firsts = (q.topk(2).indices if deterministic else drawn).tolist()
+    tokens, parents, rows = [prefix[-1]], [-1], [q]
+    for first in firsts:
+        chain = draft_chain(prefix + (first,), deterministic, generator)
+        base = len(tokens)
+        for i in range(CHAIN):
+            tokens.append(chain.tree.tokens[i])
+            parents.append(0 if i == 0 else base + i - 1)
+            rows.append(DRAFT(prefix + chain.tree.tokens[: i + 1]))
+    tree = TokenTree(tuple(tokens), tuple(parents))
+    return Draft(tree) if deterministic else Draft(tree, Draw.IID, torch.stack(rows))
+
+
 def target_rows(prefix: tuple, tree: TokenTree) -> torch.Tensor:
     return torch.stack([TARGET(prefix + tree.tokens[1:i + 1]) for i in range(len(tree))])
 
 
-def sequences(rule, deterministic: bool, n: int, seed: int = 0) -> tuple[Counter, float]:
+def sequences(rule, deterministic: bool, n: int, seed: int = 0, drafts=None) -> tuple[Counter, float]:
     """The first LENGTH tokens of n decodings from the prefix (0,), and the mean accepted per step."""
     generator = torch.Generator().manual_seed(seed)
     counts, accepted, steps = Counter(), 0, 0
     for _ in range(n):
         prefix = (0,)
         while len(prefix) <= LENGTH:
-            draft = draft_chain(prefix, deterministic, generator)
+            draft = (drafts or draft_chain)(prefix, deterministic, generator)
             acceptance = rule(draft, target_rows(prefix, draft.tree), generator)
             prefix = prefix + tuple(acceptance.new_tokens(draft.tree))
             accepted, steps = accepted + acceptance.accepted, steps + 1
@@ -115,6 +133,15 @@ def test_block_verification_follows_the_target_law_and_accepts_more(deterministi
     assert fits(counts, law, n), sorted(counts.items())
     _, token_rate = sequences(accept_sampled, deterministic, n)
     assert block_rate > token_rate
+
+
+@pytest.mark.parametrize("deterministic", [False, True], ids=["sampled", "deterministic"])
+def test_trees_take_the_token_rule_at_branches_and_block_verification_below(deterministic):
+    n = 6000
+    counts, tree_rate = sequences(accept_tree, deterministic, n, drafts=draft_tree)
+    assert fits(counts, exact_law(), n), sorted(counts.items())
+    _, token_rate = sequences(accept_sampled, deterministic, n, drafts=draft_tree)
+    assert tree_rate > token_rate
 
 
 def test_negative_control_a_lossy_rule_fails_the_same_law_test():

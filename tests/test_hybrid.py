@@ -2,6 +2,7 @@
 
 import random
 
+import pytest
 import torch
 from conftest import tiny_model, tiny_tokenizer
 from test_greedy_equality import hf_greedy
@@ -9,6 +10,7 @@ from test_greedy_equality import hf_greedy
 from tokentree.api import Generator
 from tokentree.drafters import make_drafter
 from tokentree.drafters.hybrid import HybridConfig, HybridDrafter, PayoffGate
+from tokentree.errors import TokentreeError
 from tokentree.models import LoadedModel
 from tokentree.planner import ProbeSchedule
 from tokentree.sampling import Acceptance
@@ -138,3 +140,11 @@ def test_the_step_clock_times_neither_idle_time_nor_a_requests_first_step():
     assert clock.tick() is None and clock.tick() is None
     time.sleep(0.02)
     assert 0.02 <= clock.tick() < 5
+
+
+def test_auto_sources_are_chosen_and_validated():
+    auto = make_drafter("auto", None, sources="stand,pld,suffix")
+    assert [source.name for source in auto.sources] == ["stand", "pld", "suffix"]
+    for bad in ("stand,chain", "stand,stand", ""):
+        with pytest.raises(TokentreeError, match="sources"):
+            make_drafter("auto", None, sources=bad)

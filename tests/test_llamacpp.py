@@ -209,3 +209,32 @@ def test_a_gguf_target_converts_for_transformers(gguf, tmp_path, monkeypatch):
                                          pad_token_id=0, eos_token_id=None)[0, ids.shape[1]:].tolist()
     assert out.token_ids == want[:len(out.token_ids)] and len(out.token_ids) >= 1
     assert convert_gguf(gguf, torch.float32).is_dir()  # cached: the second call converts nothing
+
+
+def test_bench_prompt_cache_reuses_a_conversations_prefix(gguf, tmp_path, monkeypatch):
+    import json
+
+    from tokentree.bench.runner import BenchConfig, run_bench
+
+    monkeypatch.setenv("TOKENTREE_CACHE", str(tmp_path / "cache"))
+    prompts = tmp_path / "agent.jsonl"
+    prompts.write_text(json.dumps({"question_id": 1, "turns": ["Write a haiku.", "Again, in capitals."]}) + "\n")
+    resets = []
+    original = LlamaCppBackend.reset
+    monkeypatch.setattr(LlamaCppBackend, "reset", lambda self: (resets.append(1), original(self))[1])
+    config = BenchConfig(prompts=str(prompts), target=str(gguf), backend="llamacpp", max_new_tokens=6,
+                         methods=["llama", "tt:suffix@4"], prompt_cache=True, out=str(tmp_path / "out"))
+    run_bench(config)
+    records = [json.loads(line) for line in (tmp_path / "out" / "records.jsonl").read_text().splitlines()]
+    assert sorted(r["method"] for r in records) == ["llama", "tt:suffix@4"]
+    assert all(len(r["turns"]) == 2 and r["turns"][1]["new_tokens"] > 0 for r in records)
+    before = len(resets)
+    run_bench(BenchConfig(**{**config.__dict__, "prompt_cache": False, "out": str(tmp_path / "fresh")}))
+    assert len(resets) - before > before  # without the cache every turn starts empty; with it only the first
+
+
+def test_bench_prompt_cache_is_refused_on_transformers():
+    with pytest.raises(TokentreeError, match="--prompt-cache needs --backend llamacpp"):
+        from tokentree.bench.runner import BenchConfig
+
+        BenchConfig(backend="hf", prompt_cache=True, methods=["hf"])

@@ -118,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "task as four turns that rework the earlier answer, ending in a JSON tool call) "
                        "(default humaneval)")
     bench.add_argument("--prompts", help="a JSONL file in the Spec-Bench format instead of --suite")
+    bench.add_argument("--prompt-cache", action="store_true", help="a conversation's later turns reuse its cached "
+                       "prefix, as an agent's server would (llama.cpp backend only; default: every turn prefills)")
     bench.add_argument("--categories", type=_csv, default=None, help="comma-separated categories (default all)")
     bench.add_argument("--limit", type=int, default=None, help="at most N prompts per category")
     bench.add_argument("--max-new-tokens", type=int, default=128)

@@ -9,8 +9,8 @@ a drafter cannot be verified by a rule that would be lossy for it:
 - V-det (``Draw.DETERMINISTIC``): candidates chosen without randomness (PLD, tries, recycling).
 - V-RRS (``Draw.WITHOUT_REPLACEMENT``): children drawn from q without replacement, in order.
 - V-MSS (``Draw.IID``): children drawn i.i.d. from q.
-- Block verification (any draw, when the draft is one chain): the whole chain is judged at once
-  (Sun et al., ICLR 2025); the same output law, and at least as many accepted tokens as the
+- Block verification (any draw) wherever the rest of a draft is one chain: the chain is judged at
+  once (Sun et al., ICLR 2025); the same output law, and at least as many accepted tokens as the
   token-by-token rules (optimal for one chain).
 """
 
@@ -217,27 +217,33 @@ def _draft_row(draft: Draft, node: int, vocab_size: int) -> torch.Tensor:
     return row
 
 
-def accept_block(draft: Draft, p: torch.Tensor, generator: torch.Generator) -> Acceptance:
-    """Block verification of a chain draft x_1..x_g (any draw; a deterministic one has one-hot q).
+def accept_block(draft: Draft, p: torch.Tensor, generator: torch.Generator, start: int = 0) -> Acceptance:
+    """Block verification of the chain below ``start`` (any draw; a deterministic one has one-hot q).
 
-    With weights w_0 = 1, w_i = min(w_{i-1} p_{i-1}(x_i) / q_{i-1}(x_i), 1) (p_i, q_i: the rows at
-    node i), node i < g is a stopping point with chance h_i = m_i / (m_i + 1 - w_i), where
+    Along the chain x_1..x_g below node ``start`` (its own distributions taken as they are), with
+    weights w_0 = 1, w_i = min(w_{i-1} p_{i-1}(x_i) / q_{i-1}(x_i), 1) (p_i, q_i: the rows at the
+    i-th chain node), node i < g is a stopping point with chance h_i = m_i / (m_i + 1 - w_i), where
     m_i = sum(max(w_i p_i - q_i, 0)), and node g with chance w_g; one uniform draw per node decides,
-    and the deepest node that says stop is where the accepted prefix ends. The bonus comes from
-    norm(max(w_i p_i - q_i, 0)) at that node i (from p_g after the whole chain). p: [g + 1, V].
+    and the deepest node that says stop ends the accepted prefix. The bonus comes from
+    norm(max(w_i p_i - q_i, 0)) at that node i (from p_g after the whole chain). p: [n, V].
+    The accepted nodes start at the root, through ``start``.
     """
     tree = draft.tree
     _check_rows(tree, p)
-    if not tree.is_chain:
+    if not tree.chain_below[start]:
         raise ValueError("block verification takes a chain draft")
-    last, vocab = len(tree) - 1, p.shape[1]
-    weights, stop = [1.0], 0
-    for node in range(1, last + 1):
-        q = _draft_row(draft, node - 1, vocab)
+    chain = tree.path_to(start)
+    first, vocab = len(chain) - 1, p.shape[1]  # chain[first] is ``start``
+    while tree.children[chain[-1]]:
+        chain.append(tree.children[chain[-1]][0])
+    weights, stop = [1.0], first
+    for i in range(first + 1, len(chain)):
+        parent, node = chain[i - 1], chain[i]
+        q = _draft_row(draft, parent, vocab)
         token = tree.tokens[node]
-        ratio = float(p[node - 1, token] / q[token]) if q[token] > 0 else 0.0
+        ratio = float(p[parent, token] / q[token]) if q[token] > 0 else 0.0
         weights.append(min(weights[-1] * ratio, 1.0))
-        if node == last:
+        if i == len(chain) - 1:
             chance = weights[-1]
         elif weights[-1] >= 1.0:
             chance = 1.0
@@ -245,12 +251,35 @@ def accept_block(draft: Draft, p: torch.Tensor, generator: torch.Generator) -> A
             mass = float((weights[-1] * p[node] - _draft_row(draft, node, vocab)).clamp_min(0).sum())
             chance = mass / (mass + 1.0 - weights[-1])
         if float(torch.rand((), generator=generator)) < chance:
-            stop = node
-    rest = p[stop]
-    if stop < last:
-        difference = (weights[stop] * p[stop] - _draft_row(draft, stop, vocab)).clamp_min(0)
+            stop = i
+    end = chain[stop]
+    rest = p[end]
+    if stop < len(chain) - 1:
+        difference = (weights[stop - first] * p[end] - _draft_row(draft, end, vocab)).clamp_min(0)
         rest = difference if difference.sum() > 1e-12 else rest  # multinomial normalises
-    return Acceptance(tuple(range(stop + 1)), int(torch.multinomial(rest, 1, generator=generator)))
+    return Acceptance(tuple(chain[: stop + 1]), int(torch.multinomial(rest, 1, generator=generator)))
+
+
+def accept_tree(draft: Draft, p: torch.Tensor, generator: torch.Generator) -> Acceptance:
+    """The token-by-token rule of the draft's draw from the root down, and block verification from
+    the first node whose subtree is one chain (the whole draft, when it is a chain).
+
+    Lossless by composition: the token rule leaves the target's own p at an accepted node, and the
+    chain below it was drawn from q given that node's prefix alone. p: [n, V] warped target rows.
+    """
+    tree = draft.tree
+    _check_rows(tree, p)
+    nodes = [0]
+    while True:
+        node = nodes[-1]
+        if tree.chain_below[node] and tree.children[node]:
+            return accept_block(draft, p, generator, start=node)
+        children = [(c, tree.tokens[c]) for c in tree.children[node]]
+        q = None if draft.q is None else draft.q[node]
+        accepted, rest = _try_children(children, p[node], q, draft.draw, generator)
+        if accepted is None:
+            return Acceptance(tuple(nodes), int(torch.multinomial(rest, 1, generator=generator)))
+        nodes.append(accepted)
 
 
 class PositionNoise:
@@ -300,13 +329,11 @@ def accept_coupled(tree: TokenTree, logits: torch.Tensor, params: SamplingParams
 
 
 def accept(draft: Draft, logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> Acceptance:
-    """The lossless rule for ``draft`` under ``params``: V-greedy at temperature 0, block verification
-    for a sampled chain, else the token-by-token rule of its draw kind."""
+    """The lossless rule for ``draft`` under ``params``: V-greedy at temperature 0, else
+    :func:`accept_tree` (the draw kind's token rule, block verification along chains)."""
     if params.greedy:
         return accept_greedy(draft.tree, logits)
-    if draft.tree.is_chain and len(draft.tree) > 1:
-        return accept_block(draft, warp(logits, params), generator)
-    return accept_sampled(draft, warp(logits, params), generator)
+    return accept_tree(draft, warp(logits, params), generator)
 
 
 def gumbel_top_k(q: torch.Tensor, k: int, generator: torch.Generator) -> list[int]:

@@ -135,9 +135,13 @@ class TokenTree:
         return path[::-1]
 
     @cached_property
-    def is_chain(self) -> bool:
-        """Whether the tree is one path (every node has at most one child; node i is at depth i)."""
-        return all(parent == i - 1 for i, parent in enumerate(self.parents))
+    def chain_below(self) -> tuple[bool, ...]:
+        """[n] whether the subtree of each node is one path (the whole tree's: ``chain_below[0]``)."""
+        flags = [True] * len(self)
+        for i in reversed(range(len(self))):
+            kids = self.children[i]
+            flags[i] = len(kids) <= 1 and all(flags[k] for k in kids)
+        return tuple(flags)
 
     @cached_property
     def leaves(self) -> tuple[int, ...]:

@@ -32,7 +32,11 @@ class RunResult:
 class Method(Protocol):
     name: str
 
-    def run(self, prompt_ids: list[int], max_new_tokens: int, sampling: SamplingParams, seed: int) -> RunResult: ...
+    def run(self, prompt_ids: list[int], max_new_tokens: int, sampling: SamplingParams, seed: int,
+            keep_cache: bool = False) -> RunResult:
+        """One turn; ``keep_cache``: reuse the prefix cached by this method's previous turn (else
+        every turn prefills its whole prompt)."""
+        ...
 
 
 class HFMethod:
@@ -46,7 +50,8 @@ class HFMethod:
         self.kwargs = generate_kwargs
 
     @torch.inference_mode()
-    def run(self, prompt_ids: list[int], max_new_tokens: int, sampling: SamplingParams, seed: int) -> RunResult:
+    def run(self, prompt_ids: list[int], max_new_tokens: int, sampling: SamplingParams, seed: int,
+            keep_cache: bool = False) -> RunResult:  # generate keeps no cache between calls: never reused
         ids = torch.tensor([prompt_ids], device=self.model.device)
         options = dict(do_sample=False, temperature=None, top_p=None, top_k=None) if sampling.greedy else dict(
             do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
@@ -74,9 +79,11 @@ class TokentreeMethod:
         else:
             self.drafter = make_drafter(drafter_name, draft)
 
-    def run(self, prompt_ids: list[int], max_new_tokens: int, sampling: SamplingParams, seed: int) -> RunResult:
-        self.generator.backend.reset()  # no prompt-cache reuse: HF baselines prefill every prompt too
-        clear_caches(self.drafter)  # nor for a draft model
+    def run(self, prompt_ids: list[int], max_new_tokens: int, sampling: SamplingParams, seed: int,
+            keep_cache: bool = False) -> RunResult:
+        if not keep_cache:
+            self.generator.backend.reset()  # no prompt-cache reuse: HF baselines prefill every prompt too
+            clear_caches(self.drafter)  # nor for a draft model
         start = time.perf_counter()
         out = self.generator.generate(prompt_ids, max_new_tokens=max_new_tokens, temperature=sampling.temperature,
                                       top_p=sampling.top_p, top_k=sampling.top_k, min_p=sampling.min_p, seed=seed,
@@ -104,11 +111,13 @@ class LlamaCppMethod:
                                    draft_model=draft, verbose=False,
                                    logits_all=draft is not None)  # its draft path writes scores past n_batch
 
-    def run(self, prompt_ids: list[int], max_new_tokens: int, sampling: SamplingParams, seed: int) -> RunResult:
+    def run(self, prompt_ids: list[int], max_new_tokens: int, sampling: SamplingParams, seed: int,
+            keep_cache: bool = False) -> RunResult:
         if not sampling.greedy:
             raise TokentreeError(f"{self.name} runs greedy only")
         tokens: list[int] = []
-        self.llm.reset()  # no prompt-cache reuse, like every other method
+        if not keep_cache:
+            self.llm.reset()  # no prompt-cache reuse (generate reuses the longest cached prefix otherwise)
         start = time.perf_counter()
         for token in self.llm.generate(prompt_ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0,
                                        reset=True):

@@ -38,6 +38,7 @@ class BenchConfig:
     out: str = "bench-out"
     seed: int = 0
     report_only: bool = False
+    prompt_cache: bool = False  # a conversation's later turns reuse its cached prefix (llama.cpp backend only)
     command: str = ""
 
     def __post_init__(self) -> None:
@@ -53,6 +54,9 @@ class BenchConfig:
             parse_method(method)  # raises for an unknown method or a bad @budget
         self.sampling  # validates temperature and top_p
         baseline = self.baseline
+        if self.prompt_cache and baseline != "llama":
+            raise TokentreeError("--prompt-cache needs --backend llamacpp: transformers' generate keeps no cache "
+                                 "between calls, so its baselines could not reuse one")
         if baseline not in self.methods:
             self.methods = [baseline] + list(self.methods)  # the baseline every ratio is taken against
 
@@ -69,9 +73,10 @@ class BenchConfig:
 def run_turns(method: Method, generator: Generator, prompt: BenchPrompt, config: BenchConfig) -> dict:
     """All turns of one prompt with one method; each turn follows the method's own previous answer."""
     messages, turns = [], []
-    for turn in prompt.turns:
+    for index, turn in enumerate(prompt.turns):
         messages.append({"role": "user", "content": turn})
-        result = method.run(generator.encode(messages), config.max_new_tokens, config.sampling, config.seed)
+        result = method.run(generator.encode(messages), config.max_new_tokens, config.sampling, config.seed,
+                            keep_cache=config.prompt_cache and index > 0)
         messages.append({"role": "assistant",
                          "content": generator.tokenizer.decode(result.token_ids, skip_special_tokens=True)})
         turns.append({"new_tokens": len(result.token_ids), **asdict(result)})
@@ -124,7 +129,7 @@ def load_generator(config: BenchConfig, notes: list[str]) -> Generator:
 # choose which records exist, so a run may be resumed with more (or fewer) of them.
 WARMUP_PROMPT = "Say hello in three languages."
 RESUME_KEYS = ("suite", "prompts", "max_new_tokens", "temperature", "top_p", "target", "draft", "dtype", "seed",
-               "backend", "threads")
+               "backend", "threads", "prompt_cache")
 
 
 def check_same_settings(path: Path, config: BenchConfig, dtype: str) -> None:

@@ -33,10 +33,15 @@ from .suffix import SuffixConfig, SuffixDrafter
 class AutoConfig:
     """The ``auto`` drafter (CLI flags ``--auto-<field>``)."""
 
+    sources: str = "stand,pld"  # the model-free sources, cheapest first
     draft_source: str = "chain"  # the draft-model drafter joined when a draft model is loaded (the cheapest call)
-    skip_above: float = 2.0  # skip the draft model when stand + pld promise this many accepted tokens
+    skip_above: float = 2.0  # skip the draft model when the model-free sources promise this many accepted tokens
 
     def __post_init__(self) -> None:
+        names = [n.strip() for n in self.sources.split(",") if n.strip()]
+        if not names or len(set(names)) != len(names) or any(n not in MODEL_FREE for n in names):
+            raise ValueError(f"sources must be distinct model-free drafters ({', '.join(MODEL_FREE)}), "
+                             f"got '{self.sources}'")
         if self.draft_source not in ("chain", "specinfer", "rsd-c", "rsd-s", "sequoia", "dyspec"):
             raise ValueError(f"draft_source must be a draft-model drafter, got '{self.draft_source}'")
         if self.skip_above < 0:
@@ -86,13 +91,16 @@ DRAFTERS: dict[str, DrafterSpec] = {
                           help="several drafters merged into one tree, ranked by calibrated acceptance",
                           uses_draft=True),
     "auto": DrafterSpec(lambda c, m: _auto(c, m), AutoConfig, uses_draft=True,
-                        help="hybrid of stand + pld (+ the draft model when one is loaded), tree size planned "
-                             "per step"),
+                        help="hybrid of model-free sources (--auto-sources, default stand,pld) and the draft "
+                             "model when one is loaded, tree size planned per step"),
 }
 
 
+MODEL_FREE = ("stand", "pld", "pld-tree", "lookahead", "suffix", "recycling")
+
+
 def _auto(config: "AutoConfig", draft_model: Any) -> Drafter:
-    sources = "stand,pld" + (f",{config.draft_source}" if draft_model is not None else "")
+    sources = config.sources + (f",{config.draft_source}" if draft_model is not None else "")
     hybrid = HybridConfig(sources=sources, skip_above=config.skip_above)
     return HybridDrafter(hybrid, lambda name: make_drafter(name, draft_model), name="auto", default_budget="auto")
 
