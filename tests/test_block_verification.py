@@ -63,7 +63,7 @@ def draft_tree(prefix: tuple, deterministic: bool, generator: torch.Generator) -
 
 
 def target_rows(prefix: tuple, tree: TokenTree) -> torch.Tensor:
-    return torch.stack([TARGET(prefix + tree.tokens[1:i + 1]) for i in range(len(tree))])
+    return torch.stack([TARGET(prefix + tuple(tree.tokens[j] for j in tree.path_to(i)[1:])) for i in range(len(tree))])
 
 
 def sequences(rule, deterministic: bool, n: int, seed: int = 0, drafts=None) -> tuple[Counter, float]:
@@ -99,6 +99,16 @@ def stop_at_first_miss_bonus_from_p(draft, p, generator):
     return Acceptance(good.nodes, bonus)
 
 
+def assert_gain(block_rate: float, token_rate: float, deterministic: bool) -> None:
+    """Sampled chains: block verification accepts more. One-hot (deterministic) chains: the same in
+    expectation (with q = 1 every weight is a product of p's, and the stopping chances add up to
+    the token rule's: no slack to carry), so only noise separates the two."""
+    if deterministic:
+        assert block_rate == pytest.approx(token_rate, abs=0.05)
+    else:
+        assert block_rate > token_rate + 0.02
+
+
 def test_the_papers_example_accepts_eleven_ninths_where_token_by_token_accepts_ten():
     p, q = torch.tensor([1 / 3, 2 / 3]), torch.tensor([2 / 3, 1 / 3])  # context-free target and draft
     generator = torch.Generator().manual_seed(0)
@@ -132,7 +142,7 @@ def test_block_verification_follows_the_target_law_and_accepts_more(deterministi
     counts, block_rate = sequences(accept_block, deterministic, n)
     assert fits(counts, law, n), sorted(counts.items())
     _, token_rate = sequences(accept_sampled, deterministic, n)
-    assert block_rate > token_rate
+    assert_gain(block_rate, token_rate, deterministic)
 
 
 @pytest.mark.parametrize("deterministic", [False, True], ids=["sampled", "deterministic"])
@@ -141,7 +151,7 @@ def test_trees_take_the_token_rule_at_branches_and_block_verification_below(dete
     counts, tree_rate = sequences(accept_tree, deterministic, n, drafts=draft_tree)
     assert fits(counts, exact_law(), n), sorted(counts.items())
     _, token_rate = sequences(accept_sampled, deterministic, n, drafts=draft_tree)
-    assert tree_rate > token_rate
+    assert_gain(tree_rate, token_rate, deterministic)
 
 
 def test_negative_control_a_lossy_rule_fails_the_same_law_test():
