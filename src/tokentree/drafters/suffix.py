@@ -25,7 +25,7 @@ from ..tree import TokenTree
 from .base import fresh_request_copy
 from .trie import TrieNode, WindowTrie
 
-PROMPT_TAIL = 4  # last prompt tokens stored before each response: the chat header predicts its start
+HEADER_TOKENS = 4  # last prompt tokens stored before each response: the chat header predicts its start
 
 
 @dataclass
@@ -136,7 +136,7 @@ class SuffixDrafter:
         seen = len(self._context)
         if self._response is None:
             self._prompt_len = len(context)
-            self._response = self.store.begin(context[-PROMPT_TAIL:])
+            self._response = self.store.begin(context[-HEADER_TOKENS:])
         self._context = list(context)
         self.request_trie.extend(self._context, seen)
         self.store.extend(self._response, self._context[max(seen, self._prompt_len):])
