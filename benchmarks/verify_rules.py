@@ -7,7 +7,7 @@ Two numbers per (drafter, temperature):
 - tokens/s of whole runs with each rule driving (the same prompts, runs interleaved).
 Requests are unseeded-style (each draft's own rule, not the coupled Gumbel path a seed selects).
 
-    python benchmarks/verify_rules.py --drafters pld,suffix,chain --temperatures 0.7,1.0 --prompts 10
+    python benchmarks/verify_rules.py --drafters pld,suffix,chain --temperatures 0.7,1 --prompts 10
 """
 
 import argparse
@@ -56,10 +56,16 @@ def token_only(draft, logits, params, generator):
 
 
 def decode(gen, drafter, prompt, args, temperature, seed, rule) -> tuple[int, float]:
-    request = DecodeRequest(max_new_tokens=args.max_new_tokens, temperature=temperature, seed=seed,
-                            budget=resolve_budget(None, drafter))
+    request = DecodeRequest(
+        max_new_tokens=args.max_new_tokens,
+        temperature=temperature,
+        seed=seed,
+        budget=resolve_budget(None, drafter),
+    )
     planner = gen.planner(drafter) if request.budget == "auto" else None
-    engine = Engine(gen.backend, drafter, gen.target.eos_ids, rule=rule, planner=planner, couple_seeded=False)
+    engine = Engine(
+        gen.backend, drafter, gen.target.eos_ids, rule=rule, planner=planner, couple_seeded=False
+    )
     stats = GenerationStats()
     start = time.perf_counter()
     tokens = sum(len(step) for step in engine.run(prompt, request, stats))
@@ -67,12 +73,18 @@ def decode(gen, drafter, prompt, args, temperature, seed, rule) -> tuple[int, fl
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--drafters", default="pld,suffix,chain")
     parser.add_argument("--temperatures", default="0.7,1.0")
-    parser.add_argument("--prompts", type=int, default=10, help="half HumanEval, half Spec-Bench (one per category)")
+    parser.add_argument(
+        "--prompts", type=int, default=10, help="half HumanEval, half Spec-Bench (one per category)"
+    )
     parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--draws", type=int, default=64, help="evaluations of each rule per step (paired estimate)")
+    parser.add_argument(
+        "--draws", type=int, default=64, help="evaluations of each rule per step (paired estimate)"
+    )
     args = parser.parse_args()
     gen = tokentree.load(backend="llamacpp")
     gen.draft = load_draft(None, gen.target)
@@ -80,8 +92,11 @@ def main() -> None:
     texts = [p.turns[0] for p in load_suite("humaneval")[: args.prompts // 2]]
     texts += [p.turns[0] for p in list(spec.values())[: args.prompts - len(texts)]]
     prompts = [gen.encode(t) for t in texts]
-    print("| drafter | T | paired steps | drafts with a chain | accepted/step block | accepted/step token | gain "
-          "| tokens/s block | tokens/s token | ratio |")
+    print(
+        "| drafter | T | paired steps | drafts with a chain | accepted/step block | accepted/step "
+        "token | gain "
+        "| tokens/s block | tokens/s token | ratio |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name in args.drafters.split(","):
         for temperature in map(float, args.temperatures.split(",")):
@@ -90,15 +105,23 @@ def main() -> None:
             for i, prompt in enumerate(prompts):
                 order = [("block", accept), ("token", token_only)]
                 for label, rule in order if i % 2 == 0 else order[::-1]:
-                    tokens, seconds = decode(gen, drafter, prompt, args, temperature, 1000 + i, rule)
+                    tokens, seconds = decode(
+                        gen, drafter, prompt, args, temperature, 1000 + i, rule
+                    )
                     rates[label].append(tokens / seconds)
                 decode(gen, drafter, prompt, args, temperature, 2000 + i, paired)  # untimed
-            block = 1 + paired.accepted["block"] / paired.steps  # tokens per step, the bonus included
+            block = (
+                1 + paired.accepted["block"] / paired.steps
+            )  # tokens per step, the bonus included
             token = 1 + paired.accepted["token"] / paired.steps
             fast, slow = statistics.median(rates["block"]), statistics.median(rates["token"])
-            print(f"| {name} | {temperature} | {paired.steps} | {paired.chains / paired.steps:.0%} | {block:.3f} | "
-                  f"{token:.3f} | {block / token - 1:+.1%} | {fast:.2f} | {slow:.2f} | {fast / slow:.2f}x |",
-                  flush=True)
+            print(
+                f"| {name} | {temperature} | {paired.steps} | {paired.chains / paired.steps:.0%} "
+                f"| {block:.3f} | "
+                f"{token:.3f} | {block / token - 1:+.1%} | {fast:.2f} | {slow:.2f} | "
+                f"{fast / slow:.2f}x |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -8,7 +8,13 @@ import string
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models
-from transformers import AutoModelForCausalLM, Gemma3TextConfig, LlamaConfig, PreTrainedTokenizerFast, Qwen2Config
+from transformers import (
+    AutoModelForCausalLM,
+    Gemma3TextConfig,
+    LlamaConfig,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+)
 
 VOCAB = 96
 CHAT_TEMPLATE = (
@@ -19,9 +25,16 @@ CHAT_TEMPLATE = (
 
 def tiny_config(family: str, **overrides):
     common = dict(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        bos_token_id=1, eos_token_id=2, pad_token_id=0,
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
     )
     common.update(overrides)
     if family == "llama":
@@ -39,7 +52,9 @@ def tiny_config(family: str, **overrides):
 def tiny_model(family: str = "llama", seed: int = 0, **overrides):
     torch.manual_seed(seed)
     config = tiny_config(family, **overrides)
-    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(
+        config, attn_implementation="sdpa", dtype=torch.float32
+    )
     return model.eval()
 
 
@@ -55,7 +70,9 @@ def tiny_tokenizer(chat: bool = True) -> PreTrainedTokenizerFast:
     assert len(vocab) == VOCAB
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=None))
     backend.decoder = decoders.Fuse()
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
     if chat:
         tok.chat_template = CHAT_TEMPLATE
     return tok
@@ -72,6 +89,9 @@ def saved_tiny_model(tmp_path):
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path_factory, monkeypatch):
-    """Profiles, converted models and other cached files go to a temporary directory, never ~/.cache."""
+    """Profiles, converted models and other cached files go to a temporary directory, never
+    ~/.cache."""
     if "TOKENTREE_CACHE" not in os.environ:
-        monkeypatch.setenv("TOKENTREE_CACHE", str(tmp_path_factory.getbasetemp() / "tokentree-cache"))
+        monkeypatch.setenv(
+            "TOKENTREE_CACHE", str(tmp_path_factory.getbasetemp() / "tokentree-cache")
+        )

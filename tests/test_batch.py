@@ -24,8 +24,13 @@ from tokentree.sampling import Acceptance
 from tokentree.stats import GenerationStats
 from tokentree.tree import TokenTree
 
-PROMPTS = ["def fibonacci(n):", "The three primary colors are", "List the days of the week: Monday,",
-           "import numpy as np\n\ndef mean(xs):", "Once upon a time, in a small village,"]
+PROMPTS = [
+    "def fibonacci(n):",
+    "The three primary colors are",
+    "List the days of the week: Monday,",
+    "import numpy as np\n\ndef mean(xs):",
+    "Once upon a time, in a small village,",
+]
 
 
 def test_choose_batch_takes_the_best_nodes_of_all_sequences_while_they_pay():
@@ -38,7 +43,10 @@ def test_choose_batch_takes_the_best_nodes_of_all_sequences_while_they_pay():
     # a step curve (CPU batches): rows up to 5 cost the same, so even unlikely nodes ride along ...
     flat = lambda rows: 1.0 if rows <= 5 else 9.0  # noqa: E731
     assert choose_batch([[0.5, 0.05], [0.04]], flat, rate=1.0) == [2, 1]
-    assert choose_batch([[0.5, 0.05], [0.04]], linear, rate=1.0) == [1, 0]  # ... which a linear cost refuses
+    assert choose_batch([[0.5, 0.05], [0.04]], linear, rate=1.0) == [
+        1,
+        0,
+    ]  # ... which a linear cost refuses
 
 
 def test_slots_own_disjoint_blocks_of_sequence_ids():
@@ -56,7 +64,10 @@ def test_stand_forks_share_the_table_but_not_the_request():
     logits = torch.full((1, 50), -10.0)
     logits[0, 5] = 10.0
     a.observe(TokenTree.root(4), logits, Acceptance((0,), 5))
-    assert stand.lookup([3, 4]) == stand.table[(3, 4)] and max(stand.table[(3, 4)], key=stand.table[(3, 4)].get) == 5
+    assert (
+        stand.lookup([3, 4]) == stand.table[(3, 4)]
+        and max(stand.table[(3, 4)], key=stand.table[(3, 4)].get) == 5
+    )
     assert b.table is stand.table and fork(make_drafter("auto")).sources[0].table is not stand.table
 
 
@@ -81,10 +92,13 @@ class NearAnswers:
         return NearAnswers(self.answers, self.rng.randrange(1 << 30), self.vocab)
 
     def propose(self, context, budget):
-        prompt = next(p for p in self.answers if tuple(context[:len(p)]) == p)
+        prompt = next(p for p in self.answers if tuple(context[: len(p)]) == p)
         done = len(context) - len(prompt)
-        truth = self.answers[prompt][done:done + 4]
-        paths = [truth[: self.rng.randint(0, len(truth))] + [self.rng.randrange(50, self.vocab)] for _ in range(3)]
+        truth = self.answers[prompt][done : done + 4]
+        paths = [
+            truth[: self.rng.randint(0, len(truth))] + [self.rng.randrange(50, self.vocab)]
+            for _ in range(3)
+        ]
         return TokenTree.from_paths(context[-1], [p for p in paths if p]).best(budget)
 
     def observe(self, tree, logits, acceptance):
@@ -99,15 +113,20 @@ class NearAnswers:
 def test_every_sequence_of_a_batch_equals_its_own_greedy_decoding(generator, drafter):  # noqa: F811
     ids = [generator.encode(p, chat=False) for p in PROMPTS]
     want = [generator.generate(i, max_new_tokens=32, drafter="none").token_ids for i in ids]
-    outs = generator.generate_batch(ids, max_new_tokens=32, drafter=drafter, max_batch=3)  # two join later
+    outs = generator.generate_batch(
+        ids, max_new_tokens=32, drafter=drafter, max_batch=3
+    )  # two join later
     assert [o.token_ids for o in outs] == want
     assert all(o.stats.new_tokens == len(o.token_ids) for o in outs)
-    after = generator.generate(ids[0], max_new_tokens=32, drafter="none")  # the generator's own cache is sound
+    after = generator.generate(
+        ids[0], max_new_tokens=32, drafter="none"
+    )  # the generator's own cache is sound
     assert after.token_ids == want[0]
 
 
 def drive(batch: BatchEngine, ids, lengths, stats) -> list[list[int]]:
-    """Decode prompt ``ids[k]`` for ``lengths[k]`` tokens each, joining in order as slots free up."""
+    """Decode prompt ``ids[k]`` for ``lengths[k]`` tokens each, joining in order as slots free
+    up."""
     got, owner, waiting = [[] for _ in ids], {}, list(range(len(ids)))
     while waiting or batch.runs:
         while waiting and batch.free_slots:
@@ -123,14 +142,21 @@ def test_partial_acceptance_and_leaving_sequences_in_a_batch(generator, gguf):  
     ids = [generator.encode(p, chat=False) for p in PROMPTS]
     want = [generator.generate(i, max_new_tokens=40, drafter="none").token_ids for i in ids]
     model = LlamaCppModel(gguf, LlamaCppConfig(threads=2, n_ctx=2048, max_sequences=16))
-    batch = BatchEngine(LlamaCppBatch(model, 3), NearAnswers({tuple(i): w for i, w in zip(ids, want)}),
-                        generator.target.eos_ids)
+    batch = BatchEngine(
+        LlamaCppBatch(model, 3),
+        NearAnswers({tuple(i): w for i, w in zip(ids, want)}),
+        generator.target.eos_ids,
+    )
     stats = [GenerationStats() for _ in ids]
     lengths = [24, 5, 24, 11, 16]  # some leave early, then a waiting prompt takes the slot
     assert drive(batch, ids, lengths, stats) == [w[:n] for w, n in zip(want, lengths)]
-    assert model.decoded_rows < 256  # the regime where llama.cpp rounds as for one sequence (see above)
+    assert (
+        model.decoded_rows < 256
+    )  # the regime where llama.cpp rounds as for one sequence (see above)
     assert all(s.tokens_per_step > 1.0 for s in stats)  # drafted tokens were accepted ...
-    assert sum(s.drafted_tokens for s in stats) > sum(s.new_tokens for s in stats)  # ... and many rejected
+    assert sum(s.drafted_tokens for s in stats) > sum(
+        s.new_tokens for s in stats
+    )  # ... and many rejected
 
 
 @pytest.mark.slow
@@ -151,10 +177,18 @@ def test_a_lane_reset_leaves_the_other_lanes_cache_alone(gguf):  # noqa: F811
 @pytest.mark.slow
 def test_n_samples_equal_their_seeded_single_runs(generator):  # noqa: F811
     ids = generator.encode(PROMPTS[1], chat=False)
-    outs = generator.generate_batch([ids], n=3, seed=11, max_new_tokens=12, temperature=0.9, drafter="stand")
-    want = [generator.generate(ids, max_new_tokens=12, temperature=0.9, seed=11 + i, drafter="none").token_ids
-            for i in range(3)]
-    assert [o.token_ids for o in outs] == want  # seeded sampling: the text is the seed's, whatever drafts
+    outs = generator.generate_batch(
+        [ids], n=3, seed=11, max_new_tokens=12, temperature=0.9, drafter="stand"
+    )
+    want = [
+        generator.generate(
+            ids, max_new_tokens=12, temperature=0.9, seed=11 + i, drafter="none"
+        ).token_ids
+        for i in range(3)
+    ]
+    assert [
+        o.token_ids for o in outs
+    ] == want  # seeded sampling: the text is the seed's, whatever drafts
     assert len({tuple(w) for w in want}) > 1  # and the samples differ
 
 
@@ -165,7 +199,12 @@ def test_samples_of_one_prompt_decode_its_prefix_once(generator):  # noqa: F811
     model = generator.target.model
     before = model.decoded_rows
     outs = generator.generate_batch([ids], n=3, max_new_tokens=16, drafter="none")
-    tail = 64  # engine.PROMPT_TAIL: each sequence forwards its prompt's last tokens with its first tree
+    # engine.PROMPT_TAIL: each sequence forwards its prompt's last tokens with its first tree
+    tail = 64
     assert model.decoded_rows - before == (len(ids) - 1 - tail) + 3 * (tail + 1) + 3 * 15
-    assert outs[0].token_ids == outs[1].token_ids == outs[2].token_ids == generator.generate(
-        ids, max_new_tokens=16, drafter="none").token_ids
+    assert (
+        outs[0].token_ids
+        == outs[1].token_ids
+        == outs[2].token_ids
+        == generator.generate(ids, max_new_tokens=16, drafter="none").token_ids
+    )

@@ -1,4 +1,5 @@
-"""RSD-S: the beam step's math, and that SBS trees verified by V-RRS keep the target's law exactly."""
+"""RSD-S: the beam step's math, and that SBS trees verified by V-RRS keep the target's law
+exactly."""
 
 import math
 from collections import Counter
@@ -54,7 +55,9 @@ def test_beam_step_skips_tokens_outside_the_support():
     assert sorted(e.token for e in exts) == [2, 4]
 
 
-def sbs_draft(last: int, width: int, depth: int, generator: torch.Generator, drop_token: int | None = None) -> Draft:
+def sbs_draft(
+    last: int, width: int, depth: int, generator: torch.Generator, drop_token: int | None = None
+) -> Draft:
     """An RSD-S tree over the Markov draft Q; ``drop_token`` makes a deliberately biased variant."""
     tokens, parents, q_rows = [last], [-1], [Q[last]]
     beams = [Beam(0, 0.0, 0.0)]
@@ -63,13 +66,16 @@ def sbs_draft(last: int, width: int, depth: int, generator: torch.Generator, dro
         new = []
         for ext in beam_step(log_q, beams, width, generator):
             if ext.token == drop_token and parents.count(beams[ext.beam].node) > 0:
-                continue  # keeps or drops a later sibling by its identity: not a valid stopping rule
+                # keeps or drops a later sibling by its identity: not a valid stopping rule
+                continue
             tokens.append(ext.token)
             parents.append(beams[ext.beam].node)
             q_rows.append(Q[ext.token])
             new.append(Beam(len(tokens) - 1, ext.log_prob, ext.value))
         beams = new
-    return Draft(TokenTree(tuple(tokens), tuple(parents)), Draw.WITHOUT_REPLACEMENT, torch.stack(q_rows))
+    return Draft(
+        TokenTree(tuple(tokens), tuple(parents)), Draw.WITHOUT_REPLACEMENT, torch.stack(q_rows)
+    )
 
 
 def sample_two(generator: torch.Generator, **options) -> tuple[int, int]:
@@ -99,14 +105,18 @@ def test_sbs_trees_with_rrs_keep_the_target_law(width, depth):
 @pytest.mark.slow
 def test_negative_control_identity_dependent_pruning_is_caught():
     generator = torch.Generator().manual_seed(7)
-    counts = Counter(sample_two(generator, width=3, depth=2, drop_token=int(Q[ROOT].argmin())) for _ in range(N))
+    counts = Counter(
+        sample_two(generator, width=3, depth=2, drop_token=int(Q[ROOT].argmin())) for _ in range(N)
+    )
     assert not fits(counts, EXPECTED, N)
 
 
 def test_rsd_s_tree_shape_and_rows():
     draft_model = tiny_model("llama", seed=1, num_hidden_layers=1)
     drafter = make_drafter("rsd-s", draft_model, width=3, depth=4)
-    draft = drafter.propose_sampled([5, 6, 7], 11, SamplingParams(temperature=1.0), torch.Generator().manual_seed(0))
+    draft = drafter.propose_sampled(
+        [5, 6, 7], 11, SamplingParams(temperature=1.0), torch.Generator().manual_seed(0)
+    )
     tree = draft.tree
     assert draft.draw is Draw.WITHOUT_REPLACEMENT and len(tree) - 1 == 11
     assert [sum(1 for d in tree.depths if d == k) for k in (1, 2, 3, 4)] == [3, 3, 3, 2]

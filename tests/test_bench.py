@@ -12,31 +12,52 @@ from tokentree.cli import main
 from tokentree.errors import TokentreeError
 
 METHODS = ["hf", "hf-pld", "hf-assisted", "tt:none", "tt:pld"]
-OUTPUTS = ["records.jsonl", "summary.json", "results.md", "speedup.png", "tau_hist.png", "tokens_per_s.png"]
+OUTPUTS = [
+    "records.jsonl",
+    "summary.json",
+    "results.md",
+    "speedup.png",
+    "tau_hist.png",
+    "tokens_per_s.png",
+]
 
 
 @pytest.fixture
 def prompt_file(tmp_path):
     path = tmp_path / "prompts.jsonl"
-    rows = [{"question_id": 1, "category": "code", "turns": ["abc abc abc", "and again abc"]},
-            {"question_id": 2, "category": "chat", "turns": ["hello hello"]}]
+    rows = [
+        {"question_id": 1, "category": "code", "turns": ["abc abc abc", "and again abc"]},
+        {"question_id": 2, "category": "chat", "turns": ["hello hello"]},
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
 
 def config_for(model_dir, prompt_file, out, **kw):
-    return BenchConfig(prompts=str(prompt_file), max_new_tokens=12, methods=METHODS, target=str(model_dir),
-                       draft=str(model_dir), dtype="float32", out=str(out), **kw)
+    return BenchConfig(
+        prompts=str(prompt_file),
+        max_new_tokens=12,
+        methods=METHODS,
+        target=str(model_dir),
+        draft=str(model_dir),
+        dtype="float32",
+        out=str(out),
+        **kw,
+    )
 
 
 def test_two_prompt_suite_end_to_end(saved_tiny_model, prompt_file, tmp_path):
     summary = run_bench(config_for(saved_tiny_model, prompt_file, tmp_path / "out"))
     for name in OUTPUTS:
         assert (tmp_path / "out" / name).stat().st_size > 0, name
-    records = [json.loads(line) for line in (tmp_path / "out" / "records.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line) for line in (tmp_path / "out" / "records.jsonl").read_text().splitlines()
+    ]
     assert len(records) == 2 * len(METHODS)
     assert all(len(r["turns"]) == (2 if r["prompt_id"] == "1" else 1) for r in records)
-    assert all(summary["lossless"][m]["share"] == 1.0 for m in METHODS)  # greedy: every method equals hf
+    assert all(
+        summary["lossless"][m]["share"] == 1.0 for m in METHODS
+    )  # greedy: every method equals hf
     assert summary["speedup"]["hf"]["overall"] == pytest.approx(1.0)
     assert summary["methods"]["tt:none"]["tau"] == pytest.approx(1.0)
     table = (tmp_path / "out" / "results.md").read_text()
@@ -48,40 +69,72 @@ def test_resume_skips_finished_runs(saved_tiny_model, prompt_file, tmp_path):
     config = config_for(saved_tiny_model, prompt_file, out)
     run_bench(config)
     lines = (out / "records.jsonl").read_text().splitlines()
-    (out / "records.jsonl").write_text("\n".join(lines[:3]) + "\n" + lines[3][:20])  # interrupted mid-write
+    (out / "records.jsonl").write_text(
+        "\n".join(lines[:3]) + "\n" + lines[3][:20]
+    )  # interrupted mid-write
     run_bench(config)
     resumed = (out / "records.jsonl").read_text().splitlines()
     assert resumed[:3] == lines[:3]
-    keys = [(r["prompt_id"], r["method"]) for r in map(json.loads, [ln for ln in resumed if ln.endswith("}")])]
+    keys = [
+        (r["prompt_id"], r["method"])
+        for r in map(json.loads, [ln for ln in resumed if ln.endswith("}")])
+    ]
     assert len(keys) == len(set(keys)) == 2 * len(METHODS)
     with pytest.raises(TokentreeError, match="other settings"):
         run_bench(config_for(saved_tiny_model, prompt_file, out, seed=7))
     (out / "summary.json").unlink()
     (out / "records.jsonl").write_text("\n".join(resumed[:7]) + "\n")  # as if stopped early
     summary = run_bench(config_for(saved_tiny_model, prompt_file, out, report_only=True))
-    assert (out / "summary.json").exists() and "partial run: 1 of 2 prompt runs have every method" in summary["notes"]
+    assert (
+        out / "summary.json"
+    ).exists() and "partial run: 1 of 2 prompt runs have every method" in summary["notes"]
 
 
 def test_speedup_and_lossless_arithmetic():
     def rec(method, pid, cat, rate, ids=(1, 2, 3)):
-        return {"method": method, "prompt_id": pid, "category": cat, "repeat": 0, "tokens_per_s": rate,
-                "new_tokens": 3, "turns": [{"token_ids": list(ids)}]}
+        return {
+            "method": method,
+            "prompt_id": pid,
+            "category": cat,
+            "repeat": 0,
+            "tokens_per_s": rate,
+            "new_tokens": 3,
+            "turns": [{"token_ids": list(ids)}],
+        }
 
-    records = [rec("hf", "a", "x", 10), rec("hf", "b", "y", 20), rec("tt:pld", "a", "x", 30),
-               rec("tt:pld", "b", "y", 20, ids=(1, 9, 3))]
+    records = [
+        rec("hf", "a", "x", 10),
+        rec("hf", "b", "y", 20),
+        rec("tt:pld", "a", "x", 30),
+        rec("tt:pld", "b", "y", 20, ids=(1, 9, 3)),
+    ]
     speed = speedup_table(records)
     assert speed["tt:pld"] == {"x": 3.0, "y": 1.0, "overall": 2.0}  # mean of per-prompt ratios
     loss = lossless_table(records)["tt:pld"]
-    assert loss["share"] == 0.5 and loss["divergences"] == [{"prompt_id": "b", "turn": 0, "position": 1}]
+    assert loss["share"] == 0.5 and loss["divergences"] == [
+        {"prompt_id": "b", "turn": 0, "position": 1}
+    ]
     assert first_divergence([1, 2], [1, 2, 3]) == 2 and first_divergence([1], [1]) is None
 
 
 def test_pass_table_compares_each_pass_with_the_baselines_same_pass():
     def rec(method, repeat, rate, steps=None):
-        return {"method": method, "prompt_id": "a", "category": "x", "repeat": repeat, "tokens_per_s": rate,
-                "new_tokens": 8, "turns": [{"token_ids": [1], "new_tokens": 8, "steps": steps}]}
+        return {
+            "method": method,
+            "prompt_id": "a",
+            "category": "x",
+            "repeat": repeat,
+            "tokens_per_s": rate,
+            "new_tokens": 8,
+            "turns": [{"token_ids": [1], "new_tokens": 8, "steps": steps}],
+        }
 
-    records = [rec("hf", 0, 10), rec("hf", 1, 5), rec("tt:stand", 0, 20, steps=4), rec("tt:stand", 1, 20, steps=2)]
+    records = [
+        rec("hf", 0, 10),
+        rec("hf", 1, 5),
+        rec("tt:stand", 0, 20, steps=4),
+        rec("tt:stand", 1, 20, steps=2),
+    ]
     passes = pass_table(records)
     assert passes["tt:stand"] == {0: {"speedup": 2.0, "tau": 2.0}, 1: {"speedup": 4.0, "tau": 4.0}}
     assert passes["hf"][1] == {"speedup": 1.0, "tau": None}
@@ -95,20 +148,26 @@ def test_shipped_suites_and_selection():
     assert load_suite("humaneval")[0].turns[0].startswith("Complete the following Python function:")
     agent = load_suite("agent")
     assert len(agent) == 164 and agent[0].category == "agent" and len(agent[0].turns) == 4
-    assert agent[0].turns[0] == load_suite("humaneval")[0].turns[0] and "write_file" in agent[0].turns[-1]
+    assert (
+        agent[0].turns[0] == load_suite("humaneval")[0].turns[0]
+        and "write_file" in agent[0].turns[-1]
+    )
     with pytest.raises(TokentreeError, match="unknown categories"):
         select(spec, ["poetry"], None)
     mixed = round_robin(select(spec, None, 2))
     assert len(mixed) == 26 and len({p.category for p in mixed[:13]}) == 13
 
 
-@pytest.mark.parametrize("content,match", [
-    ("{not json\n", "not valid JSON"),
-    ('{"question_id": 1}\n', "turns"),
-    ('{"question_id": 1, "turns": []}\n', "turns"),
-    ("[1, 2]\n", "JSON object"),
-    ("\n", "no prompts"),
-])
+@pytest.mark.parametrize(
+    "content,match",
+    [
+        ("{not json\n", "not valid JSON"),
+        ('{"question_id": 1}\n', "turns"),
+        ('{"question_id": 1, "turns": []}\n', "turns"),
+        ("[1, 2]\n", "JSON object"),
+        ("\n", "no prompts"),
+    ],
+)
 def test_bad_prompt_file_gives_clear_error(tmp_path, capsys, content, match):
     path = tmp_path / "bad.jsonl"
     path.write_text(content)
@@ -130,8 +189,14 @@ def test_unknown_method_fails_before_loading_anything(capsys):
 
 def test_a_hybrid_of_named_sources_is_a_method():
     assert parse_method("tt:stand+pld+suffix") == ("stand+pld+suffix", None)
-    assert parse_method("tt:stand+chain@auto") == ("stand+chain", "auto") and needs_draft("tt:stand+chain")
-    for bad, match in (("tt:stand+stand", "distinct"), ("tt:auto+pld", "not hybrid"), ("tt:stand+magic", "unknown")):
+    assert parse_method("tt:stand+chain@auto") == ("stand+chain", "auto") and needs_draft(
+        "tt:stand+chain"
+    )
+    for bad, match in (
+        ("tt:stand+stand", "distinct"),
+        ("tt:auto+pld", "not hybrid"),
+        ("tt:stand+magic", "unknown"),
+    ):
         with pytest.raises(TokentreeError, match=match):
             parse_method(bad)
 
@@ -144,16 +209,40 @@ def test_bad_budget_suffix_is_a_clear_error(capsys, method):
 
 def test_budget_suffix_caps_the_tree(saved_tiny_model, prompt_file, tmp_path):
     methods = ["hf", "tt:pld@2", "tt:pld"]
-    summary = run_bench(BenchConfig(prompts=str(prompt_file), max_new_tokens=24, methods=methods,
-                                    target=str(saved_tiny_model), dtype="float32", out=str(tmp_path / "o")))
-    records = [json.loads(line) for line in (tmp_path / "o" / "records.jsonl").read_text().splitlines()]
-    longest = {m: max(int(k) for r in records if r["method"] == m for t in r["turns"] for k in t["accepted_hist"])
-               for m in methods[1:]}
-    assert longest["tt:pld@2"] <= 3 < longest["tt:pld"]  # two drafted tokens + the bonus token per step
+    summary = run_bench(
+        BenchConfig(
+            prompts=str(prompt_file),
+            max_new_tokens=24,
+            methods=methods,
+            target=str(saved_tiny_model),
+            dtype="float32",
+            out=str(tmp_path / "o"),
+        )
+    )
+    records = [
+        json.loads(line) for line in (tmp_path / "o" / "records.jsonl").read_text().splitlines()
+    ]
+    longest = {
+        m: max(
+            int(k)
+            for r in records
+            if r["method"] == m
+            for t in r["turns"]
+            for k in t["accepted_hist"]
+        )
+        for m in methods[1:]
+    }
+    assert (
+        longest["tt:pld@2"] <= 3 < longest["tt:pld"]
+    )  # two drafted tokens + the bonus token per step
     assert summary["lossless"]["tt:pld@2"]["share"] == 1.0
 
 
-def test_sampled_run_compares_speed_and_skips_the_identity_check(saved_tiny_model, prompt_file, tmp_path):
-    summary = run_bench(config_for(saved_tiny_model, prompt_file, tmp_path / "out", temperature=0.8, top_p=0.9))
+def test_sampled_run_compares_speed_and_skips_the_identity_check(
+    saved_tiny_model, prompt_file, tmp_path
+):
+    summary = run_bench(
+        config_for(saved_tiny_model, prompt_file, tmp_path / "out", temperature=0.8, top_p=0.9)
+    )
     assert summary["speedup"]["tt:pld"]["overall"] > 0
     assert "n/a (sampled)" in (tmp_path / "out" / "results.md").read_text()

@@ -24,6 +24,7 @@ def table(seed: int):
             weights = torch.tensor([rng.random() ** 2 + 0.02 for _ in range(VOCAB)])
             cache[prefix] = weights / weights.sum()
         return cache[prefix]
+
     return dist
 
 
@@ -35,7 +36,9 @@ def draft_chain(prefix: tuple, deterministic: bool, generator: torch.Generator) 
     tokens, rows, context = [prefix[-1]], [], prefix
     for _ in range(CHAIN):
         q = DRAFT(context)
-        token = int(q.argmax()) if deterministic else int(torch.multinomial(q, 1, generator=generator))
+        token = (
+            int(q.argmax()) if deterministic else int(torch.multinomial(q, 1, generator=generator))
+        )
         tokens.append(token)
         rows.append(q)
         context = context + (token,)
@@ -63,11 +66,19 @@ def draft_tree(prefix: tuple, deterministic: bool, generator: torch.Generator) -
 
 
 def target_rows(prefix: tuple, tree: TokenTree) -> torch.Tensor:
-    return torch.stack([TARGET(prefix + tuple(tree.tokens[j] for j in tree.path_to(i)[1:])) for i in range(len(tree))])
+    return torch.stack(
+        [
+            TARGET(prefix + tuple(tree.tokens[j] for j in tree.path_to(i)[1:]))
+            for i in range(len(tree))
+        ]
+    )
 
 
-def sequences(rule, deterministic: bool, n: int, seed: int = 0, drafts=None) -> tuple[Counter, float]:
-    """The first LENGTH tokens of n decodings from the prefix (0,), and the mean accepted per step."""
+def sequences(
+    rule, deterministic: bool, n: int, seed: int = 0, drafts=None
+) -> tuple[Counter, float]:
+    """The first LENGTH tokens of n decodings from the prefix (0,), and the mean accepted per
+    step."""
     generator = torch.Generator().manual_seed(seed)
     counts, accepted, steps = Counter(), 0, 0
     for _ in range(n):
@@ -77,7 +88,7 @@ def sequences(rule, deterministic: bool, n: int, seed: int = 0, drafts=None) -> 
             acceptance = rule(draft, target_rows(prefix, draft.tree), generator)
             prefix = prefix + tuple(acceptance.new_tokens(draft.tree))
             accepted, steps = accepted + acceptance.accepted, steps + 1
-        counts[prefix[1:LENGTH + 1]] += 1
+        counts[prefix[1 : LENGTH + 1]] += 1
     return counts, accepted / steps
 
 
@@ -93,7 +104,8 @@ def exact_law() -> dict:
 
 
 def stop_at_first_miss_bonus_from_p(draft, p, generator):
-    """A lossy rule: token-by-token acceptance, but the bonus drawn from p instead of the residual."""
+    """A lossy rule: token-by-token acceptance, but the bonus drawn from p instead of the
+    residual."""
     good = accept_sampled(draft, p, generator)
     bonus = int(torch.multinomial(p[good.nodes[-1]], 1, generator=generator))
     return Acceptance(good.nodes, bonus)
@@ -110,7 +122,10 @@ def assert_gain(block_rate: float, token_rate: float, deterministic: bool) -> No
 
 
 def test_the_papers_example_accepts_eleven_ninths_where_token_by_token_accepts_ten():
-    p, q = torch.tensor([1 / 3, 2 / 3]), torch.tensor([2 / 3, 1 / 3])  # context-free target and draft
+    p, q = (
+        torch.tensor([1 / 3, 2 / 3]),
+        torch.tensor([2 / 3, 1 / 3]),
+    )  # context-free target and draft
     generator = torch.Generator().manual_seed(0)
     totals = {"block": 0, "token": 0}
     n = 30_000

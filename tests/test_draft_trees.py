@@ -1,4 +1,5 @@
-"""Draft-model drafters: greedy equality, tree shapes, Sequoia's DP, DySpec's exact top-n, draft caches."""
+"""Draft-model drafters: greedy equality, tree shapes, Sequoia's DP, DySpec's exact top-n, draft
+caches."""
 
 import random
 
@@ -55,14 +56,18 @@ def test_specinfer_widths_give_the_declared_shape_in_depth_forwards(random_draft
     per_depth = [sum(1 for d in tree.depths if d == depth) for depth in range(1, 4)]
     assert per_depth == [3, 6, 6] and max(tree.depths) == 3
     assert all(len(tree.children[v]) == (3, 2, 1, 0)[tree.depths[v]] for v in range(len(tree)))
-    assert len(calls) == 3  # one forward per level with children; the short prompt rides with the first
+    assert (
+        len(calls) == 3
+    )  # one forward per level with children; the short prompt rides with the first
 
 
 def test_rsd_c_children_are_distinct_when_sampling(random_draft):
     from tokentree.sampling import Draw, SamplingParams
 
     drafter = make_drafter("rsd-c", random_draft, widths="4,2")
-    draft = drafter.propose_sampled([5, 6, 7], 20, SamplingParams(temperature=1.0), torch.Generator().manual_seed(0))
+    draft = drafter.propose_sampled(
+        [5, 6, 7], 20, SamplingParams(temperature=1.0), torch.Generator().manual_seed(0)
+    )
     assert draft.draw is Draw.WITHOUT_REPLACEMENT and draft.q is not None
     for kids in draft.tree.children:
         assert len({draft.tree.tokens[k] for k in kids}) == len(kids)
@@ -71,6 +76,7 @@ def test_rsd_c_children_are_distinct_when_sampling(random_draft):
 
 def all_trees(n, depth, ranks):
     """Every tree of n rank paths (ancestor-closed, siblings 0..m-1), depth <= depth."""
+
     def grow(paths):
         if len(paths) == n:
             yield paths
@@ -83,6 +89,7 @@ def all_trees(n, depth, ranks):
             child = parent + (rank,)
             if rank < ranks and (last is None or (len(child), child) > (len(last), last)):
                 yield from grow(paths | {child})
+
     yield from grow(frozenset())
 
 
@@ -142,7 +149,9 @@ def test_draft_cache_after_compaction_equals_plain_draft_decoding(target, random
     with torch.inference_mode():
         fresh = random_draft(torch.tensor([backend.tokens]), use_cache=True).past_key_values
     for mine, plain in zip(backend.cache.layers, fresh.layers):
-        assert torch.allclose(mine.keys, plain.keys, atol=1e-5) and torch.allclose(mine.values, plain.values, atol=1e-5)
+        assert torch.allclose(mine.keys, plain.keys, atol=1e-5) and torch.allclose(
+            mine.values, plain.values, atol=1e-5
+        )
     assert len(backend.tokens) >= len(prompt) + 20  # the cache followed the generation
 
 
@@ -164,7 +173,9 @@ def test_staged_chain_drafts_the_plain_chain_in_fewer_draft_forwards(target):
     forwards = {"staged": 0, "plain": 0}
     for _ in range(6):
         prompt = [rng.randrange(3, 90) for _ in range(rng.randrange(2, 8))]
-        context = prompt + hf_greedy(target, prompt, 30)  # random models fall into loops: lookup finds them
+        context = prompt + hf_greedy(
+            target, prompt, 30
+        )  # random models fall into loops: lookup finds them
         for label, drafter in (("staged", staged), ("plain", plain)):
             calls, handle = count_forwards(target)
             tree = drafter.propose(context, budget=16)

@@ -17,17 +17,26 @@ from tokentree.tree import TokenTree
 @torch.inference_mode()
 def hf_greedy(model, prompt, max_new_tokens):
     out = model.generate(
-        torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-        do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=None, pad_token_id=0,
+        torch.tensor([prompt]),
+        attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+        do_sample=False,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=None,
+        pad_token_id=0,
     )
-    return out[0, len(prompt):].tolist()
+    return out[0, len(prompt) :].tolist()
 
 
 def run_engine(model, drafter, prompt, max_new_tokens, budget=8, eos_ids=frozenset()):
     engine = Engine(HFBackend(model), drafter, frozenset(eos_ids))
     stats = GenerationStats()
-    tokens = [t for step in engine.run(prompt, DecodeRequest(max_new_tokens=max_new_tokens, budget=budget), stats)
-              for t in step]
+    tokens = [
+        t
+        for step in engine.run(
+            prompt, DecodeRequest(max_new_tokens=max_new_tokens, budget=budget), stats
+        )
+        for t in step
+    ]
     return tokens, stats
 
 
@@ -44,7 +53,7 @@ class OracleMixDrafter:
 
     def propose(self, context, budget):
         done = len(context) - self.prompt_len
-        future = self.truth[done:done + budget]
+        future = self.truth[done : done + budget]
         depth = min(len(future), self.rng.randint(1, max(1, budget // 2)))
         correct = self.rng.randint(0, depth)
         path = list(future[:correct])
@@ -58,7 +67,13 @@ class OracleMixDrafter:
         depth = max(tree.depths)
         if depth == 0:
             return
-        kind = "zero" if acceptance.accepted == 0 else "full" if acceptance.accepted == depth else "partial"
+        kind = (
+            "zero"
+            if acceptance.accepted == 0
+            else "full"
+            if acceptance.accepted == depth
+            else "partial"
+        )
         self.outcomes[kind] += 1
 
     def reset(self):
@@ -70,12 +85,16 @@ def test_every_drafter_matches_hf_generate(family, seed):
     model = tiny_model(family, seed=seed)
     gen = torch.Generator().manual_seed(seed)
     # repetitive prompts so PLD finds matches
-    base = torch.randint(3, VOCAB, (int(torch.randint(3, 8, (1,), generator=gen)),), generator=gen).tolist()
+    base = torch.randint(
+        3, VOCAB, (int(torch.randint(3, 8, (1,), generator=gen)),), generator=gen
+    ).tolist()
     prompt = (base * 4)[: int(torch.randint(2, 25, (1,), generator=gen))]
     max_new = int(torch.randint(1, 40, (1,), generator=gen))
     expected = hf_greedy(model, prompt, max_new)
     draft = tiny_model(family, seed=seed + 100)  # for the draft-model drafters
-    drafters = [make_drafter(name, draft) for name in DRAFTERS] + [PromptLookupDrafter(PLDConfig(matches=3))]
+    drafters = [make_drafter(name, draft) for name in DRAFTERS] + [
+        PromptLookupDrafter(PLDConfig(matches=3))
+    ]
     for drafter in drafters:
         for budget in (3, 12):
             got, stats = run_engine(model, drafter, prompt, max_new, budget=budget)
@@ -87,7 +106,9 @@ def test_oracle_mix_drafter_partial_full_and_zero_acceptance(family):
     outcomes = {"full": 0, "partial": 0, "zero": 0}
     for seed in range(4):
         model = tiny_model(family, seed=seed)
-        prompt = torch.randint(3, VOCAB, (5 + seed,), generator=torch.Generator().manual_seed(seed)).tolist()
+        prompt = torch.randint(
+            3, VOCAB, (5 + seed,), generator=torch.Generator().manual_seed(seed)
+        ).tolist()
         expected = hf_greedy(model, prompt, 48)
         drafter = OracleMixDrafter(len(prompt), expected, seed)
         got, stats = run_engine(model, drafter, prompt, 48, budget=10)

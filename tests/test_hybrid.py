@@ -1,4 +1,5 @@
-"""The hybrid drafter: merging, calibrated ranking, skipping the expensive source, routing feedback."""
+"""The hybrid drafter: merging, calibrated ranking, skipping the expensive source, routing
+feedback."""
 
 import random
 
@@ -79,20 +80,29 @@ def test_each_source_learns_from_its_verified_part():
     drafter = hybrid([a, b])
     tree = drafter.propose([0], budget=10)
     logits = torch.zeros(len(tree), 10)
-    accepted = (0, tree.child_with_token(0, 1), tree.child_with_token(tree.child_with_token(0, 1), 2))
+    accepted = (
+        0,
+        tree.child_with_token(0, 1),
+        tree.child_with_token(tree.child_with_token(0, 1), 2),
+    )
     drafter.observe(tree, logits, Acceptance(accepted, 7))
     sub_a, rows_a, acc_a = a.seen[0]
     assert sub_a.tokens == (0, 1, 2, 3) and rows_a == 4
     assert [sub_a.tokens[v] for v in acc_a.nodes] == [0, 1, 2] and acc_a.bonus == 7
     sub_b, rows_b, acc_b = b.seen[0]
-    assert [sub_b.tokens[v] for v in acc_b.nodes] == [0, 1] and acc_b.bonus == 2  # after 1 the target took 2
+    assert [sub_b.tokens[v] for v in acc_b.nodes] == [
+        0,
+        1,
+    ] and acc_b.bonus == 2  # after 1 the target took 2
 
 
 def test_auto_is_lossless_with_the_planner_and_a_draft_model(tmp_path, monkeypatch):
     monkeypatch.setenv("TOKENTREE_CACHE", str(tmp_path))  # the cost profile is cached here
     target = tiny_model("llama", seed=4)
     draft = tiny_model("llama", seed=4)  # a perfect draft: the draft-model source has plenty to add
-    generator = Generator(LoadedModel(target, tiny_tokenizer(), "tiny"), make_drafter("auto", draft))
+    generator = Generator(
+        LoadedModel(target, tiny_tokenizer(), "tiny"), make_drafter("auto", draft)
+    )
     rng = random.Random(0)
     for _ in range(3):
         prompt = [rng.randrange(3, 90) for _ in range(5)] * 2
@@ -111,7 +121,9 @@ def test_payoff_gate_skips_a_source_that_does_not_pay_and_probes_it_less_and_les
     calls = [gate.should_call(0.2) for _ in range(8)]
     assert calls == [False] * 7 + [True]
     gate.record(gain=10.0, cost_s=0.05)  # a probe found 10 extra tokens: 0.2*10 = 2 tokens ~ 400 ms
-    assert gate.should_call(0.2) and gate.probes.interval == 1  # it pays again: probed at once when it stops
+    assert (
+        gate.should_call(0.2) and gate.probes.interval == 1
+    )  # it pays again: probed at once when it stops
 
 
 def test_hybrid_stops_calling_a_draft_source_that_adds_nothing():
@@ -132,7 +144,9 @@ def test_the_step_clock_times_neither_idle_time_nor_a_requests_first_step():
     from tokentree.drafters.hybrid import StepClock
 
     clock = StepClock()
-    assert clock.tick() is None and clock.tick() is None  # before step 1; step 1 carried the prompt's tail
+    assert (
+        clock.tick() is None and clock.tick() is None
+    )  # before step 1; step 1 carried the prompt's tail
     time.sleep(0.02)
     assert 0.02 <= clock.tick() < 5  # the time since the previous tick
     clock.pause()  # a new request

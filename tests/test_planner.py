@@ -1,4 +1,5 @@
-"""The planner: cost profiles, calibrated acceptance, the optimal per-step cut, and budget="auto" end to end."""
+"""The planner: cost profiles, calibrated acceptance, the optimal per-step cut, and budget="auto"
+end to end."""
 
 import itertools
 import json
@@ -32,8 +33,11 @@ STEEP = CostProfile((1, 2, 4, 8, 16), (1.0, 1.1, 1.4, 2.2, 4.0), 256)
 
 def random_tree(rng, n):
     parents = [-1] + [rng.randrange(i) for i in range(1, n)]
-    return TokenTree(tuple(rng.sample(range(50), n)), tuple(parents),  # distinct: siblings never share a token
-                     (1.0,) + tuple(rng.random() for _ in range(n - 1)))
+    return TokenTree(
+        tuple(rng.sample(range(50), n)),
+        tuple(parents),  # distinct: siblings never share a token
+        (1.0,) + tuple(rng.random() for _ in range(n - 1)),
+    )
 
 
 def trained_planner(profile, seed=0):
@@ -67,9 +71,15 @@ def test_verify_cost_starts_at_the_profile_and_learns_the_observed_shape():
     for _ in range(600):
         n = rng.choice((4, 16))
         cost.observe(n, truth[n] * rng.uniform(0.95, 1.05))
-    assert cost.seconds(16) / cost.seconds(4) == pytest.approx(truth[16] / truth[4], rel=0.05)  # the shape
-    assert cost.seconds(4) == pytest.approx(truth[4], rel=0.15)  # the level moves with every observation
-    assert cost.seconds(3) / cost.seconds(4) == pytest.approx(1.25 / 1.4)  # same bucket, the profile's shape
+    assert cost.seconds(16) / cost.seconds(4) == pytest.approx(
+        truth[16] / truth[4], rel=0.05
+    )  # the shape
+    assert cost.seconds(4) == pytest.approx(
+        truth[4], rel=0.15
+    )  # the level moves with every observation
+    assert cost.seconds(3) / cost.seconds(4) == pytest.approx(
+        1.25 / 1.4
+    )  # same bucket, the profile's shape
 
 
 def test_verify_cost_with_one_size_observed_rescales_the_whole_curve():
@@ -87,19 +97,26 @@ def test_verify_cost_never_prices_a_tree_below_one_token():
         n = rng.choice((1, 2))
         cost.observe(n, 1.5 if n == 1 else 1.2)
     assert cost.seconds(1) == pytest.approx(1.5, rel=0.05)
-    assert cost.seconds(2) >= cost.seconds(1) and cost.seconds(4) >= cost.seconds(1)  # the raw curve says 1.25
+    assert cost.seconds(2) >= cost.seconds(1) and cost.seconds(4) >= cost.seconds(
+        1
+    )  # the raw curve says 1.25
 
 
 @pytest.mark.parametrize("seed", range(6))
 def test_cut_is_optimal_against_brute_force(seed):
     planner = trained_planner(STEEP, seed)
-    planner.recent_tokens, planner.recent_seconds = 3.0, 2.0 + seed / 3  # a loop making ~1.5 tokens per t(1)
+    planner.recent_tokens, planner.recent_seconds = (
+        3.0,
+        2.0 + seed / 3,
+    )  # a loop making ~1.5 tokens per t(1)
     tree = random_tree(random.Random(100 + seed), 9)
     estimates = planner.calibrator.estimate(tree)
     best = -math.inf
     for size in range(len(tree)):
         for subset in itertools.combinations(range(1, len(tree)), size):
-            if all(tree.parents[v] == 0 or tree.parents[v] in subset for v in subset):  # ancestor-closed
+            if all(
+                tree.parents[v] == 0 or tree.parents[v] in subset for v in subset
+            ):  # ancestor-closed
                 value = 1 + sum(estimates[v] for v in subset) - planner.rate * STEEP.ratio(size + 1)
                 best = max(best, value)
     n = planner.choose(tree)
@@ -107,16 +124,30 @@ def test_cut_is_optimal_against_brute_force(seed):
 
 
 def test_a_confident_step_gets_a_larger_tree_than_the_best_ratio_of_that_step():
-    """Dinkelbach's rule: nodes are worth verifying at the loop's average rate, not the step's own."""
+    """Dinkelbach's rule: nodes are worth verifying at the loop's average rate, not the step's
+    own."""
     profile = CostProfile((1, 2, 4, 8), (1.0, 1.2, 1.6, 2.4), 256)
     planner = Planner(profile)
     for _ in range(100):
-        planner.observe(TokenTree.root(0), Acceptance((0,), 1), 0.0, 1.0)  # plain steps: 1 token per second
+        planner.observe(
+            TokenTree.root(0), Acceptance((0,), 1), 0.0, 1.0
+        )  # plain steps: 1 token per second
     assert planner.rate == pytest.approx(1.0, rel=0.02)
     tree = TokenTree.chain(0, list(range(1, 8)))
-    estimates = [1.0, 0.99, 0.98, 0.97, 0.4, 0.35, 0.3, 0.25]  # confident, then doubtful nodes (each costs 0.2)
+    estimates = [
+        1.0,
+        0.99,
+        0.98,
+        0.97,
+        0.4,
+        0.35,
+        0.3,
+        0.25,
+    ]  # confident, then doubtful nodes (each costs 0.2)
     planner.estimates = lambda _: estimates
-    own_best_ratio = max(range(8), key=lambda n: (1 + sum(estimates[1:n + 1])) / profile.ratio(n + 1))
+    own_best_ratio = max(
+        range(8), key=lambda n: (1 + sum(estimates[1 : n + 1])) / profile.ratio(n + 1)
+    )
     assert own_best_ratio == 3 and planner.choose(tree) == 7
 
 
@@ -139,7 +170,7 @@ def test_calibration_converges_on_a_synthetic_stream():
             depth += 1
         calibrator.update(chain, Acceptance(tuple(range(depth + 1)), 9))
     estimates = calibrator.estimate(chain)
-    assert all(abs(estimates[d] - 0.8 ** d) < 0.06 for d in range(1, 6)), estimates
+    assert all(abs(estimates[d] - 0.8**d) < 0.06 for d in range(1, 6)), estimates
 
 
 def test_calibration_learns_conditional_rates_for_siblings_and_children():
@@ -186,9 +217,15 @@ def test_planner_cut_keeps_the_n_best_estimates_ancestor_closed():
 def test_budget_auto_is_lossless_end_to_end(name):
     model = tiny_model("llama", seed=2)
     backend = HFBackend(model)
-    profile = CostProfile((1, 2, 4, 8), (0.010, 0.0101, 0.0102, 0.0104), 16)  # trees nearly free: drafting pays
-    drafter = make_drafter(name, model) if name == "sequoia" else make_drafter(name)  # the target as its draft
-    engine = Engine(backend, drafter, planner=Planner(profile, replayable=True))  # measured times ignored:
+    profile = CostProfile(
+        (1, 2, 4, 8), (0.010, 0.0101, 0.0102, 0.0104), 16
+    )  # trees nearly free: drafting pays
+    drafter = (
+        make_drafter(name, model) if name == "sequoia" else make_drafter(name)
+    )  # the target as its draft
+    engine = Engine(
+        backend, drafter, planner=Planner(profile, replayable=True)
+    )  # measured times ignored:
     # the choices, and so the drafted count, do not depend on how busy the machine is
     rng = random.Random(3)
     drafted = 0
@@ -196,8 +233,11 @@ def test_budget_auto_is_lossless_end_to_end(name):
         base = [rng.randrange(3, 90) for _ in range(6)]
         prompt = base * 3
         stats = GenerationStats()
-        tokens = [t for step in engine.run(prompt, DecodeRequest(max_new_tokens=30, budget="auto"), stats)
-                  for t in step]
+        tokens = [
+            t
+            for step in engine.run(prompt, DecodeRequest(max_new_tokens=30, budget="auto"), stats)
+            for t in step
+        ]
         assert tokens == hf_greedy(model, prompt, 30)
         drafted += stats.drafted_tokens
     assert drafted > 0  # the planner did let the drafter draft
@@ -206,7 +246,9 @@ def test_budget_auto_is_lossless_end_to_end(name):
 def test_budget_auto_needs_a_planner_and_rejects_other_words():
     engine = Engine(HFBackend(tiny_model("llama")), make_drafter("pld"))
     with pytest.raises(TokentreeError, match="planner"):
-        list(engine.run([5, 6, 7], DecodeRequest(max_new_tokens=3, budget="auto"), GenerationStats()))
+        list(
+            engine.run([5, 6, 7], DecodeRequest(max_new_tokens=3, budget="auto"), GenerationStats())
+        )
     with pytest.raises(TokentreeError, match="auto"):
         DecodeRequest(budget="big")
 
@@ -221,12 +263,16 @@ def test_profiles_are_cached_and_bad_files_ignored(tmp_path, monkeypatch):
     assert load_profile("old") is None
     profile_path("bad").write_text("{not json")
     assert load_profile("bad") is None
-    profile_path("v0").write_text(json.dumps({"version": 0, "sizes": [1], "seconds": [1], "context_len": 1}))
+    profile_path("v0").write_text(
+        json.dumps({"version": 0, "sizes": [1], "seconds": [1], "context_len": 1})
+    )
     assert load_profile("v0") is None
 
 
 def test_measured_profile_on_a_tiny_model():
-    profile = measure_profile(HFBackend(tiny_model("llama")), sizes=(1, 4, 16), context_len=32, repeats=2)
+    profile = measure_profile(
+        HFBackend(tiny_model("llama")), sizes=(1, 4, 16), context_len=32, repeats=2
+    )
     assert profile.sizes == (1, 4, 16) and all(s > 0 for s in profile.seconds)
 
 
@@ -251,17 +297,24 @@ def test_planner_probes_when_plain_decoding_looks_best():
     from tokentree.planner import PROBE_NODES, CostProfile, Planner
 
     chain = TokenTree.chain(0, list(range(1, 9)))
-    flat = CostProfile((1, 2, 4, 8), (1.0, 1.01, 1.03, 1.1), 256)  # a GPU-like curve: a probe costs little
-    steep = CostProfile((1, 2, 4, 8), (1.0, 1.9, 3.2, 7.4), 256)  # llama.cpp-like: every token costs
+    flat = CostProfile(
+        (1, 2, 4, 8), (1.0, 1.01, 1.03, 1.1), 256
+    )  # a GPU-like curve: a probe costs little
+    steep = CostProfile(
+        (1, 2, 4, 8), (1.0, 1.9, 3.2, 7.4), 256
+    )  # llama.cpp-like: every token costs
     for profile, size in ((flat, PROBE_NODES), (steep, 1)):
         planner = Planner(profile)
-        planner.calibrator.prior_rate = 0.0 if profile is flat else 0.6  # nothing pays on the flat curve
+        planner.calibrator.prior_rate = (
+            0.0 if profile is flat else 0.6
+        )  # nothing pays on the flat curve
         choices = [planner.choose(chain) for _ in range(16)]
         assert choices[:15] == [0] * 15 and choices[15] == size
 
 
 def test_a_replayable_planner_ignores_measured_times():
-    """Seeded sampled requests get one: its choices depend on acceptances only, so the seed replays."""
+    """Seeded sampled requests get one: its choices depend on acceptances only, so the seed
+    replays."""
     chain = TokenTree.chain(0, list(range(1, 9)))
     choices = []
     for verify_s in (0.001, 5.0):

@@ -35,7 +35,9 @@ def test_cold_start_proposes_nothing_then_recycles_all_verified_nodes():
     tree = TokenTree((5, 7), (-1, 0))
     # row of 5 ranks 7, 8, 9, 10; row of 7 (a node, even if rejected) ranks 11, 12, 13, 14
     drafter.observe(tree, logits_ranking([7, 8, 9, 10], [11, 12, 13, 14]), Acceptance((0,), 8))
-    assert np.array_equal(drafter.matrix[5], [7, 8, 9, 10]) and np.array_equal(drafter.matrix[7], [11, 12, 13, 14])
+    assert np.array_equal(drafter.matrix[5], [7, 8, 9, 10]) and np.array_equal(
+        drafter.matrix[7], [11, 12, 13, 14]
+    )
     proposal = drafter.propose([3, 5], budget=3)
     # priors rank the chain 0 -> 00 and the second child 1 first: 5 -> 7 -> 11, and 5 -> 8
     assert proposal.tokens == (5, 7, 11, 8) and proposal.parents == (-1, 0, 1, 0)

@@ -5,12 +5,20 @@ import torch
 
 from tokentree.reductions import BLOCK, row_argmax, top_k, top_probabilities
 
-VOCABS = (151_936, 49_152, 16 * BLOCK, 16 * BLOCK + 1, 1000)  # Qwen2.5, SmolLM2, exact blocks, a 1-logit tail, tiny
+VOCABS = (
+    151_936,
+    49_152,
+    16 * BLOCK,
+    16 * BLOCK + 1,
+    1000,
+)  # Qwen2.5, SmolLM2, exact blocks, a 1-logit tail, tiny
 
 
 def _rows(vocab: int, seed: int, ties: bool) -> torch.Tensor:
     rows = torch.randn(6, vocab, generator=torch.Generator().manual_seed(seed)) * 4
-    return rows.round() if ties else rows  # rounded logits: many equal values, equal maxima across blocks
+    return (
+        rows.round() if ties else rows
+    )  # rounded logits: many equal values, equal maxima across blocks
 
 
 @pytest.mark.parametrize("vocab", VOCABS)
@@ -52,4 +60,6 @@ def test_top_probabilities_match_the_softmax():
     softmax = torch.softmax(rows, dim=-1)
     expected, expected_ids = softmax.topk(10, dim=-1)
     assert torch.equal(ids, expected_ids)
-    torch.testing.assert_close(probs, expected, rtol=1e-4, atol=1e-6)  # float32: exp(x - lse) vs softmax
+    torch.testing.assert_close(
+        probs, expected, rtol=1e-4, atol=1e-6
+    )  # float32: exp(x - lse) vs softmax

@@ -1,5 +1,6 @@
 """Speculative sampling end to end: for every drafter, the joint law of the first two sampled tokens
-equals the target's own (chi-square against the exact law), a biased rule is caught, seeds repeat."""
+equals the target's own (chi-square against the exact law), a biased rule is caught, seeds
+repeat."""
 
 from collections import Counter
 
@@ -19,7 +20,9 @@ pytestmark = pytest.mark.slow  # minutes: CI runs it; pytest -m "not slow" skips
 
 SMALL_VOCAB = 16
 SAMPLES = 3000
-REQUEST = dict(max_new_tokens=4, temperature=0.8, top_p=0.95, budget=6)  # the first 2 tokens are tested
+REQUEST = dict(
+    max_new_tokens=4, temperature=0.8, top_p=0.95, budget=6
+)  # the first 2 tokens are tested
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +34,13 @@ def model():
 def prompt(model):
     """The model's own greedy text, repeated, so prompt lookup finds likely continuations."""
     with torch.inference_mode():
-        text = model.generate(torch.tensor([[3, 4]]), do_sample=False, max_new_tokens=8, pad_token_id=0,
-                              eos_token_id=None)[0].tolist()
+        text = model.generate(
+            torch.tensor([[3, 4]]),
+            do_sample=False,
+            max_new_tokens=8,
+            pad_token_id=0,
+            eos_token_id=None,
+        )[0].tolist()
     return text + text[:4]
 
 
@@ -42,7 +50,11 @@ def exact_joint(model, prompt, params: SamplingParams) -> dict[tuple[int, int], 
     first = warp(model(torch.tensor([prompt])).logits[:, -1], params)[0]
     batch = torch.tensor([prompt + [x] for x in range(SMALL_VOCAB)])
     second = warp(model(batch).logits[:, -1], params)
-    return {(a, b): (first[a] * second[a, b]).item() for a in range(SMALL_VOCAB) for b in range(SMALL_VOCAB)}
+    return {
+        (a, b): (first[a] * second[a, b]).item()
+        for a in range(SMALL_VOCAB)
+        for b in range(SMALL_VOCAB)
+    }
 
 
 class IIDDrafter:
@@ -53,7 +65,9 @@ class IIDDrafter:
     runs_draft_model = False
 
     def __init__(self):
-        self.q = torch.softmax(torch.randn(SMALL_VOCAB, generator=torch.Generator().manual_seed(5)) * 2, -1)
+        self.q = torch.softmax(
+            torch.randn(SMALL_VOCAB, generator=torch.Generator().manual_seed(5)) * 2, -1
+        )
 
     def propose(self, context, budget):
         return TokenTree.root(context[-1])
@@ -61,7 +75,11 @@ class IIDDrafter:
     def propose_sampled(self, context, budget, params, generator):
         q = warp(self.q.log()[None], params)[0]
         first = torch.multinomial(q, 3, replacement=True, generator=generator).tolist()
-        paths = [[a, b] for a in first for b in torch.multinomial(q, 2, replacement=True, generator=generator).tolist()]
+        paths = [
+            [a, b]
+            for a in first
+            for b in torch.multinomial(q, 2, replacement=True, generator=generator).tolist()
+        ]
         tokens, parents = [context[-1]], [-1]
         for a in first:  # duplicates stay separate siblings: V-MSS tries each draw
             parents.append(0)
@@ -80,22 +98,32 @@ class IIDDrafter:
 
 
 def sample_pairs(model, prompt, drafter, n, rule=None, seed0=0):
-    # couple_seeded off: seeded requests go through each draft's own rule (V-RRS, V-MSS, V-det), the subject here
-    engine = Engine(HFBackend(model), drafter, couple_seeded=False, **({} if rule is None else {"rule": rule}))
+    # couple_seeded off: seeded requests go through each draft's own rule (V-RRS, V-MSS, V-det),
+    # the subject here
+    engine = Engine(
+        HFBackend(model), drafter, couple_seeded=False, **({} if rule is None else {"rule": rule})
+    )
     counts, accepted = Counter(), 0
     for i in range(n):
         stats = GenerationStats()
-        tokens = [t for step in engine.run(prompt, DecodeRequest(seed=seed0 + i, **REQUEST), stats) for t in step]
+        tokens = [
+            t
+            for step in engine.run(prompt, DecodeRequest(seed=seed0 + i, **REQUEST), stats)
+            for t in step
+        ]
         counts[tuple(tokens[:2])] += 1
         accepted += sum(k * v for k, v in stats.accepted_hist.items())
     return counts, accepted
 
 
 def drafters():
-    """Every registered drafter (draft-model ones with the target itself as the draft: many acceptances)."""
+    """Every registered drafter (draft-model ones with the target itself as the draft: many
+    acceptances)."""
     model = tiny_model("llama", seed=3, vocab_size=SMALL_VOCAB, initializer_range=0.3)
     options = {"chain": {"confidence": 0.0}}
-    return [make_drafter(name, model, **options.get(name, {})) for name in DRAFTERS] + [IIDDrafter()]
+    return [make_drafter(name, model, **options.get(name, {})) for name in DRAFTERS] + [
+        IIDDrafter()
+    ]
 
 
 @pytest.mark.parametrize("drafter", drafters(), ids=lambda d: d.name)

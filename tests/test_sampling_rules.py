@@ -13,7 +13,16 @@ from transformers.generation.logits_process import (
 )
 
 from tokentree.errors import TokentreeError
-from tokentree.sampling import Draft, Draw, SamplingParams, accept, accept_sampled, gumbel_top_k, residual, warp
+from tokentree.sampling import (
+    Draft,
+    Draw,
+    SamplingParams,
+    accept,
+    accept_sampled,
+    gumbel_top_k,
+    residual,
+    warp,
+)
 from tokentree.tree import TokenTree
 
 V = 8
@@ -37,15 +46,21 @@ def run(draft, p, seed=0):
 
 
 def expand(tree, p_root):
-    """[n, V] target probabilities: ``p_root`` at the root, uniform below (never reached in these tests)."""
+    """[n, V] target probabilities: ``p_root`` at the root, uniform below (never reached in these
+    tests)."""
     return torch.cat([p_root[None], torch.full((len(tree) - 1, V), 1 / V)])
 
 
-@pytest.mark.parametrize("params", [
-    SamplingParams(temperature=0.7), SamplingParams(temperature=1.3, top_k=3),
-    SamplingParams(temperature=1.0, top_p=0.8),
-    SamplingParams(temperature=0.5, min_p=0.2), SamplingParams(temperature=0.9, top_k=5, top_p=0.9, min_p=0.05),
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(temperature=0.7),
+        SamplingParams(temperature=1.3, top_k=3),
+        SamplingParams(temperature=1.0, top_p=0.8),
+        SamplingParams(temperature=0.5, min_p=0.2),
+        SamplingParams(temperature=0.9, top_k=5, top_p=0.9, min_p=0.05),
+    ],
+)
 def test_warp_matches_transformers_warpers(params):
     logits = torch.randn(6, 50, generator=torch.Generator().manual_seed(1)) * 3
     scores = TemperatureLogitsWarper(params.temperature)(None, logits.clone())
@@ -59,7 +74,13 @@ def test_warp_matches_transformers_warpers(params):
 
 
 def test_sampling_params_are_validated():
-    for bad in (dict(temperature=-1), dict(top_k=-1), dict(top_p=0), dict(top_p=1.5), dict(min_p=1)):
+    for bad in (
+        dict(temperature=-1),
+        dict(top_k=-1),
+        dict(top_p=0),
+        dict(top_p=1.5),
+        dict(min_p=1),
+    ):
         with pytest.raises(TokentreeError):
             SamplingParams(**bad)
 
@@ -91,7 +112,8 @@ def test_all_children_rejected_bonus_from_residual(draw):
 
 
 def test_v_mss_keeps_q_after_a_rejection_where_v_rrs_zeroes_it():
-    # p = {5: .75, 7: .25}, q = {3: .5, 5: .5}: child 3 is rejected for sure; residual p' = {5: .5, 7: .5}.
+    # p = {5: .75, 7: .25}, q = {3: .5, 5: .5}: child 3 is rejected for sure; residual p' = {5: .5,
+    # 7: .5}.
     # V-MSS then accepts 5 with min(1, .5/.5) = 1; V-RRS uses q' = {5: 1} and accepts with .5 only.
     tree = star([3, 5])
     p, q = expand(tree, probs({5: 0.75, 7: 0.25})), expand(tree, probs({3: 0.5, 5: 0.5}))
@@ -109,7 +131,10 @@ def test_residual_after_one_two_and_all_rejections():
     assert torch.equal(residual(p, p), p)  # nothing left: p itself, never NaN
     # V-det: rejecting 1 then 2 leaves p renormalised over {3, 4}; the bonus can only be 3 or 4
     tree = star([1, 2])
-    bonuses = {run(Draft(tree), expand(tree, probs({1: 1e-9, 2: 1e-9, 3: 0.5, 4: 0.5})), s).bonus for s in range(30)}
+    bonuses = {
+        run(Draft(tree), expand(tree, probs({1: 1e-9, 2: 1e-9, 3: 0.5, 4: 0.5})), s).bonus
+        for s in range(30)
+    }
     assert bonuses == {3, 4}
 
 
@@ -140,13 +165,25 @@ def test_gumbel_top_k_draws_without_replacement_and_follows_the_law():
     assert all(len(set(d)) == 2 for d in draws)
     assert gumbel_top_k(q, 6, gen).__len__() == 4  # only 4 tokens have mass
     # P(first=a, second=b) = q_a * q_b / (1 - q_a) for sampling without replacement
-    expected = {(a, b): q[a].item() * q[b].item() / (1 - q[a].item()) for a in range(4) for b in range(4) if a != b}
+    expected = {
+        (a, b): q[a].item() * q[b].item() / (1 - q[a].item())
+        for a in range(4)
+        for b in range(4)
+        if a != b
+    }
     assert fits(Counter(draws), expected, len(draws))
 
 
-def first_token_law(draw: Draw, p_row: torch.Tensor, q_row: torch.Tensor, n: int, seed: int,
-                    always_accept: bool = False) -> Counter:
-    """Histogram of the first new token over ``n`` steps; children drawn per step as ``draw`` says."""
+def first_token_law(
+    draw: Draw,
+    p_row: torch.Tensor,
+    q_row: torch.Tensor,
+    n: int,
+    seed: int,
+    always_accept: bool = False,
+) -> Counter:
+    """Histogram of the first new token over ``n`` steps; children drawn per step as ``draw``
+    says."""
     gen = torch.Generator().manual_seed(seed)
     counts = Counter()
     for _ in range(n):

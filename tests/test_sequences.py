@@ -1,4 +1,5 @@
-"""Sequence bookkeeping of the llama.cpp backend, checked against the tree's ancestry without llama.cpp.
+"""Sequence bookkeeping of the llama.cpp backend, checked against the tree's ancestry without
+llama.cpp.
 
 A simulated KV cache applies each plan the way llama.cpp does (cells carry sequence sets; a query
 sees cells holding its first sequence at positions up to its own) and the visible set of every node
@@ -28,10 +29,13 @@ class FakeCache:
         return max((c[0] for c in self.cells if seq in c[2]), default=-1)
 
     def forward(self, tree: TokenTree, start: int, prefix: int, seq_ids) -> dict[int, set]:
-        """Add the batch's cells and return what each node sees; checks llama.cpp's batch rules first."""
+        """Add the batch's cells and return what each node sees; checks llama.cpp's batch rules
+        first."""
         first_in_batch: dict[int, int] = {}
         for node, seqs in zip(range(start, len(tree)), seq_ids):
-            assert len({self.last_position(s) for s in seqs}) == 1  # coupled sequences have not diverged
+            assert (
+                len({self.last_position(s) for s in seqs}) == 1
+            )  # coupled sequences have not diverged
             for s in seqs:
                 first_in_batch.setdefault(s, prefix + tree.depths[node])
         for s, pos in first_in_batch.items():

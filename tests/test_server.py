@@ -1,4 +1,5 @@
-"""The OpenAI-compatible server on a tiny model, driven by the official openai client and raw HTTP."""
+"""The OpenAI-compatible server on a tiny model, driven by the official openai client and raw
+HTTP."""
 
 import json
 import socket
@@ -74,10 +75,15 @@ def server(generator):
 
 
 def test_chat_greedy_equals_the_library_with_usage(server, generator):
-    reply = client(server).chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=20, temperature=0)
+    reply = client(server).chat.completions.create(
+        model=MODEL, messages=MESSAGES, max_tokens=20, temperature=0
+    )
     expected = generator.generate(MESSAGES, max_new_tokens=20)
     assert reply.choices[0].message.content == expected.text
-    assert reply.choices[0].message.role == "assistant" and reply.choices[0].finish_reason in ("stop", "length")
+    assert reply.choices[0].message.role == "assistant" and reply.choices[0].finish_reason in (
+        "stop",
+        "length",
+    )
     assert reply.usage.prompt_tokens == len(generator.encode(MESSAGES))
     assert reply.usage.completion_tokens == len(expected.token_ids)
     assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
@@ -85,39 +91,79 @@ def test_chat_greedy_equals_the_library_with_usage(server, generator):
 
 def test_streamed_chat_matches_non_streamed_and_reports_usage(server):
     api = client(server)
-    whole = api.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=24, temperature=0)
-    chunks = list(api.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=24, temperature=0,
-                                              stream=True, stream_options={"include_usage": True}))
+    whole = api.chat.completions.create(
+        model=MODEL, messages=MESSAGES, max_tokens=24, temperature=0
+    )
+    chunks = list(
+        api.chat.completions.create(
+            model=MODEL,
+            messages=MESSAGES,
+            max_tokens=24,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == whole.choices[0].message.content
     assert chunks[0].choices[0].delta.role == "assistant"
-    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[0].finish_reason
-    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[
+        0
+    ].finish_reason
+    assert (
+        chunks[-1].choices == []
+        and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    )
 
 
 def test_text_completions_streamed_and_not(server, generator):
     api = client(server)
     whole = api.completions.create(model=MODEL, prompt="abc abc abc", max_tokens=16, temperature=0)
-    assert whole.choices[0].text == generator.generate("abc abc abc", max_new_tokens=16, chat=False).text
-    pieces = [c.choices[0].text for c in api.completions.create(model=MODEL, prompt="abc abc abc", max_tokens=16,
-                                                                 temperature=0, stream=True)]
+    assert (
+        whole.choices[0].text
+        == generator.generate("abc abc abc", max_new_tokens=16, chat=False).text
+    )
+    pieces = [
+        c.choices[0].text
+        for c in api.completions.create(
+            model=MODEL, prompt="abc abc abc", max_tokens=16, temperature=0, stream=True
+        )
+    ]
     assert "".join(pieces) == whole.choices[0].text
 
 
 def test_stop_strings_cut_the_text(server):
     api = client(server)
-    free = api.completions.create(model=MODEL, prompt="hello", max_tokens=40, temperature=0).choices[0].text
+    free = (
+        api.completions.create(model=MODEL, prompt="hello", max_tokens=40, temperature=0)
+        .choices[0]
+        .text
+    )
     stop = free[10:12]
-    cut = api.completions.create(model=MODEL, prompt="hello", max_tokens=40, temperature=0, stop=[stop])
-    assert cut.choices[0].text == free[: free.index(stop)] and cut.choices[0].finish_reason == "stop"
+    cut = api.completions.create(
+        model=MODEL, prompt="hello", max_tokens=40, temperature=0, stop=[stop]
+    )
+    assert (
+        cut.choices[0].text == free[: free.index(stop)] and cut.choices[0].finish_reason == "stop"
+    )
 
 
 def test_seeded_sampling_is_reproducible(server):
     api = client(server)
 
     def once(seed):
-        return api.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=24, temperature=1.0,
-                                           top_p=0.95, seed=seed).choices[0].message.content
+        return (
+            api.chat.completions.create(
+                model=MODEL,
+                messages=MESSAGES,
+                max_tokens=24,
+                temperature=1.0,
+                top_p=0.95,
+                seed=seed,
+            )
+            .choices[0]
+            .message.content
+        )
 
     assert once(7) == once(7)
     assert len({once(s) for s in range(4)}) > 1
@@ -126,16 +172,28 @@ def test_seeded_sampling_is_reproducible(server):
 def test_models_health_and_metrics(server):
     assert [m.id for m in client(server).models.list().data] == [MODEL]
     assert httpx.get(server + "/health").json()["status"] == "ok"
-    client(server).chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=4, temperature=0)
+    client(server).chat.completions.create(
+        model=MODEL, messages=MESSAGES, max_tokens=4, temperature=0
+    )
     metrics = httpx.get(server + "/metrics").text
-    for name in ("tokentree_requests_total", "tokentree_generated_tokens_total", "tokentree_queue_depth",
-                 "tokentree_request_latency_seconds_bucket", "tokentree_accepted_tokens_per_step_count"):
+    for name in (
+        "tokentree_requests_total",
+        "tokentree_generated_tokens_total",
+        "tokentree_queue_depth",
+        "tokentree_request_latency_seconds_bucket",
+        "tokentree_accepted_tokens_per_step_count",
+    ):
         assert name in metrics
 
 
 def test_tokentree_options_in_the_extra_body(server, generator):
-    reply = client(server).chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=12, temperature=0,
-                                                   extra_body={"tokentree": {"drafter": "stand", "budget": 4}})
+    reply = client(server).chat.completions.create(
+        model=MODEL,
+        messages=MESSAGES,
+        max_tokens=12,
+        temperature=0,
+        extra_body={"tokentree": {"drafter": "stand", "budget": 4}},
+    )
     assert reply.choices[0].message.content == generator.generate(MESSAGES, max_new_tokens=12).text
 
 
@@ -165,12 +223,17 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server, bod
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert needle in error["message"] and set(error) == {"message", "type", "param", "code"}
-    assert client(server).chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=2).choices
+    assert (
+        client(server).chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=2).choices
+    )
 
 
 def test_malformed_json_and_unknown_routes(server):
-    bad = httpx.post(server + "/v1/chat/completions", content=b"{not json",
-                     headers={"content-type": "application/json"})
+    bad = httpx.post(
+        server + "/v1/chat/completions",
+        content=b"{not json",
+        headers={"content-type": "application/json"},
+    )
     assert bad.status_code == 400 and "error" in bad.json()
     missing = httpx.get(server + "/v1/nothing")
     assert missing.status_code == 404 and "error" in missing.json()
@@ -197,12 +260,17 @@ def test_disconnect_mid_stream_frees_the_worker():
         while httpx.get(url + "/health").json()["queue_depth"] or worker.running is not None:
             assert time.monotonic() < deadline, "the abandoned generation kept running"
             time.sleep(0.05)
-        assert client(url).chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=3).choices
+        assert (
+            client(url)
+            .chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=3)
+            .choices
+        )
 
 
 def test_queue_full_gets_429_with_retry_after():
     with running_server(tiny_generator(SlowDrafter(0.05)), max_queue=1) as (url, server):
         body = {"messages": MESSAGES, "max_tokens": 60, "temperature": 0}
+
         def post(_):
             return httpx.post(url + "/v1/chat/completions", json=body, timeout=60)
 
@@ -219,7 +287,11 @@ def test_queue_full_gets_429_with_retry_after():
         assert codes == [200, 200, 429, 429], codes  # one running, one queued, two turned away
         busy = next(r for r in responses if r.status_code == 429)
         assert busy.headers["retry-after"] == "1" and busy.json()["error"]["code"] == "queue_full"
-        assert all(r.json()["choices"][0]["message"]["content"] is not None for r in responses if r.status_code == 200)
+        assert all(
+            r.json()["choices"][0]["message"]["content"] is not None
+            for r in responses
+            if r.status_code == 200
+        )
 
 
 def test_request_timeout_aborts_the_generation():
@@ -227,8 +299,13 @@ def test_request_timeout_aborts_the_generation():
         body = {"messages": MESSAGES, "max_tokens": 200, "temperature": 0}
         response = httpx.post(url + "/v1/chat/completions", json=body, timeout=30)
         assert response.status_code == 504 and "longer than" in response.json()["error"]["message"]
-        lines = [ln for ln in httpx.post(url + "/v1/chat/completions", json=body | {"stream": True},
-                                         timeout=30).text.splitlines() if ln.startswith("data: ")]
+        lines = [
+            ln
+            for ln in httpx.post(
+                url + "/v1/chat/completions", json=body | {"stream": True}, timeout=30
+            ).text.splitlines()
+            if ln.startswith("data: ")
+        ]
         assert lines[-1] == "data: [DONE]" and "error" in json.loads(lines[-2][6:])
 
 
@@ -252,15 +329,30 @@ def test_concurrent_load_every_response_complete(generator, capsys):
         def one(i):
             start = time.perf_counter()
             if i % 2:
-                chunks = list(api.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=16,
-                                                          temperature=0, stream=True,
-                                                          stream_options={"include_usage": True}))
+                chunks = list(
+                    api.chat.completions.create(
+                        model=MODEL,
+                        messages=MESSAGES,
+                        max_tokens=16,
+                        temperature=0,
+                        stream=True,
+                        stream_options={"include_usage": True},
+                    )
+                )
                 assert chunks[-1].usage.completion_tokens >= 1
                 tokens = chunks[-1].usage.completion_tokens
-                assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] in ("stop", "length")
+                assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] in (
+                    "stop",
+                    "length",
+                )
             else:
-                reply = api.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=16, temperature=0)
-                assert reply.choices[0].finish_reason in ("stop", "length") and reply.choices[0].message.content
+                reply = api.chat.completions.create(
+                    model=MODEL, messages=MESSAGES, max_tokens=16, temperature=0
+                )
+                assert (
+                    reply.choices[0].finish_reason in ("stop", "length")
+                    and reply.choices[0].message.content
+                )
                 tokens = reply.usage.completion_tokens
             return time.perf_counter() - start, tokens
 
@@ -272,11 +364,16 @@ def test_concurrent_load_every_response_complete(generator, capsys):
     assert len(results) == clients * per_client and wall < 120
     p95 = latencies[int(0.95 * len(latencies)) - 1]
     with capsys.disabled():
-        print(f"\nload: {len(results)} requests, 0 errors, p50 {statistics.median(latencies) * 1000:.0f} ms, "
-              f"p95 {p95 * 1000:.0f} ms, {sum(r[1] for r in results) / wall:.0f} tokens/s")
+        print(
+            f"\nload: {len(results)} requests, 0 errors, p50 "
+            f"{statistics.median(latencies) * 1000:.0f} ms, "
+            f"p95 {p95 * 1000:.0f} ms, {sum(r[1] for r in results) / wall:.0f} tokens/s"
+        )
 
 
-# ---------------------------------------------------------------- hardening (one request never stalls the others)
+# ---------------------------------------------------------------- hardening (one request never
+# stalls the others)
+
 
 def _post(url: str, body=None, path="/v1/chat/completions", **kwargs) -> httpx.Response:
     return httpx.post(url + path, json=body, timeout=kwargs.pop("timeout", 30), **kwargs)
@@ -293,7 +390,10 @@ def test_stop_strings_have_a_count_and_length_limit(server):
     for stop in (["x" * 257], ["a"] * 17):
         response = _post(server, {"messages": MESSAGES, "stop": stop})
         assert response.status_code == 400 and response.json()["error"]["param"] == "stop"
-    assert _post(server, {"messages": MESSAGES, "max_tokens": 3, "stop": ["x" * 256] * 16}).status_code == 200
+    assert (
+        _post(server, {"messages": MESSAGES, "max_tokens": 3, "stop": ["x" * 256] * 16}).status_code
+        == 200
+    )
 
 
 def test_a_non_streaming_client_that_disconnects_is_cancelled():
@@ -311,11 +411,20 @@ def test_the_api_key_and_the_body_limit_are_checked_before_the_body_is_read(gene
         big = {"messages": [{"role": "user", "content": "x" * 5000}]}
         assert _post(url, big, headers={"Authorization": "Bearer wrong"}).status_code == 401
         response = _post(url, big, headers={"Authorization": "Bearer sesame"})
-        assert response.status_code == 413 and "max-body-bytes" in response.json()["error"]["message"]
-        chunked = httpx.post(url + "/v1/chat/completions", content=iter([b"{" + b" " * 1500, b" " * 1500 + b"}"]),
-                             headers={"Authorization": "Bearer sesame", "content-type": "application/json"})
-        assert chunked.status_code == 413  # no Content-Length: cut off at the limit while it arrives
-        ok = _post(url, {"messages": MESSAGES, "max_tokens": 2}, headers={"Authorization": "bearer sesame"})
+        assert (
+            response.status_code == 413 and "max-body-bytes" in response.json()["error"]["message"]
+        )
+        chunked = httpx.post(
+            url + "/v1/chat/completions",
+            content=iter([b"{" + b" " * 1500, b" " * 1500 + b"}"]),
+            headers={"Authorization": "Bearer sesame", "content-type": "application/json"},
+        )
+        assert (
+            chunked.status_code == 413
+        )  # no Content-Length: cut off at the limit while it arrives
+        ok = _post(
+            url, {"messages": MESSAGES, "max_tokens": 2}, headers={"Authorization": "bearer sesame"}
+        )
         assert ok.status_code == 200  # the scheme in any case
 
 
@@ -342,9 +451,17 @@ def test_tokenizing_a_long_prompt_does_not_hold_up_other_clients():
 
 
 def test_clients_that_leave_the_queue_give_their_slots_back():
-    with running_server(tiny_generator(SlowDrafter(0.05)), max_queue=2, request_timeout=60) as (url, server):
+    with running_server(tiny_generator(SlowDrafter(0.05)), max_queue=2, request_timeout=60) as (
+        url,
+        server,
+    ):
         worker = server.config.app.state.worker
-        body = {"messages": MESSAGES, "max_tokens": 400, "temperature": 0, "stream": True}  # 20 s of work
+        body = {
+            "messages": MESSAGES,
+            "max_tokens": 400,
+            "temperature": 0,
+            "stream": True,
+        }  # 20 s of work
         with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=30) as running:
             lines = running.iter_lines()  # kept: a collected line iterator closes the connection
             next(lines)
@@ -352,31 +469,49 @@ def test_clients_that_leave_the_queue_give_their_slots_back():
                 time.sleep(0.01)
             first = worker.running
             for _ in range(2):  # two streaming clients queue behind it, then go away
-                with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=30) as response:
+                with httpx.stream(
+                    "POST", url + "/v1/chat/completions", json=body, timeout=30
+                ) as response:
                     next(response.iter_lines())
             deadline = time.monotonic() + 2
             while worker.depth > 1:
                 assert time.monotonic() < deadline, "abandoned jobs kept their queue slots"
                 time.sleep(0.05)
             with httpx.Client(timeout=30) as http:  # both slots are free again: neither gets 429
-                waiting = [http.send(http.build_request("POST", url + "/v1/chat/completions", json=body), stream=True)
-                           for _ in range(2)]
+                waiting = [
+                    http.send(
+                        http.build_request("POST", url + "/v1/chat/completions", json=body),
+                        stream=True,
+                    )
+                    for _ in range(2)
+                ]
                 assert [r.status_code for r in waiting] == [200, 200]
-                assert worker.running is first and worker.depth == 3  # the first client is still served
+                assert (
+                    worker.running is first and worker.depth == 3
+                )  # the first client is still served
                 for response in waiting:
                     response.close()
 
 
-@pytest.mark.parametrize("body,path", [
-    ({"messages": [{"role": "user", "content": "a\ud800b"}]}, "/v1/chat/completions"),
-    ({"messages": [{"role": "user", "content": [{"type": "text", "text": "\udfff"}]}]}, "/v1/chat/completions"),
-    ({"messages": MESSAGES, "model": "\ud800"}, "/v1/chat/completions"),
-    ({"messages": MESSAGES, "stop": ["\ud800"]}, "/v1/chat/completions"),
-    ({"prompt": "hi \ud800"}, "/v1/completions"),
-])
+@pytest.mark.parametrize(
+    "body,path",
+    [
+        ({"messages": [{"role": "user", "content": "a\ud800b"}]}, "/v1/chat/completions"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": "\udfff"}]}]},
+            "/v1/chat/completions",
+        ),
+        ({"messages": MESSAGES, "model": "\ud800"}, "/v1/chat/completions"),
+        ({"messages": MESSAGES, "stop": ["\ud800"]}, "/v1/chat/completions"),
+        ({"prompt": "hi \ud800"}, "/v1/completions"),
+    ],
+)
 def test_lone_surrogates_get_400(server, body, path):
-    response = httpx.post(server + path, content=json.dumps(body).encode(),  # json.dumps escapes them as \\ud800
-                          headers={"content-type": "application/json"})
+    response = httpx.post(
+        server + path,
+        content=json.dumps(body).encode(),  # json.dumps escapes them as \\ud800
+        headers={"content-type": "application/json"},
+    )
     assert response.status_code == 400 and "surrogate" in response.json()["error"]["message"]
 
 
@@ -387,21 +522,41 @@ def test_metrics_labels_are_routes_not_raw_paths(server):
     assert "/random/" not in metrics and 'endpoint="unmatched",status="404"' in metrics
 
 
-@pytest.mark.parametrize("field,value", [
-    ("tools", [{"type": "function", "function": {"name": "f"}}]), ("tool_choice", "required"),
-    ("response_format", {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}),
-    ("logit_bias", {"50": 10}), ("best_of", 2), ("top_logprobs", 2), ("logprobs", True),
-    ("frequency_penalty", 0.5), ("audio", {"voice": "alloy"}),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("tools", [{"type": "function", "function": {"name": "f"}}]),
+        ("tool_choice", "required"),
+        ("response_format", {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}),
+        ("logit_bias", {"50": 10}),
+        ("best_of", 2),
+        ("top_logprobs", 2),
+        ("logprobs", True),
+        ("frequency_penalty", 0.5),
+        ("audio", {"voice": "alloy"}),
+    ],
+)
 def test_parameters_that_would_be_ignored_get_400(server, field, value):
     response = _post(server, {"messages": MESSAGES, field: value})
     assert response.status_code == 400 and field in response.json()["error"]["message"]
 
 
 def test_neutral_values_explicit_nulls_and_tiny_temperatures_are_served(server):
-    neutral = {"tool_choice": "none", "response_format": {"type": "text"}, "logit_bias": {}, "best_of": 1,
-               "n": 1, "temperature": None, "top_p": None, "max_tokens": None, "stop": None, "seed": None,
-               "stream": None, "user": "someone", "unknown_extension": 1}
+    neutral = {
+        "tool_choice": "none",
+        "response_format": {"type": "text"},
+        "logit_bias": {},
+        "best_of": 1,
+        "n": 1,
+        "temperature": None,
+        "top_p": None,
+        "max_tokens": None,
+        "stop": None,
+        "seed": None,
+        "stream": None,
+        "user": "someone",
+        "unknown_extension": 1,
+    }
     assert _post(server, {"messages": MESSAGES, **neutral} | {"max_tokens": 3}).status_code == 200
     for temperature in (5e-324, 1e-40):  # logits / T would overflow: decoded greedily, T's limit
         reply = _post(server, {"messages": MESSAGES, "max_tokens": 6, "temperature": temperature})
@@ -421,24 +576,40 @@ def test_strict_types_models_routes_and_protocol_details(server):
     not_allowed = httpx.delete(server + "/v1/chat/completions")
     assert not_allowed.status_code == 405 and "POST" in not_allowed.headers["allow"]
     assert httpx.head(server + "/health").status_code == 200
-    as_text = httpx.post(server + "/v1/chat/completions", content=b'{"messages": []}',
-                         headers={"content-type": "text/plain"})
-    assert as_text.status_code == 400 and "Content-Type: application/json" in as_text.json()["error"]["message"]
-    bad = httpx.post(server + "/v1/chat/completions", content=b'{"messages": [',
-                     headers={"content-type": "application/json"})
-    assert "malformed JSON" in bad.json()["error"]["message"] and bad.json()["error"]["param"] is None
+    as_text = httpx.post(
+        server + "/v1/chat/completions",
+        content=b'{"messages": []}',
+        headers={"content-type": "text/plain"},
+    )
+    assert (
+        as_text.status_code == 400
+        and "Content-Type: application/json" in as_text.json()["error"]["message"]
+    )
+    bad = httpx.post(
+        server + "/v1/chat/completions",
+        content=b'{"messages": [',
+        headers={"content-type": "application/json"},
+    )
+    assert (
+        "malformed JSON" in bad.json()["error"]["message"] and bad.json()["error"]["param"] is None
+    )
     body = {"messages": MESSAGES, "max_tokens": 2, "stream": True}
     with httpx.stream("POST", server + "/v1/chat/completions", json=body) as response:
         assert response.headers["cache-control"] == "no-cache"
 
 
-def test_the_api_key_from_a_file_or_the_environment_guards_all_but_health(generator, tmp_path, monkeypatch):
+def test_the_api_key_from_a_file_or_the_environment_guards_all_but_health(
+    generator, tmp_path, monkeypatch
+):
     key_file = tmp_path / "key"
     key_file.write_text("from-a-file\n")
     with running_server(generator, api_key_file=str(key_file)) as (url, _):
         for route in ("/metrics", "/v1/models", "/openapi.json", "/docs"):
             assert httpx.get(url + route).status_code == 401, route
-        assert httpx.get(url + "/metrics", headers={"Authorization": "Bearer from-a-file"}).status_code == 200
+        assert (
+            httpx.get(url + "/metrics", headers={"Authorization": "Bearer from-a-file"}).status_code
+            == 200
+        )
         assert httpx.get(url + "/health").status_code == 200
     monkeypatch.setenv("TOKENTREE_API_KEY", "from-the-env")
     with running_server(generator) as (url, _):
@@ -447,11 +618,15 @@ def test_the_api_key_from_a_file_or_the_environment_guards_all_but_health(genera
 
 
 def test_shutdown_past_the_grace_period_answers_everyone():
-    with running_server(tiny_generator(SlowDrafter(0.05)), shutdown_grace=1.5, request_timeout=60) as (url, server):
+    with running_server(
+        tiny_generator(SlowDrafter(0.05)), shutdown_grace=1.5, request_timeout=60
+    ) as (url, server):
         worker = server.config.app.state.worker
         with ThreadPoolExecutor(1) as pool:
             body = {"messages": MESSAGES, "max_tokens": 400, "temperature": 0, "stream": True}
-            with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=30) as stream:
+            with httpx.stream(
+                "POST", url + "/v1/chat/completions", json=body, timeout=30
+            ) as stream:
                 lines = stream.iter_lines()
                 next(lines)
                 while worker.running is None:
@@ -459,8 +634,13 @@ def test_shutdown_past_the_grace_period_answers_everyone():
                 queued = pool.submit(_post, url, {"messages": MESSAGES, "max_tokens": 5})
                 while worker.depth < 2:
                     time.sleep(0.01)
-                server.should_exit = True  # the running stream needs 20 s: more than the grace period
+                server.should_exit = (
+                    True  # the running stream needs 20 s: more than the grace period
+                )
                 rest = [ln for ln in lines if ln.startswith("data: ")]
             answer = queued.result()
     assert answer.status_code == 503 and answer.json()["error"]["type"] == "server_error"
-    assert rest[-1] == "data: [DONE]" and "shutting down" in json.loads(rest[-2][6:])["error"]["message"]
+    assert (
+        rest[-1] == "data: [DONE]"
+        and "shutting down" in json.loads(rest[-2][6:])["error"]["message"]
+    )

@@ -10,13 +10,16 @@ from tokentree.sampling import Acceptance
 def test_merge_is_a_running_average_capped_to_top():
     merged = merge({1: 0.8, 2: 0.2}, {2: 1.0}, rate=0.5, top=10)
     assert merged == pytest.approx({1: 0.4, 2: 0.6})
-    assert merge({1: 0.5, 2: 0.3, 3: 0.2}, {4: 1.0}, rate=0.5, top=2) == pytest.approx({4: 0.5, 1: 0.25})
+    assert merge({1: 0.5, 2: 0.3, 3: 0.2}, {4: 1.0}, rate=0.5, top=2) == pytest.approx(
+        {4: 0.5, 1: 0.25}
+    )
 
 
 def test_prompt_ngrams_with_back_off():
     drafter = make_drafter("stand", max_n=2)
     tree = drafter.propose([1, 2, 3, 1, 2, 4, 9, 2], budget=3)
-    # "2" was followed by 3 then 4 (running average 0.5/0.5 -> 4 newer but equal); "9 2" is unknown: back off to "2"
+    # "2" was followed by 3 then 4 (running average 0.5/0.5 -> 4 newer but equal); "9 2" is
+    # unknown: back off to "2"
     assert tree.tokens[0] == 2 and set(tree.tokens[1:3]) == {3, 4}
     assert tree.scores[1] == pytest.approx(0.5)
     assert drafter.propose([7, 8], budget=3).tokens == (8,)
@@ -69,10 +72,14 @@ def test_sampled_draft_fills_the_template_without_replacement_and_learns_its_cut
     root_children = [tree.tokens[c] for c in tree.children[0]]
     assert len(set(root_children)) == len(root_children) == 3  # ranks 0, 1, 2 of 3 stored tokens
     assert torch.allclose(draft.q[0, [6, 7, 8]], torch.tensor([0.6, 0.3, 0.1]), atol=1e-6)
-    fresh = make_drafter("stand", max_n=1, template="small")  # the same table, untouched template rates
+    fresh = make_drafter(
+        "stand", max_n=1, template="small"
+    )  # the same table, untouched template rates
     fresh.vocab_size, fresh.table = 12, drafter.table
     below_6 = set()
-    for seed in range(20):  # wherever 6 is sampled among the root's children, the budget reaches below it
+    for seed in range(
+        20
+    ):  # wherever 6 is sampled among the root's children, the budget reaches below it
         other = fresh.propose_sampled([5], 5, params, torch.Generator().manual_seed(seed)).tree
         below_6.add(tuple(other.tokens[c] for c in other.children[other.tokens.index(6)]))
     assert below_6 == {(9,)}  # 9, the only token stored after 6, and never a rank-1 child there
@@ -83,8 +90,15 @@ def test_sampled_draft_fills_the_template_without_replacement_and_learns_its_cut
     assert drafter.shape.rate[1] > before[1] and drafter.shape.rate[2] < before[2]
 
 
-@pytest.mark.parametrize("options", [dict(temperature=0.7), dict(temperature=1.3, top_p=0.8),
-                                     dict(temperature=0.9, top_k=2), dict(temperature=1.0, min_p=0.2)])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(temperature=0.7),
+        dict(temperature=1.3, top_p=0.8),
+        dict(temperature=0.9, top_k=2),
+        dict(temperature=1.0, min_p=0.2),
+    ],
+)
 def test_sampled_q_equals_warping_the_full_vocabulary(options):
     from tokentree.sampling import SamplingParams, warp
 

@@ -1,4 +1,5 @@
-"""Drafter state: learning carries over between requests and processes; bad files are clear errors."""
+"""Drafter state: learning carries over between requests and processes; bad files are clear
+errors."""
 
 import gzip
 import json
@@ -16,8 +17,11 @@ PROMPT = "the cat sat on the mat"
 
 def generator(drafter, model=None):
     """A fixed tree size: the planner's own learning is not part of the saved drafter state."""
-    return Generator(LoadedModel(model or tiny_model("qwen2", seed=4), tiny_tokenizer(), "tiny"),
-                     make_drafter(drafter), budget=16)
+    return Generator(
+        LoadedModel(model or tiny_model("qwen2", seed=4), tiny_tokenizer(), "tiny"),
+        make_drafter(drafter),
+        budget=16,
+    )
 
 
 @pytest.mark.parametrize("drafter", ["lookahead", "recycling", "stand", "suffix"])
@@ -49,15 +53,21 @@ def rewrite(path, change):
     path.write_bytes(gzip.compress(json.dumps(document).encode()))
 
 
-@pytest.mark.parametrize("damage,match", [
-    (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]), "corrupt or truncated"),
-    (lambda p: p.write_bytes(b"not gzip at all"), "corrupt or truncated"),
-    (lambda p: rewrite(p, lambda d: d.update(vocab="0" * 16)), "another vocabulary"),
-    (lambda p: rewrite(p, lambda d: d.update(version=99)), "version"),
-    (lambda p: rewrite(p, lambda d: d.update(drafter="recycling")), "not 'lookahead'"),
-    (lambda p: rewrite(p, lambda d: d["state"].update(trie=[[10_000, 1, []]])), "malformed"),
-    (lambda p: rewrite(p, lambda d: d["state"].update(window=5)), "malformed"),
-])
+@pytest.mark.parametrize(
+    "damage,match",
+    [
+        (
+            lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]),
+            "corrupt or truncated",
+        ),
+        (lambda p: p.write_bytes(b"not gzip at all"), "corrupt or truncated"),
+        (lambda p: rewrite(p, lambda d: d.update(vocab="0" * 16)), "another vocabulary"),
+        (lambda p: rewrite(p, lambda d: d.update(version=99)), "version"),
+        (lambda p: rewrite(p, lambda d: d.update(drafter="recycling")), "not 'lookahead'"),
+        (lambda p: rewrite(p, lambda d: d["state"].update(trie=[[10_000, 1, []]])), "malformed"),
+        (lambda p: rewrite(p, lambda d: d["state"].update(window=5)), "malformed"),
+    ],
+)
 def test_bad_state_files_are_clear_errors(tmp_path, damage, match):
     gen, path = saved_state(tmp_path)
     damage(path)
@@ -89,13 +99,28 @@ def test_cli_drafter_state_round_trip(saved_tiny_model, tmp_path, capsys):
     from tokentree.cli import main
 
     state = tmp_path / "la.gz"
-    base = ["generate", "abc abc", "--target", str(saved_tiny_model), "--dtype", "float32", "--no-chat",
-            "--max-new-tokens", "12", "--json", "--drafter-state", str(state)]
+    base = [
+        "generate",
+        "abc abc",
+        "--target",
+        str(saved_tiny_model),
+        "--dtype",
+        "float32",
+        "--no-chat",
+        "--max-new-tokens",
+        "12",
+        "--json",
+        "--drafter-state",
+        str(state),
+    ]
     args = base + ["--drafter", "lookahead"]
     assert main(args) == 0 and state.exists()
     first = json.loads(capsys.readouterr().out)
     assert main(args) == 0
     second = json.loads(capsys.readouterr().out)
-    assert second["token_ids"] == first["token_ids"] and second["stats"]["steps"] <= first["stats"]["steps"]
+    assert (
+        second["token_ids"] == first["token_ids"]
+        and second["stats"]["steps"] <= first["stats"]["steps"]
+    )
     assert main(base + ["--drafter", "pld"]) == 2
     assert "keeps no state" in capsys.readouterr().err

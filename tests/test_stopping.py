@@ -19,9 +19,15 @@ def test_eos_stops_like_hf_generate(drafter):
     free = hf_greedy(model, prompt, 30)
     eos = free[7]
     with torch.inference_mode():
-        out = model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=30, eos_token_id=eos,
-                             pad_token_id=0, attention_mask=torch.ones(1, len(prompt), dtype=torch.long))
-    expected = out[0, len(prompt):].tolist()
+        out = model.generate(
+            torch.tensor([prompt]),
+            do_sample=False,
+            max_new_tokens=30,
+            eos_token_id=eos,
+            pad_token_id=0,
+            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+        )
+    expected = out[0, len(prompt) :].tolist()
     got, stats = run_engine(model, make_drafter(drafter), prompt, 30, eos_ids={eos})
     assert got == expected and got[-1] == eos and len(got) <= 8
     assert stats.new_tokens == len(got)
@@ -55,7 +61,9 @@ def test_text_stream_holds_back_possible_stop_prefix():
 
 
 def tiny_generator(drafter="pld"):
-    return Generator(LoadedModel(tiny_model("llama", seed=5), tiny_tokenizer(), "tiny"), make_drafter(drafter))
+    return Generator(
+        LoadedModel(tiny_model("llama", seed=5), tiny_tokenizer(), "tiny"), make_drafter(drafter)
+    )
 
 
 def test_api_generate_stop_string_and_max_tokens():
@@ -63,8 +71,12 @@ def test_api_generate_stop_string_and_max_tokens():
     free = gen.generate("hello there", max_new_tokens=40, chat=False)
     assert free.stats.new_tokens == len(free.token_ids) == 40
     text = free.text
-    first = next(i for i in range(3, len(text) - 2) if text.find(text[i:i + 2]) == i)  # a fresh 2-char string
-    stopped = gen.generate("hello there", max_new_tokens=40, chat=False, stop=["@@never", text[first:first + 2]])
+    first = next(
+        i for i in range(3, len(text) - 2) if text.find(text[i : i + 2]) == i
+    )  # a fresh 2-char string
+    stopped = gen.generate(
+        "hello there", max_new_tokens=40, chat=False, stop=["@@never", text[first : first + 2]]
+    )
     assert stopped.text == text[:first]
     assert free.token_ids[: len(stopped.token_ids)] == stopped.token_ids
     assert len(stopped.token_ids) < 40
@@ -81,14 +93,17 @@ def test_api_prompt_forms_and_drafter_switch():
     assert "".join(pieces) == by_text.text
 
 
-@pytest.mark.parametrize("options,match", [
-    (dict(max_new_tokens=0), "max_new_tokens"),
-    (dict(temperature=-0.5), "temperature"),
-    (dict(temperature=0.7, min_p=1.0), "min_p"),
-    (dict(top_p=0.0), "top_p"),
-    (dict(budget=-1), "budget"),
-    (dict(stop=[""]), "stop"),
-])
+@pytest.mark.parametrize(
+    "options,match",
+    [
+        (dict(max_new_tokens=0), "max_new_tokens"),
+        (dict(temperature=-0.5), "temperature"),
+        (dict(temperature=0.7, min_p=1.0), "min_p"),
+        (dict(top_p=0.0), "top_p"),
+        (dict(budget=-1), "budget"),
+        (dict(stop=[""]), "stop"),
+    ],
+)
 def test_api_rejects_bad_options(options, match):
     with pytest.raises(TokentreeError, match=match):
         tiny_generator().generate("hi", **options)
@@ -101,5 +116,6 @@ def test_api_rejects_bad_prompts():
     with pytest.raises(TokentreeError):
         gen.generate([1, 2, 10_000])
     with pytest.raises(TokentreeError, match="chat template"):
-        Generator(LoadedModel(tiny_model(), tiny_tokenizer(chat=False), "t"), make_drafter("none")).generate(
-            "hi", chat=True)
+        Generator(
+            LoadedModel(tiny_model(), tiny_tokenizer(chat=False), "t"), make_drafter("none")
+        ).generate("hi", chat=True)

@@ -30,7 +30,9 @@ def test_the_longest_continued_suffix_is_found_and_its_trailing_occurrence_ignor
     trie = WindowTrie(window=8, max_nodes=10_000)
     text = [1, 2, 3, 4, 9, 2, 3, 4, 5, 6, 7, 1, 2, 3, 4]
     trie.extend(text, 0)
-    assert trie.longest_suffix(text) == 4  # 1 2 3 4 continues once (with 9); the trailing copy does not count
+    assert (
+        trie.longest_suffix(text) == 4
+    )  # 1 2 3 4 continues once (with 9); the trailing copy does not count
     assert trie.longest_suffix([8, 8]) == 0
     assert trie.longest_suffix(text + [9]) == 5  # 1 2 3 4 9 is followed by 2
 
@@ -63,7 +65,9 @@ def test_continuations_are_ranked_by_count_and_pruned_below_min_prob():
     prompt = [1, 2, 3] * 6 + [1, 2, 4] * 3 + [1, 2, 5] + [9, 1, 2]
     tree = make_drafter("suffix", min_prob=0.1).propose(prompt, budget=3)
     first = [tree.tokens[c] for c in tree.children[0]]
-    assert first[0] == 3 and 4 in first and 5 not in first  # 5 follows "1 2" in 1 of 10 cases: below 0.1
+    assert (
+        first[0] == 3 and 4 in first and 5 not in first
+    )  # 5 follows "1 2" in 1 of 10 cases: below 0.1
     assert tree.scores[tree.children[0][0]] == pytest.approx(0.6)
 
 
@@ -87,7 +91,9 @@ def test_eviction_bounds_the_global_trie_oldest_response_first():
     assert store.trie.nodes == survivors.nodes <= 1000
     capped = ResponseStore(depth=6, max_nodes=1000, max_responses=10_000)
     for _ in range(50):
-        capped.extend(capped.begin([]), [rng.randrange(50_000) for _ in range(40)])  # 40 * 6 nodes each
+        capped.extend(
+            capped.begin([]), [rng.randrange(50_000) for _ in range(40)]
+        )  # 40 * 6 nodes each
         assert capped.trie.nodes <= 1000
 
 
@@ -112,7 +118,15 @@ def test_state_round_trip_and_validation():
 
 
 def test_match_lengths_and_bad_options():
-    assert _match_lengths(12) == [12, 9, 6, 3, 2, 1] and _match_lengths(1) == [1] and _match_lengths(0) == []
-    for options, word in (({"depth": 1}, "depth"), ({"alpha": 0}, "alpha"), ({"min_prob": 1.0}, "min_prob")):
+    assert (
+        _match_lengths(12) == [12, 9, 6, 3, 2, 1]
+        and _match_lengths(1) == [1]
+        and _match_lengths(0) == []
+    )
+    for options, word in (
+        ({"depth": 1}, "depth"),
+        ({"alpha": 0}, "alpha"),
+        ({"min_prob": 1.0}, "min_prob"),
+    ):
         with pytest.raises(TokentreeError, match=word):
             make_drafter("suffix", **options)

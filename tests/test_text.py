@@ -21,7 +21,9 @@ def byte_level_tokenizer():
 
 def metaspace_tokenizer():
     pieces = ["<unk>"] + [f"\u2581{c}" for c in "abcdef"] + list("abcdef.,") + ["\u2581"]
-    backend = Tokenizer(models.BPE(vocab={p: i for i, p in enumerate(pieces)}, merges=[], unk_token="<unk>"))
+    backend = Tokenizer(
+        models.BPE(vocab={p: i for i, p in enumerate(pieces)}, merges=[], unk_token="<unk>")
+    )
     backend.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
     return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>")
 
@@ -39,7 +41,7 @@ def test_byte_level_pieces_add_up_to_the_whole_decode(seed):
     stream, pieces, i = TextStream(tokenizer), [], 0
     while i < len(ids):
         k = rng.randint(1, 5)
-        piece = stream.push(ids[i:i + k])
+        piece = stream.push(ids[i : i + k])
         assert "\ufffd" not in piece  # a character split across steps is held back until complete
         pieces.append(piece)
         i += k
@@ -55,7 +57,7 @@ def test_sentencepiece_style_pieces_keep_their_spaces(seed):
     stream, pieces, i = TextStream(tokenizer), [], 0
     while i < len(ids):
         k = rng.randint(1, 4)
-        pieces.append(stream.push(ids[i:i + k]))
+        pieces.append(stream.push(ids[i : i + k]))
         i += k
     pieces.append(stream.finish())
     assert "".join(pieces) == tokenizer.decode(ids)

@@ -25,21 +25,32 @@ def test_derived_structure():
 def test_ancestor_mask():
     mask = sample_tree().ancestor_mask
     expected = torch.zeros(7, 7, dtype=torch.bool)
-    for node, ancestors in {0: [0], 1: [0, 1], 2: [0, 2], 3: [0, 1, 3], 4: [0, 1, 4], 5: [0, 2, 5],
-                            6: [0, 1, 3, 6]}.items():
+    for node, ancestors in {
+        0: [0],
+        1: [0, 1],
+        2: [0, 2],
+        3: [0, 1, 3],
+        4: [0, 1, 4],
+        5: [0, 2, 5],
+        6: [0, 1, 3, 6],
+    }.items():
         expected[node, ancestors] = True
     assert torch.equal(mask, expected)
 
 
-@pytest.mark.parametrize("tokens,parents", [((), ()), ((1, 2), (-1,)), ((1, 2), (0, 0)), ((1, 2, 3), (-1, 0, 2)),
-                                            ((1, 2), (-1, -1))])
+@pytest.mark.parametrize(
+    "tokens,parents",
+    [((), ()), ((1, 2), (-1,)), ((1, 2), (0, 0)), ((1, 2, 3), (-1, 0, 2)), ((1, 2), (-1, -1))],
+)
 def test_invalid_parent_arrays_are_rejected(tokens, parents):
     with pytest.raises(ValueError):
         TokenTree(tokens, parents)
 
 
 def test_from_paths_merges_shared_prefixes_and_keeps_max_score():
-    tree = TokenTree.from_paths(5, [[1, 2, 3], [1, 2, 4], [7]], scores=[[0.9, 0.5, 0.1], [0.9, 0.6, 0.2], [0.3]])
+    tree = TokenTree.from_paths(
+        5, [[1, 2, 3], [1, 2, 4], [7]], scores=[[0.9, 0.5, 0.1], [0.9, 0.6, 0.2], [0.3]]
+    )
     assert tree.tokens == (5, 1, 2, 3, 4, 7)
     assert tree.parents == (-1, 0, 1, 2, 2, 0)
     assert tree.scores == (1.0, 0.9, 0.6, 0.1, 0.2, 0.3)

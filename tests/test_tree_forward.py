@@ -1,4 +1,5 @@
-"""A tree forward equals the forwards of its root-to-leaf paths; compaction equals plain decoding."""
+"""A tree forward equals the forwards of its root-to-leaf paths; compaction equals plain
+decoding."""
 
 import torch
 from conftest import VOCAB, tiny_model

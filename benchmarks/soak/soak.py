@@ -1,4 +1,5 @@
-"""A short soak run of `tokentree serve`: mixed requests from concurrent clients (see docs/server.md).
+"""A short soak run of `tokentree serve`: mixed requests from concurrent clients (see
+docs/server.md).
 
 python benchmarks/soak/soak.py --url http://127.0.0.1:8123 --pid PID --requests 200 --clients 16
 """
@@ -17,8 +18,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-PROMPTS = ["Write a haiku about rain.", "What is 17 * 23?", "Name three prime numbers.",
-           "Translate 'good morning' to French.", "def add(a, b):"]
+PROMPTS = [
+    "Write a haiku about rain.",
+    "What is 17 * 23?",
+    "Name three prime numbers.",
+    "Translate 'good morning' to French.",
+    "def add(a, b):",
+]
 
 
 def rss_mb(pid: int) -> float:
@@ -29,11 +35,18 @@ def rss_mb(pid: int) -> float:
 def one(url: str, i: int, rng: random.Random) -> tuple[str, int, bool]:
     """(kind, status, complete) of one request; complete: a valid answer arrived whole."""
     chat = url + "/v1/chat/completions"
-    body = {"messages": [{"role": "user", "content": rng.choice(PROMPTS)}], "max_tokens": 8, "temperature": 0}
+    body = {
+        "messages": [{"role": "user", "content": rng.choice(PROMPTS)}],
+        "max_tokens": 8,
+        "temperature": 0,
+    }
     kind = rng.choices(["plain", "stream", "leave", "invalid", "over"], [40, 30, 10, 10, 10])[0]
     if kind == "plain":
         r = httpx.post(chat, json=body, timeout=300)
-        finished = r.status_code == 200 and r.json()["choices"][0]["finish_reason"] in ("stop", "length")
+        finished = r.status_code == 200 and r.json()["choices"][0]["finish_reason"] in (
+            "stop",
+            "length",
+        )
         return kind, r.status_code, finished
     if kind in ("stream", "leave"):
         with httpx.stream("POST", chat, json=body | {"stream": True}, timeout=300) as r:
@@ -44,12 +57,23 @@ def one(url: str, i: int, rng: random.Random) -> tuple[str, int, bool]:
             data = [ln for ln in lines if ln.startswith("data: ")]
             return kind, r.status_code, data[-1] == "data: [DONE]" and "finish_reason" in data[-2]
     if kind == "invalid":
-        bad = rng.choice([b"{not json", json.dumps({"messages": [{"role": "user", "content": "\ud800"}]}).encode(),
-                          json.dumps(body | {"max_tokens": "8"}).encode(), json.dumps(body | {"tools": [{}]}).encode()])
+        bad = rng.choice(
+            [
+                b"{not json",
+                json.dumps({"messages": [{"role": "user", "content": "\ud800"}]}).encode(),
+                json.dumps(body | {"max_tokens": "8"}).encode(),
+                json.dumps(body | {"tools": [{}]}).encode(),
+            ]
+        )
         r = httpx.post(chat, content=bad, headers={"content-type": "application/json"}, timeout=60)
         return kind, r.status_code, r.status_code == 400
-    over = rng.choice([body | {"stop": ["x" * 1000]}, body | {"max_tokens": 10**6},
-                       {"messages": [{"role": "user", "content": "x" * (5 << 20)}]}])
+    over = rng.choice(
+        [
+            body | {"stop": ["x" * 1000]},
+            body | {"max_tokens": 10**6},
+            {"messages": [{"role": "user", "content": "x" * (5 << 20)}]},
+        ]
+    )
     r = httpx.post(chat, json=over, timeout=60)
     return kind, r.status_code, r.status_code in (400, 413)
 
@@ -85,14 +109,28 @@ def main() -> None:
     kinds = Counter(kind for kind, _, _ in results)
     incomplete = [r for r in results if r[1] != 429 and not r[2]]
     metrics = httpx.get(args.url + "/metrics").text
-    served = {m.group(1): int(m.group(2)) for m in
-              re.finditer(r'tokentree_requests_total\{endpoint="/v1/chat/completions",status="(\d+)"\} (\d+)', metrics)}
-    report = {"requests": args.requests, "clients": args.clients, "wall_s": round(wall, 1), "kinds": dict(kinds),
-              "statuses": dict(sorted(statuses.items())), "5xx": sum(n for s, n in statuses.items() if s >= 500),
-              "incomplete_or_wrong": len(incomplete), "health_p50_ms": round(statistics.median(health) * 1e3, 1),
-              "health_max_ms": round(max(health) * 1e3, 1), "health_probes": len(health),
-              "rss_mb_before": round(before), "rss_mb_after": round(after),
-              "metrics_chat_by_status": served}
+    served = {
+        m.group(1): int(m.group(2))
+        for m in re.finditer(
+            r'tokentree_requests_total\{endpoint="/v1/chat/completions",status="(\d+)"\} (\d+)',
+            metrics,
+        )
+    }
+    report = {
+        "requests": args.requests,
+        "clients": args.clients,
+        "wall_s": round(wall, 1),
+        "kinds": dict(kinds),
+        "statuses": dict(sorted(statuses.items())),
+        "5xx": sum(n for s, n in statuses.items() if s >= 500),
+        "incomplete_or_wrong": len(incomplete),
+        "health_p50_ms": round(statistics.median(health) * 1e3, 1),
+        "health_max_ms": round(max(health) * 1e3, 1),
+        "health_probes": len(health),
+        "rss_mb_before": round(before),
+        "rss_mb_after": round(after),
+        "metrics_chat_by_status": served,
+    }
     print(json.dumps(report, indent=1))
 
 

@@ -5,5 +5,13 @@ from .errors import TokentreeError, UnsupportedModelError
 from .tree import TokenTree
 
 __version__ = "0.1.0"
-__all__ = ["GenerationStream", "Generator", "Output", "TokenTree", "TokentreeError", "UnsupportedModelError",
-           "load", "__version__"]
+__all__ = [
+    "GenerationStream",
+    "Generator",
+    "Output",
+    "TokenTree",
+    "TokentreeError",
+    "UnsupportedModelError",
+    "load",
+    "__version__",
+]

@@ -28,7 +28,15 @@ from .models import (
     resolve_device,
     resolve_dtype,
 )
-from .planner import CostProfile, Planner, load_profile, measure_profile, profile_key, profile_path, save_profile
+from .planner import (
+    CostProfile,
+    Planner,
+    load_profile,
+    measure_profile,
+    profile_key,
+    profile_path,
+    save_profile,
+)
 from .stats import GenerationStats
 from .text import TextStream
 
@@ -47,7 +55,9 @@ class Output:
 class GenerationStream:
     """Iterate to receive text pieces; ``text``, ``token_ids`` and ``stats`` fill in as it runs."""
 
-    def __init__(self, engine: Engine, prompt_ids: list[int], request: DecodeRequest, text: TextStream):
+    def __init__(
+        self, engine: Engine, prompt_ids: list[int], request: DecodeRequest, text: TextStream
+    ):
         self.stats = GenerationStats()
         self.text_stream = text
         self.eos_ids = engine.eos_ids
@@ -78,7 +88,7 @@ class GenerationStream:
 
     @property
     def finish_reason(self) -> str:
-        """"stop" after an EOS token or a stop string, else "length" (or "cancelled")."""
+        """ "stop" after an EOS token or a stop string, else "length" (or "cancelled")."""
         if self.text_stream.stopped or (self.token_ids and self.token_ids[-1] in self.eos_ids):
             return "stop"
         return "cancelled" if self.cancelled else "length"
@@ -93,15 +103,24 @@ class GenerationStream:
 class Generator:
     """A target model (plus an optional draft model) and a default drafter."""
 
-    def __init__(self, target: LoadedModel, drafter: Drafter, draft: LoadedModel | None = None,
-                 budget: int | str | None = None):
+    def __init__(
+        self,
+        target: LoadedModel,
+        drafter: Drafter,
+        draft: LoadedModel | None = None,
+        budget: int | str | None = None,
+    ):
         self.target = target
         self.draft = draft
         self.drafter = drafter
         self.budget = budget
         self.backend = make_backend(target.model)
-        self._drafters: dict[str, Drafter] = {drafter.name: drafter}  # built once per name: learning carries over
-        self._planners: dict[str, Planner] = {}  # per drafter name: calibration carries across requests
+        self._drafters: dict[str, Drafter] = {
+            drafter.name: drafter
+        }  # built once per name: learning carries over
+        self._planners: dict[
+            str, Planner
+        ] = {}  # per drafter name: calibration carries across requests
         self._profile: CostProfile | None = None
 
     @property
@@ -113,21 +132,27 @@ class Generator:
         return vocab_signature(self.tokenizer)
 
     def cost_profile(self, refresh: bool = False, progress=None) -> CostProfile:
-        """The target's verify-cost profile: cached per model, dtype, device, threads and torch version."""
+        """The target's verify-cost profile: cached per model, dtype, device, threads and torch
+        version."""
         if self._profile is None or refresh:
             key = profile_key(self.target.source, self.target.precision, self.target.device_name)
             profile = None if refresh else load_profile(key)
             if profile is None:
                 if progress is None:
-                    print(f"tokentree: measuring {self.target.source}'s verify cost t(n) once (cached in "
-                          f"{profile_path(key).parent})", file=sys.stderr)
+                    print(
+                        f"tokentree: measuring {self.target.source}'s verify cost t(n) once "
+                        "(cached in "
+                        f"{profile_path(key).parent})",
+                        file=sys.stderr,
+                    )
                 profile = measure_profile(self.backend, key=key, progress=progress)
                 save_profile(profile)
             self._profile = profile
         return self._profile
 
     def planner(self, drafter: Drafter) -> Planner:
-        """The planner sizing trees of the drafter named like ``drafter`` under ``budget="auto"``."""
+        """The planner sizing trees of the drafter named like ``drafter`` under
+        ``budget="auto"``."""
         if drafter.name not in self._planners:
             self._planners[drafter.name] = Planner(self.cost_profile())
         return self._planners[drafter.name]
@@ -136,7 +161,9 @@ class Generator:
         """This generator's drafter ``name``, built on first use and kept, so what it learns carries
         from call to call (``generate(..., drafter="stand")`` twice uses one STAND table)."""
         if name not in self._drafters:
-            self._drafters[name] = make_drafter(name, None if self.draft is None else self.draft.model)
+            self._drafters[name] = make_drafter(
+                name, None if self.draft is None else self.draft.model
+            )
         return self._drafters[name]
 
     def load_drafter_state(self, path: str | Path) -> None:
@@ -161,37 +188,65 @@ class Generator:
             raise TokentreeError("the prompt is empty")
         if all(isinstance(m, dict) for m in prompt):
             if not has_template:
-                raise TokentreeError("chat messages need a chat template, and the target's tokenizer has none")
-            text = self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+                raise TokentreeError(
+                    "chat messages need a chat template, and the target's tokenizer has none"
+                )
+            text = self.tokenizer.apply_chat_template(
+                prompt, add_generation_prompt=True, tokenize=False
+            )
             return list(self.tokenizer(text, add_special_tokens=False).input_ids)
         if all(isinstance(t, int) and 0 <= t < self.backend.vocab_size for t in prompt):
             return prompt
-        raise TokentreeError("a prompt must be a string, a list of chat messages, or a list of valid token ids")
+        raise TokentreeError(
+            "a prompt must be a string, a list of chat messages, or a list of valid token ids"
+        )
 
-    def stream(self, prompt: Prompt, max_new_tokens: int = 128, chat: bool | None = None, temperature: float = 0.0,
-               top_p: float = 1.0, top_k: int = 0, seed: int | None = None, stop: Sequence[str] | str | None = None,
-               drafter: str | Drafter | None = None, budget: int | str | None = None,
-               min_p: float = 0.0) -> GenerationStream:
+    def stream(
+        self,
+        prompt: Prompt,
+        max_new_tokens: int = 128,
+        chat: bool | None = None,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        seed: int | None = None,
+        stop: Sequence[str] | str | None = None,
+        drafter: str | Drafter | None = None,
+        budget: int | str | None = None,
+        min_p: float = 0.0,
+    ) -> GenerationStream:
         """Start a generation; iterate the result for text pieces.
 
         temperature 0 decodes greedily; above 0 the output follows the target's distribution after
         top-k, top-p and min-p (lossless speculative sampling); ``seed`` makes a run reproducible.
         """
         chosen = self._drafter(drafter)
-        request, stops = self._request(chosen, max_new_tokens, temperature, top_p, top_k, seed, stop, budget, min_p)
+        request, stops = self._request(
+            chosen, max_new_tokens, temperature, top_p, top_k, seed, stop, budget, min_p
+        )
         planner = self.planner(chosen) if request.budget == "auto" else None
         engine = Engine(self.backend, chosen, self.target.eos_ids, planner=planner)
-        return GenerationStream(engine, self.encode(prompt, chat), request, TextStream(self.tokenizer, stops))
+        return GenerationStream(
+            engine, self.encode(prompt, chat), request, TextStream(self.tokenizer, stops)
+        )
 
     def generate(self, prompt: Prompt, **options: Any) -> Output:
         """Generate to the end (same options as :meth:`stream`)."""
         return self.stream(prompt, **options).output()
 
-    def generate_batch(self, prompts: Sequence[Prompt], max_batch: int | None = None, chat: bool | None = None,
-                       drafter: str | Drafter | None = None, n: int = 1, seed: int | None = None,
-                       **options: Any) -> list[Output]:
+    def generate_batch(
+        self,
+        prompts: Sequence[Prompt],
+        max_batch: int | None = None,
+        chat: bool | None = None,
+        drafter: str | Drafter | None = None,
+        n: int = 1,
+        seed: int | None = None,
+        **options: Any,
+    ) -> list[Output]:
         """Generate for every prompt, up to ``max_batch`` sequences in each target forward (default:
-        all; on llama.cpp at most its context's sequences allow); a sequence waiting for a slot joins when one
+        all; on llama.cpp at most its context's sequences allow); a sequence waiting for a slot
+        joins when one
         finishes. ``n`` samples per prompt (outputs prompt by prompt, its samples in order): they
         share the prompt's cache cells, and sample i is seeded ``seed + i`` (None: each its own
         random seed). ``options`` are those of :meth:`stream` and apply to every sequence; each
@@ -211,7 +266,9 @@ class Generator:
         while waiting or session.busy:
             while waiting and session.free_slots:
                 index = waiting.pop()
-                slots[index] = session.add(ids[index], drafter=drafter, seed=seeds[index], **options)
+                slots[index] = session.add(
+                    ids[index], drafter=drafter, seed=seeds[index], **options
+                )
             session.step()
             for index, slot in list(slots.items()):
                 if session.finished(slot):
@@ -225,16 +282,28 @@ class Generator:
         the session uses every sequence id of the context)."""
         if max_batch < 1:
             raise TokentreeError(f"max_batch must be >= 1, got {max_batch}")
-        self.cost_profile()  # measured now if need be: on llama.cpp it runs on the context the sequences share
+        # measured now if need be: on llama.cpp it runs on the context the sequences share
+        self.cost_profile()
         self.backend.reset()
         return BatchSession(self, max_batch)
 
-    def _request(self, drafter: Drafter, max_new_tokens: int, temperature: float, top_p: float, top_k: int,
-                 seed: int | None, stop: Sequence[str] | str | None, budget: int | str | None,
-                 min_p: float) -> tuple[DecodeRequest, list[str]]:
+    def _request(
+        self,
+        drafter: Drafter,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        top_k: int,
+        seed: int | None,
+        stop: Sequence[str] | str | None,
+        budget: int | str | None,
+        min_p: float,
+    ) -> tuple[DecodeRequest, list[str]]:
         """The validated request and stop strings of a call."""
         budget = resolve_budget(self.budget if budget is None else budget, drafter)
-        request = DecodeRequest(max_new_tokens, temperature, top_p, top_k, seed, min_p=min_p, budget=budget)
+        request = DecodeRequest(
+            max_new_tokens, temperature, top_p, top_k, seed, min_p=min_p, budget=budget
+        )
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         if any(not s for s in stops):
             raise TokentreeError("stop strings must be non-empty")
@@ -255,8 +324,11 @@ class BatchSession:
         from .batch import BatchEngine
 
         self.generator = generator
-        self.engine = BatchEngine(make_batch_target(generator.target.model, max_batch), generator.drafter,
-                                  generator.target.eos_ids)
+        self.engine = BatchEngine(
+            make_batch_target(generator.target.model, max_batch),
+            generator.drafter,
+            generator.target.eos_ids,
+        )
         self.texts: dict[int, TextStream] = {}
         self.stats: dict[int, GenerationStats] = {}
         self.reasons: dict[int, str] = {}  # finished slots: "stop", "length" or "cancelled"
@@ -274,13 +346,26 @@ class BatchSession:
         """Whether such a sequence has room in the shared cache now."""
         return self.engine.fits(prompt_tokens, max_new_tokens)
 
-    def add(self, prompt_ids: list[int], drafter: str | Drafter | None = None, max_new_tokens: int = 128,
-            temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int | None = None,
-            stop: Sequence[str] | str | None = None, budget: int | str | None = None, min_p: float = 0.0) -> int:
-        """Start a sequence (prefilled now) with the options of :meth:`Generator.stream`; its slot."""
+    def add(
+        self,
+        prompt_ids: list[int],
+        drafter: str | Drafter | None = None,
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        seed: int | None = None,
+        stop: Sequence[str] | str | None = None,
+        budget: int | str | None = None,
+        min_p: float = 0.0,
+    ) -> int:
+        """Start a sequence (prefilled now) with the options of :meth:`Generator.stream`; its
+        slot."""
         gen = self.generator
         chosen = gen._drafter(drafter)
-        request, stops = gen._request(chosen, max_new_tokens, temperature, top_p, top_k, seed, stop, budget, min_p)
+        request, stops = gen._request(
+            chosen, max_new_tokens, temperature, top_p, top_k, seed, stop, budget, min_p
+        )
         planner = gen.planner(chosen) if request.budget == "auto" else None
         stats = GenerationStats()
         slot = self.engine.add(prompt_ids, request, stats, drafter=chosen, planner=planner)
@@ -288,7 +373,8 @@ class BatchSession:
         return slot
 
     def step(self) -> dict[int, str]:
-        """One forward for every running sequence; the new final text of each (finished ones too)."""
+        """One forward for every running sequence; the new final text of each (finished ones
+        too)."""
         pieces = {}
         for slot, tokens in self.engine.step().items():
             text = self.texts[slot]
@@ -345,25 +431,46 @@ def llama_cpp_installed() -> bool:
 
 def _say_why_not_llamacpp(backend: str, target: str | None, device: str | None) -> None:
     """The embedded default on a CPU without the llama.cpp extra: say once what it costs."""
-    if backend == "auto" and target is None and device in (None, "cpu") and not torch.cuda.is_available() \
-            and not llama_cpp_installed():
-        print("tokentree: llama-cpp-python is not installed, so the embedded model runs on transformers, about "
-              f"2.4x slower on a CPU; for the fast path: pip install 'tokentree[llamacpp]' ({LLAMA_CPP_PIN})",
-              file=sys.stderr)
+    if (
+        backend == "auto"
+        and target is None
+        and device in (None, "cpu")
+        and not torch.cuda.is_available()
+        and not llama_cpp_installed()
+    ):
+        print(
+            "tokentree: llama-cpp-python is not installed, so the embedded model runs on "
+            "transformers, about "
+            "2.4x slower on a CPU; for the fast path: pip install 'tokentree[llamacpp]' "
+            f"({LLAMA_CPP_PIN})",
+            file=sys.stderr,
+        )
 
 
-def load(target: str | None = None, draft: str | None = None, drafter: str = "auto", dtype: str = "auto",
-         device: str | None = None, budget: int | str | None = None, drafter_state: str | None = None,
-         backend: str = "auto", threads: int | None = None, n_ctx: int = 4096, **drafter_options: Any) -> Generator:
+def load(
+    target: str | None = None,
+    draft: str | None = None,
+    drafter: str = "auto",
+    dtype: str = "auto",
+    device: str | None = None,
+    budget: int | str | None = None,
+    drafter_state: str | None = None,
+    backend: str = "auto",
+    threads: int | None = None,
+    n_ctx: int = 4096,
+    **drafter_options: Any,
+) -> Generator:
     """Load a target (None = the embedded Qwen2.5-Coder-1.5B-Instruct) and build a Generator.
 
     ``budget`` fixes the drafted tokens per step (None = each drafter's default; "auto" = sized each
     step from the measured verify cost and the observed acceptance).
     ``drafter_state``: a file of learned drafter state to start from, when it exists.
     ``draft`` (a model spec) is loaded and checked against the target's vocabulary when given;
-    draft-model drafters (chain, specinfer, rsd-c, rsd-s, sequoia, dyspec) load the embedded 0.5B draft
+    draft-model drafters (chain, specinfer, rsd-c, rsd-s, sequoia, dyspec) load the embedded 0.5B
+    draft
     when the target is the embedded one and no draft is given.
-    ``backend``: "hf" (transformers; ``dtype``, ``device``), "llamacpp" (GGUF files through llama.cpp;
+    ``backend``: "hf" (transformers; ``dtype``, ``device``), "llamacpp" (GGUF files through
+    llama.cpp;
     ``threads``, ``n_ctx``; tree sizes default to "auto") or "auto" (llamacpp, when installed, for a
     .gguf target and for the embedded default on a machine without a CUDA GPU; else hf).
     ``drafter_options`` are fields of the drafter's config (e.g. ``max_ngram=4`` for "pld").
@@ -371,18 +478,30 @@ def load(target: str | None = None, draft: str | None = None, drafter: str = "au
     drafter_config(drafter, **drafter_options)  # bad names and options fail before any loading
     needs_draft = DRAFTERS[drafter].needs_draft
     if needs_draft and draft is None and target is not None:
-        raise TokentreeError(f"drafter '{drafter}' needs a draft model: give --draft (same vocabulary as the target)")
+        raise TokentreeError(
+            f"drafter '{drafter}' needs a draft model: give --draft (same vocabulary as the target)"
+        )
     _say_why_not_llamacpp(backend, target, device)
     if resolve_backend(backend, target, device) == "llamacpp":
         if device not in (None, "cpu"):
-            raise TokentreeError(f"the llama.cpp backend runs on the CPU; --device {device} needs --backend hf")
-        target_model = load_llamacpp_model(target, EMBEDDED_TARGET, LlamaCppConfig(threads=threads, n_ctx=n_ctx))
-        budget = "auto" if budget is None else budget  # its batch cost rises steeply on CPUs: plan every tree
+            raise TokentreeError(
+                f"the llama.cpp backend runs on the CPU; --device {device} needs --backend hf"
+            )
+        target_model = load_llamacpp_model(
+            target, EMBEDDED_TARGET, LlamaCppConfig(threads=threads, n_ctx=n_ctx)
+        )
+        budget = (
+            "auto" if budget is None else budget
+        )  # its batch cost rises steeply on CPUs: plan every tree
     else:
         torch_device = resolve_device(device)
-        target_model = load_model(target, EMBEDDED_TARGET, resolve_dtype(dtype, torch_device), torch_device)
+        target_model = load_model(
+            target, EMBEDDED_TARGET, resolve_dtype(dtype, torch_device), torch_device
+        )
     draft_model = load_draft(draft, target_model) if draft is not None or needs_draft else None
-    drafter_obj = make_drafter(drafter, None if draft_model is None else draft_model.model, **drafter_options)
+    drafter_obj = make_drafter(
+        drafter, None if draft_model is None else draft_model.model, **drafter_options
+    )
     if drafter_state is not None:
         require_stateful(drafter_obj)
     generator = Generator(target_model, drafter_obj, draft_model, budget)
@@ -392,7 +511,8 @@ def load(target: str | None = None, draft: str | None = None, drafter: str = "au
 
 
 def load_draft(spec: str | None, target: LoadedModel) -> LoadedModel:
-    """Load a draft model (None = the embedded Qwen2.5-Coder-0.5B) like the target, checking its vocabulary."""
+    """Load a draft model (None = the embedded Qwen2.5-Coder-0.5B) like the target, checking its
+    vocabulary."""
     if target.is_llamacpp:
         draft = load_llamacpp_model(spec, EMBEDDED_DRAFT, target.model.config)
     else:

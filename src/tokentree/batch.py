@@ -53,8 +53,14 @@ class BatchEngine:
     verify cost shared). Trees shrink to plain steps when the cache has no room left for them.
     """
 
-    def __init__(self, target: BatchTarget, drafter: Drafter, eos_ids: frozenset[int],
-                 planner: Planner | None = None, engine: Engine | None = None):
+    def __init__(
+        self,
+        target: BatchTarget,
+        drafter: Drafter,
+        eos_ids: frozenset[int],
+        planner: Planner | None = None,
+        engine: Engine | None = None,
+    ):
         self.target, self.drafter, self.planner = target, drafter, planner
         self.lanes = target.lanes
         self.engine = engine or Engine(self.lanes[0], drafter, eos_ids, planner=planner)
@@ -65,9 +71,16 @@ class BatchEngine:
     def free_slots(self) -> list[int]:
         return [slot for slot in range(len(self.lanes)) if slot not in self.runs]
 
-    def add(self, prompt_ids: Sequence[int], request: DecodeRequest, stats: GenerationStats,
-            drafter: Drafter | None = None, planner: Planner | None = None) -> int:
-        """Prefill a new sequence into a free slot (between steps); returns the slot. ``drafter`` and
+    def add(
+        self,
+        prompt_ids: Sequence[int],
+        request: DecodeRequest,
+        stats: GenerationStats,
+        drafter: Drafter | None = None,
+        planner: Planner | None = None,
+    ) -> int:
+        """Prefill a new sequence into a free slot (between steps); returns the slot. ``drafter``
+        and
         ``planner`` (forked for it) default to the batch's."""
         free = self.free_slots
         if not free:
@@ -77,8 +90,14 @@ class BatchEngine:
             self.target.clear()
         self._share_prefix(slot, prompt_ids)
         planner = planner or self.planner
-        run = self.engine.start(prompt_ids, request, stats, lane, fork(drafter or self.drafter),
-                                None if planner is None else planner.fork())
+        run = self.engine.start(
+            prompt_ids,
+            request,
+            stats,
+            lane,
+            fork(drafter or self.drafter),
+            None if planner is None else planner.fork(),
+        )
         run.own_forward = False
         self.runs[slot] = run
         return slot
@@ -123,7 +142,9 @@ class BatchEngine:
         started = time.perf_counter()
         logits = self.target.verify_many(slots, [d.tree for d in drafts])
         forward_s = time.perf_counter() - started
-        timed = all(run.stats.steps for run in runs)  # a sequence's first step forwards its prompt's tail too
+        timed = all(
+            run.stats.steps for run in runs
+        )  # a sequence's first step forwards its prompt's tail too
         new = {}
         for slot, run, rows in zip(slots, runs, logits):
             new[slot] = run.settle(rows, forward_s)
@@ -131,8 +152,12 @@ class BatchEngine:
                 self.cancel(slot)
         if timed:
             rows = sum(len(d.tree) for d in drafts)
-            for cost in {id(run.planner.cost): run.planner.cost for run in runs if run.planner}.values():
-                cost.observe(rows, forward_s)  # each planner's verify cost (forks share their parent's)
+            for cost in {
+                id(run.planner.cost): run.planner.cost for run in runs if run.planner
+            }.values():
+                cost.observe(
+                    rows, forward_s
+                )  # each planner's verify cost (forks share their parent's)
             self.rates.observe(sum(len(t) for t in new.values()), forward_s)
         return new
 
@@ -153,7 +178,10 @@ class BatchEngine:
         drafts = {id(run): run.draft() for run in runs if run.planner is None}
         if planned:
             candidates = [run.candidate() for run in planned]
-            ranked = [sorted(run.planner.estimates(c.tree)[1:], reverse=True) for run, c in zip(planned, candidates)]
+            ranked = [
+                sorted(run.planner.estimates(c.tree)[1:], reverse=True)
+                for run, c in zip(planned, candidates)
+            ]
             fixed_rows = sum(len(d.tree) for d in drafts.values())
             cost = planned[0].planner.cost
             rate = self.rates.rate(floor=len(runs) / cost.seconds(len(runs)))

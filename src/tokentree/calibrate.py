@@ -32,7 +32,9 @@ class CalibrateConfig:
 
     def __post_init__(self) -> None:
         if self.limit < 1 or self.max_new_tokens < 1 or not 1 <= self.ranks <= 32:
-            raise TokentreeError("calibrate needs --limit >= 1, --max-new-tokens >= 1 and --ranks in [1, 32]")
+            raise TokentreeError(
+                "calibrate needs --limit >= 1, --max-new-tokens >= 1 and --ranks in [1, 32]"
+            )
 
 
 @torch.inference_mode()
@@ -51,7 +53,9 @@ def calibrate(generator: Generator, config: CalibrateConfig) -> tuple[float, ...
     counts, total = [0] * config.ranks, 0
     for index, prompt in enumerate(prompts, start=1):
         prompt_ids = generator.encode([{"role": "user", "content": prompt.turns[0]}])
-        new_ids = generator.generate(prompt_ids, max_new_tokens=config.max_new_tokens, drafter="pld").token_ids
+        new_ids = generator.generate(
+            prompt_ids, max_new_tokens=config.max_new_tokens, drafter="pld"
+        ).token_ids
         for rank in draft_ranks(generator, prompt_ids, new_ids) if new_ids else []:
             total += 1
             if rank < config.ranks:

@@ -25,7 +25,9 @@ from .stats import GenerationStats
 from .tree import TokenTree
 
 GREEDY = SamplingParams()
-PROMPT_TAIL = 64  # last prompt tokens forwarded with the first tree (one forward fewer than prefilling them)
+PROMPT_TAIL = (
+    64  # last prompt tokens forwarded with the first tree (one forward fewer than prefilling them)
+)
 
 
 @dataclass
@@ -38,7 +40,9 @@ class DecodeRequest:
     top_k: int = 0
     seed: int | None = None  # None = a fresh random seed per run
     min_p: float = 0.0
-    budget: int | str | None = None  # drafted nodes per step (root excluded); None = the drafter's default;
+    budget: int | str | None = (
+        None  # drafted nodes per step (root excluded); None = the drafter's default;
+    )
     # "auto" = chosen each step by the engine's planner
 
     def __post_init__(self) -> None:
@@ -74,7 +78,9 @@ class Engine:
     planner: Planner | None = None
     couple_seeded: bool = True
 
-    def run(self, prompt_ids: Sequence[int], request: DecodeRequest, stats: GenerationStats) -> Iterator[list[int]]:
+    def run(
+        self, prompt_ids: Sequence[int], request: DecodeRequest, stats: GenerationStats
+    ) -> Iterator[list[int]]:
         """Yield the new tokens of each step; ``stats`` is updated as steps complete.
 
         Stops after an EOS token (which is emitted) or ``request.max_new_tokens`` tokens.
@@ -86,8 +92,15 @@ class Engine:
             logits = self.backend.verify(draft.tree)
             yield run.settle(logits, time.perf_counter() - started)
 
-    def start(self, prompt_ids: Sequence[int], request: DecodeRequest, stats: GenerationStats, backend: Backend,
-              drafter: Drafter, planner: Planner | None) -> SequenceRun:
+    def start(
+        self,
+        prompt_ids: Sequence[int],
+        request: DecodeRequest,
+        stats: GenerationStats,
+        backend: Backend,
+        drafter: Drafter,
+        planner: Planner | None,
+    ) -> SequenceRun:
         """Prefill ``prompt_ids`` on ``backend`` and return the run that decodes it step by step."""
         if not prompt_ids:
             raise TokentreeError("the prompt is empty: give at least one token")
@@ -103,12 +116,24 @@ class Engine:
         params = request.sampling
         coupled = self.couple_seeded and request.seed is not None and not params.greedy
         if planner is not None and request.seed is not None and not params.greedy and not coupled:
-            planner = Planner(planner.profile, planner.config, replayable=True)  # same seed, same text
+            planner = Planner(
+                planner.profile, planner.config, replayable=True
+            )  # same seed, same text
         if planner is not None and budget == "auto":
             planner.begin_request()
-        return SequenceRun(self, backend, drafter, request, stats, context, budget,
-                           planner if budget == "auto" else None, _generator(request.seed),
-                           PositionNoise(request.seed) if coupled else None, start)
+        return SequenceRun(
+            self,
+            backend,
+            drafter,
+            request,
+            stats,
+            context,
+            budget,
+            planner if budget == "auto" else None,
+            _generator(request.seed),
+            PositionNoise(request.seed) if coupled else None,
+            start,
+        )
 
 
 @dataclass
@@ -150,7 +175,8 @@ class SequenceRun:
         return self._take(draft, time.perf_counter() - t0)
 
     def candidate(self) -> Draft:
-        """The candidate draft of this step (its planner's candidate size), sized together with other
+        """The candidate draft of this step (its planner's candidate size), sized together with
+        other
         sequences' by the caller and then cut by :meth:`take`; needs a planner."""
         t0 = time.perf_counter()
         draft = self._drafted(min(self.planner.candidate_size(), self.remaining - 1))
@@ -158,8 +184,10 @@ class SequenceRun:
         return draft
 
     def take(self, candidate: Draft, n: int) -> Draft:
-        """This step's draft: ``candidate`` cut to the ``n`` drafted nodes a joint choice gave it, as
-        its planner's request rules settle them (see :meth:`Planner.settle_choice`, :meth:`_sized`)."""
+        """This step's draft: ``candidate`` cut to the ``n`` drafted nodes a joint choice gave it,
+        as
+        its planner's request rules settle them (see :meth:`Planner.settle_choice`,
+        :meth:`_sized`)."""
         t0 = time.perf_counter()
         n = self.planner.settle_choice(candidate.tree, n)
         return self._take(self._sized(candidate, n), self._draft_s + time.perf_counter() - t0)
@@ -189,16 +217,21 @@ class SequenceRun:
         if self.planner is not None:  # the first verify also forwarded the prompt's tail; a batch's
             timed = self.own_forward and self.stats.steps  # forward times all its sequences' trees
             self.planner.observe(tree, acceptance, self._draft_s, verify_s if timed else None)
-        new = _until_eos(acceptance.new_tokens(tree)[:self.remaining], self.engine.eos_ids)
+        new = _until_eos(acceptance.new_tokens(tree)[: self.remaining], self.engine.eos_ids)
         self.context.extend(new)
-        self.stats.record_step(len(tree) - 1, acceptance.accepted, len(new), self._draft_s, verify_s)
+        self.stats.record_step(
+            len(tree) - 1, acceptance.accepted, len(new), self._draft_s, verify_s
+        )
         self.stats.total_s = time.perf_counter() - self.started
         self.done = self.remaining <= 0 or new[-1] in self.engine.eos_ids
         return new
 
     def _drafted(self, budget: int) -> Draft:
-        """A sampled draft from drafters that can draw one (when sampling), else a deterministic one."""
-        params = GREEDY if self.noise is not None else self.request.sampling  # coupled: deterministic drafts
+        """A sampled draft from drafters that can draw one (when sampling), else a deterministic
+        one."""
+        params = (
+            GREEDY if self.noise is not None else self.request.sampling
+        )  # coupled: deterministic drafts
         if not params.greedy and isinstance(self.drafter, StochasticDrafter):
             return self.drafter.propose_sampled(self.context, budget, params, self.generator)
         return Draft(self.drafter.propose(self.context, budget))

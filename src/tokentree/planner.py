@@ -1,4 +1,5 @@
-"""Hardware-aware tree size: the target's verify-cost curve, calibrated acceptance, the per-step cut.
+"""Hardware-aware tree size: the target's verify-cost curve, calibrated acceptance, the per-step
+cut.
 
 Each step the drafter proposes a large candidate tree; the planner estimates how likely each node
 is to be accepted (online calibration by depth and drafter score) and keeps the number of nodes n
@@ -32,13 +33,19 @@ from .models import cache_dir
 from .sampling import Acceptance
 from .tree import TokenTree
 
-PROFILE_SIZES = tuple(range(1, 33)) + (48, 64, 96, 128)  # every size up to 32: CPU curves are not smooth
+PROFILE_SIZES = tuple(range(1, 33)) + (
+    48,
+    64,
+    96,
+    128,
+)  # every size up to 32: CPU curves are not smooth
 PROFILE_VERSION = 2
 
 
 @dataclass(frozen=True)
 class CostProfile:
-    """Verify latency of trees of ``sizes[i]`` nodes (root included): ``seconds[i]``, at ``context_len``."""
+    """Verify latency of trees of ``sizes[i]`` nodes (root included): ``seconds[i]``, at
+    ``context_len``."""
 
     sizes: tuple[int, ...]
     seconds: tuple[float, ...]
@@ -69,8 +76,13 @@ class CostProfile:
     def from_dict(cls, data: dict) -> CostProfile:
         if data.get("version") != PROFILE_VERSION:
             raise ValueError(f"profile version {data.get('version')} is not {PROFILE_VERSION}")
-        return cls(tuple(data["sizes"]), tuple(data["seconds"]), int(data["context_len"]), data.get("key", ""),
-                   float(data.get("measured_at", 0.0)))
+        return cls(
+            tuple(data["sizes"]),
+            tuple(data["seconds"]),
+            int(data["context_len"]),
+            data.get("key", ""),
+            float(data.get("measured_at", 0.0)),
+        )
 
 
 def probe_tree(n: int, vocab_size: int, seed: int = 0, max_leaves: int | None = None) -> TokenTree:
@@ -91,12 +103,20 @@ def probe_tree(n: int, vocab_size: int, seed: int = 0, max_leaves: int | None = 
     return TokenTree(tuple(tokens), tuple(parents))
 
 
-def measure_profile(backend: Backend, sizes: Sequence[int] = PROFILE_SIZES, context_len: int = 256,
-                    repeats: int = 3, key: str = "", progress=None, chain: bool = False) -> CostProfile:
+def measure_profile(
+    backend: Backend,
+    sizes: Sequence[int] = PROFILE_SIZES,
+    context_len: int = 256,
+    repeats: int = 3,
+    key: str = "",
+    progress=None,
+    chain: bool = False,
+) -> CostProfile:
     """Time ``backend.verify`` for each tree size after a ``context_len``-token prefix (median of
     repeats); trees shaped like real drafts, or single chains with ``chain``."""
-    context = torch.randint(3, min(1000, backend.vocab_size), (context_len,),
-                            generator=torch.Generator().manual_seed(0)).tolist()
+    context = torch.randint(
+        3, min(1000, backend.vocab_size), (context_len,), generator=torch.Generator().manual_seed(0)
+    ).tolist()
     backend.reset()
     backend.prefill(context)
     seconds = []
@@ -117,7 +137,8 @@ def measure_profile(backend: Backend, sizes: Sequence[int] = PROFILE_SIZES, cont
 
 
 def profile_key(source: str, precision: str, device: str) -> str:
-    """What a profile depends on: model, precision (dtype or gguf), device, threads and torch version."""
+    """What a profile depends on: model, precision (dtype or gguf), device, threads and torch
+    version."""
     text = f"{source}|{precision}|{device}|{torch.get_num_threads()}|{torch.__version__}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -139,7 +160,9 @@ def load_profile(key: str, max_age_days: float = 30.0) -> CostProfile | None:
 
 
 def save_profile(profile: CostProfile) -> Path:
-    return write_atomically(profile_path(profile.key), (json.dumps(profile.to_dict(), indent=1) + "\n").encode())
+    return write_atomically(
+        profile_path(profile.key), (json.dumps(profile.to_dict(), indent=1) + "\n").encode()
+    )
 
 
 MAX_RATE = 0.98  # no conditional acceptance rate is estimated above this
@@ -151,7 +174,6 @@ def tilt_level(depth: int) -> int:
     evidence), so its shared rates can move far from the deeper ones', and one ratio cannot
     correct both."""
     return min(depth, TILT_LEVELS) - 1
-
 
 
 class AcceptanceCalibrator:
@@ -189,18 +211,26 @@ class AcceptanceCalibrator:
         for kids in tree.children:
             for rank, kid in enumerate(kids):
                 ranks[kid] = rank
-        return [None] + [self.bin_of(tree.depths[v], scores[v], ranks[v]) for v in range(1, len(tree))]
+        return [None] + [
+            self.bin_of(tree.depths[v], scores[v], ranks[v]) for v in range(1, len(tree))
+        ]
 
-    def estimate(self, tree: TokenTree, tilts: Sequence[float] = (1.0,) * TILT_LEVELS) -> list[float]:
+    def estimate(
+        self, tree: TokenTree, tilts: Sequence[float] = (1.0,) * TILT_LEVELS
+    ) -> list[float]:
         """[n] estimated acceptance probability per node (1 for the root); each conditional rate is
         multiplied by the tilt of its level (this request's evidence, see :class:`RequestTilt`;
         ``tilts[tilt_level(depth)]``), capped at MAX_RATE."""
-        previous_sibling = {after: before for kids in tree.children for before, after in zip(kids, kids[1:])}
+        previous_sibling = {
+            after: before for kids in tree.children for before, after in zip(kids, kids[1:])
+        }
         bins = self._bins(tree)
         estimates = [1.0] * len(tree)
         for node in range(1, len(tree)):  # parents and earlier siblings come first in node order
             tilt = tilts[tilt_level(tree.depths[node])]
-            estimates[node] = estimates[tree.parents[node]] * min(MAX_RATE, tilt * self._rate(bins[node]))
+            estimates[node] = estimates[tree.parents[node]] * min(
+                MAX_RATE, tilt * self._rate(bins[node])
+            )
             if node in previous_sibling:
                 estimates[node] = min(estimates[node], estimates[previous_sibling[node]])
         return estimates
@@ -228,7 +258,6 @@ class AcceptanceCalibrator:
                 counts[0] += node in accepted
                 counts[1] += 1
         return [(hits, expected) for hits, expected in evidence]
-
 
 
 @dataclass
@@ -323,7 +352,9 @@ class VerifyCost:
     what this run measured, relative to each other.
     """
 
-    def __init__(self, profile: CostProfile, strength: float = 4.0, forget: float = 0.99, decay: float = 0.9):
+    def __init__(
+        self, profile: CostProfile, strength: float = 4.0, forget: float = 0.99, decay: float = 0.9
+    ):
         self.profile, self.strength, self.forget, self.decay = profile, strength, forget, decay
         self.scale = profile.seconds[0]
         self.residual_sum = [0.0] * len(profile.sizes)
@@ -333,7 +364,9 @@ class VerifyCost:
         return min(bisect.bisect_left(self.profile.sizes, n), len(self.profile.sizes) - 1)
 
     def _residual(self, bucket: int) -> float:
-        return (self.residual_sum[bucket] + self.strength) / (self.residual_weight[bucket] + self.strength)
+        return (self.residual_sum[bucket] + self.strength) / (
+            self.residual_weight[bucket] + self.strength
+        )
 
     def seconds(self, n: int) -> float:
         """Predicted verify seconds of an ``n``-node tree (root included); never below one node's,
@@ -347,7 +380,9 @@ class VerifyCost:
             self.residual_sum[k] *= self.forget
             self.residual_weight[k] *= self.forget
         bucket = self._bucket(n)
-        self.residual_sum[bucket] += level / self.scale  # relative to the level before this observation
+        self.residual_sum[bucket] += (
+            level / self.scale
+        )  # relative to the level before this observation
         self.residual_weight[bucket] += 1.0
         self.scale += (1 - self.decay) * (level - self.scale)
 
@@ -360,7 +395,9 @@ class Planner:
     and probe schedule), which dominates the shared estimates within a few steps.
     """
 
-    def __init__(self, profile: CostProfile, config: PlannerConfig | None = None, replayable: bool = False):
+    def __init__(
+        self, profile: CostProfile, config: PlannerConfig | None = None, replayable: bool = False
+    ):
         """``replayable``: ignore measured times (t(n) and the loop's rate come from the profile
         alone), so its choices depend only on what was accepted: a seeded request replays."""
         self.profile = profile
@@ -368,11 +405,15 @@ class Planner:
         self.config = config or PlannerConfig()
         self.calibrator = AcceptanceCalibrator()
         self.cost = VerifyCost(profile)  # t(n) at the current context, learned online
-        self.recent_tokens = self.recent_seconds = 0.0  # exponentially weighted sums over the observed steps
+        self.recent_tokens = self.recent_seconds = (
+            0.0  # exponentially weighted sums over the observed steps
+        )
         self.recent_draft_s = self.recent_steps = 0.0
         self.probe = ProbeSchedule()
         self.tilts = [RequestTilt() for _ in range(TILT_LEVELS)]
-        self._shadow: TokenTree | None = None  # the first level of a candidate not verified (see observe)
+        self._shadow: TokenTree | None = (
+            None  # the first level of a candidate not verified (see observe)
+        )
         self._chosen = self.config.max_nodes  # the last step's choice (see candidate_size)
         self._fresh = False  # begin_request: a request whose first tree is still to be judged
 
@@ -397,7 +438,9 @@ class Planner:
         decodes plainly only PLAIN_CANDIDATE, enough for the shadow's first level, a probe and a
         draft sure enough to start drafting again (the next step asks for the full size), at a
         fraction of the drafting and estimating time of a full candidate."""
-        return self.config.max_nodes if self._chosen else min(self.config.max_nodes, PLAIN_CANDIDATE)
+        return (
+            self.config.max_nodes if self._chosen else min(self.config.max_nodes, PLAIN_CANDIDATE)
+        )
 
     @property
     def rate(self) -> float:
@@ -406,7 +449,9 @@ class Planner:
         is paid either way)."""
         drafting = self.recent_draft_s / self.recent_steps if self.recent_steps else 0.0
         plain = 1.0 / (self.cost.seconds(1) + drafting)
-        return max(plain, self.recent_tokens / self.recent_seconds) if self.recent_seconds else plain
+        return (
+            max(plain, self.recent_tokens / self.recent_seconds) if self.recent_seconds else plain
+        )
 
     def estimates(self, tree: TokenTree) -> list[float]:
         """[n] acceptance estimates for this request: the shared calibration times its tilts."""
@@ -453,19 +498,29 @@ class Planner:
         return min(n, self.probe_size()) if self._fresh else n
 
     def probe_size(self) -> int:
-        """Nodes of a probe: up to PROBE_NODES, as long as verifying them costs at most PROBE_COST steps."""
+        """Nodes of a probe: up to PROBE_NODES, as long as verifying them costs at most PROBE_COST
+        steps."""
         limit = PROBE_COST * self.cost.seconds(1)
-        return max([1] + [n for n in range(1, PROBE_NODES + 1) if self.cost.seconds(n + 1) <= limit])
+        return max(
+            [1] + [n for n in range(1, PROBE_NODES + 1) if self.cost.seconds(n + 1) <= limit]
+        )
 
     def cut(self, tree: TokenTree, n: int) -> TokenTree:
-        """``tree`` restricted to its ``n`` drafted nodes with the highest estimates (ancestor-closed,
+        """``tree`` restricted to its ``n`` drafted nodes with the highest estimates
+        (ancestor-closed,
         see :meth:`TokenTree.ranked`)."""
         return tree.subset(tree.ranked(self.estimates(tree))[:n])
 
-    def observe(self, tree: TokenTree, acceptance: Acceptance, draft_s: float, verify_s: float | None) -> None:
+    def observe(
+        self, tree: TokenTree, acceptance: Acceptance, draft_s: float, verify_s: float | None
+    ) -> None:
         """Learn from a verified step: acceptance per node, drafting time, and the verify cost
-        (``verify_s`` None: the step's time says nothing about the tree, e.g. it carried prompt tokens)."""
-        judged, verdict = tree, acceptance  # what calibrates: the verified tree, or a plain step's shadow
+        (``verify_s`` None: the step's time says nothing about the tree, e.g. it carried prompt
+        tokens)."""
+        judged, verdict = (
+            tree,
+            acceptance,
+        )  # what calibrates: the verified tree, or a plain step's shadow
         if len(tree) == 1 and self._shadow is not None and self._shadow.tokens[0] == tree.tokens[0]:
             judged, verdict = self._shadow, shadow_acceptance(self._shadow, acceptance.bonus)
         self._shadow = None
@@ -486,7 +541,9 @@ class Planner:
         self.recent_steps = RATE_DECAY * self.recent_steps + 1
 
 
-def choose_batch(ranked: Sequence[Sequence[float]], seconds: Callable[[int], float], rate: float) -> list[int]:
+def choose_batch(
+    ranked: Sequence[Sequence[float]], seconds: Callable[[int], float], rate: float
+) -> list[int]:
     """How many drafted nodes of each sequence to verify when all of them share one forward.
 
     ``ranked[i]``: sequence i's acceptance estimates of its drafted nodes, descending (so any

@@ -21,7 +21,9 @@ MAX_K = 64  # larger k use torch.topk
 
 
 def _blocked(logits: torch.Tensor) -> bool:
-    return logits.device.type == "cpu" and logits.dim() == 2 and logits.shape[-1] >= MIN_BLOCKS * BLOCK
+    return (
+        logits.device.type == "cpu" and logits.dim() == 2 and logits.shape[-1] >= MIN_BLOCKS * BLOCK
+    )
 
 
 def _block_maxima(logits: torch.Tensor) -> torch.Tensor:
@@ -31,11 +33,12 @@ def _block_maxima(logits: torch.Tensor) -> torch.Tensor:
     maxima = logits[:, : full * BLOCK].reshape(n, full, BLOCK).amax(-1)
     if vocab == full * BLOCK:
         return maxima
-    return torch.cat([maxima, logits[:, full * BLOCK:].amax(-1, keepdim=True)], dim=-1)
+    return torch.cat([maxima, logits[:, full * BLOCK :].amax(-1, keepdim=True)], dim=-1)
 
 
 def _gather_blocks(logits: torch.Tensor, blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The logits of ``blocks`` [n, b] of each row: (values [n, b * BLOCK], vocabulary ids [n, b * BLOCK]),
+    """The logits of ``blocks`` [n, b] of each row: (values [n, b * BLOCK], vocabulary ids [n, b *
+    BLOCK]),
     in id order within each block; ids past the vocabulary (a short last block) hold -inf."""
     vocab = logits.shape[-1]
     ids = (blocks.unsqueeze(-1) * BLOCK + torch.arange(BLOCK)).flatten(1)
@@ -44,7 +47,8 @@ def _gather_blocks(logits: torch.Tensor, blocks: torch.Tensor) -> tuple[torch.Te
 
 
 def row_argmax(logits: torch.Tensor) -> torch.Tensor:
-    """[n, V] -> [n] long: each row's argmax (the first index of its maximum), as ``logits.argmax(-1)``."""
+    """[n, V] -> [n] long: each row's argmax (the first index of its maximum), as
+    ``logits.argmax(-1)``."""
     if not _blocked(logits):
         return logits.argmax(dim=-1)
     maxima = _block_maxima(logits)
@@ -56,7 +60,8 @@ def row_argmax(logits: torch.Tensor) -> torch.Tensor:
 
 
 def top_k(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """[n, V] -> (values [n, k], ids [n, k]): each row's k largest logits, descending, as ``logits.topk(k)``
+    """[n, V] -> (values [n, k], ids [n, k]): each row's k largest logits, descending, as
+    ``logits.topk(k)``
     (equal values may come with other ids of the same value)."""
     vocab = logits.shape[-1] if logits.dim() else 0
     if not _blocked(logits) or not 1 <= k <= min(MAX_K, vocab // BLOCK):

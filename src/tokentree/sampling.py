@@ -25,12 +25,15 @@ from .errors import TokentreeError
 from .reductions import row_argmax
 from .tree import TokenTree
 
-GREEDY_BELOW = 1e-5  # temperatures below this decode greedily (the limit T -> 0; logits / T would overflow)
+GREEDY_BELOW = (
+    1e-5  # temperatures below this decode greedily (the limit T -> 0; logits / T would overflow)
+)
 
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """Warping applied identically to target and draft distributions (HF order: T, top-k, top-p, min-p)."""
+    """Warping applied identically to target and draft distributions (HF order: T, top-k, top-p,
+    min-p)."""
 
     temperature: float = 0.0  # 0 (or below GREEDY_BELOW) = greedy
     top_k: int = 0  # 0 = off
@@ -99,12 +102,15 @@ class Draft:
 
     def __post_init__(self) -> None:
         if (self.q is None) != (self.draw is Draw.DETERMINISTIC):
-            raise ValueError(f"a {self.draw.name} draft {'needs' if self.q is None else 'takes no'} q")
+            raise ValueError(
+                f"a {self.draw.name} draft {'needs' if self.q is None else 'takes no'} q"
+            )
         if self.q is not None and self.q.shape[0] != len(self.tree):
             raise ValueError(f"q has {self.q.shape[0]} rows for a tree of {len(self.tree)} nodes")
 
     def capped(self, max_leaves: int | None) -> "Draft":
-        """This draft cut to its longest node prefix with at most ``max_leaves`` leaves (None: unchanged)."""
+        """This draft cut to its longest node prefix with at most ``max_leaves`` leaves (None:
+        unchanged)."""
         if max_leaves is None:
             return self
         m = self.tree.prefix_with_leaves(max_leaves)
@@ -148,7 +154,7 @@ def accept_greedy(tree: TokenTree, logits: torch.Tensor) -> Acceptance:
     _check_rows(tree, logits)
     nodes = [0]
     while True:
-        best = int(row_argmax(logits[nodes[-1]:nodes[-1] + 1])[0])
+        best = int(row_argmax(logits[nodes[-1] : nodes[-1] + 1])[0])
         child = tree.child_with_token(nodes[-1], best)
         if child is None:
             return Acceptance(tuple(nodes), best)
@@ -156,7 +162,8 @@ def accept_greedy(tree: TokenTree, logits: torch.Tensor) -> Acceptance:
 
 
 def residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """norm(max(p - q, 0)) for [V] rows; p itself if the difference vanishes (p == q up to rounding)."""
+    """norm(max(p - q, 0)) for [V] rows; p itself if the difference vanishes (p == q up to
+    rounding)."""
     rest = (p - q).clamp_min(0)
     total = rest.sum()
     return rest / total if total > 1e-12 else p
@@ -170,14 +177,22 @@ def _without(q: torch.Tensor, token: int) -> torch.Tensor:
     return q / total if total > 0 else q
 
 
-def _try_children(children: list[tuple[int, int]], p: torch.Tensor, q: torch.Tensor | None, draw: Draw,
-                  generator: torch.Generator) -> tuple[int | None, torch.Tensor]:
-    """Try ``(node, token)`` children in order at one node; the accepted node (or None) and the final p."""
+def _try_children(
+    children: list[tuple[int, int]],
+    p: torch.Tensor,
+    q: torch.Tensor | None,
+    draw: Draw,
+    generator: torch.Generator,
+) -> tuple[int | None, torch.Tensor]:
+    """Try ``(node, token)`` children in order at one node; the accepted node (or None) and the
+    final p."""
     for node, token in children:
         if draw is Draw.DETERMINISTIC:
             chance = p[token]
         else:
-            chance = torch.clamp(p[token] / q[token], max=1.0) if q[token] > 0 else torch.tensor(0.0)
+            chance = (
+                torch.clamp(p[token] / q[token], max=1.0) if q[token] > 0 else torch.tensor(0.0)
+            )
         if torch.rand((), generator=generator) < chance:
             return node, p
         if draw is Draw.DETERMINISTIC:
@@ -190,7 +205,8 @@ def _try_children(children: list[tuple[int, int]], p: torch.Tensor, q: torch.Ten
 
 
 def accept_sampled(draft: Draft, p: torch.Tensor, generator: torch.Generator) -> Acceptance:
-    """V-det / V-RRS / V-MSS by ``draft.draw``; the bonus is drawn from the residual at the first miss.
+    """V-det / V-RRS / V-MSS by ``draft.draw``; the bonus is drawn from the residual at the first
+    miss.
 
     p: [n, V] warped target probabilities (see :func:`warp`), row i = distribution after node i.
     """
@@ -209,7 +225,8 @@ def accept_sampled(draft: Draft, p: torch.Tensor, generator: torch.Generator) ->
 
 
 def _draft_row(draft: Draft, node: int, vocab_size: int) -> torch.Tensor:
-    """q at ``node`` [V]: the draft's own row, or one-hot at the child a deterministic drafter chose."""
+    """q at ``node`` [V]: the draft's own row, or one-hot at the child a deterministic drafter
+    chose."""
     if draft.q is not None:
         return draft.q[node]
     row = torch.zeros(vocab_size)
@@ -217,8 +234,11 @@ def _draft_row(draft: Draft, node: int, vocab_size: int) -> torch.Tensor:
     return row
 
 
-def accept_block(draft: Draft, p: torch.Tensor, generator: torch.Generator, start: int = 0) -> Acceptance:
-    """Block verification of the chain below ``start`` (any draw; a deterministic one has one-hot q).
+def accept_block(
+    draft: Draft, p: torch.Tensor, generator: torch.Generator, start: int = 0
+) -> Acceptance:
+    """Block verification of the chain below ``start`` (any draw; a deterministic one has one-hot
+    q).
 
     Along the chain x_1..x_g below node ``start`` (its own distributions taken as they are), with
     weights w_0 = 1, w_i = min(w_{i-1} p_{i-1}(x_i) / q_{i-1}(x_i), 1) (p_i, q_i: the rows at the
@@ -248,7 +268,9 @@ def accept_block(draft: Draft, p: torch.Tensor, generator: torch.Generator, star
         elif weights[-1] >= 1.0:
             chance = 1.0
         else:
-            mass = float((weights[-1] * p[node] - _draft_row(draft, node, vocab)).clamp_min(0).sum())
+            mass = float(
+                (weights[-1] * p[node] - _draft_row(draft, node, vocab)).clamp_min(0).sum()
+            )
             chance = mass / (mass + 1.0 - weights[-1])
         if float(torch.rand((), generator=generator)) < chance:
             stop = i
@@ -257,7 +279,9 @@ def accept_block(draft: Draft, p: torch.Tensor, generator: torch.Generator, star
     if stop < len(chain) - 1:
         difference = (weights[stop - first] * p[end] - _draft_row(draft, end, vocab)).clamp_min(0)
         rest = difference if difference.sum() > 1e-12 else rest  # multinomial normalises
-    return Acceptance(tuple(chain[: stop + 1]), int(torch.multinomial(rest, 1, generator=generator)))
+    return Acceptance(
+        tuple(chain[: stop + 1]), int(torch.multinomial(rest, 1, generator=generator))
+    )
 
 
 def accept_tree(draft: Draft, p: torch.Tensor, generator: torch.Generator) -> Acceptance:
@@ -307,12 +331,14 @@ class PositionNoise:
         return row
 
 
-def accept_coupled(tree: TokenTree, logits: torch.Tensor, params: SamplingParams, noise: PositionNoise,
-                   start: int) -> Acceptance:
+def accept_coupled(
+    tree: TokenTree, logits: torch.Tensor, params: SamplingParams, noise: PositionNoise, start: int
+) -> Acceptance:
     """Seeded sampling: V-greedy on Gumbel-perturbed warped log-probabilities.
 
     The token after a node of depth d is output position ``start + d``; it is argmax(log p + G) with
-    that position's noise (see :class:`PositionNoise`), and the child holding it, if any, is accepted.
+    that position's noise (see :class:`PositionNoise`), and the child holding it, if any, is
+    accepted.
     Lossless for any tree: every emitted token is the Gumbel-max draw from the target's own p at
     its position. logits: [n, V]; only the rows along the accepted path are warped.
     """
@@ -320,15 +346,19 @@ def accept_coupled(tree: TokenTree, logits: torch.Tensor, params: SamplingParams
     nodes = [0]
     while True:
         node = nodes[-1]
-        p = warp(logits[node:node + 1], params)[0]
-        token = int(row_argmax((p.log() + noise.at(start + tree.depths[node], p.shape[0]))[None])[0])
+        p = warp(logits[node : node + 1], params)[0]
+        token = int(
+            row_argmax((p.log() + noise.at(start + tree.depths[node], p.shape[0]))[None])[0]
+        )
         child = tree.child_with_token(node, token)
         if child is None:
             return Acceptance(tuple(nodes), token)
         nodes.append(child)
 
 
-def accept(draft: Draft, logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> Acceptance:
+def accept(
+    draft: Draft, logits: torch.Tensor, params: SamplingParams, generator: torch.Generator
+) -> Acceptance:
     """The lossless rule for ``draft`` under ``params``: V-greedy at temperature 0, else
     :func:`accept_tree` (the draw kind's token rule, block verification along chains)."""
     if params.greedy:

@@ -10,7 +10,8 @@ class GenerationStats:
     """Counters of one generation.
 
     accepted_hist maps "drafted tokens accepted in a step" to the number of such steps.
-    tokens_per_step (tau) counts every token a step emits, the bonus too: plain decoding has tau = 1,
+    tokens_per_step (tau) counts every token a step emits, the bonus too: plain decoding has tau =
+    1,
     and a step that accepted k drafted tokens emits k + 1 ("accepted" never counts the bonus).
     """
 
@@ -19,13 +20,17 @@ class GenerationStats:
     steps: int = 0
     drafted_tokens: int = 0
     accepted_hist: dict[int, int] = field(default_factory=dict)
-    prefill_s: float = 0.0  # the prompt but its last few tokens (those go with the first tree, in verify_s)
+    prefill_s: float = (
+        0.0  # the prompt but its last few tokens (those go with the first tree, in verify_s)
+    )
     draft_s: float = 0.0
     verify_s: float = 0.0
     total_s: float = 0.0
     capped_steps: int = 0  # steps whose tree was cut to the backend's sequence limit
 
-    def record_step(self, drafted: int, accepted: int, emitted: int, draft_s: float, verify_s: float) -> None:
+    def record_step(
+        self, drafted: int, accepted: int, emitted: int, draft_s: float, verify_s: float
+    ) -> None:
         self.steps += 1
         self.drafted_tokens += drafted
         self.new_tokens += emitted

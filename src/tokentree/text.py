@@ -23,7 +23,9 @@ class TextStream:
         self.token_ids: list[int] = []
         self.text = ""  # emitted so far
         self.stopped = False
-        self._head = 0  # token_ids[:_head] decode to _head_text, and no later token changes that text
+        self._head = (
+            0  # token_ids[:_head] decode to _head_text, and no later token changes that text
+        )
         self._head_text = ""
 
     def _decode(self, ids: Sequence[int]) -> str:
@@ -31,13 +33,16 @@ class TextStream:
 
     def _full_text(self) -> str:
         """The text of all tokens, decoding only those after the head (with a few tokens before it
-        as context: tokenizers that drop a leading space need them), so a step costs O(new tokens)."""
-        context = self.token_ids[max(0, self._head - LEFT_CONTEXT):self._head]
-        left, both = self._decode(context), self._decode(context + self.token_ids[self._head:])
-        if not both.startswith(left) or left.endswith("\ufffd"):  # the tokenizer merged across the boundary
+        as context: tokenizers that drop a leading space need them), so a step costs O(new
+        tokens)."""
+        context = self.token_ids[max(0, self._head - LEFT_CONTEXT) : self._head]
+        left, both = self._decode(context), self._decode(context + self.token_ids[self._head :])
+        if not both.startswith(left) or left.endswith(
+            "\ufffd"
+        ):  # the tokenizer merged across the boundary
             self._head, self._head_text = 0, ""
             return self._decode(self.token_ids)
-        tail = both[len(left):]
+        tail = both[len(left) :]
         if not tail.endswith("\ufffd"):  # every character complete: later tokens cannot change it
             self._head, self._head_text = len(self.token_ids), self._head_text + tail
             return self._head_text
@@ -65,7 +70,7 @@ class TextStream:
         return self._emit(self._full_text())
 
     def _emit(self, upto: str) -> str:
-        piece = upto[len(self.text):]
+        piece = upto[len(self.text) :]
         self.text = upto
         return piece
 

@@ -32,7 +32,9 @@ class TokenTree:
     def __post_init__(self) -> None:
         n = len(self.tokens)
         if n == 0 or len(self.parents) != n:
-            raise ValueError(f"tree needs n >= 1 tokens and n parents, got {n} and {len(self.parents)}")
+            raise ValueError(
+                f"tree needs n >= 1 tokens and n parents, got {n} and {len(self.parents)}"
+            )
         if self.parents[0] != -1:
             raise ValueError("node 0 is the root and must have parent -1")
         for i, p in enumerate(self.parents[1:], start=1):
@@ -48,7 +50,9 @@ class TokenTree:
         return cls((int(token),), (-1,), (1.0,))
 
     @classmethod
-    def chain(cls, root: int, tokens: Sequence[int], scores: Sequence[float] | None = None) -> TokenTree:
+    def chain(
+        cls, root: int, tokens: Sequence[int], scores: Sequence[float] | None = None
+    ) -> TokenTree:
         """Root followed by a single path of ``tokens`` (scores: [len(tokens)] or None)."""
         return cls.from_paths(root, [list(tokens)], None if scores is None else [list(scores)])
 
@@ -104,7 +108,8 @@ class TokenTree:
 
     @cached_property
     def preorder(self) -> tuple[int, ...]:
-        """Nodes depth-first, first child first: the path through first children comes first, contiguous."""
+        """Nodes depth-first, first child first: the path through first children comes first,
+        contiguous."""
         order, stack = [], [0]
         while stack:
             node = stack.pop()
@@ -136,7 +141,8 @@ class TokenTree:
 
     @cached_property
     def chain_below(self) -> tuple[bool, ...]:
-        """[n] whether the subtree of each node is one path (the whole tree's: ``chain_below[0]``)."""
+        """[n] whether the subtree of each node is one path (the whole tree's:
+        ``chain_below[0]``)."""
         flags = [True] * len(self)
         for i in reversed(range(len(self))):
             kids = self.children[i]
@@ -160,7 +166,8 @@ class TokenTree:
         return None
 
     def follow(self, tokens: Sequence[int]) -> list[int]:
-        """Nodes from the root along ``tokens`` (``tokens[0]`` is the root's), as far as the tree has them."""
+        """Nodes from the root along ``tokens`` (``tokens[0]`` is the root's), as far as the tree
+        has them."""
         nodes = [0]
         for token in tokens[1:]:
             child = self.child_with_token(nodes[-1], token)
@@ -184,12 +191,15 @@ class TokenTree:
 
     def behind(self, lead: Sequence[int]) -> TokenTree:
         """``lead`` as a chain with this tree hanging from its last token: what one forward takes
-        when tokens still missing from a cache go ahead of a tree (its nodes move up by len(lead))."""
+        when tokens still missing from a cache go ahead of a tree (its nodes move up by
+        len(lead))."""
         if not lead:
             return self
         shift = len(lead)
-        return TokenTree(tuple(int(t) for t in lead) + self.tokens,
-                         tuple(range(-1, shift - 1)) + tuple(p + shift for p in self.parents))
+        return TokenTree(
+            tuple(int(t) for t in lead) + self.tokens,
+            tuple(range(-1, shift - 1)) + tuple(p + shift for p in self.parents),
+        )
 
     # ----------------------------------------------------------------- editing
     def best(self, n: int) -> TokenTree:
@@ -202,7 +212,8 @@ class TokenTree:
         return self.subset(self.ranked()[:n])
 
     def ranked(self, scores: Sequence[float] | None = None) -> list[int]:
-        """Every node below the root, best first, by ``scores`` (default: the tree's): a node's worth
+        """Every node below the root, best first, by ``scores`` (default: the tree's): a node's
+        worth
         is the smallest score on its path, so a child never outranks its parent, and ties go to
         shallower, then earlier, nodes. Any prefix of the list is ancestor-closed (the one n-best
         routine: drafters, the planner's cut and DySpec's growth all use it)."""
@@ -212,7 +223,8 @@ class TokenTree:
         return sorted(range(1, len(self)), key=lambda i: (-worth[i], self.depths[i], i))
 
     def prefix_with_leaves(self, max_leaves: int) -> int:
-        """The largest ``m`` such that the first ``m`` nodes form a tree of at most ``max_leaves`` leaves.
+        """The largest ``m`` such that the first ``m`` nodes form a tree of at most ``max_leaves``
+        leaves.
 
         Dropping nodes from the end only ever truncates sibling sequences, so a sampled draft cut
         this way is still a valid draw (the acceptance rules stay lossless).

@@ -15,7 +15,8 @@ from ..tree import TokenTree
 
 
 def shared_prefix(cached: Sequence[int], wanted: Sequence[int]) -> int:
-    """How many leading tokens ``cached`` and ``wanted`` have in common (what a prefill can keep)."""
+    """How many leading tokens ``cached`` and ``wanted`` have in common (what a prefill can
+    keep)."""
     shared = 0
     for a, b in zip(cached, wanted):
         if a != b:
@@ -56,7 +57,8 @@ class Backend(Protocol):
         ...
 
     def commit(self, nodes: Sequence[int]) -> None:
-        """Keep the cache entries of the verified tree's ``nodes`` (ascending, from 0); drop the rest."""
+        """Keep the cache entries of the verified tree's ``nodes`` (ascending, from 0); drop the
+        rest."""
         ...
 
 
@@ -88,7 +90,8 @@ class BatchTarget(Protocol):
         ...
 
     def adopt(self, slot: int, source: int, count: int) -> None:
-        """Let lane ``slot`` start from the first ``count`` cached tokens of lane ``source`` (a shared
+        """Let lane ``slot`` start from the first ``count`` cached tokens of lane ``source`` (a
+        shared
         prompt prefix is forwarded once)."""
         ...
 

@@ -41,17 +41,22 @@ def check_tree_support(model: torch.nn.Module) -> None:
     config = model.config.get_text_config()
     kind = getattr(config, "model_type", type(model).__name__)
     if getattr(model, "_is_stateful", False):
-        raise UnsupportedModelError(f"model type '{kind}' keeps a recurrent state; tree verification needs a KV cache")
+        raise UnsupportedModelError(
+            f"model type '{kind}' keeps a recurrent state; tree verification needs a KV cache"
+        )
     layer_types = set(getattr(config, "layer_types", None) or ["full_attention"])
     if not layer_types <= SUPPORTED_LAYER_TYPES:
         odd = sorted(layer_types - SUPPORTED_LAYER_TYPES)
-        raise UnsupportedModelError(f"model type '{kind}' has attention layers {odd} that cannot take a tree mask")
+        raise UnsupportedModelError(
+            f"model type '{kind}' has attention layers {odd} that cannot take a tree mask"
+        )
     if model.config._attn_implementation not in MASKABLE_ATTENTION:
         try:
             model.set_attn_implementation("sdpa")
         except Exception as exc:  # noqa: BLE001 - transformers raises several types here
             raise UnsupportedModelError(
-                f"model type '{kind}' uses attention '{model.config._attn_implementation}', which cannot take a "
+                f"model type '{kind}' uses attention '{model.config._attn_implementation}', which "
+                "cannot take a "
                 f"tree mask, and cannot switch to sdpa: {exc}"
             ) from exc
 
@@ -106,7 +111,7 @@ class HFBackend:
         self._tokens = self._tokens[:shared]
         self._pending = None
         held = min(defer, len(token_ids) - shared)
-        self._lead = token_ids[len(token_ids) - held:] if held else []
+        self._lead = token_ids[len(token_ids) - held :] if held else []
         forwarded = len(token_ids) - held
         for start in range(shared, forwarded, PREFILL_CHUNK):
             chunk = token_ids[start : min(start + PREFILL_CHUNK, forwarded)]
@@ -126,22 +131,31 @@ class HFBackend:
 
     @torch.inference_mode()
     def grow(self, tree: TokenTree, start: int) -> torch.Tensor:
-        """Forward nodes ``tree[start:]``; nodes ``tree[:start]`` were forwarded by the previous call.
+        """Forward nodes ``tree[start:]``; nodes ``tree[:start]`` were forwarded by the previous
+        call.
 
         Lets a draft model grow a tree level by level with one forward per level. Returns
         [n - start, V] float32 logits; ``commit`` then keeps forwarded nodes only.
         """
         if start > 0:
             pending = self._pending
-            if pending is None or len(pending) != start or pending.tokens != tree.tokens[:start] or (
-                    pending.parents != tree.parents[:start]):
+            if (
+                pending is None
+                or len(pending) != start
+                or pending.tokens != tree.tokens[:start]
+                or (pending.parents != tree.parents[:start])
+            ):
                 raise RuntimeError("grow must extend the tree forwarded by the previous call")
         elif self._lead:
             return self._grow_after_lead(tree)
         prefix = len(self._tokens)
         mask = self._mask(tree, prefix)
         if mask is not None:
-            mask = {k: m[:, :, start:] for k, m in mask.items()} if isinstance(mask, dict) else mask[:, :, start:]
+            mask = (
+                {k: m[:, :, start:] for k, m in mask.items()}
+                if isinstance(mask, dict)
+                else mask[:, :, start:]
+            )
         out = self.model(
             input_ids=torch.tensor([tree.tokens[start:]], device=self.device),
             position_ids=tree.positions(prefix)[start:].to(self.device)[None],
@@ -158,7 +172,7 @@ class HFBackend:
         logits = self.grow(tree.behind(lead), 0)
         self._tokens.extend(lead)
         self._pending = tree
-        return logits[len(lead):]
+        return logits[len(lead) :]
 
     def _mask(self, tree: TokenTree, prefix: int) -> torch.Tensor | dict[str, torch.Tensor] | None:
         if len(tree) == 1:

@@ -34,7 +34,8 @@ from .lane_attention import LanePlan, use_lane_attention
 
 
 class PackedLane:
-    """One sequence of a :class:`PackedBatch`: the :class:`~tokentree.backends.Backend` contract over
+    """One sequence of a :class:`PackedBatch`: the :class:`~tokentree.backends.Backend` contract
+    over
     its cells of the shared cache."""
 
     max_leaves = None  # a mask takes any tree
@@ -65,9 +66,16 @@ class PackedLane:
         self.cells, self._tokens, self._lead, self._pending = [], [], [], None
 
     def adopt(self, source: PackedLane, count: int) -> None:
-        """Start from the first ``count`` cached tokens of ``source``: the same cells, no forward."""
-        if source.batch is not self.batch or source._pending is not None or count > len(source._tokens):
-            raise ValueError("adopt needs a lane of the same batch, between steps, with that many tokens")
+        """Start from the first ``count`` cached tokens of ``source``: the same cells, no
+        forward."""
+        if (
+            source.batch is not self.batch
+            or source._pending is not None
+            or count > len(source._tokens)
+        ):
+            raise ValueError(
+                "adopt needs a lane of the same batch, between steps, with that many tokens"
+            )
         self.reset()
         self.cells, self._tokens = source.cells[:count], source._tokens[:count]
 
@@ -80,7 +88,7 @@ class PackedLane:
         self._lead = []
         forwarded = len(token_ids) - min(defer, len(token_ids) - shared)
         for start in range(shared, forwarded, PREFILL_CHUNK):
-            chunk = token_ids[start:min(start + PREFILL_CHUNK, forwarded)]
+            chunk = token_ids[start : min(start + PREFILL_CHUNK, forwarded)]
             self.batch.forward([self], [TokenTree.chain(chunk[0], chunk[1:])], logits=False)
             self.commit(range(len(chunk)))
         self._lead = token_ids[forwarded:]
@@ -95,7 +103,6 @@ class PackedLane:
         self.cells.extend(first + i for i in nodes)
         self._tokens.extend(tree.tokens[i] for i in nodes)
         self._pending = None
-
 
 
 class PackedBatch(LaneSlots):
@@ -113,10 +120,13 @@ class PackedBatch(LaneSlots):
         self.vocab_size = int(config.vocab_size)
         layer_types = set(getattr(config, "layer_types", None) or [])
         self.sliding_window = config.sliding_window if "sliding_attention" in layer_types else None
-        # attention over each lane's own cells (sliding-window layers would need a window per layer type)
+        # attention over each lane's own cells (sliding-window layers would need a window per layer
+        # type)
         self.lane_attention = self.sliding_window is None and use_lane_attention(self.model)
         self.cache = kvcache.new_cache()
-        self.cell_positions = torch.empty(0, dtype=torch.long)  # [cells] each cell's position in its lane
+        self.cell_positions = torch.empty(
+            0, dtype=torch.long
+        )  # [cells] each cell's position in its lane
         self.lanes = [PackedLane(self) for _ in range(max_batch)]
 
     @property
@@ -140,7 +150,9 @@ class PackedBatch(LaneSlots):
         """Forward every lane's tree (behind its held-back lead) in one call; the trees' logits, or
         None with ``logits=False`` (a prefill, which keeps only one row's)."""
         if any(lane._pending is not None for lane in self.lanes):
-            raise RuntimeError("a lane's verified tree is not committed yet (verify called twice without commit)")
+            raise RuntimeError(
+                "a lane's verified tree is not committed yet (verify called twice without commit)"
+            )
         self._collect()
         cells = kvcache.length(self.cache)
         joined = [tree.behind(lane._lead) for lane, tree in zip(lanes, trees, strict=True)]
@@ -166,10 +178,15 @@ class PackedBatch(LaneSlots):
         if not logits:
             return None
         table = out.logits[0]
-        return [table[begin:begin + n].float() for begin, n in rows]
+        return [table[begin : begin + n].float() for begin, n in rows]
 
-    def _mask(self, lanes: Sequence[PackedLane], trees: Sequence[TokenTree], cells: int,
-              positions: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+    def _mask(
+        self,
+        lanes: Sequence[PackedLane],
+        trees: Sequence[TokenTree],
+        cells: int,
+        positions: torch.Tensor,
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
         """Additive [1, 1, Q, cells + Q] mask: a node sees its lane's cells and its own ancestors
         (and, on sliding-window layers, only keys less than the window behind it)."""
         queries = len(positions)
@@ -179,7 +196,7 @@ class PackedBatch(LaneSlots):
             end = begin + len(tree)
             if lane.cells:
                 visible[begin:end, lane.cells] = True
-            visible[begin:end, cells + begin:cells + end] = tree.ancestor_mask
+            visible[begin:end, cells + begin : cells + end] = tree.ancestor_mask
             begin = end
         full = self._additive(visible)
         if self.sliding_window is None:
@@ -188,10 +205,15 @@ class PackedBatch(LaneSlots):
         near = (positions[:, None] - keys[None, :]) < self.sliding_window
         return {"full_attention": full, "sliding_attention": self._additive(visible & near)}
 
-    def _plan(self, lanes: Sequence[PackedLane], trees: Sequence[TokenTree], cells: int) -> LanePlan:
+    def _plan(
+        self, lanes: Sequence[PackedLane], trees: Sequence[TokenTree], cells: int
+    ) -> LanePlan:
         """What lane attention needs (see :class:`LanePlan`): each lane's queries, the keys they see
         (its cells, then its tree's own rows) and their ancestry."""
-        n, k = max(len(t) for t in trees), max(len(lane.cells) + len(t) for lane, t in zip(lanes, trees))
+        n, k = (
+            max(len(t) for t in trees),
+            max(len(lane.cells) + len(t) for lane, t in zip(lanes, trees)),
+        )
         queries = torch.zeros(len(lanes), n, dtype=torch.long)
         keys = torch.zeros(len(lanes), k, dtype=torch.long)
         visible = torch.zeros(len(lanes), n, k, dtype=torch.bool)
@@ -201,18 +223,27 @@ class PackedBatch(LaneSlots):
             size, seen = len(tree), len(lane.cells)
             queries[i] = begin
             queries[i, :size] = torch.arange(begin, begin + size)
-            keys[i, :seen + size] = torch.tensor(lane.cells + list(range(cells + begin, cells + begin + size)))
+            keys[i, : seen + size] = torch.tensor(
+                lane.cells + list(range(cells + begin, cells + begin + size))
+            )
             visible[i, :size, :seen] = True
-            visible[i, :size, seen:seen + size] = tree.ancestor_mask
-            visible[i, :size, seen + size:] = False
+            visible[i, :size, seen : seen + size] = tree.ancestor_mask
+            visible[i, :size, seen + size :] = False
             rows.extend(range(i * n, i * n + size))
             begin += size
         mask = self._additive(visible)[0, 0][:, None]  # [B, 1, n, k]
-        return LanePlan(queries.to(self.device), keys.to(self.device), mask, torch.tensor(rows, device=self.device))
+        return LanePlan(
+            queries.to(self.device),
+            keys.to(self.device),
+            mask,
+            torch.tensor(rows, device=self.device),
+        )
 
     def _additive(self, visible: torch.Tensor) -> torch.Tensor:
         dtype = self.model.dtype
-        mask = torch.zeros(visible.shape, dtype=dtype).masked_fill_(~visible, torch.finfo(dtype).min)
+        mask = torch.zeros(visible.shape, dtype=dtype).masked_fill_(
+            ~visible, torch.finfo(dtype).min
+        )
         return mask[None, None].to(self.device)
 
     def _collect(self) -> None:

@@ -39,27 +39,50 @@ class LanePlan:
     rows: torch.Tensor
 
 
-def lane_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                   attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
-                   lanes: LanePlan | None = None, **kwargs) -> tuple[torch.Tensor, None]:
-    """query [1, H, Q, D], key/value [1, KVH, K, D] -> ([1, Q, H, D], None), as transformers expects.
+def lane_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    lanes: LanePlan | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """query [1, H, Q, D], key/value [1, KVH, K, D] -> ([1, Q, H, D], None), as transformers
+    expects.
 
     With a plan: the lanes as the rows of one SDPA call, each key/value head with its group of query
     heads packed as more queries ([B, KVH, groups * n, D] against [B, KVH, k, D]: on a CPU far
     cheaper than SDPA's own grouped-query path, which walks every query head over the keys)."""
     if lanes is None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
-                                      **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
+        )
     (count, n), k = lanes.queries.shape, lanes.keys.shape[1]
     heads, kv_heads, dim = query.shape[1], key.shape[1], query.shape[-1]
-    groups = heads // kv_heads  # query heads per key/value head: packed as more queries of that head
+    groups = (
+        heads // kv_heads
+    )  # query heads per key/value head: packed as more queries of that head
     q = query[0].index_select(1, lanes.queries.flatten()).view(heads, count, n, dim).transpose(0, 1)
     q = q.reshape(count, kv_heads, groups * n, dim)
-    keys = key[0].index_select(1, lanes.keys.flatten()).view(kv_heads, count, k, dim).transpose(0, 1)
-    values = value[0].index_select(1, lanes.keys.flatten()).view(kv_heads, count, k, -1).transpose(0, 1)
+    keys = (
+        key[0].index_select(1, lanes.keys.flatten()).view(kv_heads, count, k, dim).transpose(0, 1)
+    )
+    values = (
+        value[0].index_select(1, lanes.keys.flatten()).view(kv_heads, count, k, -1).transpose(0, 1)
+    )
     mask = lanes.mask.repeat(1, 1, groups, 1) if groups > 1 else lanes.mask
-    out = torch.nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scaling)
-    out = out.view(count, heads, n, -1).transpose(1, 2).reshape(count * n, heads, -1).index_select(0, lanes.rows)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q, keys, values, attn_mask=mask, scale=scaling
+    )
+    out = (
+        out.view(count, heads, n, -1)
+        .transpose(1, 2)
+        .reshape(count * n, heads, -1)
+        .index_select(0, lanes.rows)
+    )
     return out[None], None
 
 

@@ -1,4 +1,5 @@
-"""llama.cpp backend over llama-cpp-python's low-level API: GGUF models, a tree in one ``llama_decode``.
+"""llama.cpp backend over llama-cpp-python's low-level API: GGUF models, a tree in one
+``llama_decode``.
 
 Tree attention is expressed with sequence ids (see :mod:`tokentree.backends.sequences`); the
 context's KV cells are shared by all sequences (a unified KV cache), so copying the context into
@@ -35,7 +36,8 @@ def import_llama_cpp():
         import llama_cpp
     except ImportError as exc:
         raise TokentreeError(
-            f"the llama.cpp backend needs llama-cpp-python: pip install 'tokentree[llamacpp]' ({LLAMA_CPP_PIN})"
+            "the llama.cpp backend needs llama-cpp-python: pip install 'tokentree[llamacpp]' "
+            f"({LLAMA_CPP_PIN})"
         ) from exc
     logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp logs: errors only
     return llama_cpp
@@ -58,8 +60,11 @@ class LlamaCppConfig:
     n_ctx: int = 4096  # KV cache size in tokens (prompt + generation + one tree)
     n_batch: int = 512  # the largest batch one llama_decode takes (prefill chunk, tree size)
     max_sequences: int = 64  # root-to-leaf paths per tree (llama.cpp allows at most 256)
-    flash_attn: bool = True  # on the CPU its results do not depend on the batch size, so a verified tree
-    # scores every node exactly as one-token decoding would (without it they differ by up to ~1 logit)
+    flash_attn: bool = (
+        True  # on the CPU its results do not depend on the batch size, so a verified tree
+    )
+    # scores every node exactly as one-token decoding would (without it they differ by up to ~1
+    # logit)
 
     def __post_init__(self) -> None:
         if self.threads is not None and self.threads < 1:
@@ -75,7 +80,8 @@ class LlamaCppConfig:
 
 
 class LlamaCppModel:
-    """A GGUF model and one llama.cpp context (its KV cache); freed by :meth:`close` or on collection."""
+    """A GGUF model and one llama.cpp context (its KV cache); freed by :meth:`close` or on
+    collection."""
 
     def __init__(self, path: str | Path, config: LlamaCppConfig | None = None):
         self.lib = import_llama_cpp()
@@ -84,17 +90,23 @@ class LlamaCppModel:
         if not self.path.is_file():
             raise TokentreeError(f"no such GGUF file: {path}")
         if not is_gguf(self.path):
-            raise TokentreeError(f"{path} is not a GGUF file (the llama.cpp backend reads .gguf models)")
+            raise TokentreeError(
+                f"{path} is not a GGUF file (the llama.cpp backend reads .gguf models)"
+            )
         lib = self.lib
         lib.llama_backend_init()
-        self.model_p = lib.llama_model_load_from_file(str(self.path).encode(), lib.llama_model_default_params())
+        self.model_p = lib.llama_model_load_from_file(
+            str(self.path).encode(), lib.llama_model_default_params()
+        )
         if not self.model_p:
             raise TokentreeError(f"llama.cpp could not load {path}")
         self.ctx = lib.llama_init_from_model(self.model_p, self._context_params())
         if not self.ctx:
             lib.llama_model_free(self.model_p)
             self.model_p = None
-            raise TokentreeError(f"llama.cpp could not create a context for {path} (n_ctx {self.config.n_ctx})")
+            raise TokentreeError(
+                f"llama.cpp could not create a context for {path} (n_ctx {self.config.n_ctx})"
+            )
         self.vocab = lib.llama_model_get_vocab(self.model_p)
         self.vocab_size = int(lib.llama_vocab_n_tokens(self.vocab))
         self.memory = lib.llama_get_memory(self.ctx)
@@ -110,14 +122,19 @@ class LlamaCppModel:
         params.kv_unified = True  # one token may belong to several sequences (shared tree nodes)
         params.swa_full = True  # sliding-window layers keep every cell, so any tree can be verified
         params.no_perf = True
-        params.flash_attn_type = (self.lib.LLAMA_FLASH_ATTN_TYPE_ENABLED if self.config.flash_attn
-                                  else self.lib.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+        params.flash_attn_type = (
+            self.lib.LLAMA_FLASH_ATTN_TYPE_ENABLED
+            if self.config.flash_attn
+            else self.lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
         return params
 
     @cached_property
     def eos_ids(self) -> frozenset[int]:
         """Every end-of-generation token of the GGUF vocabulary (what llama.cpp itself stops on)."""
-        return frozenset(t for t in range(self.vocab_size) if self.lib.llama_vocab_is_eog(self.vocab, t))
+        return frozenset(
+            t for t in range(self.vocab_size) if self.lib.llama_vocab_is_eog(self.vocab, t)
+        )
 
     @property
     def context_limit(self) -> int:
@@ -127,11 +144,14 @@ class LlamaCppModel:
         """One ``llama_decode`` of ``rows``; their flagged rows' logits are then :meth:`logits`."""
         batch, lib = self.batch, self.lib
         if len(rows.tokens) > self.config.n_batch:
-            raise TokentreeError(f"a batch of {len(rows.tokens)} tokens exceeds the llama.cpp batch of "
-                                 f"{self.config.n_batch}")
+            raise TokentreeError(
+                f"a batch of {len(rows.tokens)} tokens exceeds the llama.cpp batch of "
+                f"{self.config.n_batch}"
+            )
         batch.n_tokens = len(rows.tokens)
-        for i, (token, pos, seqs, out) in enumerate(zip(rows.tokens, rows.positions, rows.seq_ids, rows.outputs,
-                                                        strict=True)):
+        for i, (token, pos, seqs, out) in enumerate(
+            zip(rows.tokens, rows.positions, rows.seq_ids, rows.outputs, strict=True)
+        ):
             batch.token[i] = token
             batch.pos[i] = pos
             batch.n_seq_id[i] = len(seqs)
@@ -141,14 +161,17 @@ class LlamaCppModel:
         code = lib.llama_decode(self.ctx, batch)
         self.decoded_rows += len(rows.tokens) if code == 0 else 0
         if code != 0:
-            raise TokentreeError(f"llama_decode failed with code {code} on a batch of {len(rows.tokens)} tokens"
-                                 + (" (the KV cache is full: raise --n-ctx)" if code == 1 else ""))
+            raise TokentreeError(
+                f"llama_decode failed with code {code} on a batch of {len(rows.tokens)} tokens"
+                + (" (the KV cache is full: raise --n-ctx)" if code == 1 else "")
+            )
 
     def logits(self, rows: int) -> torch.Tensor:
         """[rows, V] float32: a copy of the last decode's output logits, in batch order."""
         pointer = self.lib.llama_get_logits(self.ctx)
-        array = np.ctypeslib.as_array(ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)),
-                                      shape=(rows, self.vocab_size))
+        array = np.ctypeslib.as_array(
+            ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)), shape=(rows, self.vocab_size)
+        )
         return torch.from_numpy(array.copy())
 
     def close(self) -> None:
@@ -191,19 +214,33 @@ class LlamaCppBackend:
     is empty (see :class:`tokentree.batch.BatchEngine`).
     """
 
-    def __init__(self, model: LlamaCppModel, in_order: bool = True, sequences: range | None = None,
-                 trash: int | None = None):
+    def __init__(
+        self,
+        model: LlamaCppModel,
+        in_order: bool = True,
+        sequences: range | None = None,
+        trash: int | None = None,
+    ):
         self.model = model
         self.in_order = in_order
         self.lib = model.lib
         self.vocab_size = model.vocab_size
         self.sequences = range(model.config.max_sequences) if sequences is None else sequences
-        if not self.sequences or self.sequences.step != 1 or not (
-                0 <= self.sequences.start and self.sequences.stop <= model.config.max_sequences):
-            raise ValueError(f"sequence ids {self.sequences} are not a block of the context's "
-                             f"{model.config.max_sequences}")
-        if trash is not None and (trash in self.sequences or not 0 <= trash < model.config.max_sequences):
-            raise ValueError(f"the trash sequence {trash} must be a sequence id outside {self.sequences}")
+        if (
+            not self.sequences
+            or self.sequences.step != 1
+            or not (0 <= self.sequences.start and self.sequences.stop <= model.config.max_sequences)
+        ):
+            raise ValueError(
+                f"sequence ids {self.sequences} are not a block of the context's "
+                f"{model.config.max_sequences}"
+            )
+        if trash is not None and (
+            trash in self.sequences or not 0 <= trash < model.config.max_sequences
+        ):
+            raise ValueError(
+                f"the trash sequence {trash} must be a sequence id outside {self.sequences}"
+            )
         self.trash = trash
         self.max_leaves = len(self.sequences)
         self.capacity = model.config.n_batch
@@ -212,8 +249,13 @@ class LlamaCppBackend:
         self._tokens: list[int] = []
         self._pending: TokenTree | None = None
         self._order: tuple[int, ...] = ()  # the pending tree's nodes in the order they were decoded
-        self._lead: list[int] = []  # prefill tokens held back for the next tree's batch (see prefill)
-        self._staged: tuple[int, tuple[int, ...]] = (0, ())  # (start, decode order) of the staged rows
+        self._lead: list[
+            int
+        ] = []  # prefill tokens held back for the next tree's batch (see prefill)
+        self._staged: tuple[int, tuple[int, ...]] = (
+            0,
+            (),
+        )  # (start, decode order) of the staged rows
         self.redecoded = 0  # accepted tokens decoded again to keep the cells in order
 
     @property
@@ -252,9 +294,14 @@ class LlamaCppBackend:
         forwarded = len(token_ids) - held
         self._lead = token_ids[forwarded:]
         for begin in range(shared, forwarded, self.capacity):
-            chunk = token_ids[begin:min(begin + self.capacity, forwarded)]
+            chunk = token_ids[begin : min(begin + self.capacity, forwarded)]
             rows = BatchRows()
-            rows.add(chunk, range(begin, begin + len(chunk)), [(self.context_seq,)] * len(chunk), outputs=1)
+            rows.add(
+                chunk,
+                range(begin, begin + len(chunk)),
+                [(self.context_seq,)] * len(chunk),
+                outputs=1,
+            )
             self.model.decode(rows)
             self._tokens.extend(chunk)
 
@@ -262,10 +309,18 @@ class LlamaCppBackend:
         """Start from the first ``count`` cached tokens of ``source`` (another backend over the same
         model): its cells get this backend's context sequence too, so a shared prompt prefix is
         decoded once (bookkeeping in the unified cache, no data moves)."""
-        if source.model is not self.model or source.pending is not None or count > len(source._tokens):
-            raise ValueError("adopt needs a backend over the same model, between steps, with that many tokens")
+        if (
+            source.model is not self.model
+            or source.pending is not None
+            or count > len(source._tokens)
+        ):
+            raise ValueError(
+                "adopt needs a backend over the same model, between steps, with that many tokens"
+            )
         self.reset()
-        self.lib.llama_memory_seq_cp(self.model.memory, source.context_seq, self.context_seq, 0, count)
+        self.lib.llama_memory_seq_cp(
+            self.model.memory, source.context_seq, self.context_seq, 0, count
+        )
         self._tokens = source._tokens[:count]
 
     def verify(self, tree: TokenTree) -> torch.Tensor:
@@ -285,29 +340,41 @@ class LlamaCppBackend:
     def stage(self, tree: TokenTree, start: int) -> BatchRows:
         """Plan the forward of ``tree[start:]``: copy the cells its new branches need and return its
         batch rows; :meth:`absorb` takes the logits once they are decoded (alone or in a batch)."""
-        if start > 0 and (self._pending is None or len(self._pending) != start
-                          or self._pending.parents != tree.parents[:start]):
+        if start > 0 and (
+            self._pending is None
+            or len(self._pending) != start
+            or self._pending.parents != tree.parents[:start]
+        ):
             raise RuntimeError("grow must extend the tree forwarded by the previous call")
         lead = self._lead if start == 0 else []
         if len(lead) + len(tree) - start > self.capacity:
-            raise TokentreeError(f"a tree of {len(tree) - start} new nodes exceeds the llama.cpp batch of "
-                                 f"{self.capacity}")
+            raise TokentreeError(
+                f"a tree of {len(tree) - start} new nodes exceeds the llama.cpp batch of "
+                f"{self.capacity}"
+            )
         self._check_room(len(self._tokens) + len(lead) + max(tree.depths) + 1)
         prefix = len(self._tokens) + len(lead)
         try:
             plan = self.book.plan(tree, start, prefix)
         except ValueError as exc:
-            raise TokentreeError(f"llama.cpp backend: {exc} (cap the tree's leaves at {self.max_leaves})") from exc
+            raise TokentreeError(
+                f"llama.cpp backend: {exc} (cap the tree's leaves at {self.max_leaves})"
+            ) from exc
         base = self.sequences.start
         for source, target, end in plan.copies:
             self.lib.llama_memory_seq_cp(self.model.memory, base + source, base + target, -1, end)
         order = tree.preorder if self.in_order and start == 0 else tuple(range(start, len(tree)))
-        every_seq = tuple(sorted({base + seq for seqs in plan.seq_ids for seq in seqs} | {self.context_seq}))
+        every_seq = tuple(
+            sorted({base + seq for seqs in plan.seq_ids for seq in seqs} | {self.context_seq})
+        )
         rows = BatchRows()
-        rows.add(lead + [tree.tokens[i] for i in order],
-                 [*range(prefix - len(lead), prefix), *(prefix + tree.depths[i] for i in order)],
-                 [every_seq] * len(lead) + [tuple(base + s for s in plan.seq_ids[i - start]) for i in order],
-                 outputs=len(order))
+        rows.add(
+            lead + [tree.tokens[i] for i in order],
+            [*range(prefix - len(lead), prefix), *(prefix + tree.depths[i] for i in order)],
+            [every_seq] * len(lead)
+            + [tuple(base + s for s in plan.seq_ids[i - start]) for i in order],
+            outputs=len(order),
+        )
         self._tokens.extend(lead)  # context now, seen by every path of the tree
         self._lead = [] if start == 0 else self._lead
         self._pending, self._order = tree, self._order[:start] + order
@@ -330,8 +397,12 @@ class LlamaCppBackend:
         keep = self.sequences.start + self.book.own[nodes[-1]]
         prefix, memory, lib = len(self._tokens), self.model.memory, self.lib
         in_place = len(nodes)
-        if self.in_order:  # accepted nodes stored at the first slots, in order, stay; the rest is redone
-            in_place = next((j for j, node in enumerate(nodes) if self._order[j] != node), len(nodes))
+        if (
+            self.in_order
+        ):  # accepted nodes stored at the first slots, in order, stay; the rest is redone
+            in_place = next(
+                (j for j, node in enumerate(nodes) if self._order[j] != node), len(nodes)
+            )
         self._drop_branches(keep)
         self._release(keep, prefix + in_place, -1)
         if keep != self.context_seq:
@@ -341,7 +412,12 @@ class LlamaCppBackend:
         if in_place < len(nodes):
             redo = range(in_place, len(nodes))
             rows = BatchRows()
-            rows.add(tokens[in_place:], [prefix + j for j in redo], [(self.context_seq,)] * len(redo), outputs=1)
+            rows.add(
+                tokens[in_place:],
+                [prefix + j for j in redo],
+                [(self.context_seq,)] * len(redo),
+                outputs=1,
+            )
             self.model.decode(rows)
             self.redecoded += len(redo)
         self._tokens.extend(tokens)
@@ -350,7 +426,8 @@ class LlamaCppBackend:
 
     # ------------------------------------------------------------------ llama.cpp calls
     def _drop_branches(self, keep: int) -> None:
-        """Remove every sequence the pending tree used except ``keep`` (the context's cells stay where
+        """Remove every sequence the pending tree used except ``keep`` (the context's cells stay
+        where
         ``keep`` holds them too)."""
         for seq in {self.sequences.start + s for s in self.book.own} - {keep}:
             self._release(seq, -1, -1)
@@ -364,17 +441,23 @@ class LlamaCppBackend:
 
     def _check_room(self, needed: int) -> None:
         if needed > self.model.config.n_ctx:
-            raise TokentreeError(f"{needed} tokens do not fit the llama.cpp context of {self.model.config.n_ctx} "
-                                 "(raise --n-ctx)")
+            raise TokentreeError(
+                f"{needed} tokens do not fit the llama.cpp context of {self.model.config.n_ctx} "
+                "(raise --n-ctx)"
+            )
 
 
-def verify_many(backends: Sequence[LlamaCppBackend], trees: Sequence[TokenTree]) -> list[torch.Tensor]:
+def verify_many(
+    backends: Sequence[LlamaCppBackend], trees: Sequence[TokenTree]
+) -> list[torch.Tensor]:
     """Verify each backend's tree in one ``llama_decode``: backends over one model, with disjoint
     sequence ids (the sequences of a batch). Returns each tree's [n_i, V] logits."""
     if not backends:
         return []
     model = backends[0].model
-    if any(b.model is not model for b in backends) or len({b.sequences.start for b in backends}) < len(backends):
+    if any(b.model is not model for b in backends) or len(
+        {b.sequences.start for b in backends}
+    ) < len(backends):
         raise ValueError("verify_many needs backends over one model with their own sequence ids")
     rows, counts = BatchRows(), []
     for backend, tree in zip(backends, trees, strict=True):
@@ -387,6 +470,6 @@ def verify_many(backends: Sequence[LlamaCppBackend], trees: Sequence[TokenTree])
     logits = model.logits(rows.output_count)
     out, begin = [], 0
     for backend, count in zip(backends, counts):
-        out.append(backend.absorb(logits[begin:begin + count]))
+        out.append(backend.absorb(logits[begin : begin + count]))
         begin += count
     return out

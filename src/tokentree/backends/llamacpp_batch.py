@@ -31,14 +31,20 @@ class LlamaCppBatch(LaneSlots):
     def __init__(self, model: LlamaCppModel, max_batch: int):
         limit = model.config.max_sequences - 1  # the last id is the trash
         if not 1 <= max_batch <= limit:
-            raise TokentreeError(f"max_batch must be in 1..{limit} (the llama.cpp context's sequences, less one), "
-                                 f"got {max_batch}")
+            raise TokentreeError(
+                f"max_batch must be in 1..{limit} (the llama.cpp context's sequences, less one), "
+                f"got {max_batch}"
+            )
         self.model = model
         self.trash = limit
         self.capacity = model.config.n_ctx
-        self.lanes = [LlamaCppBackend(model, sequences=slot_ids(i, max_batch, limit + 1), trash=self.trash)
-                      for i in range(max_batch)]
-        self._cleared_at = model.decoded_rows  # cells in use: rows decoded since the cache was last emptied
+        self.lanes = [
+            LlamaCppBackend(model, sequences=slot_ids(i, max_batch, limit + 1), trash=self.trash)
+            for i in range(max_batch)
+        ]
+        self._cleared_at = (
+            model.decoded_rows
+        )  # cells in use: rows decoded since the cache was last emptied
 
     def verify_many(self, slots: Sequence[int], trees: Sequence[TokenTree]) -> list[torch.Tensor]:
         return verify_many([self.lanes[slot] for slot in slots], trees)

@@ -45,8 +45,13 @@ class BatchRows:
     seq_ids: list[tuple[int, ...]] = field(default_factory=list)
     outputs: list[bool] = field(default_factory=list)
 
-    def add(self, tokens: Sequence[int], positions: Sequence[int], seq_ids: Sequence[tuple[int, ...]],
-            outputs: int) -> None:
+    def add(
+        self,
+        tokens: Sequence[int],
+        positions: Sequence[int],
+        seq_ids: Sequence[tuple[int, ...]],
+        outputs: int,
+    ) -> None:
         """Append rows; the last ``outputs`` of them return logits."""
         self.tokens.extend(tokens)
         self.positions.extend(positions)
@@ -70,7 +75,9 @@ class SequenceBook:
 
     max_sequences: int
     own: list[int] = field(default_factory=list)  # [n forwarded] each node's own (first) sequence
-    extended: set[int] = field(default_factory=set)  # nodes with a child that inherited their sequence
+    extended: set[int] = field(
+        default_factory=set
+    )  # nodes with a child that inherited their sequence
 
     def reset(self) -> None:
         self.own, self.extended = [], set()
@@ -105,13 +112,25 @@ class SequenceBook:
             lists[node] = [seq]
         return BatchPlan(tuple(tuple(lists[i]) for i in range(start, len(tree))), tuple(copies))
 
-    def _branch(self, tree: TokenTree, parent: int, seq: int, start: int, prefix: int,
-                lists: dict[int, list[int]]) -> tuple[int, int, int]:
-        """Add ``seq`` to the uncached ancestors from ``parent`` up; the copy that covers the cached rest."""
+    def _branch(
+        self,
+        tree: TokenTree,
+        parent: int,
+        seq: int,
+        start: int,
+        prefix: int,
+        lists: dict[int, list[int]],
+    ) -> tuple[int, int, int]:
+        """Add ``seq`` to the uncached ancestors from ``parent`` up; the copy that covers the
+        cached rest."""
         node = parent
         while node >= start:
             lists[node].append(seq)
             node = tree.parents[node]
         if node < 0:
-            return CONTEXT_SEQ, seq, prefix  # the whole path is in this batch: copy the context only
+            return (
+                CONTEXT_SEQ,
+                seq,
+                prefix,
+            )  # the whole path is in this batch: copy the context only
         return self.own[node], seq, prefix + tree.depths[node] + 1

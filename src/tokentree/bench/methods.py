@@ -32,8 +32,14 @@ class RunResult:
 class Method(Protocol):
     name: str
 
-    def run(self, prompt_ids: list[int], max_new_tokens: int, sampling: SamplingParams, seed: int,
-            keep_cache: bool = False) -> RunResult:
+    def run(
+        self,
+        prompt_ids: list[int],
+        max_new_tokens: int,
+        sampling: SamplingParams,
+        seed: int,
+        keep_cache: bool = False,
+    ) -> RunResult:
         """One turn; ``keep_cache``: reuse the prefix cached by this method's previous turn (else
         every turn prefills its whole prompt)."""
         ...
@@ -46,56 +52,110 @@ class HFMethod:
         self.name = name
         self.model = generator.target.model
         self.eos = sorted(generator.target.eos_ids)
-        self.pad = generator.tokenizer.pad_token_id if generator.tokenizer.pad_token_id is not None else self.eos[0]
+        self.pad = (
+            generator.tokenizer.pad_token_id
+            if generator.tokenizer.pad_token_id is not None
+            else self.eos[0]
+        )
         self.kwargs = generate_kwargs
 
     @torch.inference_mode()
-    def run(self, prompt_ids: list[int], max_new_tokens: int, sampling: SamplingParams, seed: int,
-            keep_cache: bool = False) -> RunResult:  # generate keeps no cache between calls: never reused
+    def run(
+        self,
+        prompt_ids: list[int],
+        max_new_tokens: int,
+        sampling: SamplingParams,
+        seed: int,
+        keep_cache: bool = False,
+    ) -> RunResult:  # generate keeps no cache between calls: never reused
         ids = torch.tensor([prompt_ids], device=self.model.device)
-        options = dict(do_sample=False, temperature=None, top_p=None, top_k=None) if sampling.greedy else dict(
-            do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
-            min_p=sampling.min_p or None)
+        options = (
+            dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+            if sampling.greedy
+            else dict(
+                do_sample=True,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                top_k=sampling.top_k,
+                min_p=sampling.min_p or None,
+            )
+        )
         torch.manual_seed(seed)
         start = time.perf_counter()
-        out = self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                  eos_token_id=self.eos, pad_token_id=self.pad, **options, **self.kwargs)
+        out = self.model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            eos_token_id=self.eos,
+            pad_token_id=self.pad,
+            **options,
+            **self.kwargs,
+        )
         wall = time.perf_counter() - start
-        return RunResult(out[0, len(prompt_ids):].tolist(), wall)
+        return RunResult(out[0, len(prompt_ids) :].tolist(), wall)
 
 
 class TokentreeMethod:
     """tokentree with one drafter; ``budget`` None keeps the drafter's default tree size."""
 
-    def __init__(self, name: str, generator: Generator, drafter_name: str, budget: int | str | None = None):
+    def __init__(
+        self, name: str, generator: Generator, drafter_name: str, budget: int | str | None = None
+    ):
         self.name = name
         self.generator = generator
         self.budget = budget
         draft = None if generator.draft is None else generator.draft.model
         if "+" in drafter_name:  # a hybrid of these sources, sized per step like auto
             sources = HybridConfig(sources=drafter_name.replace("+", ","))
-            self.drafter = HybridDrafter(sources, lambda name: make_drafter(name, draft), name=drafter_name,
-                                         default_budget="auto")
+            self.drafter = HybridDrafter(
+                sources,
+                lambda name: make_drafter(name, draft),
+                name=drafter_name,
+                default_budget="auto",
+            )
         else:
             self.drafter = make_drafter(drafter_name, draft)
 
-    def run(self, prompt_ids: list[int], max_new_tokens: int, sampling: SamplingParams, seed: int,
-            keep_cache: bool = False) -> RunResult:
+    def run(
+        self,
+        prompt_ids: list[int],
+        max_new_tokens: int,
+        sampling: SamplingParams,
+        seed: int,
+        keep_cache: bool = False,
+    ) -> RunResult:
         if not keep_cache:
-            self.generator.backend.reset()  # no prompt-cache reuse: HF baselines prefill every prompt too
+            # no prompt-cache reuse: HF baselines prefill every prompt too
+            self.generator.backend.reset()
             clear_caches(self.drafter)  # nor for a draft model
         start = time.perf_counter()
-        out = self.generator.generate(prompt_ids, max_new_tokens=max_new_tokens, temperature=sampling.temperature,
-                                      top_p=sampling.top_p, top_k=sampling.top_k, min_p=sampling.min_p, seed=seed,
-                                      drafter=self.drafter, budget=self.budget)
+        out = self.generator.generate(
+            prompt_ids,
+            max_new_tokens=max_new_tokens,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k,
+            min_p=sampling.min_p,
+            seed=seed,
+            drafter=self.drafter,
+            budget=self.budget,
+        )
         wall = time.perf_counter() - start
         s = out.stats
-        return RunResult(out.token_ids, wall, s.steps, s.tokens_per_step,
-                         {str(k): v for k, v in sorted(s.accepted_hist.items())}, s.draft_s, s.verify_s)
+        return RunResult(
+            out.token_ids,
+            wall,
+            s.steps,
+            s.tokens_per_step,
+            {str(k): v for k, v in sorted(s.accepted_hist.items())},
+            s.draft_s,
+            s.verify_s,
+        )
 
 
 class LlamaCppMethod:
-    """llama-cpp-python's own greedy decoding (``Llama.generate``), optionally with its prompt-lookup draft."""
+    """llama-cpp-python's own greedy decoding (``Llama.generate``), optionally with its
+    prompt-lookup draft."""
 
     def __init__(self, name: str, generator: Generator, prompt_lookup: int = 0):
         llama_cpp = import_llama_cpp()
@@ -106,21 +166,36 @@ class LlamaCppMethod:
         threads = model.config.thread_count
         self.name = name
         self.eos = generator.target.eos_ids
-        self.llm = llama_cpp.Llama(str(model.path), n_ctx=model.config.n_ctx, n_batch=model.config.n_batch,
-                                   n_threads=threads, n_threads_batch=threads, flash_attn=model.config.flash_attn,
-                                   draft_model=draft, verbose=False,
-                                   logits_all=draft is not None)  # its draft path writes scores past n_batch
+        self.llm = llama_cpp.Llama(
+            str(model.path),
+            n_ctx=model.config.n_ctx,
+            n_batch=model.config.n_batch,
+            n_threads=threads,
+            n_threads_batch=threads,
+            flash_attn=model.config.flash_attn,
+            draft_model=draft,
+            verbose=False,
+            logits_all=draft is not None,
+        )  # its draft path writes scores past n_batch
 
-    def run(self, prompt_ids: list[int], max_new_tokens: int, sampling: SamplingParams, seed: int,
-            keep_cache: bool = False) -> RunResult:
+    def run(
+        self,
+        prompt_ids: list[int],
+        max_new_tokens: int,
+        sampling: SamplingParams,
+        seed: int,
+        keep_cache: bool = False,
+    ) -> RunResult:
         if not sampling.greedy:
             raise TokentreeError(f"{self.name} runs greedy only")
         tokens: list[int] = []
         if not keep_cache:
-            self.llm.reset()  # no prompt-cache reuse (generate reuses the longest cached prefix otherwise)
+            # no prompt-cache reuse (generate reuses the longest cached prefix otherwise)
+            self.llm.reset()
         start = time.perf_counter()
-        for token in self.llm.generate(prompt_ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0,
-                                       reset=True):
+        for token in self.llm.generate(
+            prompt_ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0, reset=True
+        ):
             tokens.append(int(token))
             if token in self.eos or len(tokens) >= max_new_tokens:
                 break
@@ -132,17 +207,25 @@ LLAMA_METHODS = ("llama", "llama-pld")
 
 
 def known_methods() -> list[str]:
-    return list(HF_METHODS) + list(LLAMA_METHODS) + [f"tt:{name}" for name in DRAFTERS] + ["tt:<a>+<b>..."]
+    return (
+        list(HF_METHODS)
+        + list(LLAMA_METHODS)
+        + [f"tt:{name}" for name in DRAFTERS]
+        + ["tt:<a>+<b>..."]
+    )
 
 
 def parse_method(name: str) -> tuple[str, int | str | None]:
     """``(baseline or drafter name, budget)`` of a method name; TokentreeError when it is not one.
 
     Methods are ``hf``, ``hf-assisted``, ``hf-pld`` (transformers backend), ``llama``, ``llama-pld``
-    (llama.cpp backend: llama-cpp-python's plain decoding and its prompt-lookup draft of 10 tokens) and
+    (llama.cpp backend: llama-cpp-python's plain decoding and its prompt-lookup draft of 10 tokens)
+    and
     ``tt:<drafter>[@<budget>]`` where the budget
-    is a positive node count or ``auto`` (planned per step); without it the drafter's default applies.
-    ``tt:<a>+<b>+...`` is the hybrid of those drafters (``tt:stand+pld`` is auto without a draft model).
+    is a positive node count or ``auto`` (planned per step); without it the drafter's default
+    applies.
+    ``tt:<a>+<b>+...`` is the hybrid of those drafters (``tt:stand+pld`` is auto without a draft
+    model).
     """
     if name in HF_METHODS or name in LLAMA_METHODS:
         return name, None
@@ -154,26 +237,34 @@ def parse_method(name: str) -> tuple[str, int | str | None]:
         except ValueError as exc:
             raise TokentreeError(f"method '{name}': {exc}") from None
     elif not name.startswith("tt:") or drafter not in DRAFTERS:
-        raise TokentreeError(f"unknown method '{name}': choose from {', '.join(known_methods())} "
-                             "(tt:<drafter>@<budget> fixes the tree size, e.g. tt:stand@8)")
+        raise TokentreeError(
+            f"unknown method '{name}': choose from {', '.join(known_methods())} "
+            "(tt:<drafter>@<budget> fixes the tree size, e.g. tt:stand@8)"
+        )
     if not at:
         return drafter, None
     if budget != "auto" and not (budget.isdigit() and int(budget) >= 1):
-        raise TokentreeError(f"method '{name}': the budget after '@' must be a positive integer or 'auto'")
+        raise TokentreeError(
+            f"method '{name}': the budget after '@' must be a positive integer or 'auto'"
+        )
     return drafter, budget if budget == "auto" else int(budget)
 
 
 def needs_draft(name: str) -> bool:
     """Whether a (valid) method name needs a draft model."""
     base, _ = parse_method(name)
-    return base == "hf-assisted" or (name.startswith("tt:") and any(DRAFTERS[s].needs_draft for s in base.split("+")))
+    return base == "hf-assisted" or (
+        name.startswith("tt:") and any(DRAFTERS[s].needs_draft for s in base.split("+"))
+    )
 
 
 def build_method(name: str, generator: Generator) -> Method:
     """Build a method by name; raises TokentreeError for unknown names or a missing draft model."""
     base, budget = parse_method(name)
     if (base in HF_METHODS) == generator.target.is_llamacpp and not name.startswith("tt:"):
-        raise TokentreeError(f"method '{name}' needs --backend {'llamacpp' if base in LLAMA_METHODS else 'hf'}")
+        raise TokentreeError(
+            f"method '{name}' needs --backend {'llamacpp' if base in LLAMA_METHODS else 'hf'}"
+        )
     if base in LLAMA_METHODS:
         return LlamaCppMethod(name, generator, prompt_lookup=10 if base == "llama-pld" else 0)
     if base == "hf":

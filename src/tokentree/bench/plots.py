@@ -14,7 +14,9 @@ from .report import ALL  # noqa: E402
 
 def write_plots(summary: dict, records: list[dict], methods: list[str], out: Path) -> None:
     baseline = summary["baseline"]
-    _speedup_bars(summary["speedup"], [m for m in methods if m != baseline], baseline, out / "speedup.png")
+    _speedup_bars(
+        summary["speedup"], [m for m in methods if m != baseline], baseline, out / "speedup.png"
+    )
     _tau_histograms(summary["methods"], out / "tau_hist.png")
     _rate_boxes(records, methods, out / "tokens_per_s.png")
 
@@ -27,7 +29,11 @@ def _speedup_bars(speed: dict, methods: list[str], baseline: str, path: Path) ->
         xs = [j + i * width for j in range(len(categories))]
         ax.bar(xs, [speed.get(m, {}).get(c, 0) for c in categories], width, label=m)
     ax.axhline(1.0, color="black", linewidth=0.8)
-    ax.set_xticks([j + width * (len(methods) - 1) / 2 for j in range(len(categories))], categories, rotation=30)
+    ax.set_xticks(
+        [j + width * (len(methods) - 1) / 2 for j in range(len(categories))],
+        categories,
+        rotation=30,
+    )
     ax.set_ylabel(f"speedup vs {baseline} (x)")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()

@@ -14,12 +14,16 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .runner import BenchConfig
 
-BASELINES = ("hf", "llama")  # plain decoding of the backend under test: HF generate, or llama-cpp-python
+BASELINES = (
+    "hf",
+    "llama",
+)  # plain decoding of the backend under test: HF generate, or llama-cpp-python
 ALL = "overall"
 
 
 def baseline_of(records: list[dict]) -> str:
-    """The plain-decoding method every ratio is taken against: the first of BASELINES the records hold."""
+    """The plain-decoding method every ratio is taken against: the first of BASELINES the records
+    hold."""
     present = {r["method"] for r in records}
     return next((b for b in BASELINES if b in present), BASELINES[0])
 
@@ -33,7 +37,8 @@ def prompt_rates(records: list[dict]) -> dict[tuple[str, str], float]:
 
 
 def speedup_table(records: list[dict]) -> dict[str, dict[str, float]]:
-    """method -> category -> mean over prompts of (method tokens/s / baseline tokens/s) (Spec-Bench's speedup)."""
+    """method -> category -> mean over prompts of (method tokens/s / baseline tokens/s)
+    (Spec-Bench's speedup)."""
     rates, baseline = prompt_rates(records), baseline_of(records)
     category = {r["prompt_id"]: r["category"] for r in records}
     ratios: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -58,22 +63,36 @@ def slowest_table(records: list[dict]) -> dict[str, dict]:
 
 
 def pass_table(records: list[dict]) -> dict[str, dict[int, dict]]:
-    """method -> repeat -> {"speedup": mean per-prompt ratio to the baseline's run of the same repeat,
+    """method -> repeat -> {"speedup": mean per-prompt ratio to the baseline's run of the same
+    repeat,
     "tau": tokens per step}. Repeats run in sequence, so a later pass shows what drafters that learn
     across requests (lookahead, recycling, stand) gained from the earlier ones."""
     baseline = baseline_of(records)
-    base = {(r["prompt_id"], r["repeat"]): r["tokens_per_s"] for r in records if r["method"] == baseline}
+    base = {
+        (r["prompt_id"], r["repeat"]): r["tokens_per_s"] for r in records if r["method"] == baseline
+    }
     ratios: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
-    tokens: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0])  # (method, repeat) -> [new, steps]
+    tokens: dict[tuple[str, int], list[int]] = defaultdict(
+        lambda: [0, 0]
+    )  # (method, repeat) -> [new, steps]
     for r in records:
         if (r["prompt_id"], r["repeat"]) in base:
-            ratios[r["method"]][r["repeat"]].append(r["tokens_per_s"] / base[(r["prompt_id"], r["repeat"])])
+            ratios[r["method"]][r["repeat"]].append(
+                r["tokens_per_s"] / base[(r["prompt_id"], r["repeat"])]
+            )
         for turn in r["turns"]:
             tokens[(r["method"], r["repeat"])][0] += turn.get("new_tokens", 0)
             tokens[(r["method"], r["repeat"])][1] += turn.get("steps") or 0
-    return {m: {rep: {"speedup": statistics.mean(v),
-                      "tau": tokens[(m, rep)][0] / tokens[(m, rep)][1] if tokens[(m, rep)][1] else None}
-                for rep, v in sorted(reps.items())} for m, reps in ratios.items()}
+    return {
+        m: {
+            rep: {
+                "speedup": statistics.mean(v),
+                "tau": tokens[(m, rep)][0] / tokens[(m, rep)][1] if tokens[(m, rep)][1] else None,
+            }
+            for rep, v in sorted(reps.items())
+        }
+        for m, reps in ratios.items()
+    }
 
 
 def running_speedups(records: list[dict]) -> dict[str, float]:
@@ -90,7 +109,8 @@ def first_divergence(a: list[int], b: list[int]) -> int | None:
 
 
 def lossless_table(records: list[dict]) -> dict[str, dict]:
-    """method -> share of turns token-identical to the baseline (same prompt, same repeat) and divergences."""
+    """method -> share of turns token-identical to the baseline (same prompt, same repeat) and
+    divergences."""
     baseline = baseline_of(records)
     base = {(r["prompt_id"], r["repeat"]): r for r in records if r["method"] == baseline}
     result: dict[str, dict] = {}
@@ -105,7 +125,9 @@ def lossless_table(records: list[dict]) -> dict[str, dict]:
             if at is None:
                 entry["identical"] += 1
             else:
-                entry["divergences"].append({"prompt_id": r["prompt_id"], "turn": turn, "position": at})
+                entry["divergences"].append(
+                    {"prompt_id": r["prompt_id"], "turn": turn, "position": at}
+                )
     for entry in result.values():
         entry["share"] = entry["identical"] / entry["turns"] if entry["turns"] else 0.0
     return result
@@ -141,28 +163,54 @@ def environment(config: BenchConfig, dtype: str) -> dict:
 
     cpu = platform.processor()
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() and config.device != "cpu" else cpu
+    device = (
+        torch.cuda.get_device_name()
+        if torch.cuda.is_available() and config.device != "cpu"
+        else cpu
+    )
     threads = config.threads or torch.get_num_threads()
-    return {"machine": f"{device}, {threads} threads", "torch": torch.__version__,
-            "transformers": transformers.__version__, "dtype": dtype, "llama_cpp": _llama_cpp_version(),
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "command": config.command, "commit": _commit()}
+    return {
+        "machine": f"{device}, {threads} threads",
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "dtype": dtype,
+        "llama_cpp": _llama_cpp_version(),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": config.command,
+        "commit": _commit(),
+    }
 
 
 def _commit() -> str | None:
-    """The tokentree checkout's commit (with '+dirty' when it has uncommitted changes), if it is one."""
+    """The tokentree checkout's commit (with '+dirty' when it has uncommitted changes), if it is
+    one."""
     import subprocess
 
     where = Path(__file__).resolve().parent
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=where, capture_output=True, text=True,
-                              timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=where,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=where,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return head + ("+dirty" if dirty else "")
@@ -177,53 +225,84 @@ def _llama_cpp_version() -> str | None:
         return None
 
 
-def write_report(records: list[dict], config: BenchConfig, methods: list[str], notes: list[str], out: Path,
-                 dtype: str) -> dict:
+def write_report(
+    records: list[dict],
+    config: BenchConfig,
+    methods: list[str],
+    notes: list[str],
+    out: Path,
+    dtype: str,
+) -> dict:
     summary = {
-        "config": asdict(config), "environment": environment(config, dtype), "notes": notes,
+        "config": asdict(config),
+        "environment": environment(config, dtype),
+        "notes": notes,
         "baseline": baseline_of(records),
-        "speedup": speedup_table(records), "lossless": lossless_table(records), "methods": method_totals(records),
-        "passes": pass_table(records), "slowest": slowest_table(records),
+        "speedup": speedup_table(records),
+        "lossless": lossless_table(records),
+        "methods": method_totals(records),
+        "passes": pass_table(records),
+        "slowest": slowest_table(records),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "results.md").write_text(markdown(summary, methods))
     try:
         from .plots import write_plots
     except ImportError:
-        summary["notes"].append("matplotlib not installed: no plots (pip install 'tokentree[bench]')")
+        summary["notes"].append(
+            "matplotlib not installed: no plots (pip install 'tokentree[bench]')"
+        )
     else:
         write_plots(summary, records, methods, out)
     return summary
 
 
 def markdown(summary: dict, methods: list[str]) -> str:
-    env, speed, totals, lossless = summary["environment"], summary["speedup"], summary["methods"], summary["lossless"]
+    env, speed, totals, lossless = (
+        summary["environment"],
+        summary["speedup"],
+        summary["methods"],
+        summary["lossless"],
+    )
     methods = [m for m in methods if m in totals]
     greedy = summary["config"].get("temperature", 0) == 0
     categories = sorted({c for cats in speed.values() for c in cats if c != ALL}) + [ALL]
     lines = [
         f"Machine: {env['machine']} · torch {env['torch']} · transformers {env['transformers']} · "
         + (f"llama-cpp-python {env['llama_cpp']} · " if env.get("llama_cpp") else "")
-        + f"dtype {env['dtype']} · {env['date']}" + (f" · commit {env['commit']}" if env.get("commit") else ""),
-        "", f"Command: `{env['command']}`", "",
-        f"Speedup vs `{summary['baseline']}` (mean per-prompt tokens/s ratio):", "",
+        + f"dtype {env['dtype']} · {env['date']}"
+        + (f" · commit {env['commit']}" if env.get("commit") else ""),
+        "",
+        f"Command: `{env['command']}`",
+        "",
+        f"Speedup vs `{summary['baseline']}` (mean per-prompt tokens/s ratio):",
+        "",
         "| method | " + " | ".join(categories) + " |",
         "|---|" + "---|" * len(categories),
     ]
     for m in methods:
         cells = [f"{speed.get(m, {}).get(c, float('nan')):.2f}x" for c in categories]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    lines += ["", f"| method | prompts | median tokens/s | tau | identical to {summary['baseline']} | draft s "
-              "| verify s | slowest prompt |", "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        f"| method | prompts | median tokens/s | tau | identical to {summary['baseline']} | draft "
+        "s "
+        "| verify s | slowest prompt |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for m in methods:
         t, loss = totals[m], lossless.get(m, {})
         slow = summary.get("slowest", {}).get(m)
         slowest = "-" if slow is None else f"{slow['ratio']:.2f}x ({slow['prompt_id']})"
         tau = "-" if t["tau"] is None else f"{t['tau']:.2f}"
         share = f"{loss.get('identical', 0)}/{loss.get('turns', 0)}" if greedy else "n/a (sampled)"
-        split = ("-", "-") if t["draft_s"] is None else (f"{t['draft_s']:.1f}", f"{t['verify_s']:.1f}")
-        lines.append(f"| {m} | {t['prompts']} | {t['median_tokens_per_s']:.2f} | {tau} | {share} | "
-                     f"{split[0]} | {split[1]} | {slowest} |")
+        split = (
+            ("-", "-") if t["draft_s"] is None else (f"{t['draft_s']:.1f}", f"{t['verify_s']:.1f}")
+        )
+        lines.append(
+            f"| {m} | {t['prompts']} | {t['median_tokens_per_s']:.2f} | {tau} | {share} | "
+            f"{split[0]} | {split[1]} | {slowest} |"
+        )
     lines += _pass_lines(summary.get("passes", {}), methods, summary["baseline"])
     if summary["notes"]:
         lines += [""] + [f"Note: {n}" for n in summary["notes"]]
@@ -235,9 +314,15 @@ def _pass_lines(passes: dict, methods: list[str], baseline: str) -> list[str]:
     repeats = sorted({rep for reps in passes.values() for rep in reps})
     if len(repeats) < 2:
         return []
-    lines = ["", f"By pass over the prompts (speedup vs `{baseline}` of the same pass, tau in brackets; state "
-             "learned in earlier passes is kept):", "",
-             "| method | " + " | ".join(f"pass {rep + 1}" for rep in repeats) + " |", "|---|" + "---|" * len(repeats)]
+    lines = [
+        "",
+        f"By pass over the prompts (speedup vs `{baseline}` of the same pass, tau in brackets; "
+        "state "
+        "learned in earlier passes is kept):",
+        "",
+        "| method | " + " | ".join(f"pass {rep + 1}" for rep in repeats) + " |",
+        "|---|" + "---|" * len(repeats),
+    ]
     for m in methods:
         cells = []
         for rep in repeats:

@@ -1,4 +1,5 @@
-"""Run methods over a suite, interleaved per prompt, appending one JSONL record per run (resumable)."""
+"""Run methods over a suite, interleaved per prompt, appending one JSONL record per run
+(resumable)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,9 @@ class BenchConfig:
     temperature: float = 0.0
     top_p: float = 1.0
     repeats: int = 1
-    methods: list[str] | None = None  # None: the backend's plain and prompt-lookup baselines, tt:none, tt:pld
+    methods: list[str] | None = (
+        None  # None: the backend's plain and prompt-lookup baselines, tt:none, tt:pld
+    )
     target: str | None = None
     draft: str | None = None
     dtype: str = "auto"
@@ -38,7 +41,9 @@ class BenchConfig:
     out: str = "bench-out"
     seed: int = 0
     report_only: bool = False
-    prompt_cache: bool = False  # a conversation's later turns reuse its cached prefix (llama.cpp backend only)
+    prompt_cache: bool = (
+        False  # a conversation's later turns reuse its cached prefix (llama.cpp backend only)
+    )
     command: str = ""
 
     def __post_init__(self) -> None:
@@ -55,35 +60,60 @@ class BenchConfig:
         self.sampling  # validates temperature and top_p
         baseline = self.baseline
         if self.prompt_cache and baseline != "llama":
-            raise TokentreeError("--prompt-cache needs --backend llamacpp: transformers' generate keeps no cache "
-                                 "between calls, so its baselines could not reuse one")
+            raise TokentreeError(
+                "--prompt-cache needs --backend llamacpp: transformers' generate keeps no cache "
+                "between calls, so its baselines could not reuse one"
+            )
         if baseline not in self.methods:
-            self.methods = [baseline] + list(self.methods)  # the baseline every ratio is taken against
+            self.methods = [baseline] + list(
+                self.methods
+            )  # the baseline every ratio is taken against
 
     @property
     def baseline(self) -> str:
-        """Plain decoding of the backend under test: ``hf`` (transformers) or ``llama`` (llama-cpp-python)."""
-        return "llama" if resolve_backend(self.backend, self.target, self.device) == "llamacpp" else "hf"
+        """Plain decoding of the backend under test: ``hf`` (transformers) or ``llama``
+        (llama-cpp-python)."""
+        return (
+            "llama"
+            if resolve_backend(self.backend, self.target, self.device) == "llamacpp"
+            else "hf"
+        )
 
     @property
     def sampling(self) -> SamplingParams:
         return SamplingParams(temperature=self.temperature, top_p=self.top_p)
 
 
-def run_turns(method: Method, generator: Generator, prompt: BenchPrompt, config: BenchConfig) -> dict:
-    """All turns of one prompt with one method; each turn follows the method's own previous answer."""
+def run_turns(
+    method: Method, generator: Generator, prompt: BenchPrompt, config: BenchConfig
+) -> dict:
+    """All turns of one prompt with one method; each turn follows the method's own previous
+    answer."""
     messages, turns = [], []
     for index, turn in enumerate(prompt.turns):
         messages.append({"role": "user", "content": turn})
-        result = method.run(generator.encode(messages), config.max_new_tokens, config.sampling, config.seed,
-                            keep_cache=config.prompt_cache and index > 0)
-        messages.append({"role": "assistant",
-                         "content": generator.tokenizer.decode(result.token_ids, skip_special_tokens=True)})
+        result = method.run(
+            generator.encode(messages),
+            config.max_new_tokens,
+            config.sampling,
+            config.seed,
+            keep_cache=config.prompt_cache and index > 0,
+        )
+        messages.append(
+            {
+                "role": "assistant",
+                "content": generator.tokenizer.decode(result.token_ids, skip_special_tokens=True),
+            }
+        )
         turns.append({"new_tokens": len(result.token_ids), **asdict(result)})
     new_tokens = sum(t["new_tokens"] for t in turns)
     wall = sum(t["wall_s"] for t in turns)
-    return {"new_tokens": new_tokens, "wall_s": wall, "tokens_per_s": new_tokens / wall if wall else 0.0,
-            "turns": turns}
+    return {
+        "new_tokens": new_tokens,
+        "wall_s": wall,
+        "tokens_per_s": new_tokens / wall if wall else 0.0,
+        "turns": turns,
+    }
 
 
 def read_records(path: Path) -> list[dict]:
@@ -112,9 +142,18 @@ def build_methods(generator: Generator, names: list[str], notes: list[str]) -> l
 
 
 def load_generator(config: BenchConfig, notes: list[str]) -> Generator:
-    """The target, plus a draft model when a method needs one (a missing default draft becomes a note)."""
-    generator = load(config.target, None, "none", config.dtype, config.device, backend=config.backend,
-                     threads=config.threads, n_ctx=config.n_ctx)
+    """The target, plus a draft model when a method needs one (a missing default draft becomes a
+    note)."""
+    generator = load(
+        config.target,
+        None,
+        "none",
+        config.dtype,
+        config.device,
+        backend=config.backend,
+        threads=config.threads,
+        n_ctx=config.n_ctx,
+    )
     if config.draft is not None or any(needs_draft(m) for m in config.methods):
         try:
             generator.draft = load_draft(config.draft, generator.target)
@@ -128,20 +167,37 @@ def load_generator(config: BenchConfig, notes: list[str]) -> Generator:
 # Settings that change what a record means; --limit, --categories, --methods and --repeats only
 # choose which records exist, so a run may be resumed with more (or fewer) of them.
 WARMUP_PROMPT = "Say hello in three languages."
-RESUME_KEYS = ("suite", "prompts", "max_new_tokens", "temperature", "top_p", "target", "draft", "dtype", "seed",
-               "backend", "threads", "prompt_cache")
+RESUME_KEYS = (
+    "suite",
+    "prompts",
+    "max_new_tokens",
+    "temperature",
+    "top_p",
+    "target",
+    "draft",
+    "dtype",
+    "seed",
+    "backend",
+    "threads",
+    "prompt_cache",
+)
 
 
 def check_same_settings(path: Path, config: BenchConfig, dtype: str) -> None:
-    """An output directory belongs to one set of settings; resuming with others would mix results."""
+    """An output directory belongs to one set of settings; resuming with others would mix
+    results."""
     settings = {k: getattr(config, k) for k in RESUME_KEYS}
     if path.exists():
         earlier = json.loads(path.read_text())
-        defaults = {f.name: f.default for f in fields(BenchConfig)}  # keys older runs did not record
+        defaults = {
+            f.name: f.default for f in fields(BenchConfig)
+        }  # keys older runs did not record
         changed = sorted(k for k in RESUME_KEYS if earlier.get(k, defaults[k]) != settings[k])
         if changed:
-            raise TokentreeError(f"{path.parent} holds a run with other settings ({', '.join(changed)}); "
-                                 "use another --out or the same settings to resume")
+            raise TokentreeError(
+                f"{path.parent} holds a run with other settings ({', '.join(changed)}); "
+                "use another --out or the same settings to resume"
+            )
     path.write_text(json.dumps({**settings, "dtype_used": dtype}, indent=2) + "\n")
 
 
@@ -155,9 +211,16 @@ def open_records(out: Path, config: BenchConfig, dtype: str) -> list[dict]:
     return records
 
 
-def run_jobs(methods: list[Method], generator: Generator, prompts: list[BenchPrompt], config: BenchConfig,
-             records: list[dict], sink) -> None:
-    """Run every (prompt, repeat, method) not in ``records``, appending each record to ``sink`` and ``records``."""
+def run_jobs(
+    methods: list[Method],
+    generator: Generator,
+    prompts: list[BenchPrompt],
+    config: BenchConfig,
+    records: list[dict],
+    sink,
+) -> None:
+    """Run every (prompt, repeat, method) not in ``records``, appending each record to ``sink`` and
+    ``records``."""
     from tqdm import tqdm
 
     done = {(r["prompt_id"], r["method"], r["repeat"]) for r in records}
@@ -169,8 +232,13 @@ def run_jobs(methods: list[Method], generator: Generator, prompts: list[BenchPro
         for method in methods[shift:] + methods[:shift]:
             if (prompt.id, method.name, repeat) in done:
                 continue
-            record = {"prompt_id": prompt.id, "category": prompt.category, "method": method.name,
-                      "repeat": repeat, **run_turns(method, generator, prompt, config)}
+            record = {
+                "prompt_id": prompt.id,
+                "category": prompt.category,
+                "method": method.name,
+                "repeat": repeat,
+                **run_turns(method, generator, prompt, config),
+            }
             sink.write(json.dumps(record) + "\n")
             sink.flush()
             records.append(record)
@@ -184,13 +252,21 @@ def run_bench(config: BenchConfig) -> dict:
 
     With ``report_only`` nothing runs: the report is rebuilt from the records already in ``out``.
     """
-    prompts = round_robin(select(load_suite(config.suite, config.prompts), config.categories, config.limit))
+    prompts = round_robin(
+        select(load_suite(config.suite, config.prompts), config.categories, config.limit)
+    )
     out = Path(config.out)
     if config.report_only:
         if not (out / "records.jsonl").exists():
             raise TokentreeError(f"--report-only: no records in {out}")
-        return report(read_records(out / "records.jsonl"), prompts, config, config.methods, ["rebuilt from records"],
-                      json.loads((out / "run.json").read_text()).get("dtype_used", config.dtype))
+        return report(
+            read_records(out / "records.jsonl"),
+            prompts,
+            config,
+            config.methods,
+            ["rebuilt from records"],
+            json.loads((out / "run.json").read_text()).get("dtype_used", config.dtype),
+        )
     notes: list[str] = []
     generator = load_generator(config, notes)
     methods = build_methods(generator, config.methods, notes)
@@ -204,11 +280,19 @@ def run_bench(config: BenchConfig) -> dict:
     return report(records, prompts, config, [m.name for m in methods], notes, dtype)
 
 
-def report(records: list[dict], prompts: list[BenchPrompt], config: BenchConfig, names: list[str],
-           notes: list[str], dtype: str) -> dict:
+def report(
+    records: list[dict],
+    prompts: list[BenchPrompt],
+    config: BenchConfig,
+    names: list[str],
+    notes: list[str],
+    dtype: str,
+) -> dict:
     """Write the report over the records of the selected prompts, repeats and methods."""
     chosen = {(p.id, r) for p in prompts for r in range(config.repeats)}
-    selected = [r for r in records if (r["prompt_id"], r["repeat"]) in chosen and r["method"] in names]
+    selected = [
+        r for r in records if (r["prompt_id"], r["repeat"]) in chosen and r["method"] in names
+    ]
     have = {(r["prompt_id"], r["method"], r["repeat"]) for r in selected}
     complete = sum(all((p, m, r) in have for m in names) for p, r in chosen)
     if complete < len(chosen):

@@ -14,16 +14,22 @@ SUITE_FILES = {
     "spec-bench": ("spec_bench_questions.jsonl",),
     "mt-bench": ("mt_bench_questions.jsonl",),
     "humaneval": ("humaneval.jsonl",),
-    "mixed": ("humaneval.jsonl", "spec_bench_questions.jsonl"),  # code and chat interleaved, as a server sees them
+    "mixed": (
+        "humaneval.jsonl",
+        "spec_bench_questions.jsonl",
+    ),  # code and chat interleaved, as a server sees them
 }
 # The agent suite: each HumanEval task as an agent loop that reworks its own earlier answer, turn by
 # turn, and ends in a tool call carrying the code (what suffix decoding was built for).
 AGENT_TURNS = (
-    "Add type hints to every parameter and to the return value of your function. Reply with the complete "
+    "Add type hints to every parameter and to the return value of your function. Reply with the "
+    "complete "
     "code only.",
-    "Rename the function to `solution`, keep everything else as it is, and add a one-line docstring. Reply with "
+    "Rename the function to `solution`, keep everything else as it is, and add a one-line "
+    "docstring. Reply with "
     "the complete code only.",
-    'Save your final code with the tool `write_file`: reply with only the JSON object {"name": "write_file", '
+    'Save your final code with the tool `write_file`: reply with only the JSON object {"name": '
+    '"write_file", '
     '"arguments": {"path": "solution.py", "content": "<the code as a JSON string>"}}.',
 )
 SUITES = (*SUITE_FILES, "agent")
@@ -40,17 +46,22 @@ class BenchPrompt:
 
 def _parse_record(record: dict, where: str) -> BenchPrompt:
     if "task_id" in record and "prompt" in record:  # HumanEval
-        return BenchPrompt(str(record["task_id"]), "humaneval", (HUMANEVAL_INSTRUCTION + record["prompt"],))
+        return BenchPrompt(
+            str(record["task_id"]), "humaneval", (HUMANEVAL_INSTRUCTION + record["prompt"],)
+        )
     turns = record.get("turns")
     if not isinstance(turns, list) or not turns or not all(isinstance(t, str) and t for t in turns):
-        raise TokentreeError(f"{where}: needs \"turns\": a non-empty list of non-empty strings")
+        raise TokentreeError(f'{where}: needs "turns": a non-empty list of non-empty strings')
     if "question_id" not in record:
-        raise TokentreeError(f"{where}: needs \"question_id\"")
-    return BenchPrompt(str(record["question_id"]), str(record.get("category", "default")), tuple(turns))
+        raise TokentreeError(f'{where}: needs "question_id"')
+    return BenchPrompt(
+        str(record["question_id"]), str(record.get("category", "default")), tuple(turns)
+    )
 
 
 def read_prompts(text: str, name: str) -> list[BenchPrompt]:
-    """Parse JSONL in the Spec-Bench format ({"question_id", "category", "turns"}) or HumanEval's."""
+    """Parse JSONL in the Spec-Bench format ({"question_id", "category", "turns"}) or
+    HumanEval's."""
     prompts = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -82,15 +93,25 @@ def load_suite(suite: str | None = None, prompts_file: str | None = None) -> lis
             raise TokentreeError(f"{prompts_file}: not UTF-8 text") from exc
         return read_prompts(text, prompts_file)
     if suite not in SUITES:
-        raise TokentreeError(f"unknown suite '{suite}': choose {', '.join(SUITES)} or pass --prompts FILE")
+        raise TokentreeError(
+            f"unknown suite '{suite}': choose {', '.join(SUITES)} or pass --prompts FILE"
+        )
     if suite == "agent":
-        return [BenchPrompt(f"agent/{p.id}", "agent", p.turns + AGENT_TURNS) for p in load_suite("humaneval")]
+        return [
+            BenchPrompt(f"agent/{p.id}", "agent", p.turns + AGENT_TURNS)
+            for p in load_suite("humaneval")
+        ]
     data = resources.files("tokentree.bench").joinpath("data")
-    return [p for name in SUITE_FILES[suite] for p in read_prompts(data.joinpath(name).read_text(encoding="utf-8"),
-                                                                   suite)]
+    return [
+        p
+        for name in SUITE_FILES[suite]
+        for p in read_prompts(data.joinpath(name).read_text(encoding="utf-8"), suite)
+    ]
 
 
-def select(prompts: list[BenchPrompt], categories: list[str] | None, limit: int | None) -> list[BenchPrompt]:
+def select(
+    prompts: list[BenchPrompt], categories: list[str] | None, limit: int | None
+) -> list[BenchPrompt]:
     """Keep the given categories (all when None) and at most ``limit`` prompts per category."""
     known = sorted({p.category for p in prompts})
     if categories:

@@ -34,23 +34,32 @@ class AutoConfig:
     """The ``auto`` drafter (CLI flags ``--auto-<field>``)."""
 
     sources: str = "stand,pld"  # the model-free sources, cheapest first
-    draft_source: str = "chain"  # the draft-model drafter joined when a draft model is loaded (the cheapest call)
-    skip_above: float = 2.0  # skip the draft model when the model-free sources promise this many accepted tokens
+    draft_source: str = (
+        "chain"  # the draft-model drafter joined when a draft model is loaded (the cheapest call)
+    )
+    skip_above: float = (
+        2.0  # skip the draft model when the model-free sources promise this many accepted tokens
+    )
 
     def __post_init__(self) -> None:
         names = [n.strip() for n in self.sources.split(",") if n.strip()]
         if not names or len(set(names)) != len(names) or any(n not in MODEL_FREE for n in names):
-            raise ValueError(f"sources must be distinct model-free drafters ({', '.join(MODEL_FREE)}), "
-                             f"got '{self.sources}'")
+            raise ValueError(
+                f"sources must be distinct model-free drafters ({', '.join(MODEL_FREE)}), "
+                f"got '{self.sources}'"
+            )
         if self.draft_source not in ("chain", "specinfer", "rsd-c", "rsd-s", "sequoia", "dyspec"):
-            raise ValueError(f"draft_source must be a draft-model drafter, got '{self.draft_source}'")
+            raise ValueError(
+                f"draft_source must be a draft-model drafter, got '{self.draft_source}'"
+            )
         if self.skip_above < 0:
             raise ValueError(f"skip_above must be >= 0, got {self.skip_above}")
 
 
 @dataclass(frozen=True)
 class DrafterSpec:
-    """How to build a drafter: ``build(config)``, or ``build(config, draft_model)`` when ``needs_draft``.
+    """How to build a drafter: ``build(config)``, or ``build(config, draft_model)`` when
+    ``needs_draft``.
 
     ``config_cls`` is None for option-less drafters.
     """
@@ -65,34 +74,80 @@ class DrafterSpec:
 
 DRAFTERS: dict[str, DrafterSpec] = {
     "none": DrafterSpec(lambda _: NoDrafter(), help="plain decoding through the same engine"),
-    "pld": DrafterSpec(PromptLookupDrafter, PLDConfig, help="prompt lookup: a chain after the latest n-gram match"),
-    "pld-tree": DrafterSpec(
-        PromptLookupDrafter, PLDConfig, (("matches", 4),), help="prompt lookup merging several matches into a tree"
+    "pld": DrafterSpec(
+        PromptLookupDrafter, PLDConfig, help="prompt lookup: a chain after the latest n-gram match"
     ),
-    "lookahead": DrafterSpec(LookaheadDrafter, LookaheadConfig, help="tries of earlier token windows (Lookahead)"),
-    "recycling": DrafterSpec(RecyclingDrafter, RecyclingConfig, help="the target's recycled top-k successors"),
-    "stand": DrafterSpec(StandDrafter, StandConfig, help="n-gram table of the target's distributions (STAND)"),
-    "suffix": DrafterSpec(SuffixDrafter, SuffixConfig, help="longest suffix match in tries of this request and of past "
-                          "responses, depth adaptive to the match (SuffixDecoding)"),
-    "chain": DrafterSpec(ChainDrafter, ChainConfig, help="draft-model chain, adaptive length, confidence stop",
-                         needs_draft=True),
-    "specinfer": DrafterSpec(lambda c, m: WidthsDrafter(c, m, "specinfer", Draw.IID), SpecInferConfig,
-                             help="draft-model tree, per-depth widths, i.i.d. children (SpecInfer)", needs_draft=True),
-    "rsd-c": DrafterSpec(lambda c, m: WidthsDrafter(c, m, "rsd-c", Draw.WITHOUT_REPLACEMENT), RSDCConfig,
-                         (("widths", "3,2,1,1"),), help="draft-model tree, per-depth branching, children without "
-                         "replacement (RSD-C)", needs_draft=True),
-    "rsd-s": DrafterSpec(StochasticBeamDrafter, BeamConfig, help="draft-model tree from stochastic beam search, "
-                         "siblings without replacement (RSD-S)", needs_draft=True),
-    "sequoia": DrafterSpec(SequoiaDrafter, SequoiaConfig, help="draft-model tree, Sequoia's optimal static shape",
-                           needs_draft=True),
-    "dyspec": DrafterSpec(DySpecDrafter, DySpecConfig, help="draft-model tree grown best-first by path probability "
-                          "(DySpec)", needs_draft=True),
-    "hybrid": DrafterSpec(lambda c, m: HybridDrafter(c, lambda name: make_drafter(name, m)), HybridConfig,
-                          help="several drafters merged into one tree, ranked by calibrated acceptance",
-                          uses_draft=True),
-    "auto": DrafterSpec(lambda c, m: _auto(c, m), AutoConfig, uses_draft=True,
-                        help="hybrid of model-free sources (--auto-sources, default stand,pld) and the draft "
-                             "model when one is loaded, tree size planned per step"),
+    "pld-tree": DrafterSpec(
+        PromptLookupDrafter,
+        PLDConfig,
+        (("matches", 4),),
+        help="prompt lookup merging several matches into a tree",
+    ),
+    "lookahead": DrafterSpec(
+        LookaheadDrafter, LookaheadConfig, help="tries of earlier token windows (Lookahead)"
+    ),
+    "recycling": DrafterSpec(
+        RecyclingDrafter, RecyclingConfig, help="the target's recycled top-k successors"
+    ),
+    "stand": DrafterSpec(
+        StandDrafter, StandConfig, help="n-gram table of the target's distributions (STAND)"
+    ),
+    "suffix": DrafterSpec(
+        SuffixDrafter,
+        SuffixConfig,
+        help="longest suffix match in tries of this request and of past "
+        "responses, depth adaptive to the match (SuffixDecoding)",
+    ),
+    "chain": DrafterSpec(
+        ChainDrafter,
+        ChainConfig,
+        help="draft-model chain, adaptive length, confidence stop",
+        needs_draft=True,
+    ),
+    "specinfer": DrafterSpec(
+        lambda c, m: WidthsDrafter(c, m, "specinfer", Draw.IID),
+        SpecInferConfig,
+        help="draft-model tree, per-depth widths, i.i.d. children (SpecInfer)",
+        needs_draft=True,
+    ),
+    "rsd-c": DrafterSpec(
+        lambda c, m: WidthsDrafter(c, m, "rsd-c", Draw.WITHOUT_REPLACEMENT),
+        RSDCConfig,
+        (("widths", "3,2,1,1"),),
+        help="draft-model tree, per-depth branching, children without replacement (RSD-C)",
+        needs_draft=True,
+    ),
+    "rsd-s": DrafterSpec(
+        StochasticBeamDrafter,
+        BeamConfig,
+        help="draft-model tree from stochastic beam search, siblings without replacement (RSD-S)",
+        needs_draft=True,
+    ),
+    "sequoia": DrafterSpec(
+        SequoiaDrafter,
+        SequoiaConfig,
+        help="draft-model tree, Sequoia's optimal static shape",
+        needs_draft=True,
+    ),
+    "dyspec": DrafterSpec(
+        DySpecDrafter,
+        DySpecConfig,
+        help="draft-model tree grown best-first by path probability (DySpec)",
+        needs_draft=True,
+    ),
+    "hybrid": DrafterSpec(
+        lambda c, m: HybridDrafter(c, lambda name: make_drafter(name, m)),
+        HybridConfig,
+        help="several drafters merged into one tree, ranked by calibrated acceptance",
+        uses_draft=True,
+    ),
+    "auto": DrafterSpec(
+        lambda c, m: _auto(c, m),
+        AutoConfig,
+        uses_draft=True,
+        help="hybrid of model-free sources (--auto-sources, default stand,pld) and the draft "
+        "model when one is loaded, tree size planned per step",
+    ),
 }
 
 
@@ -102,11 +157,14 @@ MODEL_FREE = ("stand", "pld", "pld-tree", "lookahead", "suffix", "recycling")
 def _auto(config: "AutoConfig", draft_model: Any) -> Drafter:
     sources = config.sources + (f",{config.draft_source}" if draft_model is not None else "")
     hybrid = HybridConfig(sources=sources, skip_above=config.skip_above)
-    return HybridDrafter(hybrid, lambda name: make_drafter(name, draft_model), name="auto", default_budget="auto")
+    return HybridDrafter(
+        hybrid, lambda name: make_drafter(name, draft_model), name="auto", default_budget="auto"
+    )
 
 
 def drafter_config(name: str, **options: Any) -> Any:
-    """The validated config of drafter ``name`` (None for option-less drafters); raises TokentreeError."""
+    """The validated config of drafter ``name`` (None for option-less drafters); raises
+    TokentreeError."""
     if name not in DRAFTERS:
         raise TokentreeError(f"unknown drafter '{name}': choose one of {', '.join(DRAFTERS)}")
     spec = DRAFTERS[name]
@@ -117,8 +175,10 @@ def drafter_config(name: str, **options: Any) -> Any:
     fields = {f.name for f in dataclasses.fields(spec.config_cls)}
     unknown = set(options) - fields
     if unknown:
-        raise TokentreeError(f"drafter '{name}' has no option(s) {', '.join(sorted(unknown))}; "
-                             f"it takes {', '.join(sorted(fields))}")
+        raise TokentreeError(
+            f"drafter '{name}' has no option(s) {', '.join(sorted(unknown))}; "
+            f"it takes {', '.join(sorted(fields))}"
+        )
     try:
         return spec.config_cls(**{**dict(spec.defaults), **options})
     except (TypeError, ValueError) as exc:
@@ -138,13 +198,37 @@ def make_drafter(name: str, draft_model: Any = None, **options: Any) -> Drafter:
     if not spec.needs_draft:
         return spec.build(config)
     if draft_model is None:
-        raise TokentreeError(f"drafter '{name}' needs a draft model (--draft, or the embedded pair)")
+        raise TokentreeError(
+            f"drafter '{name}' needs a draft model (--draft, or the embedded pair)"
+        )
     return spec.build(config, draft_model)
 
 
-__all__ = ["AutoConfig", "BeamConfig", "StochasticBeamDrafter", "HybridConfig", "HybridDrafter", "drafter_config",
-           "ChainConfig", "DySpecConfig", "SequoiaConfig", "SpecInferConfig", "RSDCConfig", "DRAFTERS", "Drafter",
-           "DrafterSpec",
-           "LookaheadConfig", "LookaheadDrafter", "NoDrafter", "PLDConfig", "PromptLookupDrafter",
-           "RecyclingConfig", "RecyclingDrafter", "StandConfig", "StandDrafter", "SuffixConfig", "SuffixDrafter",
-           "make_drafter"]
+__all__ = [
+    "AutoConfig",
+    "BeamConfig",
+    "StochasticBeamDrafter",
+    "HybridConfig",
+    "HybridDrafter",
+    "drafter_config",
+    "ChainConfig",
+    "DySpecConfig",
+    "SequoiaConfig",
+    "SpecInferConfig",
+    "RSDCConfig",
+    "DRAFTERS",
+    "Drafter",
+    "DrafterSpec",
+    "LookaheadConfig",
+    "LookaheadDrafter",
+    "NoDrafter",
+    "PLDConfig",
+    "PromptLookupDrafter",
+    "RecyclingConfig",
+    "RecyclingDrafter",
+    "StandConfig",
+    "StandDrafter",
+    "SuffixConfig",
+    "SuffixDrafter",
+    "make_drafter",
+]

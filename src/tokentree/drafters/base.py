@@ -17,7 +17,9 @@ class Drafter(Protocol):
 
     name: str
     default_budget: int | Literal["auto"]  # drafted tokens per step when the request does not say
-    runs_draft_model: bool  # drafting runs a draft model (a forward per tree level; see resolve_budget)
+    runs_draft_model: (
+        bool  # drafting runs a draft model (a forward per tree level; see resolve_budget)
+    )
 
     def propose(self, context: Sequence[int], budget: int) -> TokenTree:
         """A tree rooted at ``context[-1]`` with at most ``budget`` nodes below the root."""
@@ -56,7 +58,8 @@ class LearningDrafter(Protocol):
 
 @runtime_checkable
 class ForkingDrafter(Protocol):
-    """A drafter that can decode several sequences at once (the sequences of a batch, ``n`` samples)."""
+    """A drafter that can decode several sequences at once (the sequences of a batch, ``n``
+    samples)."""
 
     def fork(self) -> Drafter:
         """A drafter with its own per-request state (what one step proposes and then observes) over
@@ -69,8 +72,10 @@ def fork(drafter: Drafter) -> Drafter:
     model's KV cache, for one)."""
     if isinstance(drafter, ForkingDrafter):
         return drafter.fork()
-    raise TokentreeError(f"drafter '{drafter.name}' cannot decode several sequences at once yet: use auto "
-                         "(without a draft model), stand, pld, lookahead, recycling or none")
+    raise TokentreeError(
+        f"drafter '{drafter.name}' cannot decode several sequences at once yet: use auto "
+        "(without a draft model), stand, pld, lookahead, recycling or none"
+    )
 
 
 def fresh_request_copy(drafter: Drafter) -> Drafter:
@@ -101,17 +106,25 @@ def resolve_budget(requested: int | str | None, drafter: Drafter) -> int | str:
 
 @runtime_checkable
 class StochasticDrafter(Protocol):
-    """A drafter that, when sampling, draws children at random and says from which q (V-RRS / V-MSS)."""
+    """A drafter that, when sampling, draws children at random and says from which q (V-RRS /
+    V-MSS)."""
 
-    def propose_sampled(self, context: Sequence[int], budget: int, params: SamplingParams,
-                        generator: torch.Generator) -> Draft:
-        """A tree like :meth:`Drafter.propose`, drawn with ``generator`` from warped draft distributions."""
+    def propose_sampled(
+        self,
+        context: Sequence[int],
+        budget: int,
+        params: SamplingParams,
+        generator: torch.Generator,
+    ) -> Draft:
+        """A tree like :meth:`Drafter.propose`, drawn with ``generator`` from warped draft
+        distributions."""
         ...
 
 
 @runtime_checkable
 class GuidedDrafter(Protocol):
-    """A drafter that can use a cheaper drafter's tree as guesses to draft faster (not differently)."""
+    """A drafter that can use a cheaper drafter's tree as guesses to draft faster (not
+    differently)."""
 
     def propose_guided(self, context: Sequence[int], budget: int, guide: TokenTree) -> TokenTree:
         """The tree :meth:`Drafter.propose` would give; ``guide`` (rooted at ``context[-1]``, scores

@@ -49,14 +49,16 @@ def _log1mexp(x: torch.Tensor) -> torch.Tensor:
 
 
 def truncated_gumbel(perturbed: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
-    """Shift Gumbel values [m, V] so each row's maximum becomes ``top`` [m], order kept (Kool et al., eq. 23)."""
+    """Shift Gumbel values [m, V] so each row's maximum becomes ``top`` [m], order kept (Kool et
+    al., eq. 23)."""
     z = perturbed.max(dim=-1, keepdim=True).values
     v = top[:, None] - perturbed + _log1mexp(perturbed - z)
     return top[:, None] - v.clamp_min(0) - torch.log1p(torch.exp(-v.abs()))
 
 
-def beam_step(log_q: torch.Tensor, beams: list[Beam], width: int,
-              generator: torch.Generator | None) -> list[Extension]:
+def beam_step(
+    log_q: torch.Tensor, beams: list[Beam], width: int, generator: torch.Generator | None
+) -> list[Extension]:
     """The ``width`` best extensions of ``beams`` (fewer if q's support is smaller).
 
     log_q: [m, V] log draft probabilities after each beam (-inf outside the support).
@@ -68,14 +70,23 @@ def beam_step(log_q: torch.Tensor, beams: list[Beam], width: int,
         values = log_prob
     else:
         uniform = torch.rand(log_q.shape, generator=generator).clamp_min(1e-20)
-        values = truncated_gumbel(log_prob - (-uniform.log()).log(), torch.tensor([b.value for b in beams]))
+        values = truncated_gumbel(
+            log_prob - (-uniform.log()).log(), torch.tensor([b.value for b in beams])
+        )
     k = min(width, log_q.shape[-1])
     best, tokens = values.topk(k, dim=-1)  # per beam: no beam can contribute more than width
     flat = best.flatten()
     keep = flat.topk(min(width, int(torch.isfinite(flat).sum()))).indices.tolist()
     kept = sorted(keep, key=lambda i: (i // k, i % k))
-    return [Extension(i // k, int(tokens.flatten()[i]), float(log_prob[i // k, tokens.flatten()[i]]),
-                      float(flat[i])) for i in kept]
+    return [
+        Extension(
+            i // k,
+            int(tokens.flatten()[i]),
+            float(log_prob[i // k, tokens.flatten()[i]]),
+            float(flat[i]),
+        )
+        for i in kept
+    ]
 
 
 @dataclass
@@ -111,11 +122,20 @@ class StochasticBeamDrafter(_DraftModelDrafter):
             if room <= 0 or not beams:
                 break
             _, logits = self.model.forward_new(grown)
-            beams = self._extend(grown, beams, logits, min(self.config.width, room), params, generator)
+            beams = self._extend(
+                grown, beams, logits, min(self.config.width, room), params, generator
+            )
         return self._finish(grown)
 
-    def _extend(self, grown: GrowingTree, beams: list[Beam], logits: torch.Tensor, width: int, params,
-                generator: torch.Generator) -> list[Beam]:
+    def _extend(
+        self,
+        grown: GrowingTree,
+        beams: list[Beam],
+        logits: torch.Tensor,
+        width: int,
+        params,
+        generator: torch.Generator,
+    ) -> list[Beam]:
         """Add the next level's kept children to ``grown``; they are the new beams."""
         if params.greedy:
             log_q, sample = torch.log_softmax(logits.float(), dim=-1), None

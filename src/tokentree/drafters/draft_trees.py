@@ -1,4 +1,5 @@
-"""The draft-model drafters: chain, specinfer, rsd-c, sequoia and dyspec (see ``model.py``; rsd-s in ``beam.py``)."""
+"""The draft-model drafters: chain, specinfer, rsd-c, sequoia and dyspec (see ``model.py``; rsd-s
+in ``beam.py``)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ def parse_widths(text: str) -> tuple[int, ...]:
     try:
         widths = tuple(int(w) for w in text.split(","))
     except ValueError:
-        raise ValueError(f"widths must be comma-separated integers like 4,2,2,1,1, got '{text}'") from None
+        raise ValueError(
+            f"widths must be comma-separated integers like 4,2,2,1,1, got '{text}'"
+        ) from None
     if not widths or any(not 1 <= w <= 32 for w in widths) or len(widths) > 32:
         raise ValueError(f"widths must be 1..32 integers in [1, 32], got '{text}'")
     return widths
@@ -39,12 +42,22 @@ class _DraftModelDrafter:
     def propose(self, context: Sequence[int], budget: int) -> TokenTree:
         return self._grow(context, self.model.room(budget), GREEDY, torch.Generator()).tree
 
-    def propose_sampled(self, context: Sequence[int], budget: int, params: SamplingParams,
-                        generator: torch.Generator) -> Draft:
+    def propose_sampled(
+        self,
+        context: Sequence[int],
+        budget: int,
+        params: SamplingParams,
+        generator: torch.Generator,
+    ) -> Draft:
         return self._grow(context, self.model.room(budget), params, generator)
 
-    def _grow(self, context: Sequence[int], budget: int, params: SamplingParams,
-              generator: torch.Generator) -> Draft:
+    def _grow(
+        self,
+        context: Sequence[int],
+        budget: int,
+        params: SamplingParams,
+        generator: torch.Generator,
+    ) -> Draft:
         raise NotImplementedError
 
     def observe(self, tree: TokenTree, logits: torch.Tensor, acceptance: Acceptance) -> None:
@@ -67,8 +80,12 @@ class ChainConfig:
     k: int = 5  # draft tokens per step to start with
     adaptive: bool = True  # HF's rule: k + 2 after a fully accepted step, k - 1 after a miss
     max_k: int = 16
-    confidence: float = 0.3  # stop drafting when the draft's top probability falls below this (0 = never)
-    lookup: int = 8  # greedy: guess up to this many of the draft's own next tokens by prompt lookup (0 = off)
+    confidence: float = (
+        0.3  # stop drafting when the draft's top probability falls below this (0 = never)
+    )
+    lookup: int = (
+        8  # greedy: guess up to this many of the draft's own next tokens by prompt lookup (0 = off)
+    )
 
     def __post_init__(self) -> None:
         if not 1 <= self.k <= self.max_k <= 64:
@@ -90,7 +107,8 @@ class ChainDrafter(_DraftModelDrafter):
         self.guesser = PromptLookupDrafter(PLDConfig(max_ngram=4, min_ngram=1))
 
     def propose_guided(self, context: Sequence[int], budget: int, guide: TokenTree) -> TokenTree:
-        """The greedy chain, guessing first along ``guide``'s most likely path (then by prompt lookup)."""
+        """The greedy chain, guessing first along ``guide``'s most likely path (then by prompt
+        lookup)."""
         return self._grow_staged(context, min(self.k, budget), guide).tree
 
     def _grow(self, context, budget, params, generator) -> Draft:
@@ -102,10 +120,19 @@ class ChainDrafter(_DraftModelDrafter):
         def may_expand(node: int) -> bool:
             """Below the length, and the node itself was a confident draw (its distribution was
             computed anyway, so even an unconfident token is drafted, as transformers does)."""
-            return len(grown.ranks[node]) < depth and grown.step_prob(node) >= self.config.confidence
+            return (
+                len(grown.ranks[node]) < depth and grown.step_prob(node) >= self.config.confidence
+            )
 
-        self.model.grow_levels(grown, lambda node, probs: int(may_expand(node)), depth, self.draw, params,
-                               generator, may_expand=may_expand)
+        self.model.grow_levels(
+            grown,
+            lambda node, probs: int(may_expand(node)),
+            depth,
+            self.draw,
+            params,
+            generator,
+            may_expand=may_expand,
+        )
         return self._finish(grown)
 
     def _grow_staged(self, context: Sequence[int], depth: int, guide: TokenTree) -> Draft:
@@ -139,10 +166,11 @@ class ChainDrafter(_DraftModelDrafter):
 
     def _guess(self, history: list[int], count: int, guide: TokenTree, chain_len: int) -> list[int]:
         """Up to ``count`` guesses of the tokens after ``history``, whose last ``chain_len`` tokens
-        are the chain so far (its root included): ``guide``'s best path below them, else prompt lookup."""
+        are the chain so far (its root included): ``guide``'s best path below them, else prompt
+        lookup."""
         if count <= 0:
             return []
-        path = guide.follow(history[len(history) - chain_len:])
+        path = guide.follow(history[len(history) - chain_len :])
         node = path[-1] if len(path) == chain_len else None
         guesses: list[int] = []
         scores = guide.scores or (1.0,) * len(guide)
@@ -180,7 +208,9 @@ class WidthsDrafter(_DraftModelDrafter):
 
     default_budget = 16
 
-    def __init__(self, config: SpecInferConfig, draft_model: torch.nn.Module, name: str, draw: Draw):
+    def __init__(
+        self, config: SpecInferConfig, draft_model: torch.nn.Module, name: str, draw: Draw
+    ):
         super().__init__(draft_model)
         self.name, self.draw = name, draw
         self.widths = parse_widths(config.widths)
@@ -193,8 +223,15 @@ class WidthsDrafter(_DraftModelDrafter):
             depth = len(grown.ranks[node])
             return widths[depth] if depth < len(widths) else 0
 
-        self.model.grow_levels(grown, child_count, budget, self.draw, params, generator,
-                               may_expand=lambda node: len(grown.ranks[node]) < len(widths))
+        self.model.grow_levels(
+            grown,
+            child_count,
+            budget,
+            self.draw,
+            params,
+            generator,
+            may_expand=lambda node: len(grown.ranks[node]) < len(widths),
+        )
         return self._finish(grown)
 
 
@@ -223,8 +260,12 @@ class SequoiaDrafter(_DraftModelDrafter):
         else:
             self.vector = DEFAULT_VECTOR
             if not SequoiaDrafter._warned:
-                print("tokentree: sequoia uses its built-in acceptance vector; 'tokentree calibrate' measures "
-                      "one for your model pair", file=sys.stderr)
+                print(
+                    "tokentree: sequoia uses its built-in acceptance vector; 'tokentree "
+                    "calibrate' measures "
+                    "one for your model pair",
+                    file=sys.stderr,
+                )
                 SequoiaDrafter._warned = True
 
     def shape(self, budget: int) -> dict[tuple[int, ...], int]:
@@ -238,8 +279,15 @@ class SequoiaDrafter(_DraftModelDrafter):
     def _grow(self, context, budget, params, generator) -> Draft:
         grown = self.model.start(context)
         counts = self.shape(budget)
-        self.model.grow_levels(grown, lambda node, probs: counts.get(grown.ranks[node], 0), budget, self.draw,
-                               params, generator, may_expand=lambda node: grown.ranks[node] in counts)
+        self.model.grow_levels(
+            grown,
+            lambda node, probs: counts.get(grown.ranks[node], 0),
+            budget,
+            self.draw,
+            params,
+            generator,
+            may_expand=lambda node: grown.ranks[node] in counts,
+        )
         return self._finish(grown)
 
 
@@ -249,7 +297,9 @@ class DySpecConfig:
 
     rounds: int = 4  # draft forwards per step at most (the tree's depth)
     candidates: int = 8  # children considered per expanded node
-    threshold: float = 0.0  # > 0: the threshold variant, keep every candidate whose path probability exceeds it
+    threshold: float = (
+        0.0  # > 0: the threshold variant, keep every candidate whose path probability exceeds it
+    )
 
     def __post_init__(self) -> None:
         if not 1 <= self.rounds <= 32:
@@ -281,7 +331,9 @@ class DySpecDrafter(_DraftModelDrafter):
     def _grow(self, context, budget, params, generator) -> Draft:
         backend = self.model.backend
         backend.prefill(context[:-1], defer=CATCH_UP)
-        known = GrowingTree([int(context[-1])])  # every node explored so far; scores = path probabilities
+        known = GrowingTree(
+            [int(context[-1])]
+        )  # every node explored so far; scores = path probabilities
         forwarded: dict[int, int] = {}  # known node -> index in the forwarded tree
         fwd_tokens: list[int] = []
         fwd_parents: list[int] = []
@@ -299,8 +351,10 @@ class DySpecDrafter(_DraftModelDrafter):
             added = []
             for node, row in zip(frontier, logits):
                 probs, ids = torch.softmax(row.float(), -1).topk(self.config.candidates)
-                added += [known.add(node, rank, token, p)
-                          for rank, (p, token) in enumerate(zip(probs.tolist(), ids.tolist()))]
+                added += [
+                    known.add(node, rank, token, p)
+                    for rank, (p, token) in enumerate(zip(probs.tolist(), ids.tolist()))
+                ]
             chosen = set(self._best(known, budget))
             frontier = [node for node in added if node in chosen]
             if not frontier:
@@ -309,14 +363,16 @@ class DySpecDrafter(_DraftModelDrafter):
         self.model.forwarded = len(fwd_tokens)
         return Draft(known.tree().subset(keep))
 
-    def _within_sequences(self, known: GrowingTree, frontier: list[int], forwarded: int) -> list[int]:
+    def _within_sequences(
+        self, known: GrowingTree, frontier: list[int], forwarded: int
+    ) -> list[int]:
         """The frontier's best nodes that a draft backend with a sequence limit (llama.cpp) can
         still forward: each forwarded node may open a sequence, and nodes forwarded in earlier
         rounds keep theirs even when they drop out of the best set."""
         limit = self.model.backend.max_leaves
         if limit is None or forwarded + len(frontier) <= limit:
             return frontier
-        best = sorted(frontier, key=lambda n: -known.scores[n])[:max(0, limit - forwarded)]
+        best = sorted(frontier, key=lambda n: -known.scores[n])[: max(0, limit - forwarded)]
         return sorted(best)
 
     def _best(self, known: GrowingTree, budget: int) -> list[int]:

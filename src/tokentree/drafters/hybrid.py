@@ -30,12 +30,17 @@ class HybridConfig:
     """Hybrid options (CLI flags ``--hybrid-<field>``)."""
 
     sources: str = "stand,pld"  # drafter names, cheapest first (draft-model drafters need --draft)
-    skip_above: float = 2.0  # skip draft-model sources when the others promise this many accepted tokens
+    skip_above: float = (
+        2.0  # skip draft-model sources when the others promise this many accepted tokens
+    )
 
     def __post_init__(self) -> None:
         names = [n.strip() for n in self.sources.split(",") if n.strip()]
         if not names or len(set(names)) != len(names) or {"hybrid", "auto", "none"} & set(names):
-            raise ValueError(f"sources must be distinct drafter names (not hybrid/auto/none), got '{self.sources}'")
+            raise ValueError(
+                "sources must be distinct drafter names (not hybrid/auto/none), got "
+                f"'{self.sources}'"
+            )
         if self.skip_above < 0:
             raise ValueError(f"skip_above must be >= 0, got {self.skip_above}")
 
@@ -66,7 +71,11 @@ class PayoffGate:
         return self.pays(seconds_per_token) or self.probes.due()
 
     def pays(self, seconds_per_token: float | None) -> bool:
-        return self.gain is None or seconds_per_token is None or self.gain * seconds_per_token >= self.cost_s
+        return (
+            self.gain is None
+            or seconds_per_token is None
+            or self.gain * seconds_per_token >= self.cost_s
+        )
 
     def record(self, gain: float, cost_s: float) -> None:
         if self.gain is None:
@@ -122,7 +131,8 @@ def expected_accepted(tree: TokenTree) -> float:
 
 
 def restrict(source: TokenTree, verified: TokenTree) -> tuple[list[int], list[int]]:
-    """Source nodes also in ``verified`` (same token path; ascending, root first) and their verified rows."""
+    """Source nodes also in ``verified`` (same token path; ascending, root first) and their
+    verified rows."""
     present, rows, index = [0], [0], {0: 0}
     for node in range(1, len(source)):
         parent = index.get(source.parents[node])
@@ -139,13 +149,20 @@ class HybridDrafter:
     default_budget: int | str = 16
     runs_draft_model = False  # its sources may: they are gated one by one (PayoffGate)
 
-    def __init__(self, config: HybridConfig, build: Callable[[str], Drafter], name: str = "hybrid",
-                 default_budget: int | str = 16):
+    def __init__(
+        self,
+        config: HybridConfig,
+        build: Callable[[str], Drafter],
+        name: str = "hybrid",
+        default_budget: int | str = 16,
+    ):
         self.config = config
         self.name, self.default_budget = name, default_budget
         self.sources = [build(n) for n in config.names]
         self.calibrators = [AcceptanceCalibrator() for _ in self.sources]
-        self.gates = {i: PayoffGate() for i, source in enumerate(self.sources) if source.runs_draft_model}
+        self.gates = {
+            i: PayoffGate() for i, source in enumerate(self.sources) if source.runs_draft_model
+        }
         self.clock = StepClock()
         self._proposed: list[tuple[int, TokenTree]] = []
         self._costs: dict[int, float] = {}
@@ -159,7 +176,8 @@ class HybridDrafter:
 
     def fork(self) -> HybridDrafter:
         """Forks of its sources (each must fork) and its own step state; the calibrators and gates
-        are shared, so what one sequence teaches them applies to all (see :class:`ForkingDrafter`)."""
+        are shared, so what one sequence teaches them applies to all (see
+        :class:`ForkingDrafter`)."""
         other = copy.copy(self)
         other.sources = [fork(source) for source in self.sources]
         other.clock = StepClock()
@@ -175,13 +193,16 @@ class HybridDrafter:
         self._proposed, self._costs = [], {}
         period = self.clock.tick()
         if period is not None and self._last_step is not None:
-            # the last step as it would have been without the expensive sources: the price they must beat
+            # the last step as it would have been without the expensive sources: the price they
+            # must beat
             self.clock.record(period - self._last_step[0], self._last_step[1])
         self._last_step = None
         merged = TokenTree.root(root)
         for i, source in enumerate(self.sources):
-            if i in self.gates and (expected_accepted(merged) >= self.config.skip_above
-                                    or not self.gates[i].should_call(self.clock.per_token)):
+            if i in self.gates and (
+                expected_accepted(merged) >= self.config.skip_above
+                or not self.gates[i].should_call(self.clock.per_token)
+            ):
                 continue
             start = time.perf_counter()
             if isinstance(source, GuidedDrafter):  # the cheaper sources' tree as its guesses
@@ -190,22 +211,30 @@ class HybridDrafter:
                 tree = source.propose(context, budget)
             self._costs[i] = time.perf_counter() - start
             self._proposed.append((i, tree))
-            estimated = TokenTree(tree.tokens, tree.parents, tuple(self.calibrators[i].estimate(tree)))
-            merged = TokenTree.from_paths(root, _paths_of(merged) + _paths_of(estimated),
-                                          _scores_of(merged) + _scores_of(estimated))
+            estimated = TokenTree(
+                tree.tokens, tree.parents, tuple(self.calibrators[i].estimate(tree))
+            )
+            merged = TokenTree.from_paths(
+                root,
+                _paths_of(merged) + _paths_of(estimated),
+                _scores_of(merged) + _scores_of(estimated),
+            )
             merged = merged.best(budget)
         return merged
 
     def observe(self, tree: TokenTree, logits: torch.Tensor, acceptance: Acceptance) -> None:
-        """Each source learns from the verified part of its tree; its calibrator from what was accepted."""
+        """Each source learns from the verified part of its tree; its calibrator from what was
+        accepted."""
         new_tokens = acceptance.new_tokens(tree)
         cheap_rows: set[int] = set()
         gained, spent = 0, 0.0
         for i, source_tree in self._proposed:
             present, rows = restrict(source_tree, tree)
             if i in self.gates:
-                cheap_run = next((k for k, node in enumerate(acceptance.nodes[1:]) if node not in cheap_rows),
-                                 acceptance.accepted)
+                cheap_run = next(
+                    (k for k, node in enumerate(acceptance.nodes[1:]) if node not in cheap_rows),
+                    acceptance.accepted,
+                )
                 gained, spent = gained + acceptance.accepted - cheap_run, spent + self._costs[i]
                 self.gates[i].record(acceptance.accepted - cheap_run, self._costs[i])
             else:
@@ -219,12 +248,18 @@ class HybridDrafter:
         self._proposed = []
 
     def state_dict(self) -> dict:
-        return {"sources": self.config.names,
-                "states": [s.state_dict() if isinstance(s, LearningDrafter) else None for s in self.sources]}
+        return {
+            "sources": self.config.names,
+            "states": [
+                s.state_dict() if isinstance(s, LearningDrafter) else None for s in self.sources
+            ],
+        }
 
     def load_state_dict(self, state: dict, vocab_size: int) -> None:
         if state.get("sources") != self.config.names:
-            raise ValueError(f"saved for sources {state.get('sources')}, this drafter uses {self.config.names}")
+            raise ValueError(
+                f"saved for sources {state.get('sources')}, this drafter uses {self.config.names}"
+            )
         for source, saved in zip(self.sources, state["states"]):
             if saved is not None and isinstance(source, LearningDrafter):
                 source.load_state_dict(saved, vocab_size)
@@ -234,7 +269,7 @@ def _select_rows(logits: torch.Tensor, rows: list[int]) -> torch.Tensor:
     """``logits[rows]``: a view when the rows are consecutive (a copy of full-vocabulary rows costs
     about as much as reducing them)."""
     if rows == list(range(rows[0], rows[0] + len(rows))):
-        return logits[rows[0]:rows[0] + len(rows)]
+        return logits[rows[0] : rows[0] + len(rows)]
     return logits[rows]
 
 

@@ -58,7 +58,9 @@ class LookaheadDrafter:
 
     def _absorb(self, context: Sequence[int]) -> None:
         if self._global_start is None:  # first call of a request: the context is the prompt
-            self._global_start = max(0, len(context) - self.config.key)  # keep the prompt's last keys
+            self._global_start = max(
+                0, len(context) - self.config.key
+            )  # keep the prompt's last keys
         self.request_trie.extend(context, self._seen)
         output = context[self._global_start :]
         self.global_trie.extend(output, max(0, self._seen - self._global_start))
@@ -84,7 +86,9 @@ class LookaheadDrafter:
 
     def load_state_dict(self, state: dict, vocab_size: int) -> None:
         if state["window"] != self.config.window:
-            raise ValueError(f"saved with window {state['window']}, this drafter uses {self.config.window}")
+            raise ValueError(
+                f"saved with window {state['window']}, this drafter uses {self.config.window}"
+            )
         self.global_trie.load_list(state["trie"], vocab_size)
         if self.global_trie.nodes > self.config.max_nodes:
             self.global_trie.halve()

@@ -3,7 +3,8 @@
 The draft model keeps a KV cache of the committed context (its own backend, transformers or
 llama.cpp, compacted after each step exactly like the target's). A tree grows level by level:
 every level is one draft forward over the nodes added since the last one (``grow``), so draft
-forwards per step are bounded by the depth, not by the node count. How many children each node gets is the policy of
+forwards per step are bounded by the depth, not by the node count. How many children each node gets
+is the policy of
 each drafter; how they are drawn depends on the request:
 
 - greedy: the draft's top-m tokens (verified by V-greedy);
@@ -32,7 +33,8 @@ ChildCount = Callable[[int, torch.Tensor], int]
 
 @dataclass
 class GrowingTree:
-    """A tree under construction: nodes, their rank paths, scores (draft path probability) and q rows."""
+    """A tree under construction: nodes, their rank paths, scores (draft path probability) and q
+    rows."""
 
     tokens: list[int]
     parents: list[int] = field(default_factory=lambda: [-1])
@@ -80,21 +82,32 @@ class DraftModel:
         return budget if limit is None else min(budget, limit - 1)
 
     def start(self, context: Sequence[int]) -> GrowingTree:
-        """Sync the cache to ``context[:-1]`` (reusing what it holds) and start a tree at ``context[-1]``."""
+        """Sync the cache to ``context[:-1]`` (reusing what it holds) and start a tree at
+        ``context[-1]``."""
         self.backend.prefill(context[:-1], defer=CATCH_UP)
         self.forwarded = 0
         return GrowingTree([int(context[-1])])
 
     def forward_new(self, grown: GrowingTree) -> tuple[list[int], torch.Tensor]:
-        """Run the draft over nodes added since the last call; (those nodes, their logits [m, V])."""
+        """Run the draft over nodes added since the last call; (those nodes, their logits [m,
+        V])."""
         nodes = list(range(self.forwarded, len(grown.tokens)))
         logits = self.backend.grow(grown.tree(), self.forwarded)
         self.forwarded = len(grown.tokens)
         return nodes, logits
 
-    def expand(self, grown: GrowingTree, node: int, logits: torch.Tensor, count: int, draw: Draw,
-               params: SamplingParams, generator: torch.Generator) -> list[int]:
-        """Give ``node`` up to ``count`` children drawn from its draft ``logits`` [V]; the new node ids."""
+    def expand(
+        self,
+        grown: GrowingTree,
+        node: int,
+        logits: torch.Tensor,
+        count: int,
+        draw: Draw,
+        params: SamplingParams,
+        generator: torch.Generator,
+    ) -> list[int]:
+        """Give ``node`` up to ``count`` children drawn from its draft ``logits`` [V]; the new node
+        ids."""
         probs = torch.softmax(logits.float(), dim=-1)
         if count <= 0:
             return []
@@ -107,11 +120,20 @@ class DraftModel:
                 picks = torch.multinomial(q, count, replacement=True, generator=generator).tolist()
             else:
                 picks = gumbel_top_k(q, count, generator)
-        return [grown.add(node, rank, token, float(probs[token])) for rank, token in enumerate(picks)]
+        return [
+            grown.add(node, rank, token, float(probs[token])) for rank, token in enumerate(picks)
+        ]
 
-    def grow_levels(self, grown: GrowingTree, child_count: ChildCount, budget: int, draw: Draw,
-                    params: SamplingParams, generator: torch.Generator,
-                    may_expand: Callable[[int], bool] = lambda node: True) -> GrowingTree:
+    def grow_levels(
+        self,
+        grown: GrowingTree,
+        child_count: ChildCount,
+        budget: int,
+        draw: Draw,
+        params: SamplingParams,
+        generator: torch.Generator,
+        may_expand: Callable[[int], bool] = lambda node: True,
+    ) -> GrowingTree:
         """Grow level by level: forward the newest level, give each node ``child_count`` children.
 
         ``may_expand(node)`` False for every new node ends the growth without a useless forward.
@@ -130,7 +152,8 @@ class DraftModel:
         return grown
 
     def commit(self, tree: TokenTree, acceptance: Acceptance) -> None:
-        """Keep the forwarded nodes on the accepted path; the rest is re-forwarded next step if needed.
+        """Keep the forwarded nodes on the accepted path; the rest is re-forwarded next step if
+        needed.
 
         The path is followed by tokens, so ``tree`` may be any tree the target verified that
         contains it (the drafter's own, a cut of it, or a merge with other drafters' trees).

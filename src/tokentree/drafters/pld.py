@@ -22,12 +22,16 @@ class PLDConfig:
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_ngram <= self.max_ngram:
-            raise ValueError(f"need 1 <= min_ngram <= max_ngram, got {self.min_ngram} and {self.max_ngram}")
+            raise ValueError(
+                f"need 1 <= min_ngram <= max_ngram, got {self.min_ngram} and {self.max_ngram}"
+            )
         if self.matches < 1:
             raise ValueError(f"matches must be >= 1, got {self.matches}")
 
 
-def find_continuations(context: np.ndarray, ngram: int, length: int, limit: int) -> list[np.ndarray]:
+def find_continuations(
+    context: np.ndarray, ngram: int, length: int, limit: int
+) -> list[np.ndarray]:
     """Continuations (up to ``length`` tokens) after the latest ``limit`` earlier matches of the
     last ``ngram`` tokens of ``context`` [L], newest first, distinct, non-empty."""
     if len(context) <= ngram:
@@ -63,7 +67,9 @@ class PromptLookupDrafter:
         tokens = np.asarray(context, dtype=np.int64)
         paths: list[list[int]] = []
         for ngram in range(self.config.max_ngram, self.config.min_ngram - 1, -1):
-            paths = [c.tolist() for c in find_continuations(tokens, ngram, budget, self.config.matches)]
+            paths = [
+                c.tolist() for c in find_continuations(tokens, ngram, budget, self.config.matches)
+            ]
             if paths:
                 break
         # Nodes are numbered in insertion order (newest match first), and every ancestor precedes
@@ -81,4 +87,3 @@ class PromptLookupDrafter:
 
     def fork(self) -> PromptLookupDrafter:
         return self  # it reads only the context it is given
-

@@ -35,10 +35,14 @@ class RecyclingConfig:
 
     def __post_init__(self) -> None:
         if self.template not in TEMPLATES:
-            raise ValueError(f"template must be one of {', '.join(TEMPLATES)}, got '{self.template}'")
+            raise ValueError(
+                f"template must be one of {', '.join(TEMPLATES)}, got '{self.template}'"
+            )
         needed = 1 + max(max(p) for p in parse_template(TEMPLATES[self.template]))
         if not needed <= self.k <= 64:
-            raise ValueError(f"k must be in [{needed}, 64] for template '{self.template}', got {self.k}")
+            raise ValueError(
+                f"k must be in [{needed}, 64] for template '{self.template}', got {self.k}"
+            )
         if not 0 < self.learning_rate <= 1:
             raise ValueError(f"learning_rate must be in (0, 1], got {self.learning_rate}")
 
@@ -58,7 +62,8 @@ class RecyclingDrafter:
 
     @property
     def matrix(self) -> np.ndarray | None:
-        """[V, k] successor ids, -1 = unknown (made at the first observe, shared with every fork)."""
+        """[V, k] successor ids, -1 = unknown (made at the first observe, shared with every
+        fork)."""
         return self._learned._matrix
 
     @matrix.setter
@@ -70,7 +75,8 @@ class RecyclingDrafter:
         self._proposed, self._tree = [], None
 
     def fork(self) -> RecyclingDrafter:
-        """Its own last tree over this drafter's matrix and template rates (see :class:`ForkingDrafter`)."""
+        """Its own last tree over this drafter's matrix and template rates (see
+        :class:`ForkingDrafter`)."""
         return fresh_request_copy(self)
 
     def propose(self, context: Sequence[int], budget: int) -> TokenTree:
@@ -101,23 +107,37 @@ class RecyclingDrafter:
 
     def state_dict(self) -> dict:
         """The persistent part: the successor matrix and the learned template rates."""
-        matrix = None if self.matrix is None else {
-            "rows": int(self.matrix.shape[0]),
-            "data": base64.b64encode(self.matrix.astype(np.int32).tobytes()).decode(),
+        matrix = (
+            None
+            if self.matrix is None
+            else {
+                "rows": int(self.matrix.shape[0]),
+                "data": base64.b64encode(self.matrix.astype(np.int32).tobytes()).decode(),
+            }
+        )
+        return {
+            "k": self.config.k,
+            "template": self.config.template,
+            "rate": self.shape.rate.tolist(),
+            "matrix": matrix,
         }
-        return {"k": self.config.k, "template": self.config.template, "rate": self.shape.rate.tolist(),
-                "matrix": matrix}
 
     def load_state_dict(self, state: dict, vocab_size: int) -> None:
         if state["k"] != self.config.k or state["template"] != self.config.template:
-            raise ValueError(f"saved with k={state['k']}, template {state['template']}; this drafter uses "
-                             f"k={self.config.k}, template {self.config.template}")
+            raise ValueError(
+                f"saved with k={state['k']}, template {state['template']}; this drafter uses "
+                f"k={self.config.k}, template {self.config.template}"
+            )
         matrix = None
         if state["matrix"] is not None:
             rows = int(state["matrix"]["rows"])
-            flat = np.frombuffer(base64.b64decode(state["matrix"]["data"], validate=True), dtype=np.int32)
+            flat = np.frombuffer(
+                base64.b64decode(state["matrix"]["data"], validate=True), dtype=np.int32
+            )
             if rows != vocab_size or flat.size != rows * self.config.k:
-                raise ValueError(f"matrix of {flat.size} ids does not fit {vocab_size} x {self.config.k}")
+                raise ValueError(
+                    f"matrix of {flat.size} ids does not fit {vocab_size} x {self.config.k}"
+                )
             if flat.size and (flat.min() < -1 or flat.max() >= vocab_size):
                 raise ValueError("matrix holds token ids outside the vocabulary")
             matrix = flat.astype(np.int64).reshape(rows, self.config.k)
@@ -130,7 +150,9 @@ class RecyclingDrafter:
             self.matrix = np.full((logits.shape[-1], self.config.k), -1, dtype=np.int64)
         top = top_k(logits, self.config.k)[1].cpu().numpy()
         self.matrix[np.asarray(tree.tokens)] = top
-        located = None if self._tree is None else self._tree.locate(tree)  # the verified tree may be a cut
+        located = (
+            None if self._tree is None else self._tree.locate(tree)
+        )  # the verified tree may be a cut
         if located is not None:
             template_nodes = [self._proposed[node] for node in located]
             self.shape.learn(tree, template_nodes, acceptance, self.config.learning_rate)

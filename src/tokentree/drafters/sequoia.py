@@ -15,13 +15,25 @@ from pathlib import Path
 from ..errors import TokentreeError
 from ..files import write_atomically
 
-DEFAULT_VECTOR = (0.55, 0.12, 0.05, 0.03, 0.02, 0.015, 0.01, 0.008)  # greedy-like, before calibration
+DEFAULT_VECTOR = (
+    0.55,
+    0.12,
+    0.05,
+    0.03,
+    0.02,
+    0.015,
+    0.01,
+    0.008,
+)  # greedy-like, before calibration
 CALIBRATION_VERSION = 1
 NEG = float("-inf")
 
 
-def optimal_tree(vector: tuple[float, ...], n: int, depth: int) -> tuple[float, list[tuple[int, ...]]]:
-    """(expected accepted tokens, rank paths in BFS order) of the best tree with n nodes below the root."""
+def optimal_tree(
+    vector: tuple[float, ...], n: int, depth: int
+) -> tuple[float, list[tuple[int, ...]]]:
+    """(expected accepted tokens, rank paths in BFS order) of the best tree with n nodes below the
+    root."""
     if n <= 0 or depth <= 0:
         return 0.0, []
     value, paths = _best(tuple(vector), n + 1, depth)
@@ -29,8 +41,11 @@ def optimal_tree(vector: tuple[float, ...], n: int, depth: int) -> tuple[float, 
 
 
 @lru_cache(maxsize=256)
-def _best(vector: tuple[float, ...], size: int, depth: int) -> tuple[float, tuple[tuple[int, ...], ...]]:
-    """Best subtree of ``size`` nodes (its root included) and depth <= ``depth``: value below the root."""
+def _best(
+    vector: tuple[float, ...], size: int, depth: int
+) -> tuple[float, tuple[tuple[int, ...], ...]]:
+    """Best subtree of ``size`` nodes (its root included) and depth <= ``depth``: value below the
+    root."""
     if size == 1:
         return 0.0, ()
     if depth == 0:
@@ -40,7 +55,8 @@ def _best(vector: tuple[float, ...], size: int, depth: int) -> tuple[float, tupl
 
 @lru_cache(maxsize=None)
 def _children(vector: tuple[float, ...], nodes: int, rank: int, depth: int) -> tuple[float, tuple]:
-    """Spread ``nodes`` over children of rank >= ``rank``, each child's subtree depth <= depth - 1."""
+    """Spread ``nodes`` over children of rank >= ``rank``, each child's subtree depth <= depth -
+    1."""
     if nodes == 0:
         return 0.0, ()
     if rank >= len(vector):
@@ -77,8 +93,13 @@ def check_vector(vector) -> tuple[float, ...]:
 
 
 def save_calibration(path: str | Path, vector, target: str, draft: str, positions: int) -> None:
-    data = {"version": CALIBRATION_VERSION, "target": target, "draft": draft, "positions": positions,
-            "vector": list(check_vector(vector))}
+    data = {
+        "version": CALIBRATION_VERSION,
+        "target": target,
+        "draft": draft,
+        "positions": positions,
+        "vector": list(check_vector(vector)),
+    }
     write_atomically(path, (json.dumps(data, indent=1) + "\n").encode())
 
 
@@ -86,7 +107,9 @@ def load_calibration(path: str | Path) -> tuple[float, ...]:
     try:
         data = json.loads(Path(path).read_text())
     except FileNotFoundError:
-        raise TokentreeError(f"no Sequoia calibration at {path} (make one with 'tokentree calibrate')") from None
+        raise TokentreeError(
+            f"no Sequoia calibration at {path} (make one with 'tokentree calibrate')"
+        ) from None
     except (OSError, ValueError) as exc:
         raise TokentreeError(f"cannot read the Sequoia calibration {path}: {exc}") from None
     if not isinstance(data, dict) or data.get("version") != CALIBRATION_VERSION:

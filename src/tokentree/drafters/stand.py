@@ -47,7 +47,9 @@ class StandConfig:
         if self.max_contexts < 1000:
             raise ValueError(f"max_contexts must be >= 1000, got {self.max_contexts}")
         if self.template not in TEMPLATES:
-            raise ValueError(f"template must be one of {', '.join(TEMPLATES)}, got '{self.template}'")
+            raise ValueError(
+                f"template must be one of {', '.join(TEMPLATES)}, got '{self.template}'"
+            )
         if not 0 < self.learning_rate <= 1:
             raise ValueError(f"learning_rate must be in (0, 1], got {self.learning_rate}")
 
@@ -78,17 +80,21 @@ class StandDrafter:
         self.reset()
 
     def fork(self) -> StandDrafter:
-        """Its own request state over this table and template shape (see :class:`ForkingDrafter`)."""
+        """Its own request state over this table and template shape (see
+        :class:`ForkingDrafter`)."""
         return fresh_request_copy(self)
 
     def reset(self) -> None:
         self._context: list[int] = []
         self._prompt_done = False
-        self._proposed: list[int] | None = None  # template node per tree node of the last sampled draft
+        self._proposed: list[int] | None = (
+            None  # template node per tree node of the last sampled draft
+        )
 
     # ----------------------------------------------------------------- table
     def update(self, context: Sequence[int], dist: Distribution) -> None:
-        """Merge ``dist`` (the next-token distribution after ``context``) under its last 1..max_n tokens."""
+        """Merge ``dist`` (the next-token distribution after ``context``) under its last 1..max_n
+        tokens."""
         for n in range(1, min(self.config.max_n, len(context)) + 1):
             key = tuple(context[-n:])
             old = self.table.pop(key, None)  # re-inserted last: dict order = recency
@@ -139,9 +145,15 @@ class StandDrafter:
             expand(len(tokens) - 1)
         return TokenTree(tuple(tokens), tuple(parents), tuple(scores))
 
-    def propose_sampled(self, context: Sequence[int], budget: int, params: SamplingParams,
-                        generator: torch.Generator) -> Draft:
-        """The template's best ``budget`` nodes, each parent's children drawn without replacement from q."""
+    def propose_sampled(
+        self,
+        context: Sequence[int],
+        budget: int,
+        params: SamplingParams,
+        generator: torch.Generator,
+    ) -> Draft:
+        """The template's best ``budget`` nodes, each parent's children drawn without replacement
+        from q."""
         self._start_step(context)
         tail = self._context[-self.config.max_n :]
         tokens, parents, paths, proposed = [tail[-1]], [-1], [tail], [0]
@@ -156,8 +168,14 @@ class StandDrafter:
                 continue
             if up not in draws:
                 q_rows[up] = self._draft_distribution(paths[up], params)
-                draws[up] = [] if q_rows[up] is None else [
-                    q_rows[up][0][i] for i in gumbel_top_k(q_rows[up][1], self.shape.max_rank + 1, generator)]
+                draws[up] = (
+                    []
+                    if q_rows[up] is None
+                    else [
+                        q_rows[up][0][i]
+                        for i in gumbel_top_k(q_rows[up][1], self.shape.max_rank + 1, generator)
+                    ]
+                )
             if self.shape.rank(node) >= len(draws[up]):
                 continue
             token = draws[up][self.shape.rank(node)]
@@ -173,8 +191,9 @@ class StandDrafter:
                 q[up, row[0]] = row[1]
         return Draft(TokenTree(tuple(tokens), tuple(parents)), Draw.WITHOUT_REPLACEMENT, q)
 
-    def _draft_distribution(self, context: Sequence[int], params: SamplingParams
-                            ) -> tuple[list[int], torch.Tensor] | None:
+    def _draft_distribution(
+        self, context: Sequence[int], params: SamplingParams
+    ) -> tuple[list[int], torch.Tensor] | None:
         """The stored distribution after ``context``, warped: (support tokens [k], q over them [k]).
 
         Warping only the stored support equals warping a full [V] row whose other entries are -inf
@@ -195,7 +214,7 @@ class StandDrafter:
             self.shape.learn(tree, self._proposed, acceptance, self.config.learning_rate)
         probs, ids = top_probabilities(logits, self.config.top)
         probs, ids = probs.tolist(), ids.tolist()
-        base = self._context[: -1]
+        base = self._context[:-1]
         for node in range(len(tree)):
             path = [tree.tokens[i] for i in tree.path_to(node)]
             context = (base[-self.config.max_n :] + path)[-self.config.max_n :]
@@ -203,19 +222,29 @@ class StandDrafter:
 
     # ----------------------------------------------------------------- persistence
     def state_dict(self) -> dict:
-        return {"max_n": self.config.max_n, "vocab_size": self.vocab_size,
-                "template": self.config.template, "rate": self.shape.rate.tolist(),
-                "table": [[list(k), list(d), list(d.values())] for k, d in self.table.items()]}
+        return {
+            "max_n": self.config.max_n,
+            "vocab_size": self.vocab_size,
+            "template": self.config.template,
+            "rate": self.shape.rate.tolist(),
+            "table": [[list(k), list(d), list(d.values())] for k, d in self.table.items()],
+        }
 
     def load_state_dict(self, state: dict, vocab_size: int) -> None:
         if state["max_n"] != self.config.max_n:
-            raise ValueError(f"saved with max_n {state['max_n']}, this drafter uses {self.config.max_n}")
+            raise ValueError(
+                f"saved with max_n {state['max_n']}, this drafter uses {self.config.max_n}"
+            )
         table = {}
         for key, tokens, probs in state["table"]:
             ids = list(key) + list(tokens)
             if not all(isinstance(t, int) and 0 <= t < vocab_size for t in ids):
                 raise ValueError("table holds token ids outside the vocabulary")
-            if not 1 <= len(key) <= self.config.max_n or len(tokens) != len(probs) or len(tokens) > self.config.top:
+            if (
+                not 1 <= len(key) <= self.config.max_n
+                or len(tokens) != len(probs)
+                or len(tokens) > self.config.top
+            ):
                 raise ValueError("table entry has the wrong shape")
             if not all(isinstance(p, (int, float)) and 0 <= p <= 1 for p in probs):
                 raise ValueError("table holds probabilities outside [0, 1]")

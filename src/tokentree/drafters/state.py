@@ -38,9 +38,16 @@ def save_state(drafter: Any, path: str | Path, vocab: str) -> None:
     """Write ``drafter``'s state to ``path`` atomically."""
     require_stateful(drafter)
     path = Path(path)
-    document = {"format": FORMAT, "version": VERSION, "drafter": drafter.name, "vocab": vocab,
-                "state": drafter.state_dict()}
-    write_atomically(path, gzip.compress(json.dumps(document, separators=(",", ":")).encode(), mtime=0))
+    document = {
+        "format": FORMAT,
+        "version": VERSION,
+        "drafter": drafter.name,
+        "vocab": vocab,
+        "state": drafter.state_dict(),
+    }
+    write_atomically(
+        path, gzip.compress(json.dumps(document, separators=(",", ":")).encode(), mtime=0)
+    )
 
 
 def load_state(drafter: Any, path: str | Path, vocab: str, vocab_size: int) -> None:
@@ -56,12 +63,18 @@ def load_state(drafter: Any, path: str | Path, vocab: str, vocab_size: int) -> N
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise TokentreeError(f"{path} is not a tokentree drafter state file")
     if document.get("version") != VERSION:
-        raise TokentreeError(f"{path} has state format version {document.get('version')}; this tokentree reads "
-                             f"version {VERSION}")
+        raise TokentreeError(
+            f"{path} has state format version {document.get('version')}; this tokentree reads "
+            f"version {VERSION}"
+        )
     if document.get("drafter") != drafter.name:
-        raise TokentreeError(f"{path} holds state of drafter '{document.get('drafter')}', not '{drafter.name}'")
+        raise TokentreeError(
+            f"{path} holds state of drafter '{document.get('drafter')}', not '{drafter.name}'"
+        )
     if document.get("vocab") != vocab:
-        raise TokentreeError(f"{path} was learned with another vocabulary (tokenizer); it cannot be reused here")
+        raise TokentreeError(
+            f"{path} was learned with another vocabulary (tokenizer); it cannot be reused here"
+        )
     try:
         drafter.load_state_dict(document.get("state"), vocab_size)
     except (ValueError, TypeError, KeyError) as exc:

@@ -4,7 +4,8 @@ longest match of the context's suffix in suffix tries of this request and of pas
 Two tries cut at ``depth`` tokens: one of this request (prompt and output so far) and one of past
 responses (global, bounded: the oldest responses are evicted past ``max_nodes`` or
 ``max_responses``). In each, the longest suffix of the context that occurs is found; a match of m
-tokens may speculate ``min(alpha * m + offset, depth - m)`` tokens, grown best-first by the empirical
+tokens may speculate ``min(alpha * m + offset, depth - m)`` tokens, grown best-first by the
+empirical
 continuation probability (a node's count over the count of the match's continuations) and pruned
 below ``min_prob``; of the match lengths tried the one with the highest expected accepted length
 (the sum of its nodes' probabilities) is kept. Agent loops re-emit large parts of earlier answers:
@@ -25,7 +26,9 @@ from ..tree import TokenTree
 from .base import fresh_request_copy
 from .trie import TrieNode, WindowTrie
 
-HEADER_TOKENS = 4  # last prompt tokens stored before each response: the chat header predicts its start
+HEADER_TOKENS = (
+    4  # last prompt tokens stored before each response: the chat header predicts its start
+)
 
 
 @dataclass
@@ -43,12 +46,16 @@ class SuffixConfig:
         if self.depth < 2:
             raise ValueError(f"depth must be >= 2, got {self.depth}")
         if self.alpha <= 0 or self.offset < 0:
-            raise ValueError(f"alpha must be > 0 and offset >= 0, got {self.alpha} and {self.offset}")
+            raise ValueError(
+                f"alpha must be > 0 and offset >= 0, got {self.alpha} and {self.offset}"
+            )
         if not 0 <= self.min_prob < 1:
             raise ValueError(f"min_prob must be in [0, 1), got {self.min_prob}")
         if self.max_nodes < 1000 or self.max_responses < 1:
-            raise ValueError(f"max_nodes must be >= 1000 and max_responses >= 1, got {self.max_nodes} and "
-                             f"{self.max_responses}")
+            raise ValueError(
+                f"max_nodes must be >= 1000 and max_responses >= 1, got {self.max_nodes} and "
+                f"{self.max_responses}"
+            )
 
 
 @dataclass
@@ -74,23 +81,32 @@ class ResponseStore:
         return response
 
     def extend(self, response: Response, tokens: Sequence[int]) -> None:
-        """Append ``tokens`` to ``response`` (ignored once it was evicted), then evict past the caps."""
+        """Append ``tokens`` to ``response`` (ignored once it was evicted), then evict past the
+        caps."""
         if response.evicted or not tokens:
             return
         seen = len(response.tokens)
         response.tokens.extend(tokens)
         self.trie.extend(response.tokens, seen)
-        while self.responses and (self.trie.nodes > self.max_nodes or len(self.responses) > self.max_responses):
+        while self.responses and (
+            self.trie.nodes > self.max_nodes or len(self.responses) > self.max_responses
+        ):
             oldest = self.responses.popleft()
             self.trie.remove(oldest.tokens)
             oldest.evicted = True
 
 
-def _grow(start: TrieNode, max_depth: int, budget: int, min_prob: float) -> tuple[list[list[int]], list[float]]:
-    """Up to ``budget`` continuation paths below ``start``, best-first by probability (count over the
-    count of all continuations of ``start``), at most ``max_depth`` deep, none below ``min_prob``."""
+def _grow(
+    start: TrieNode, max_depth: int, budget: int, min_prob: float
+) -> tuple[list[list[int]], list[float]]:
+    """Up to ``budget`` continuation paths below ``start``, best-first by probability (count over
+    the
+    count of all continuations of ``start``), at most ``max_depth`` deep, none below
+    ``min_prob``."""
     total = sum(child.count for child in start.children.values())
-    heap = [(-child.count / total, token, [token], child) for token, child in start.children.items()]
+    heap = [
+        (-child.count / total, token, [token], child) for token, child in start.children.items()
+    ]
     heapq.heapify(heap)
     paths, probs = [], []
     while heap and len(paths) < budget:
@@ -107,8 +123,14 @@ def _grow(start: TrieNode, max_depth: int, budget: int, min_prob: float) -> tupl
 
 def _match_lengths(longest: int) -> list[int]:
     """Match lengths tried, longest first: the longest match and a few shorter ones."""
-    return sorted({m for m in (longest, 3 * longest // 4, longest // 2, longest // 4, 2, 1) if 1 <= m <= longest},
-                  reverse=True)
+    return sorted(
+        {
+            m
+            for m in (longest, 3 * longest // 4, longest // 2, longest // 4, 2, 1)
+            if 1 <= m <= longest
+        },
+        reverse=True,
+    )
 
 
 class SuffixDrafter:
@@ -118,11 +140,14 @@ class SuffixDrafter:
 
     def __init__(self, config: SuffixConfig | None = None):
         self.config = config or SuffixConfig()
-        self.store = ResponseStore(self.config.depth, self.config.max_nodes, self.config.max_responses)
+        self.store = ResponseStore(
+            self.config.depth, self.config.max_nodes, self.config.max_responses
+        )
         self.reset()
 
     def fork(self) -> SuffixDrafter:
-        """Its own request trie and response over this global store (see :class:`ForkingDrafter`)."""
+        """Its own request trie and response over this global store (see
+        :class:`ForkingDrafter`)."""
         return fresh_request_copy(self)
 
     def reset(self) -> None:
@@ -139,10 +164,13 @@ class SuffixDrafter:
             self._response = self.store.begin(context[-HEADER_TOKENS:])
         self._context = list(context)
         self.request_trie.extend(self._context, seen)
-        self.store.extend(self._response, self._context[max(seen, self._prompt_len):])
+        self.store.extend(self._response, self._context[max(seen, self._prompt_len) :])
 
-    def _best_match(self, trie: WindowTrie, context: Sequence[int], budget: int) -> tuple[list, list]:
-        """The paths and probabilities of the match length with the highest expected accepted length."""
+    def _best_match(
+        self, trie: WindowTrie, context: Sequence[int], budget: int
+    ) -> tuple[list, list]:
+        """The paths and probabilities of the match length with the highest expected accepted
+        length."""
         best: tuple[float, list, list] = (0.0, [], [])
         for m in _match_lengths(trie.longest_suffix(context)):
             start = trie.find(context[-m:])
@@ -171,11 +199,17 @@ class SuffixDrafter:
 
     def load_state_dict(self, state: dict, vocab_size: int) -> None:
         if state["depth"] != self.config.depth:
-            raise ValueError(f"saved with depth {state['depth']}, this drafter uses {self.config.depth}")
+            raise ValueError(
+                f"saved with depth {state['depth']}, this drafter uses {self.config.depth}"
+            )
         responses = state["responses"]
         if not isinstance(responses, list) or not all(
-                isinstance(r, list) and all(isinstance(t, int) and 0 <= t < vocab_size for t in r) for r in responses):
+            isinstance(r, list) and all(isinstance(t, int) and 0 <= t < vocab_size for t in r)
+            for r in responses
+        ):
             raise ValueError("responses must be lists of token ids below the vocabulary size")
-        self.store = ResponseStore(self.config.depth, self.config.max_nodes, self.config.max_responses)
+        self.store = ResponseStore(
+            self.config.depth, self.config.max_nodes, self.config.max_responses
+        )
         for tokens in responses:
             self.store.extend(self.store.begin([]), tokens)

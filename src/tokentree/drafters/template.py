@@ -21,7 +21,7 @@ TEMPLATES = {
         0000 0001 0002 0003 0004 0010 0011 0020 0030 0040 0100 0200 1000 2000 3000
         00000 00001 00002 00010 00020 00100 01000 10000
         000000 000001 000100
-    """,
+    """,  # noqa: E501  (one tree level per line)
     # a CPU-sized tree: deep along rank 0, a little width near the root (20 nodes)
     "small": """
         0 1 2 3
@@ -32,7 +32,16 @@ TEMPLATES = {
         000000
     """,
 }
-RANK_PRIOR = (0.55, 0.2, 0.1, 0.06, 0.04, 0.03, 0.02, 0.02)  # conditional acceptance by rank, before data
+RANK_PRIOR = (
+    0.55,
+    0.2,
+    0.1,
+    0.06,
+    0.04,
+    0.03,
+    0.02,
+    0.02,
+)  # conditional acceptance by rank, before data
 
 
 def parse_template(text: str) -> list[tuple[int, ...]]:
@@ -47,13 +56,16 @@ def parse_template(text: str) -> list[tuple[int, ...]]:
         if path[:-1] not in seen or path in seen:
             raise ValueError(f"template path {path} repeats or comes before its parent")
         if path[-1] and path[:-1] + (path[-1] - 1,) not in seen:
-            raise ValueError(f"template path {path} comes before its sibling of rank {path[-1] - 1}")
+            raise ValueError(
+                f"template path {path} comes before its sibling of rank {path[-1] - 1}"
+            )
         seen.add(path)
     return paths
 
 
 class TemplateShape:
-    """A template with learned rates. Template node 0 is the root; node i > 0 is ``paths[i - 1]``."""
+    """A template with learned rates. Template node 0 is the root; node i > 0 is ``paths[i -
+    1]``."""
 
     def __init__(self, name: str):
         if name not in TEMPLATES:
@@ -62,8 +74,12 @@ class TemplateShape:
         self.paths = parse_template(TEMPLATES[name])
         index = {path: i + 1 for i, path in enumerate(self.paths)}
         self.parent = [0] + [index.get(p[:-1], 0) for p in self.paths]
-        self.previous_sibling = [None] + [index[p[:-1] + (p[-1] - 1,)] if p[-1] else None for p in self.paths]
-        self.rate = np.array([1.0] + [RANK_PRIOR[min(p[-1], len(RANK_PRIOR) - 1)] for p in self.paths])
+        self.previous_sibling = [None] + [
+            index[p[:-1] + (p[-1] - 1,)] if p[-1] else None for p in self.paths
+        ]
+        self.rate = np.array(
+            [1.0] + [RANK_PRIOR[min(p[-1], len(RANK_PRIOR) - 1)] for p in self.paths]
+        )
 
     @property
     def max_rank(self) -> int:
@@ -73,13 +89,16 @@ class TemplateShape:
         return self.paths[node - 1][-1]
 
     def ranked(self) -> list[int]:
-        """Template nodes, most likely accepted first (path product of rates; parents precede children)."""
+        """Template nodes, most likely accepted first (path product of rates; parents precede
+        children)."""
         path_rate = self.rate.copy()
         for node in range(1, len(path_rate)):
             path_rate[node] *= path_rate[self.parent[node]]
         return sorted(range(1, len(path_rate)), key=lambda n: (-path_rate[n], n))
 
-    def learn(self, tree: TokenTree, proposed: list[int], acceptance: Acceptance, learning_rate: float) -> None:
+    def learn(
+        self, tree: TokenTree, proposed: list[int], acceptance: Acceptance, learning_rate: float
+    ) -> None:
         """Running average of each template node's acceptance, given its parent was accepted.
 
         proposed: the template node of each tree node (len(tree) entries, 0 for the root).

@@ -62,7 +62,9 @@ class WindowTrie:
             for depth, token in enumerate(window):
                 child = node.children[token]
                 child.count -= 1
-                if child.count == 0:  # only this occurrence went through it: its subtree is this window's rest
+                if (
+                    child.count == 0
+                ):  # only this occurrence went through it: its subtree is this window's rest
                     del node.children[token]
                     self.nodes -= len(window) - depth
                     break
@@ -126,8 +128,10 @@ class WindowTrie:
     # ----------------------------------------------------------------- persistence
     def to_list(self) -> list:
         """Nested [token, count, [children...]] lists (JSON-friendly)."""
+
         def dump(node: TrieNode) -> list:
             return [[token, child.count, dump(child)] for token, child in node.children.items()]
+
         return dump(self.root)
 
     def load_list(self, data: list, vocab_size: int) -> None:
@@ -139,8 +143,14 @@ class WindowTrie:
             if not isinstance(items, list):
                 raise ValueError("trie children must be a list")
             for item in items:
-                if (not isinstance(item, list) or len(item) != 3 or not isinstance(item[0], int)
-                        or not isinstance(item[1], int) or not 0 <= item[0] < vocab_size or item[1] < 1):
+                if (
+                    not isinstance(item, list)
+                    or len(item) != 3
+                    or not isinstance(item[0], int)
+                    or not isinstance(item[1], int)
+                    or not 0 <= item[0] < vocab_size
+                    or item[1] < 1
+                ):
                     raise ValueError(f"bad trie entry {str(item)[:60]}")
                 child = node.children[item[0]] = TrieNode()
                 child.count = item[1]

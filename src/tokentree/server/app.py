@@ -26,15 +26,31 @@ from .protocol import ChatRequest, CompletionRequest, GenerationRequest, error_b
 from .worker import SHUTTING_DOWN, Job, QueueFull, Result, ShuttingDown, Worker
 
 POLL_S = 0.25  # how often a waiting request checks its client and its deadlines
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy may buffer a stream
+SSE_HEADERS = {
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}  # no proxy may buffer a stream
 
 
 class APIError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 type_: str = "invalid_request_error", headers: dict | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        type_: str = "invalid_request_error",
+        headers: dict | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.type, self.headers = (
-            status, message, param, code, type_, headers)
+            status,
+            message,
+            param,
+            code,
+            type_,
+            headers,
+        )
 
 
 def create_app(generator: Generator, config: ServeConfig) -> FastAPI:
@@ -44,8 +60,12 @@ def create_app(generator: Generator, config: ServeConfig) -> FastAPI:
     context_limit = generator.target.context_limit or 1 << 30
     prompt_limit = min(context_limit, config.max_prompt_tokens or context_limit)
     new_token_limit = min(context_limit, config.max_tokens_limit or context_limit)
-    prompt_limit_name = "the model's context" if prompt_limit == context_limit else "--max-prompt-tokens"
-    new_token_limit_name = "the model's context" if new_token_limit == context_limit else "--max-tokens-limit"
+    prompt_limit_name = (
+        "the model's context" if prompt_limit == context_limit else "--max-prompt-tokens"
+    )
+    new_token_limit_name = (
+        "the model's context" if new_token_limit == context_limit else "--max-tokens-limit"
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -59,8 +79,12 @@ def create_app(generator: Generator, config: ServeConfig) -> FastAPI:
 
     @app.api_route("/health", methods=["GET", "HEAD"])
     async def health():
-        return {"status": "shutting_down" if worker.stopping else "ok", "model": model_name,
-                "queue_depth": worker.depth, "batch_size": worker.batch_size}
+        return {
+            "status": "shutting_down" if worker.stopping else "ok",
+            "model": model_name,
+            "queue_depth": worker.depth,
+            "batch_size": worker.batch_size,
+        }
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics_text():
@@ -91,39 +115,63 @@ def create_app(generator: Generator, config: ServeConfig) -> FastAPI:
         return await generate(request, body, ids, "prompt", chat=False)
 
     def unknown_model(name: str) -> APIError:
-        return APIError(404, f"the model '{name}' does not exist: this server serves '{model_name}'", param="model",
-                        code="model_not_found")
+        return APIError(
+            404,
+            f"the model '{name}' does not exist: this server serves '{model_name}'",
+            param="model",
+            code="model_not_found",
+        )
 
     async def encode(fn, param: str) -> list[int]:
-        """Tokenize in a thread: a long prompt must not hold up the event loop (and every other client)."""
+        """Tokenize in a thread: a long prompt must not hold up the event loop (and every other
+        client)."""
         try:
             ids = await run_in_threadpool(fn)
         except TokentreeError as exc:
             raise APIError(400, str(exc), param=param) from None
         if len(ids) > prompt_limit:
-            raise APIError(400, f"the prompt has {len(ids)} tokens, over {prompt_limit_name} of {prompt_limit} tokens",
-                           param=param, code="context_length_exceeded")
+            raise APIError(
+                400,
+                f"the prompt has {len(ids)} tokens, over {prompt_limit_name} of {prompt_limit} "
+                "tokens",
+                param=param,
+                code="context_length_exceeded",
+            )
         return ids
 
-    async def generate(request: Request, body: ChatRequest | CompletionRequest, ids: list[int], param: str,
-                       chat: bool):
+    async def generate(
+        request: Request,
+        body: ChatRequest | CompletionRequest,
+        ids: list[int],
+        param: str,
+        chat: bool,
+    ):
         choices = body.n or 1
         if choices > 1 and config.max_batch < 2:
-            raise APIError(400, "n > 1 needs a server started with --max-batch 2 or more",
-                           param="n")
+            raise APIError(
+                400, "n > 1 needs a server started with --max-batch 2 or more", param="n"
+            )
         jobs = make_jobs(body, ids, param, choices)
         try:
             worker.submit(*jobs)
         except QueueFull:
-            raise APIError(429, f"the server is busy ({config.max_queue} requests queued); retry shortly",
-                           type_="rate_limit_error", code="queue_full", headers={"Retry-After": "1"}) from None
+            raise APIError(
+                429,
+                f"the server is busy ({config.max_queue} requests queued); retry shortly",
+                type_="rate_limit_error",
+                code="queue_full",
+                headers={"Retry-After": "1"},
+            ) from None
         except ShuttingDown:
             raise APIError(*SHUTTING_DOWN, type_="server_error") from None
         started = time.monotonic()
         reply = Reply(model_name, chat, len(ids))
         if body.stream:  # (None = false)
-            return StreamingResponse(stream_events(request, jobs, reply, body.include_usage, started),
-                                     media_type="text/event-stream", headers=SSE_HEADERS)
+            return StreamingResponse(
+                stream_events(request, jobs, reply, body.include_usage, started),
+                media_type="text/event-stream",
+                headers=SSE_HEADERS,
+            )
         pieces: list[list[str]] = [[] for _ in jobs]
         results: dict[int, Result] = {}
         async for index, kind, value in events(request, jobs, started):
@@ -135,7 +183,11 @@ def create_app(generator: Generator, config: ServeConfig) -> FastAPI:
                 metrics.waited(jobs[index].started_at - jobs[index].queued_at)
             else:
                 status, message = value
-                raise APIError(status, message, type_="server_error" if status >= 500 else "invalid_request_error")
+                raise APIError(
+                    status,
+                    message,
+                    type_="server_error" if status >= 500 else "invalid_request_error",
+                )
         if len(results) < len(jobs):  # the client left
             return None
         metrics.request_done("generation", 200, time.monotonic() - started)
@@ -155,27 +207,52 @@ def create_app(generator: Generator, config: ServeConfig) -> FastAPI:
         if body.model is not None and body.model != model_name:
             raise unknown_model(body.model)
         stops = body.stops
-        if len(stops) > config.max_stops or any(not 0 < len(stop) <= config.max_stop_length for stop in stops):
-            raise APIError(400, f"give at most {config.max_stops} stop strings of 1 to {config.max_stop_length} "
-                           "characters", param="stop")
+        if len(stops) > config.max_stops or any(
+            not 0 < len(stop) <= config.max_stop_length for stop in stops
+        ):
+            raise APIError(
+                400,
+                f"give at most {config.max_stops} stop strings of 1 to {config.max_stop_length} "
+                "characters",
+                param="stop",
+            )
         if body.token_limit is not None and body.token_limit > new_token_limit:
-            raise APIError(400, f"max_tokens {body.token_limit} is over {new_token_limit_name} of "
-                           f"{new_token_limit} tokens",
-                           param="max_tokens")
+            raise APIError(
+                400,
+                f"max_tokens {body.token_limit} is over {new_token_limit_name} of "
+                f"{new_token_limit} tokens",
+                param="max_tokens",
+            )
         extra = body.tokentree
         drafter = extra.drafter if extra else None
         if drafter is not None and drafter not in DRAFTERS:
-            raise APIError(400, f"unknown drafter '{drafter}': choose one of {', '.join(DRAFTERS)}",
-                           param="tokentree.drafter")
+            raise APIError(
+                400,
+                f"unknown drafter '{drafter}': choose one of {', '.join(DRAFTERS)}",
+                param="tokentree.drafter",
+            )
         if drafter is not None and DRAFTERS[drafter].needs_draft and generator.draft is None:
-            raise APIError(400, f"drafter '{drafter}' needs a draft model; start the server with --draft",
-                           param="tokentree.drafter")
+            raise APIError(
+                400,
+                f"drafter '{drafter}' needs a draft model; start the server with --draft",
+                param="tokentree.drafter",
+            )
         room = context_limit - len(ids)
         max_new = body.token_limit or min(config.default_max_tokens, room)
         if max_new > room or room < 1:
-            raise APIError(400, f"the prompt has {len(ids)} tokens and asks for {max_new} more, over the model's "
-                           f"context of {context_limit} tokens", param=param, code="context_length_exceeded")
-        options = dict(max_new_tokens=max_new, stop=stops, budget=extra.budget if extra else None, **body.sampling())
+            raise APIError(
+                400,
+                f"the prompt has {len(ids)} tokens and asks for {max_new} more, over the model's "
+                f"context of {context_limit} tokens",
+                param=param,
+                code="context_length_exceeded",
+            )
+        options = dict(
+            max_new_tokens=max_new,
+            stop=stops,
+            budget=extra.budget if extra else None,
+            **body.sampling(),
+        )
         return Job(ids, options, drafter, asyncio.get_running_loop())
 
     async def events(request: Request, jobs: list[Job], started: float) -> AsyncIterator[tuple]:
@@ -190,7 +267,11 @@ def create_app(generator: Generator, config: ServeConfig) -> FastAPI:
             while True:
                 now = time.monotonic()
                 if now > deadline:
-                    yield 0, "error", (504, f"the request took longer than {config.request_timeout:g} s")
+                    yield (
+                        0,
+                        "error",
+                        (504, f"the request took longer than {config.request_timeout:g} s"),
+                    )
                     return
                 if worker.deadline is not None and now > worker.deadline:
                     yield 0, "error", SHUTTING_DOWN  # the shutdown's grace period is over
@@ -211,8 +292,9 @@ def create_app(generator: Generator, config: ServeConfig) -> FastAPI:
             for job in jobs:
                 job.cancel()  # no-op when finished; frees the worker at the next step otherwise
 
-    async def stream_events(request: Request, jobs: list[Job], reply: "Reply", include_usage: bool,
-                            started: float) -> AsyncIterator[str]:
+    async def stream_events(
+        request: Request, jobs: list[Job], reply: "Reply", include_usage: bool, started: float
+    ) -> AsyncIterator[str]:
         for job in jobs:
             yield sse(reply.chunk(job.index, role=True))
         results: list[Result] = []
@@ -221,7 +303,9 @@ def create_app(generator: Generator, config: ServeConfig) -> FastAPI:
                 yield sse(reply.chunk(index, text=value))
             elif kind == "done":
                 results.append(value)
-                metrics.generation_done(reply.prompt_tokens, value.completion_tokens, _hist(value.stats))
+                metrics.generation_done(
+                    reply.prompt_tokens, value.completion_tokens, _hist(value.stats)
+                )
                 metrics.waited(jobs[index].started_at - jobs[index].queued_at)
                 yield sse(reply.chunk(index, finish=value))
                 if len(results) == len(jobs):
@@ -230,14 +314,36 @@ def create_app(generator: Generator, config: ServeConfig) -> FastAPI:
                         yield sse(reply.usage_chunk(results))
             else:
                 status, message = value
-                yield sse(error_body(message, "server_error" if status >= 500 else "invalid_request_error",
-                                     code=str(status)))
+                yield sse(
+                    error_body(
+                        message,
+                        "server_error" if status >= 500 else "invalid_request_error",
+                        code=str(status),
+                    )
+                )
         yield "data: [DONE]\n\n"
 
-    routes = frozenset({"/health", "/metrics", "/v1/models", "/v1/models/{model}", "/v1/chat/completions",
-                        "/v1/completions", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
-    app.add_middleware(Gate, metrics=metrics, routes=routes, api_key=config.resolved_api_key(),
-                       max_body_bytes=config.max_body_bytes)
+    routes = frozenset(
+        {
+            "/health",
+            "/metrics",
+            "/v1/models",
+            "/v1/models/{model}",
+            "/v1/chat/completions",
+            "/v1/completions",
+            "/docs",
+            "/docs/oauth2-redirect",
+            "/redoc",
+            "/openapi.json",
+        }
+    )
+    app.add_middleware(
+        Gate,
+        metrics=metrics,
+        routes=routes,
+        api_key=config.resolved_api_key(),
+        max_body_bytes=config.max_body_bytes,
+    )
     return app
 
 
@@ -264,31 +370,62 @@ class Reply:
         self.created = int(time.time())
 
     def _envelope(self, choices: list, chunk: bool) -> dict:
-        kind = ("chat.completion" if self.chat else "text_completion") + (".chunk" if chunk and self.chat else "")
-        return {"id": self.id, "object": kind, "created": self.created, "model": self.model, "choices": choices}
+        kind = ("chat.completion" if self.chat else "text_completion") + (
+            ".chunk" if chunk and self.chat else ""
+        )
+        return {
+            "id": self.id,
+            "object": kind,
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        }
 
     def _usage(self, results: list[Result]) -> dict:
         completion = sum(result.completion_tokens for result in results)
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion,
-                "total_tokens": self.prompt_tokens + completion}
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": self.prompt_tokens + completion,
+        }
 
-    def _choice(self, index: int, text: str | None, finish: str | None, role: bool = False,
-                whole: bool = False) -> dict:
+    def _choice(
+        self,
+        index: int,
+        text: str | None,
+        finish: str | None,
+        role: bool = False,
+        whole: bool = False,
+    ) -> dict:
         if not self.chat:
             return {"index": index, "text": text or "", "finish_reason": finish, "logprobs": None}
         if whole:
-            return {"index": index, "message": {"role": "assistant", "content": text}, "finish_reason": finish,
-                    "logprobs": None}
-        delta = ({"role": "assistant", "content": ""} if role else {}) | ({"content": text} if text else {})
+            return {
+                "index": index,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": finish,
+                "logprobs": None,
+            }
+        delta = ({"role": "assistant", "content": ""} if role else {}) | (
+            {"content": text} if text else {}
+        )
         return {"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}
 
     def whole(self, texts: list[str], results: list[Result]) -> dict:
-        """The whole response: choice i is ``texts[i]``; tokentree's statistics are the first choice's."""
-        choices = [self._choice(i, text, result.finish_reason, whole=True)
-                   for i, (text, result) in enumerate(zip(texts, results))]
-        return self._envelope(choices, chunk=False) | {"usage": self._usage(results), "tokentree": results[0].stats}
+        """The whole response: choice i is ``texts[i]``; tokentree's statistics are the first
+        choice's."""
+        choices = [
+            self._choice(i, text, result.finish_reason, whole=True)
+            for i, (text, result) in enumerate(zip(texts, results))
+        ]
+        return self._envelope(choices, chunk=False) | {
+            "usage": self._usage(results),
+            "tokentree": results[0].stats,
+        }
 
-    def chunk(self, index: int, text: str | None = None, role: bool = False, finish: Result | None = None) -> dict:
+    def chunk(
+        self, index: int, text: str | None = None, role: bool = False, finish: Result | None = None
+    ) -> dict:
         choice = self._choice(index, text, finish.finish_reason if finish else None, role=role)
         body = self._envelope([choice], chunk=True)
         return body | ({"tokentree": finish.stats} if finish else {})
@@ -302,17 +439,24 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError):
-        return JSONResponse(error_body(exc.message, exc.type, exc.param, exc.code), exc.status, headers=exc.headers)
+        return JSONResponse(
+            error_body(exc.message, exc.type, exc.param, exc.code), exc.status, headers=exc.headers
+        )
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
         message, where = validation_message(exc.errors())
-        return JSONResponse(error_body(f"{where}: {message}" if where else message, param=where or None), 400)
+        return JSONResponse(
+            error_body(f"{where}: {message}" if where else message, param=where or None), 400
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
-        return JSONResponse(error_body(str(exc.detail), code=str(exc.status_code)), exc.status_code,
-                            headers=exc.headers)
+        return JSONResponse(
+            error_body(str(exc.detail), code=str(exc.status_code)),
+            exc.status_code,
+            headers=exc.headers,
+        )
 
     @app.exception_handler(Exception)
     async def crash(request: Request, exc: Exception):
@@ -320,18 +464,28 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def _union_tag(part) -> bool:
-    """pydantic names the member of a union in an error's location ('str', 'list[TextPart]', ...)."""
-    return isinstance(part, str) and ("[" in part or part in ("str", "int", "float", "bool", "dict", "list"))
+    """pydantic names the member of a union in an error's location ('str', 'list[TextPart]',
+    ...)."""
+    return isinstance(part, str) and (
+        "[" in part or part in ("str", "int", "float", "bool", "dict", "list")
+    )
 
 
 def validation_message(errors: list[dict]) -> tuple[str, str]:
     """(message, the field it is about or "") for pydantic's first error, in a client's words."""
-    first = next((e for e in errors if e.get("type") == "value_error"), errors[0] if errors else  # our checks first
-                 {"loc": (), "msg": "invalid request", "type": ""})
+    first = next(
+        (e for e in errors if e.get("type") == "value_error"),
+        errors[0]
+        if errors
+        # our checks first
+        else {"loc": (), "msg": "invalid request", "type": ""},
+    )
     loc = [str(part) for part in first.get("loc", ()) if part != "body" and not _union_tag(part)]
     if first.get("type") == "json_invalid":  # loc is (body, character position)
         error = first.get("ctx", {}).get("error", "")
-        return f"malformed JSON at character {loc[0] if loc else '?'}" + (f": {error}" if error else ""), ""
+        return f"malformed JSON at character {loc[0] if loc else '?'}" + (
+            f": {error}" if error else ""
+        ), ""
     if not loc and first.get("type") in ("model_attributes_type", "dict_type", "model_type"):
         return "the body must be a JSON object (send it with Content-Type: application/json)", ""
     return first.get("msg", "invalid request").removeprefix("Value error, "), ".".join(loc)

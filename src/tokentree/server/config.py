@@ -17,7 +17,9 @@ class ServeConfig:
 
     host: str = "127.0.0.1"
     port: int = 8000
-    api_key: str | None = None  # also read from $TOKENTREE_API_KEY or --api-key-file (not visible in ps)
+    api_key: str | None = (
+        None  # also read from $TOKENTREE_API_KEY or --api-key-file (not visible in ps)
+    )
     api_key_file: str | None = None  # a file whose first line is the API key
     served_model_name: str | None = None  # default: the target's name
     max_queue: int = 16  # requests waiting beyond the running ones; more get 429
@@ -34,13 +36,24 @@ class ServeConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise TokentreeError(f"--port must be in [0, 65535], got {self.port}")
-        for name in ("max_queue", "max_batch", "request_timeout", "default_max_tokens", "max_body_bytes", "max_stops",
-                     "max_stop_length"):
+        for name in (
+            "max_queue",
+            "max_batch",
+            "request_timeout",
+            "default_max_tokens",
+            "max_body_bytes",
+            "max_stops",
+            "max_stop_length",
+        ):
             if getattr(self, name) <= 0:
-                raise TokentreeError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+                raise TokentreeError(
+                    f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}"
+                )
         for name in ("max_prompt_tokens", "max_tokens_limit", "shutdown_grace"):
             if getattr(self, name) < 0:
-                raise TokentreeError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+                raise TokentreeError(
+                    f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}"
+                )
 
     def resolved_api_key(self) -> str | None:
         """The key from --api-key, else --api-key-file, else $TOKENTREE_API_KEY (None: no key)."""
@@ -50,7 +63,9 @@ class ServeConfig:
             try:
                 key = Path(self.api_key_file).read_text().strip().splitlines()
             except OSError as exc:
-                raise TokentreeError(f"--api-key-file {self.api_key_file}: {exc.strerror}") from None
+                raise TokentreeError(
+                    f"--api-key-file {self.api_key_file}: {exc.strerror}"
+                ) from None
             if not key or not key[0].strip():
                 raise TokentreeError(f"--api-key-file {self.api_key_file} is empty")
             return key[0].strip()

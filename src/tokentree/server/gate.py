@@ -1,4 +1,5 @@
-"""What every HTTP request passes before the app: the API key, the body size limit, the request count.
+"""What every HTTP request passes before the app: the API key, the body size limit, the request
+count.
 
 A pure ASGI middleware (not ``@app.middleware("http")``, whose wrapper hides client disconnects
 from the routes, so abandoned non-streaming jobs would never be cancelled). The key is checked
@@ -23,11 +24,15 @@ UNMATCHED = "unmatched"
 
 
 class BodyTooLarge(HTTPException):
-    """Raised from ``receive`` when a body grows past the limit (FastAPI passes HTTP exceptions on)."""
+    """Raised from ``receive`` when a body grows past the limit (FastAPI passes HTTP exceptions
+    on)."""
 
     def __init__(self, limit: int):
-        super().__init__(413, f"the request body is larger than the server's limit of {limit} bytes "
-                              "(--max-body-bytes)")
+        super().__init__(
+            413,
+            f"the request body is larger than the server's limit of {limit} bytes "
+            "(--max-body-bytes)",
+        )
 
 
 def route_label(path: str, routes: frozenset[str]) -> str:
@@ -42,10 +47,14 @@ def route_label(path: str, routes: frozenset[str]) -> str:
 def bearer_matches(header: str, key: str) -> bool:
     """``Authorization: Bearer <key>`` (the scheme in any case), compared in constant time."""
     scheme, _, given = header.partition(" ")
-    return scheme.lower() == "bearer" and secrets.compare_digest(given.strip().encode(), key.encode())
+    return scheme.lower() == "bearer" and secrets.compare_digest(
+        given.strip().encode(), key.encode()
+    )
 
 
-async def send_json(send: Callable[[dict], Awaitable[None]], status: int, body: dict, headers: dict | None = None):
+async def send_json(
+    send: Callable[[dict], Awaitable[None]], status: int, body: dict, headers: dict | None = None
+):
     payload = json.dumps(body).encode()
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
     raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
@@ -54,7 +63,14 @@ async def send_json(send: Callable[[dict], Awaitable[None]], status: int, body: 
 
 
 class Gate:
-    def __init__(self, app, metrics: Metrics, routes: frozenset[str], api_key: str | None, max_body_bytes: int):
+    def __init__(
+        self,
+        app,
+        metrics: Metrics,
+        routes: frozenset[str],
+        api_key: str | None,
+        max_body_bytes: int,
+    ):
         self.app, self.metrics, self.routes = app, metrics, routes
         self.api_key, self.max_body_bytes = api_key, max_body_bytes
 
@@ -75,18 +91,35 @@ class Gate:
                 return
             await self.app(scope, self._limited(receive), counted_send)
         finally:
-            self.metrics.request_done(route_label(scope["path"], self.routes), status[0] if status else 500)
+            self.metrics.request_done(
+                route_label(scope["path"], self.routes), status[0] if status else 500
+            )
 
     def _refusal(self, scope) -> tuple | None:
         """(status, body, headers) when the request is refused before the app sees it."""
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        if self.api_key is not None and scope["path"] not in OPEN_ROUTES and not bearer_matches(
-                headers.get("authorization", ""), self.api_key):
-            return 401, error_body("invalid or missing API key (send 'Authorization: Bearer <key>')",
-                                   code="invalid_api_key"), {"WWW-Authenticate": "Bearer"}
+        headers = {
+            k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])
+        }
+        if (
+            self.api_key is not None
+            and scope["path"] not in OPEN_ROUTES
+            and not bearer_matches(headers.get("authorization", ""), self.api_key)
+        ):
+            return (
+                401,
+                error_body(
+                    "invalid or missing API key (send 'Authorization: Bearer <key>')",
+                    code="invalid_api_key",
+                ),
+                {"WWW-Authenticate": "Bearer"},
+            )
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > self.max_body_bytes:
-            return 413, error_body(BodyTooLarge(self.max_body_bytes).detail, code="body_too_large"), None
+            return (
+                413,
+                error_body(BodyTooLarge(self.max_body_bytes).detail, code="body_too_large"),
+                None,
+            )
         return None
 
     def _limited(self, receive):

@@ -1,4 +1,5 @@
-"""Prometheus metrics in the text exposition format (counters, gauges, histograms; no dependency)."""
+"""Prometheus metrics in the text exposition format (counters, gauges, histograms; no
+dependency)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,11 @@ class Histogram:
         for bound, count in zip(self.buckets, self.counts):
             running += count
             out.append(f'{name}_bucket{{le="{bound}"}} {running}')
-        out += [f'{name}_bucket{{le="+Inf"}} {self.count}', f"{name}_sum {self.total:g}", f"{name}_count {self.count}"]
+        out += [
+            f'{name}_bucket{{le="+Inf"}} {self.count}',
+            f"{name}_sum {self.total:g}",
+            f"{name}_count {self.count}",
+        ]
         return out
 
 
@@ -52,7 +57,9 @@ class Metrics:
             if latency_s is not None:
                 self.latency.observe(latency_s)
 
-    def generation_done(self, prompt_tokens: int, new_tokens: int, accepted_hist: dict[int, int]) -> None:
+    def generation_done(
+        self, prompt_tokens: int, new_tokens: int, accepted_hist: dict[int, int]
+    ) -> None:
         with self._lock:
             self.prompt_tokens += prompt_tokens
             self.generated_tokens += new_tokens
@@ -71,26 +78,41 @@ class Metrics:
 
     def render(self) -> str:
         with self._lock:
-            lines = ["# HELP tokentree_requests_total HTTP requests by endpoint and status.",
-                     "# TYPE tokentree_requests_total counter"]
-            lines += [f'tokentree_requests_total{{endpoint="{e}",status="{s}"}} {n}'
-                      for (e, s), n in sorted(self.requests.items())]
-            lines += ["# TYPE tokentree_prompt_tokens_total counter",
-                      f"tokentree_prompt_tokens_total {self.prompt_tokens}",
-                      "# TYPE tokentree_generated_tokens_total counter",
-                      f"tokentree_generated_tokens_total {self.generated_tokens}",
-                      "# TYPE tokentree_steps_total counter", f"tokentree_steps_total {self.steps}",
-                      "# HELP tokentree_queue_depth Requests waiting or running.",
-                      "# TYPE tokentree_queue_depth gauge", f"tokentree_queue_depth {self.queue_depth}",
-                      "# HELP tokentree_batch_size Requests decoded together now.",
-                      "# TYPE tokentree_batch_size gauge", f"tokentree_batch_size {self.batch_size}",
-                      "# HELP tokentree_queue_wait_seconds Time from a request's arrival to its first step.",
-                      "# TYPE tokentree_queue_wait_seconds histogram"]
+            lines = [
+                "# HELP tokentree_requests_total HTTP requests by endpoint and status.",
+                "# TYPE tokentree_requests_total counter",
+            ]
+            lines += [
+                f'tokentree_requests_total{{endpoint="{e}",status="{s}"}} {n}'
+                for (e, s), n in sorted(self.requests.items())
+            ]
+            lines += [
+                "# TYPE tokentree_prompt_tokens_total counter",
+                f"tokentree_prompt_tokens_total {self.prompt_tokens}",
+                "# TYPE tokentree_generated_tokens_total counter",
+                f"tokentree_generated_tokens_total {self.generated_tokens}",
+                "# TYPE tokentree_steps_total counter",
+                f"tokentree_steps_total {self.steps}",
+                "# HELP tokentree_queue_depth Requests waiting or running.",
+                "# TYPE tokentree_queue_depth gauge",
+                f"tokentree_queue_depth {self.queue_depth}",
+                "# HELP tokentree_batch_size Requests decoded together now.",
+                "# TYPE tokentree_batch_size gauge",
+                f"tokentree_batch_size {self.batch_size}",
+                "# HELP tokentree_queue_wait_seconds Time from a request's arrival to its first "
+                "step.",
+                "# TYPE tokentree_queue_wait_seconds histogram",
+            ]
             lines += self.queue_wait.lines("tokentree_queue_wait_seconds")
-            lines += ["# HELP tokentree_request_latency_seconds Time from request to last byte.",
-                      "# TYPE tokentree_request_latency_seconds histogram"]
+            lines += [
+                "# HELP tokentree_request_latency_seconds Time from request to last byte.",
+                "# TYPE tokentree_request_latency_seconds histogram",
+            ]
             lines += self.latency.lines("tokentree_request_latency_seconds")
-            lines += ["# HELP tokentree_accepted_tokens_per_step Drafted tokens accepted per verify step (tau - 1).",
-                      "# TYPE tokentree_accepted_tokens_per_step histogram"]
+            lines += [
+                "# HELP tokentree_accepted_tokens_per_step Drafted tokens accepted per verify "
+                "step (tau - 1).",
+                "# TYPE tokentree_accepted_tokens_per_step histogram",
+            ]
             lines += self.accepted.lines("tokentree_accepted_tokens_per_step")
         return "\n".join(lines) + "\n"

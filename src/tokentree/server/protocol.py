@@ -1,4 +1,5 @@
-"""OpenAI request bodies (validated by pydantic, strictly: ``true`` or ``"3"`` is not an integer) and
+"""OpenAI request bodies (validated by pydantic, strictly: ``true`` or ``"3"`` is not an integer)
+and
 the OpenAI error shape.
 
 Every field OpenAI defines for these routes is either honoured or, when a request sets it to a
@@ -46,7 +47,9 @@ class Message(BaseModel):
     content: Union[Text, list[TextPart]]
 
     def text(self) -> str:
-        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+        return (
+            self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+        )
 
 
 class StreamOptions(BaseModel):
@@ -73,7 +76,8 @@ UNSUPPORTED = "is not supported by tokentree"
 
 
 def _unsupported(request: BaseModel, rules: dict[str, Any]) -> None:
-    """Raise for the first field set to a value other than those ``rules`` allows (None always is)."""
+    """Raise for the first field set to a value other than those ``rules`` allows (None always
+    is)."""
     for name, allowed in rules.items():
         value = getattr(request, name, None)
         if value is not None and not allowed(value):
@@ -96,7 +100,9 @@ class GenerationRequest(BaseModel):
     stream_options: StreamOptions | None = None
     tokentree: TokentreeOptions | None = None
     user: Text | None = None  # accepted and unused, as OpenAI's abuse-monitoring id
-    n: int | None = Field(None, ge=1, le=16)  # choices per request (more than 1 needs --max-batch > 1)
+    n: int | None = Field(
+        None, ge=1, le=16
+    )  # choices per request (more than 1 needs --max-batch > 1)
     # defined by OpenAI, honoured only at their neutral values:
     best_of: int | None = None
     logprobs: Union[bool, int, None] = None
@@ -108,10 +114,18 @@ class GenerationRequest(BaseModel):
 
     @model_validator(mode="after")
     def _supported(self):
-        _unsupported(self, {"best_of": lambda v: v == 1, "logprobs": lambda v: not v,
-                            "top_logprobs": lambda v: v == 0, "frequency_penalty": lambda v: v == 0,
-                            "presence_penalty": lambda v: v == 0, "repetition_penalty": lambda v: v == 1,
-                            "logit_bias": lambda v: not v})
+        _unsupported(
+            self,
+            {
+                "best_of": lambda v: v == 1,
+                "logprobs": lambda v: not v,
+                "top_logprobs": lambda v: v == 0,
+                "frequency_penalty": lambda v: v == 0,
+                "presence_penalty": lambda v: v == 0,
+                "repetition_penalty": lambda v: v == 1,
+                "logit_bias": lambda v: not v,
+            },
+        )
         return self
 
     @property
@@ -124,9 +138,13 @@ class GenerationRequest(BaseModel):
 
     def sampling(self) -> dict[str, Any]:
         """Generator.stream's sampling options, with OpenAI's defaults for the fields left out."""
-        return dict(temperature=1.0 if self.temperature is None else self.temperature,
-                    top_p=1.0 if self.top_p is None else self.top_p, top_k=self.top_k or 0,
-                    min_p=self.min_p or 0.0, seed=self.seed)
+        return dict(
+            temperature=1.0 if self.temperature is None else self.temperature,
+            top_p=1.0 if self.top_p is None else self.top_p,
+            top_k=self.top_k or 0,
+            min_p=self.min_p or 0.0,
+            seed=self.seed,
+        )
 
 
 class ChatRequest(GenerationRequest):
@@ -144,11 +162,19 @@ class ChatRequest(GenerationRequest):
 
     @model_validator(mode="after")
     def _chat_supported(self):
-        _unsupported(self, {"tools": lambda v: not v, "functions": lambda v: not v,
-                            "tool_choice": lambda v: v in ("none", "auto"),
-                            "function_call": lambda v: v in ("none", "auto"),
-                            "response_format": lambda v: v.get("type") == "text", "modalities": lambda v: v == ["text"],
-                            "audio": lambda v: False, "prediction": lambda v: False})
+        _unsupported(
+            self,
+            {
+                "tools": lambda v: not v,
+                "functions": lambda v: not v,
+                "tool_choice": lambda v: v in ("none", "auto"),
+                "function_call": lambda v: v in ("none", "auto"),
+                "response_format": lambda v: v.get("type") == "text",
+                "modalities": lambda v: v == ["text"],
+                "audio": lambda v: False,
+                "prediction": lambda v: False,
+            },
+        )
         return self
 
     @property
@@ -171,7 +197,11 @@ class CompletionRequest(GenerationRequest):
         return self.max_tokens
 
 
-def error_body(message: str, type_: str = "invalid_request_error", param: str | None = None,
-               code: str | None = None) -> dict:
+def error_body(
+    message: str,
+    type_: str = "invalid_request_error",
+    param: str | None = None,
+    code: str | None = None,
+) -> dict:
     """The JSON body OpenAI returns with a 4xx/5xx status."""
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}

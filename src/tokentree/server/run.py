@@ -18,7 +18,8 @@ def build_server(generator: Generator, config: ServeConfig):
     from .app import create_app
 
     class Server(uvicorn.Server):
-        """On shutdown the worker answers its queued jobs 503 at once and ends the running one before
+        """On shutdown the worker answers its queued jobs 503 at once and ends the running one
+        before
         the grace period does, so every client gets a JSON error or a stream's error event and
         [DONE], never a cancelled task's plain-text 500."""
 
@@ -28,8 +29,15 @@ def build_server(generator: Generator, config: ServeConfig):
 
     app = create_app(generator, config)
     worker = app.state.worker
-    return Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="info",
-                                 timeout_graceful_shutdown=config.shutdown_grace))
+    return Server(
+        uvicorn.Config(
+            app,
+            host=config.host,
+            port=config.port,
+            log_level="info",
+            timeout_graceful_shutdown=config.shutdown_grace,
+        )
+    )
 
 
 def serve(generator: Generator, config: ServeConfig) -> None:
@@ -38,5 +46,7 @@ def serve(generator: Generator, config: ServeConfig) -> None:
         with socket.create_server((config.host, config.port)):
             pass
     except OSError as exc:
-        raise TokentreeError(f"cannot listen on {config.host}:{config.port}: {exc.strerror}") from None
+        raise TokentreeError(
+            f"cannot listen on {config.host}:{config.port}: {exc.strerror}"
+        ) from None
     build_server(generator, config).run()

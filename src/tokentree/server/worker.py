@@ -80,7 +80,9 @@ class Worker:
         self.batched: dict[int, Job] = {}  # batch mode: slot -> its job
         self.peak_batch = 0  # the most jobs decoded together so far
         self.stopping = False
-        self.deadline: float | None = None  # monotonic time by which a shutdown ends the running job
+        self.deadline: float | None = (
+            None  # monotonic time by which a shutdown ends the running job
+        )
         self._waiting: collections.deque[Job] = collections.deque()
         self._ready = threading.Condition()
         self._thread = threading.Thread(target=self._serve, name="tokentree-worker", daemon=True)
@@ -109,7 +111,8 @@ class Worker:
             return self._live_waiting() + running + batched
 
     def submit(self, *jobs: Job) -> None:
-        """Queue ``jobs`` (the choices of one request): all of them, or none when the queue lacks room."""
+        """Queue ``jobs`` (the choices of one request): all of them, or none when the queue lacks
+        room."""
         with self._ready:
             if self.stopping:
                 raise ShuttingDown()
@@ -121,7 +124,8 @@ class Worker:
             self._ready.notify()
 
     def begin_shutdown(self, grace: float) -> None:
-        """Refuse new jobs, answer the queued ones 503 now, give the running one ``grace`` seconds."""
+        """Refuse new jobs, answer the queued ones 503 now, give the running one ``grace``
+        seconds."""
         with self._ready:
             self.stopping = True
             self.deadline = time.monotonic() + grace
@@ -169,10 +173,17 @@ class Worker:
                 stream.cancelled = True
             for piece in stream:
                 job.post("text", piece)
-            job.post("done", Result(stream.text, len(stream.token_ids), stream.finish_reason, stream.stats.to_dict()))
+            job.post(
+                "done",
+                Result(
+                    stream.text, len(stream.token_ids), stream.finish_reason, stream.stats.to_dict()
+                ),
+            )
         except TokentreeError as exc:
             job.post("error", (400, str(exc)))
-        except Exception:  # a bug, not a user mistake: log it, answer 500 (details stay in the log), keep serving
+        except (
+            Exception
+        ):  # a bug, not a user mistake: log it, answer 500 (details stay in the log), keep serving
             log.exception("generation failed")
             job.post("error", (500, "internal error while generating (see the server log)"))
 
@@ -192,10 +203,14 @@ class Worker:
                 continue
             try:
                 pieces = session.step()
-            except Exception:  # a failed forward takes every sequence in it: answer all, keep serving
+            except (
+                Exception
+            ):  # a failed forward takes every sequence in it: answer all, keep serving
                 log.exception("batch step failed")
                 for slot in list(self.batched):
-                    self.batched[slot].post("error", (500, "internal error while generating (see the server log)"))
+                    self.batched[slot].post(
+                        "error", (500, "internal error while generating (see the server log)")
+                    )
                     session.cancel(slot)
                     session.release(slot)
                     del self.batched[slot]
@@ -237,4 +252,6 @@ class Worker:
         job, reason = self.batched.pop(slot), session.finish_reason(slot)
         output = session.release(slot)
         if reason != "cancelled":
-            job.post("done", Result(output.text, len(output.token_ids), reason, output.stats.to_dict()))
+            job.post(
+                "done", Result(output.text, len(output.token_ids), reason, output.stats.to_dict())
+            )
