@@ -246,12 +246,11 @@ class Generator:
     ) -> list[Output]:
         """Generate for every prompt, up to ``max_batch`` sequences in each target forward (default:
         all; on llama.cpp at most its context's sequences allow); a sequence waiting for a slot
-        joins when one
-        finishes. ``n`` samples per prompt (outputs prompt by prompt, its samples in order): they
-        share the prompt's cache cells, and sample i is seeded ``seed + i`` (None: each its own
-        random seed). ``options`` are those of :meth:`stream` and apply to every sequence; each
-        output is what :meth:`generate` gives for its prompt and seed (see :mod:`tokentree.batch`
-        on rounding)."""
+        joins when one finishes. ``n`` samples per prompt (outputs prompt by prompt, its samples in
+        order): they share the prompt's cache cells, and sample i is seeded ``seed + i`` (None: each
+        its own random seed). ``options`` are those of :meth:`stream` and apply to every sequence;
+        each output is what :meth:`generate` gives for its prompt and seed (see
+        :mod:`tokentree.batch` on rounding)."""
         if isinstance(prompts, str) or not prompts:
             raise TokentreeError("generate_batch takes a non-empty list of prompts")
         if n < 1:
@@ -467,12 +466,11 @@ def load(
     ``drafter_state``: a file of learned drafter state to start from, when it exists.
     ``draft`` (a model spec) is loaded and checked against the target's vocabulary when given;
     draft-model drafters (chain, specinfer, rsd-c, rsd-s, sequoia, dyspec) load the embedded 0.5B
-    draft
-    when the target is the embedded one and no draft is given.
+    draft when the target is the embedded one and no draft is given.
     ``backend``: "hf" (transformers; ``dtype``, ``device``), "llamacpp" (GGUF files through
-    llama.cpp;
-    ``threads``, ``n_ctx``; tree sizes default to "auto") or "auto" (llamacpp, when installed, for a
-    .gguf target and for the embedded default on a machine without a CUDA GPU; else hf).
+    llama.cpp; ``threads``, ``n_ctx``; tree sizes default to "auto") or "auto" (llamacpp, when
+    installed, for a .gguf target and for the embedded default on a machine without a CUDA GPU;
+    else hf).
     ``drafter_options`` are fields of the drafter's config (e.g. ``max_ngram=4`` for "pld").
     """
     drafter_config(drafter, **drafter_options)  # bad names and options fail before any loading

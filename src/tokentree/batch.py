@@ -80,8 +80,7 @@ class BatchEngine:
         planner: Planner | None = None,
     ) -> int:
         """Prefill a new sequence into a free slot (between steps); returns the slot. ``drafter``
-        and
-        ``planner`` (forked for it) default to the batch's."""
+        and ``planner`` (forked for it) default to the batch's."""
         free = self.free_slots
         if not free:
             raise TokentreeError(f"the batch is full ({len(self.lanes)} sequences)")

@@ -176,8 +176,7 @@ class SequenceRun:
 
     def candidate(self) -> Draft:
         """The candidate draft of this step (its planner's candidate size), sized together with
-        other
-        sequences' by the caller and then cut by :meth:`take`; needs a planner."""
+        other sequences' by the caller and then cut by :meth:`take`; needs a planner."""
         t0 = time.perf_counter()
         draft = self._drafted(min(self.planner.candidate_size(), self.remaining - 1))
         self._draft_s = time.perf_counter() - t0
@@ -185,8 +184,7 @@ class SequenceRun:
 
     def take(self, candidate: Draft, n: int) -> Draft:
         """This step's draft: ``candidate`` cut to the ``n`` drafted nodes a joint choice gave it,
-        as
-        its planner's request rules settle them (see :meth:`Planner.settle_choice`,
+        as its planner's request rules settle them (see :meth:`Planner.settle_choice`,
         :meth:`_sized`)."""
         t0 = time.perf_counter()
         n = self.planner.settle_choice(candidate.tree, n)

@@ -38,8 +38,8 @@ def _block_maxima(logits: torch.Tensor) -> torch.Tensor:
 
 def _gather_blocks(logits: torch.Tensor, blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The logits of ``blocks`` [n, b] of each row: (values [n, b * BLOCK], vocabulary ids [n, b *
-    BLOCK]),
-    in id order within each block; ids past the vocabulary (a short last block) hold -inf."""
+    BLOCK]), in id order within each block; ids past the vocabulary (a short last block) hold
+    -inf."""
     vocab = logits.shape[-1]
     ids = (blocks.unsqueeze(-1) * BLOCK + torch.arange(BLOCK)).flatten(1)
     values = logits.gather(1, ids.clamp(max=vocab - 1))
@@ -61,8 +61,7 @@ def row_argmax(logits: torch.Tensor) -> torch.Tensor:
 
 def top_k(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """[n, V] -> (values [n, k], ids [n, k]): each row's k largest logits, descending, as
-    ``logits.topk(k)``
-    (equal values may come with other ids of the same value)."""
+    ``logits.topk(k)`` (equal values may come with other ids of the same value)."""
     vocab = logits.shape[-1] if logits.dim() else 0
     if not _blocked(logits) or not 1 <= k <= min(MAX_K, vocab // BLOCK):
         return logits.topk(k, dim=-1)

@@ -338,9 +338,8 @@ def accept_coupled(
 
     The token after a node of depth d is output position ``start + d``; it is argmax(log p + G) with
     that position's noise (see :class:`PositionNoise`), and the child holding it, if any, is
-    accepted.
-    Lossless for any tree: every emitted token is the Gumbel-max draw from the target's own p at
-    its position. logits: [n, V]; only the rows along the accepted path are warped.
+    accepted. Lossless for any tree: every emitted token is the Gumbel-max draw from the target's
+    own p at its position. logits: [n, V]; only the rows along the accepted path are warped.
     """
     _check_rows(tree, logits)
     nodes = [0]

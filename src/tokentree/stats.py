@@ -11,8 +11,7 @@ class GenerationStats:
 
     accepted_hist maps "drafted tokens accepted in a step" to the number of such steps.
     tokens_per_step (tau) counts every token a step emits, the bonus too: plain decoding has tau =
-    1,
-    and a step that accepted k drafted tokens emits k + 1 ("accepted" never counts the bonus).
+    1, and a step that accepted k drafted tokens emits k + 1 ("accepted" never counts the bonus).
     """
 
     prompt_tokens: int = 0

@@ -213,9 +213,8 @@ class TokenTree:
 
     def ranked(self, scores: Sequence[float] | None = None) -> list[int]:
         """Every node below the root, best first, by ``scores`` (default: the tree's): a node's
-        worth
-        is the smallest score on its path, so a child never outranks its parent, and ties go to
-        shallower, then earlier, nodes. Any prefix of the list is ancestor-closed (the one n-best
+        worth is the smallest score on its path, so a child never outranks its parent, and ties go
+        to shallower, then earlier, nodes. Any prefix of the list is ancestor-closed (the one n-best
         routine: drafters, the planner's cut and DySpec's growth all use it)."""
         worth = list(self.scores if scores is None else scores)
         for i in range(1, len(self)):

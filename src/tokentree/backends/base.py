@@ -91,8 +91,7 @@ class BatchTarget(Protocol):
 
     def adopt(self, slot: int, source: int, count: int) -> None:
         """Let lane ``slot`` start from the first ``count`` cached tokens of lane ``source`` (a
-        shared
-        prompt prefix is forwarded once)."""
+        shared prompt prefix is forwarded once)."""
         ...
 
     def release(self, slot: int) -> None:

@@ -35,8 +35,7 @@ from .lane_attention import LanePlan, use_lane_attention
 
 class PackedLane:
     """One sequence of a :class:`PackedBatch`: the :class:`~tokentree.backends.Backend` contract
-    over
-    its cells of the shared cache."""
+    over its cells of the shared cache."""
 
     max_leaves = None  # a mask takes any tree
 

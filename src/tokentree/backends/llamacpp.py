@@ -427,8 +427,7 @@ class LlamaCppBackend:
     # ------------------------------------------------------------------ llama.cpp calls
     def _drop_branches(self, keep: int) -> None:
         """Remove every sequence the pending tree used except ``keep`` (the context's cells stay
-        where
-        ``keep`` holds them too)."""
+        where ``keep`` holds them too)."""
         for seq in {self.sequences.start + s for s in self.book.own} - {keep}:
             self._release(seq, -1, -1)
 

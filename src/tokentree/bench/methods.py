@@ -220,12 +220,9 @@ def parse_method(name: str) -> tuple[str, int | str | None]:
 
     Methods are ``hf``, ``hf-assisted``, ``hf-pld`` (transformers backend), ``llama``, ``llama-pld``
     (llama.cpp backend: llama-cpp-python's plain decoding and its prompt-lookup draft of 10 tokens)
-    and
-    ``tt:<drafter>[@<budget>]`` where the budget
-    is a positive node count or ``auto`` (planned per step); without it the drafter's default
-    applies.
-    ``tt:<a>+<b>+...`` is the hybrid of those drafters (``tt:stand+pld`` is auto without a draft
-    model).
+    and ``tt:<drafter>[@<budget>]`` where the budget is a positive node count or ``auto`` (planned
+    per step); without it the drafter's default applies. ``tt:<a>+<b>+...`` is the hybrid of those
+    drafters (``tt:stand+pld`` is auto without a draft model).
     """
     if name in HF_METHODS or name in LLAMA_METHODS:
         return name, None

@@ -64,9 +64,8 @@ def slowest_table(records: list[dict]) -> dict[str, dict]:
 
 def pass_table(records: list[dict]) -> dict[str, dict[int, dict]]:
     """method -> repeat -> {"speedup": mean per-prompt ratio to the baseline's run of the same
-    repeat,
-    "tau": tokens per step}. Repeats run in sequence, so a later pass shows what drafters that learn
-    across requests (lookahead, recycling, stand) gained from the earlier ones."""
+    repeat, "tau": tokens per step}. Repeats run in sequence, so a later pass shows what drafters
+    that learn across requests (lookahead, recycling, stand) gained from the earlier ones."""
     baseline = baseline_of(records)
     base = {
         (r["prompt_id"], r["repeat"]): r["tokens_per_s"] for r in records if r["method"] == baseline

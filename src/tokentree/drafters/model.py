@@ -1,11 +1,10 @@
 """Draft-model trees: one mechanism for chain, SpecInfer, Sequoia, RSD-C and DySpec.
 
 The draft model keeps a KV cache of the committed context (its own backend, transformers or
-llama.cpp, compacted after each step exactly like the target's). A tree grows level by level:
-every level is one draft forward over the nodes added since the last one (``grow``), so draft
-forwards per step are bounded by the depth, not by the node count. How many children each node gets
-is the policy of
-each drafter; how they are drawn depends on the request:
+llama.cpp, compacted after each step exactly like the target's). A tree grows level by level: every
+level is one draft forward over the nodes added since the last one (``grow``), so draft forwards per
+step are bounded by the depth, not by the node count. How many children each node gets is the policy
+of each drafter; how they are drawn depends on the request:
 
 - greedy: the draft's top-m tokens (verified by V-greedy);
 - sampling, ``Draw.WITHOUT_REPLACEMENT``: Gumbel-top-m from the warped draft distribution (V-RRS);

@@ -5,11 +5,10 @@ Two tries cut at ``depth`` tokens: one of this request (prompt and output so far
 responses (global, bounded: the oldest responses are evicted past ``max_nodes`` or
 ``max_responses``). In each, the longest suffix of the context that occurs is found; a match of m
 tokens may speculate ``min(alpha * m + offset, depth - m)`` tokens, grown best-first by the
-empirical
-continuation probability (a node's count over the count of the match's continuations) and pruned
-below ``min_prob``; of the match lengths tried the one with the highest expected accepted length
-(the sum of its nodes' probabilities) is kept. Agent loops re-emit large parts of earlier answers:
-long matches let this drafter speculate long chains that n-gram windows lose.
+empirical continuation probability (a node's count over the count of the match's continuations) and
+pruned below ``min_prob``; of the match lengths tried the one with the highest expected accepted
+length (the sum of its nodes' probabilities) is kept. Agent loops re-emit large parts of earlier
+answers: long matches let this drafter speculate long chains that n-gram windows lose.
 """
 
 from __future__ import annotations
@@ -100,8 +99,7 @@ def _grow(
     start: TrieNode, max_depth: int, budget: int, min_prob: float
 ) -> tuple[list[list[int]], list[float]]:
     """Up to ``budget`` continuation paths below ``start``, best-first by probability (count over
-    the
-    count of all continuations of ``start``), at most ``max_depth`` deep, none below
+    the count of all continuations of ``start``), at most ``max_depth`` deep, none below
     ``min_prob``."""
     total = sum(child.count for child in start.children.values())
     heap = [

@@ -1,6 +1,5 @@
 """OpenAI request bodies (validated by pydantic, strictly: ``true`` or ``"3"`` is not an integer)
-and
-the OpenAI error shape.
+and the OpenAI error shape.
 
 Every field OpenAI defines for these routes is either honoured or, when a request sets it to a
 value that would change the output in a way tokentree does not provide, rejected with a 400 that

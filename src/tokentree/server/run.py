@@ -19,9 +19,8 @@ def build_server(generator: Generator, config: ServeConfig):
 
     class Server(uvicorn.Server):
         """On shutdown the worker answers its queued jobs 503 at once and ends the running one
-        before
-        the grace period does, so every client gets a JSON error or a stream's error event and
-        [DONE], never a cancelled task's plain-text 500."""
+        before the grace period does, so every client gets a JSON error or a stream's error event
+        and [DONE], never a cancelled task's plain-text 500."""
 
         async def shutdown(self, sockets=None) -> None:
             worker.begin_shutdown(max(0.0, config.shutdown_grace - SHUTDOWN_MARGIN))
