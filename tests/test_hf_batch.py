@@ -169,9 +169,8 @@ def test_samples_of_one_prompt_share_its_cells_and_equal_their_seeded_runs():
     for i in range(3):
         session.add(ids, max_new_tokens=4, drafter="none")
     lanes = session.engine.target.lanes
-    tail = (
-        64  # engine.PROMPT_TAIL: each sample forwards its prompt's last tokens with its first tree
-    )
+    # engine.PROMPT_TAIL: each sample forwards its prompt's last tokens with its first tree
+    tail = 64
     shared = len(ids) - 1 - tail
     assert lanes[1].cells[:shared] == lanes[2].cells[:shared] == lanes[0].cells[:shared]
     assert len(session.engine.target.cell_positions) == shared  # the prefix was forwarded once

@@ -634,9 +634,8 @@ def test_shutdown_past_the_grace_period_answers_everyone():
                 queued = pool.submit(_post, url, {"messages": MESSAGES, "max_tokens": 5})
                 while worker.depth < 2:
                     time.sleep(0.01)
-                server.should_exit = (
-                    True  # the running stream needs 20 s: more than the grace period
-                )
+                # the running stream needs 20 s: more than the grace period
+                server.should_exit = True
                 rest = [ln for ln in lines if ln.startswith("data: ")]
             answer = queued.result()
     assert answer.status_code == 503 and answer.json()["error"]["type"] == "server_error"

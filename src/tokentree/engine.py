@@ -25,9 +25,8 @@ from .stats import GenerationStats
 from .tree import TokenTree
 
 GREEDY = SamplingParams()
-PROMPT_TAIL = (
-    64  # last prompt tokens forwarded with the first tree (one forward fewer than prefilling them)
-)
+# last prompt tokens forwarded with the first tree (one forward fewer than prefilling them)
+PROMPT_TAIL = 64
 
 
 @dataclass
@@ -40,9 +39,8 @@ class DecodeRequest:
     top_k: int = 0
     seed: int | None = None  # None = a fresh random seed per run
     min_p: float = 0.0
-    budget: int | str | None = (
-        None  # drafted nodes per step (root excluded); None = the drafter's default;
-    )
+    # drafted nodes per step (root excluded); None = the drafter's default;
+    budget: int | str | None = None
     # "auto" = chosen each step by the engine's planner
 
     def __post_init__(self) -> None:

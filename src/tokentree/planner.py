@@ -405,15 +405,13 @@ class Planner:
         self.config = config or PlannerConfig()
         self.calibrator = AcceptanceCalibrator()
         self.cost = VerifyCost(profile)  # t(n) at the current context, learned online
-        self.recent_tokens = self.recent_seconds = (
-            0.0  # exponentially weighted sums over the observed steps
-        )
+        # exponentially weighted sums over the observed steps
+        self.recent_tokens = self.recent_seconds = 0.0
         self.recent_draft_s = self.recent_steps = 0.0
         self.probe = ProbeSchedule()
         self.tilts = [RequestTilt() for _ in range(TILT_LEVELS)]
-        self._shadow: TokenTree | None = (
-            None  # the first level of a candidate not verified (see observe)
-        )
+        # the first level of a candidate not verified (see observe)
+        self._shadow: TokenTree | None = None
         self._chosen = self.config.max_nodes  # the last step's choice (see candidate_size)
         self._fresh = False  # begin_request: a request whose first tree is still to be judged
 

@@ -60,13 +60,11 @@ class QuantizeConfig:
     output: str
     type: str = "q4_0"
     threads: int | None = None  # None = all cores
-    allow_requantize: bool = (
-        False  # quantize an already quantized file (loses more than from F16/BF16)
-    )
+    # quantize an already quantized file (loses more than from F16/BF16)
+    allow_requantize: bool = False
     overwrite: bool = False
-    output_type: str | None = (
-        None  # the output layer's type; None = llama.cpp's choice for ``type``
-    )
+    # the output layer's type; None = llama.cpp's choice for ``type``
+    output_type: str | None = None
 
     def __post_init__(self) -> None:
         self.type = self.type.lower()

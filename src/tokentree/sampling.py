@@ -25,9 +25,8 @@ from .errors import TokentreeError
 from .reductions import row_argmax
 from .tree import TokenTree
 
-GREEDY_BELOW = (
-    1e-5  # temperatures below this decode greedily (the limit T -> 0; logits / T would overflow)
-)
+# temperatures below this decode greedily (the limit T -> 0; logits / T would overflow)
+GREEDY_BELOW = 1e-5
 
 
 @dataclass(frozen=True)

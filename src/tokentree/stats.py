@@ -19,9 +19,8 @@ class GenerationStats:
     steps: int = 0
     drafted_tokens: int = 0
     accepted_hist: dict[int, int] = field(default_factory=dict)
-    prefill_s: float = (
-        0.0  # the prompt but its last few tokens (those go with the first tree, in verify_s)
-    )
+    # the prompt but its last few tokens (those go with the first tree, in verify_s)
+    prefill_s: float = 0.0
     draft_s: float = 0.0
     verify_s: float = 0.0
     total_s: float = 0.0

@@ -23,9 +23,8 @@ class TextStream:
         self.token_ids: list[int] = []
         self.text = ""  # emitted so far
         self.stopped = False
-        self._head = (
-            0  # token_ids[:_head] decode to _head_text, and no later token changes that text
-        )
+        # token_ids[:_head] decode to _head_text, and no later token changes that text
+        self._head = 0
         self._head_text = ""
 
     def _decode(self, ids: Sequence[int]) -> str:

@@ -60,9 +60,8 @@ class LlamaCppConfig:
     n_ctx: int = 4096  # KV cache size in tokens (prompt + generation + one tree)
     n_batch: int = 512  # the largest batch one llama_decode takes (prefill chunk, tree size)
     max_sequences: int = 64  # root-to-leaf paths per tree (llama.cpp allows at most 256)
-    flash_attn: bool = (
-        True  # on the CPU its results do not depend on the batch size, so a verified tree
-    )
+    # on the CPU its results do not depend on the batch size, so a verified tree
+    flash_attn: bool = True
     # scores every node exactly as one-token decoding would (without it they differ by up to ~1
     # logit)
 

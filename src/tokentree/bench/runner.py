@@ -28,9 +28,8 @@ class BenchConfig:
     temperature: float = 0.0
     top_p: float = 1.0
     repeats: int = 1
-    methods: list[str] | None = (
-        None  # None: the backend's plain and prompt-lookup baselines, tt:none, tt:pld
-    )
+    # None: the backend's plain and prompt-lookup baselines, tt:none, tt:pld
+    methods: list[str] | None = None
     target: str | None = None
     draft: str | None = None
     dtype: str = "auto"
@@ -41,9 +40,8 @@ class BenchConfig:
     out: str = "bench-out"
     seed: int = 0
     report_only: bool = False
-    prompt_cache: bool = (
-        False  # a conversation's later turns reuse its cached prefix (llama.cpp backend only)
-    )
+    # a conversation's later turns reuse its cached prefix (llama.cpp backend only)
+    prompt_cache: bool = False
     command: str = ""
 
     def __post_init__(self) -> None:

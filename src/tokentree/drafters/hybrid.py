@@ -30,9 +30,8 @@ class HybridConfig:
     """Hybrid options (CLI flags ``--hybrid-<field>``)."""
 
     sources: str = "stand,pld"  # drafter names, cheapest first (draft-model drafters need --draft)
-    skip_above: float = (
-        2.0  # skip draft-model sources when the others promise this many accepted tokens
-    )
+    # skip draft-model sources when the others promise this many accepted tokens
+    skip_above: float = 2.0
 
     def __post_init__(self) -> None:
         names = [n.strip() for n in self.sources.split(",") if n.strip()]

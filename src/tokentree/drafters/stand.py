@@ -87,9 +87,8 @@ class StandDrafter:
     def reset(self) -> None:
         self._context: list[int] = []
         self._prompt_done = False
-        self._proposed: list[int] | None = (
-            None  # template node per tree node of the last sampled draft
-        )
+        # template node per tree node of the last sampled draft
+        self._proposed: list[int] | None = None
 
     # ----------------------------------------------------------------- table
     def update(self, context: Sequence[int], dist: Distribution) -> None:

@@ -25,9 +25,8 @@ from ..tree import TokenTree
 from .base import fresh_request_copy
 from .trie import TrieNode, WindowTrie
 
-HEADER_TOKENS = (
-    4  # last prompt tokens stored before each response: the chat header predicts its start
-)
+# last prompt tokens stored before each response: the chat header predicts its start
+HEADER_TOKENS = 4
 
 
 @dataclass

@@ -17,9 +17,8 @@ class ServeConfig:
 
     host: str = "127.0.0.1"
     port: int = 8000
-    api_key: str | None = (
-        None  # also read from $TOKENTREE_API_KEY or --api-key-file (not visible in ps)
-    )
+    # also read from $TOKENTREE_API_KEY or --api-key-file (not visible in ps)
+    api_key: str | None = None
     api_key_file: str | None = None  # a file whose first line is the API key
     served_model_name: str | None = None  # default: the target's name
     max_queue: int = 16  # requests waiting beyond the running ones; more get 429

@@ -80,9 +80,8 @@ class Worker:
         self.batched: dict[int, Job] = {}  # batch mode: slot -> its job
         self.peak_batch = 0  # the most jobs decoded together so far
         self.stopping = False
-        self.deadline: float | None = (
-            None  # monotonic time by which a shutdown ends the running job
-        )
+        # monotonic time by which a shutdown ends the running job
+        self.deadline: float | None = None
         self._waiting: collections.deque[Job] = collections.deque()
         self._ready = threading.Condition()
         self._thread = threading.Thread(target=self._serve, name="tokentree-worker", daemon=True)
@@ -181,9 +180,8 @@ class Worker:
             )
         except TokentreeError as exc:
             job.post("error", (400, str(exc)))
-        except (
-            Exception
-        ):  # a bug, not a user mistake: log it, answer 500 (details stay in the log), keep serving
+        except Exception:
+            # a bug, not a user mistake: log it, answer 500 (details stay in the log), keep serving
             log.exception("generation failed")
             job.post("error", (500, "internal error while generating (see the server log)"))
 
@@ -203,9 +201,8 @@ class Worker:
                 continue
             try:
                 pieces = session.step()
-            except (
-                Exception
-            ):  # a failed forward takes every sequence in it: answer all, keep serving
+            except Exception:
+                # a failed forward takes every sequence in it: answer all, keep serving
                 log.exception("batch step failed")
                 for slot in list(self.batched):
                     self.batched[slot].post(
