@@ -95,3 +95,37 @@ def private_cache(tmp_path_factory, monkeypatch):
         monkeypatch.setenv(
             "TOKENTREE_CACHE", str(tmp_path_factory.getbasetemp() / "tokentree-cache")
         )
+
+
+def train_tiny_head(model, out, steps: int = 400, prompts: int = 24, length: int = 48):
+    """A feature head for ``model`` trained ``steps`` steps on its own greedy text (random prompts
+    continued greedily: the text a head must learn to draft); returns (head dir, report, data)."""
+    from tokentree.head.train import TrainHeadConfig, extract, train
+
+    vocab = model.config.vocab_size
+    generator = torch.Generator().manual_seed(0)
+    documents = []
+    with torch.inference_mode():
+        for _ in range(prompts):
+            start = torch.randint(3, vocab, (1, 4), generator=generator)
+            documents.append(
+                model.generate(
+                    start,
+                    attention_mask=torch.ones_like(start),
+                    do_sample=False,
+                    max_new_tokens=length,
+                    pad_token_id=0,
+                    eos_token_id=None,
+                )[0].tolist()
+            )
+    config = TrainHeadConfig(
+        tokens=prompts * (length + 4),
+        minutes=10,
+        steps=steps,
+        draft_vocab=vocab,
+        batch=128,
+        lr=3e-3,
+    )
+    data = extract(model, documents, config.tokens)
+    report = train(model, data, config, out, log=lambda line: None)
+    return out, report, data

@@ -383,3 +383,53 @@ def test_boolean_and_shared_drafter_flags_parse():
     )
     with pytest.raises(TokentreeError, match="does not apply"):
         drafter_options(args)
+
+
+def test_train_head_then_generate_with_eagle(saved_tiny_model, capsys, tmp_path):
+    head = tmp_path / "head"
+    target = ["--target", str(saved_tiny_model), "--dtype", "float32"]
+    code, _, err = run_cli(
+        ["train-head", *target, "--tokens", "640", "--max-doc-tokens", "64", "--minutes", "0.02"]
+        + ["--out", str(head)],
+        capsys,
+    )
+    assert code == 0, err
+    assert "accepted_per_chain_estimate" in err and (head / "head.pt").is_file()
+    code, _, err = run_cli(
+        ["train-head", *target, "--minutes", "0.01", "--out", str(head), "--resume"], capsys
+    )
+    assert code == 0 and "features: " in err, err  # resumed on the saved features
+    code, out, err = run_cli(
+        ["generate", "hello", *target, "--backend", "hf", "--max-new-tokens", "12", "--json"]
+        + ["--drafter", "eagle", "--eagle-head", str(head)],
+        capsys,
+    )
+    assert code == 0, err
+    tok = tiny_tokenizer()
+    prompt = tok(
+        tok.apply_chat_template(
+            [{"role": "user", "content": "hello"}], tokenize=False, add_generation_prompt=True
+        ),
+        add_special_tokens=False,
+    ).input_ids
+    model = AutoModelForCausalLM.from_pretrained(saved_tiny_model, dtype=torch.float32)
+    assert json.loads(out)["token_ids"] == hf_greedy(model, prompt, 12)
+
+
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (["train-head", "--target", "GGUF"], "transformers target"),
+        (["train-head", "--minutes", "0"], "minutes must be > 0"),
+        (["train-head", "--unroll", "9"], "unroll"),
+        (["train-head", "--resume", "--out", "/nonexistent/head"], "no trained head"),
+        (["generate", "x", "--drafter", "eagle", "--eagle-head", "/nonexistent"], "train-head"),
+    ],
+)
+def test_train_head_and_eagle_errors(saved_tiny_model, capsys, tmp_path, args, match):
+    if "GGUF" in args:
+        (tmp_path / "model.gguf").write_bytes(b"GGUF" + bytes(64))
+        args = [str(tmp_path / "model.gguf") if a == "GGUF" else a for a in args]
+    if "--resume" in args or "generate" in args:
+        args = args + ["--target", str(saved_tiny_model), "--dtype", "float32"]
+    assert match in error_of(args, capsys)

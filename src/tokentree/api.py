@@ -162,7 +162,7 @@ class Generator:
         from call to call (``generate(..., drafter="stand")`` twice uses one STAND table)."""
         if name not in self._drafters:
             self._drafters[name] = make_drafter(
-                name, None if self.draft is None else self.draft.model
+                name, None if self.draft is None else self.draft.model, self.target.model
             )
         return self._drafters[name]
 
@@ -498,7 +498,10 @@ def load(
         )
     draft_model = load_draft(draft, target_model) if draft is not None or needs_draft else None
     drafter_obj = make_drafter(
-        drafter, None if draft_model is None else draft_model.model, **drafter_options
+        drafter,
+        None if draft_model is None else draft_model.model,
+        target_model.model,
+        **drafter_options,
     )
     if drafter_state is not None:
         require_stateful(drafter_obj)

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 from .calibrate import CalibrateConfig
 from .drafters import DRAFTERS
 from .errors import TokentreeError
+from .head.train import TrainHeadConfig
 from .server.config import ServeConfig
 
 
@@ -96,8 +97,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["auto", "hf", "llamacpp"],
         help="hf (transformers) or llamacpp (GGUF files through llama.cpp); auto = llamacpp, when "
         "llama-cpp-python is installed, for a .gguf --target and for the embedded default without "
-        "a "
-        "CUDA GPU; else hf",
+        "a CUDA GPU; else hf",
     )
     parser.add_argument(
         "--threads", type=int, default=None, help="llama.cpp threads (default: all cores)"
@@ -300,6 +300,34 @@ def build_parser() -> argparse.ArgumentParser:
         "--type); a draft model reads it every token, so a smaller one drafts faster",
     )
 
+    head = sub.add_parser(
+        "train-head",
+        help="train a feature head (--drafter eagle) for a transformers target on this machine",
+    )
+    head.add_argument("--target", help="HF model dir or hub id (default: the embedded target)")
+    head.add_argument(
+        "--dtype", default="bfloat16", choices=["auto", "float32", "bfloat16", "float16"]
+    )
+    head.add_argument(
+        "--out", help="directory for the head (default: $TOKENTREE_CACHE/heads/<target>)"
+    )
+    head.add_argument(
+        "--corpus", action="append", default=[], metavar="FILE", help="also train on this text"
+    )
+    head.add_argument(
+        "--answers",
+        type=int,
+        default=0,
+        help="training prompts the target answers first (their answers join the text)",
+    )
+    head.add_argument("--answer-tokens", type=int, default=128)
+    head.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the head in --out (features.pt in --out is reused either way)",
+    )
+    _config_flags(head, TrainHeadConfig)
+
     profile = sub.add_parser(
         "profile", help="measure the target's verify latency t(n) (used by --budget auto)"
     )
@@ -464,6 +492,19 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_head(args: argparse.Namespace) -> int:
+    from .head.run import TrainHeadJob, run_train_head
+
+    job = TrainHeadJob(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainHeadJob)})
+    fields = dataclasses.fields(TrainHeadConfig)
+    try:
+        config = TrainHeadConfig(**{f.name: getattr(args, f.name) for f in fields})
+    except ValueError as exc:
+        raise TokentreeError(f"train-head: {exc}") from exc
+    run_train_head(job, config)
+    return 0
+
+
 def cmd_profile(args: argparse.Namespace) -> int:
     from .planner import measure_profile
 
@@ -521,6 +562,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "profile": cmd_profile,
             "calibrate": cmd_calibrate,
             "quantize": cmd_quantize,
+            "train-head": cmd_train_head,
         }
         return commands[args.command](args)
     except TokentreeError as exc:

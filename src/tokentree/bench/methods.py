@@ -109,12 +109,12 @@ class TokentreeMethod:
             sources = HybridConfig(sources=drafter_name.replace("+", ","))
             self.drafter = HybridDrafter(
                 sources,
-                lambda name: make_drafter(name, draft),
+                lambda name: make_drafter(name, draft, generator.target.model),
                 name=drafter_name,
                 default_budget="auto",
             )
         else:
-            self.drafter = make_drafter(drafter_name, draft)
+            self.drafter = make_drafter(drafter_name, draft, generator.target.model)
 
     def run(
         self,

@@ -21,6 +21,7 @@ from .draft_trees import (
     SpecInferConfig,
     WidthsDrafter,
 )
+from .eagle import EagleConfig, EagleDrafter
 from .hybrid import HybridConfig, HybridDrafter
 from .lookahead import LookaheadConfig, LookaheadDrafter
 from .pld import PLDConfig, PromptLookupDrafter
@@ -37,15 +38,16 @@ class AutoConfig:
     draft_source: str = (
         "chain"  # the draft-model drafter joined when a draft model is loaded (the cheapest call)
     )
-    skip_above: float = (
-        2.0  # skip the draft model when the model-free sources promise this many accepted tokens
-    )
+    # skip the draft model when the model-free sources promise this many accepted tokens
+    skip_above: float = 2.0
 
     def __post_init__(self) -> None:
         names = [n.strip() for n in self.sources.split(",") if n.strip()]
-        if not names or len(set(names)) != len(names) or any(n not in MODEL_FREE for n in names):
+        allowed = MODEL_FREE + TARGET_READERS
+        if not names or len(set(names)) != len(names) or any(n not in allowed for n in names):
             raise ValueError(
-                f"sources must be distinct model-free drafters ({', '.join(MODEL_FREE)}), "
+                f"sources must be distinct drafters that need no draft model "
+                f"({', '.join(allowed)}), "
                 f"got '{self.sources}'"
             )
         if self.draft_source not in ("chain", "specinfer", "rsd-c", "rsd-s", "sequoia", "dyspec"):
@@ -69,7 +71,8 @@ class DrafterSpec:
     defaults: tuple[tuple[str, Any], ...] = ()
     help: str = ""
     needs_draft: bool = False  # build(config, draft_model) with a model, or an error without one
-    uses_draft: bool = False  # build(config, draft_model) with the model or None
+    uses_draft: bool = False  # build(config, draft_model, target_model), either may be None
+    reads_target: bool = False  # build(config, target_model): it reads the target's features
 
 
 DRAFTERS: dict[str, DrafterSpec] = {
@@ -136,29 +139,41 @@ DRAFTERS: dict[str, DrafterSpec] = {
         needs_draft=True,
     ),
     "hybrid": DrafterSpec(
-        lambda c, m: HybridDrafter(c, lambda name: make_drafter(name, m)),
+        lambda c, m, t: HybridDrafter(c, lambda name: make_drafter(name, m, target_model=t)),
         HybridConfig,
         help="several drafters merged into one tree, ranked by calibrated acceptance",
         uses_draft=True,
     ),
     "auto": DrafterSpec(
-        lambda c, m: _auto(c, m),
+        lambda c, m, t: _auto(c, m, t),
         AutoConfig,
         uses_draft=True,
-        help="hybrid of model-free sources (--auto-sources, default stand,pld) and the draft "
-        "model when one is loaded, tree size planned per step",
+        help="hybrid of model-free sources (--auto-sources, default stand,pld; eagle joins "
+        "them there) and the draft model when one is loaded, tree size planned per step",
+    ),
+    "eagle": DrafterSpec(
+        EagleDrafter,
+        EagleConfig,
+        (("rounds", 6),),
+        help="a trained feature head on the target's own features (tokentree train-head), "
+        "tree grown best-first by path probability (EAGLE-2)",
+        reads_target=True,
     ),
 }
 
 
 MODEL_FREE = ("stand", "pld", "pld-tree", "lookahead", "suffix", "recycling")
+TARGET_READERS = ("eagle",)  # drafters on the target's own features (a trained head)
 
 
-def _auto(config: "AutoConfig", draft_model: Any) -> Drafter:
+def _auto(config: "AutoConfig", draft_model: Any, target_model: Any) -> Drafter:
     sources = config.sources + (f",{config.draft_source}" if draft_model is not None else "")
     hybrid = HybridConfig(sources=sources, skip_above=config.skip_above)
     return HybridDrafter(
-        hybrid, lambda name: make_drafter(name, draft_model), name="auto", default_budget="auto"
+        hybrid,
+        lambda name: make_drafter(name, draft_model, target_model=target_model),
+        name="auto",
+        default_budget="auto",
     )
 
 
@@ -185,16 +200,23 @@ def drafter_config(name: str, **options: Any) -> Any:
         raise TokentreeError(f"drafter '{name}': {exc}") from exc
 
 
-def make_drafter(name: str, draft_model: Any = None, **options: Any) -> Drafter:
+def make_drafter(
+    name: str, draft_model: Any = None, target_model: Any = None, **options: Any
+) -> Drafter:
     """Build the drafter ``name``; ``options`` are fields of its config dataclass.
 
     ``draft_model`` (a transformers causal LM sharing the target's vocabulary) is required by the
-    draft-model drafters and ignored by the others.
+    draft-model drafters and ignored by the others; ``target_model`` (the target's transformers
+    module) by the drafters that read its features (``eagle``).
     """
     config = drafter_config(name, **options)
     spec = DRAFTERS[name]
     if spec.uses_draft:
-        return spec.build(config, draft_model)
+        return spec.build(config, draft_model, target_model)
+    if spec.reads_target:
+        if target_model is None:
+            raise TokentreeError(f"drafter '{name}' reads the target's features: pass target_model")
+        return spec.build(config, target_model)
     if not spec.needs_draft:
         return spec.build(config)
     if draft_model is None:
@@ -213,6 +235,8 @@ __all__ = [
     "drafter_config",
     "ChainConfig",
     "DySpecConfig",
+    "EagleConfig",
+    "EagleDrafter",
     "SequoiaConfig",
     "SpecInferConfig",
     "RSDCConfig",

@@ -9,6 +9,7 @@ from typing import Sequence
 
 import torch
 
+from ..backends import make_backend
 from ..sampling import Acceptance, Draft, Draw, SamplingParams
 from ..tree import TokenTree
 from .model import CATCH_UP, DraftModel, GrowingTree
@@ -37,7 +38,7 @@ class _DraftModelDrafter:
     runs_draft_model = True
 
     def __init__(self, draft_model: torch.nn.Module):
-        self.model = DraftModel(draft_model)
+        self.model = DraftModel(make_backend(draft_model, draft=True))
 
     def propose(self, context: Sequence[int], budget: int) -> TokenTree:
         return self._grow(context, self.model.room(budget), GREEDY, torch.Generator()).tree
@@ -80,12 +81,10 @@ class ChainConfig:
     k: int = 5  # draft tokens per step to start with
     adaptive: bool = True  # HF's rule: k + 2 after a fully accepted step, k - 1 after a miss
     max_k: int = 16
-    confidence: float = (
-        0.3  # stop drafting when the draft's top probability falls below this (0 = never)
-    )
-    lookup: int = (
-        8  # greedy: guess up to this many of the draft's own next tokens by prompt lookup (0 = off)
-    )
+    # stop drafting when the draft's top probability falls below this (0 = never)
+    confidence: float = 0.3
+    # greedy: guess up to this many of the draft's own next tokens by prompt lookup (0 = off)
+    lookup: int = 8
 
     def __post_init__(self) -> None:
         if not 1 <= self.k <= self.max_k <= 64:
@@ -297,9 +296,8 @@ class DySpecConfig:
 
     rounds: int = 4  # draft forwards per step at most (the tree's depth)
     candidates: int = 8  # children considered per expanded node
-    threshold: float = (
-        0.0  # > 0: the threshold variant, keep every candidate whose path probability exceeds it
-    )
+    # > 0: the threshold variant, keep every candidate whose path probability exceeds it
+    threshold: float = 0.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.rounds <= 32:

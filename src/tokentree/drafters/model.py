@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..backends import make_backend
+from ..backends import GrowingBackend
 from ..sampling import Acceptance, Draft, Draw, SamplingParams, gumbel_top_k, warp
 from ..tree import TokenTree
 
@@ -70,8 +70,8 @@ class GrowingTree:
 class DraftModel:
     """The draft model's cache and tree growth; the shared engine of every draft-model drafter."""
 
-    def __init__(self, model):
-        self.backend = make_backend(model, draft=True)  # a transformers module or a LlamaCppModel
+    def __init__(self, backend: GrowingBackend):
+        self.backend = backend
         self.forwarded = 0  # nodes of the current tree already in the draft cache
 
     def room(self, budget: int) -> int:
