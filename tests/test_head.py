@@ -142,3 +142,14 @@ def test_auto_with_the_head_as_a_source_decodes_like_plain_greedy(model, trained
     )  # auto's mechanism with the head as a source
     prompt = [7, 8, 9, 7, 8, 9, 7, 8]
     assert run_engine(model, drafter, prompt, 30)[0] == hf_greedy(model, prompt, 30)
+
+
+def test_training_prompts_are_disjoint_from_every_benchmark_selection():
+    from tokentree.bench.suites import SUITES, load_suite, select
+    from tokentree.head.data import BENCH_RESERVED, training_prompts
+
+    train = {p.turns[0] for p in training_prompts()}
+    assert len(train) > 300
+    for suite in SUITES:
+        benchmark = select(load_suite(suite), None, BENCH_RESERVED)
+        assert not train & {turn for p in benchmark for turn in p.turns}
