@@ -136,7 +136,8 @@ def test_eagle_decodes_exactly_like_plain_greedy(model, trained, budget):
 
 def test_auto_with_the_head_as_a_source_decodes_like_plain_greedy(model, trained):
     out, _, _ = trained
-    shutil.copytree(out, default_head_dir(model))  # where train-head puts it by default
+    # where train-head puts it by default
+    shutil.copytree(out, default_head_dir(model), dirs_exist_ok=True)
     drafter = make_drafter(
         "hybrid", None, target_model=model, sources="pld,eagle"
     )  # auto's mechanism with the head as a source
@@ -153,3 +154,16 @@ def test_training_prompts_are_disjoint_from_every_benchmark_selection():
     for suite in SUITES:
         benchmark = select(load_suite(suite), None, BENCH_RESERVED)
         assert not train & {turn for p in benchmark for turn in p.turns}
+
+
+def test_auto_joins_the_default_head_when_one_exists(model, trained):
+    shutil.rmtree(default_head_dir(model), ignore_errors=True)
+    auto = make_drafter("auto", None, target_model=model)
+    assert "eagle" not in auto.config.names  # no head in the default place yet
+    out, _, _ = trained
+    shutil.copytree(out, default_head_dir(model), dirs_exist_ok=True)
+    assert "eagle" in make_drafter("auto", None, target_model=model).config.names
+    assert "eagle" not in make_drafter("auto", None, target_model=model, head=False).config.names
+    prompt = [7, 8, 9, 7, 8, 9, 7, 8]
+    drafter = make_drafter("auto", None, target_model=model)
+    assert run_engine(model, drafter, prompt, 30)[0] == hf_greedy(model, prompt, 30)

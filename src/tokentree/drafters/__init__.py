@@ -21,7 +21,7 @@ from .draft_trees import (
     SpecInferConfig,
     WidthsDrafter,
 )
-from .eagle import EagleConfig, EagleDrafter
+from .eagle import EagleConfig, EagleDrafter, has_default_head
 from .hybrid import HybridConfig, HybridDrafter
 from .lookahead import LookaheadConfig, LookaheadDrafter
 from .pld import PLDConfig, PromptLookupDrafter
@@ -40,6 +40,7 @@ class AutoConfig:
     )
     # skip the draft model when the model-free sources promise this many accepted tokens
     skip_above: float = 2.0
+    head: bool = True  # join eagle when the target (transformers) has a trained default head
 
     def __post_init__(self) -> None:
         names = [n.strip() for n in self.sources.split(",") if n.strip()]
@@ -168,6 +169,9 @@ TARGET_READERS = ("eagle",)  # drafters on the target's own features (a trained 
 
 def _auto(config: "AutoConfig", draft_model: Any, target_model: Any) -> Drafter:
     sources = config.sources + (f",{config.draft_source}" if draft_model is not None else "")
+    named = [n.strip() for n in config.sources.split(",")]
+    if config.head and "eagle" not in named and has_default_head(target_model):
+        sources += ",eagle"
     hybrid = HybridConfig(sources=sources, skip_above=config.skip_above)
     return HybridDrafter(
         hybrid,

@@ -15,6 +15,16 @@ from .draft_trees import DySpecConfig, DySpecDrafter
 from .model import DraftModel
 
 
+def has_default_head(target_model) -> bool:
+    """Whether ``target_model`` (a transformers module) has a head where train-head puts it."""
+    from ..head import default_head_dir
+    from ..head.model import CONFIG
+
+    if not isinstance(target_model, torch.nn.Module):
+        return False
+    return (default_head_dir(target_model) / CONFIG).is_file()
+
+
 @dataclass
 class EagleConfig(DySpecConfig):
     """The head drafter (CLI flags ``--eagle-<field>``); rounds = the tree's depth."""
