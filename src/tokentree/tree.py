@@ -128,6 +128,22 @@ class TokenTree:
             mask[i, i] = True
         return mask
 
+    def ancestor_table(self, k: int) -> torch.Tensor:
+        """[n, k] long: column m holds node i's ancestor m steps up (m = 0: i itself), or ``-j``
+        when that step leaves the tree: the j-th last committed token (what a causal convolution
+        of width k reads along the node's path)."""
+        table = torch.empty(len(self), k, dtype=torch.long)
+        for i in range(len(self)):
+            node, behind = i, 0
+            for m in range(k):
+                if node >= 0:
+                    table[i, m] = node
+                    node = self.parents[node]
+                else:
+                    behind += 1
+                    table[i, m] = -behind
+        return table
+
     def positions(self, offset: int) -> torch.Tensor:
         """[n] position ids when the root sits at position ``offset``."""
         return torch.tensor(self.depths, dtype=torch.long) + offset

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..errors import UnsupportedModelError
 from .base import Backend, BatchTarget, GrowingBackend
 
 __all__ = ["Backend", "BatchTarget", "GrowingBackend", "make_backend", "make_batch_target"]
@@ -18,6 +19,15 @@ def make_backend(model: Any, draft: bool = False) -> GrowingBackend:
 
     if isinstance(model, LlamaCppModel):
         return LlamaCppBackend(model, in_order=not draft)
+    from .hf_ssm import SSMBackend, is_state_space
+
+    if is_state_space(model):
+        if draft:
+            raise UnsupportedModelError(
+                "a state-space model verifies trees as a target but cannot be a draft model yet "
+                "(it forwards whole trees, not one level at a time)"
+            )
+        return SSMBackend(model)
     from .hf import HFBackend
 
     return HFBackend(model)

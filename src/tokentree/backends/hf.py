@@ -8,6 +8,7 @@ import torch
 
 from .. import kvcache
 from ..errors import UnsupportedModelError
+from ..ssm.families import FAMILIES
 from ..tree import TokenTree
 from .base import shared_prefix
 from .lane_attention import LANE_ATTENTION
@@ -40,6 +41,11 @@ def check_tree_support(model: torch.nn.Module) -> None:
     """Raise UnsupportedModelError unless ``model`` can verify a tree with a custom 4-D mask."""
     config = model.config.get_text_config()
     kind = getattr(config, "model_type", type(model).__name__)
+    if kind in FAMILIES:
+        raise UnsupportedModelError(
+            f"model type '{kind}' is a state-space model: it verifies trees one sequence at a "
+            "time (max_batch 1)"
+        )
     if getattr(model, "_is_stateful", False):
         raise UnsupportedModelError(
             f"model type '{kind}' keeps a recurrent state; tree verification needs a KV cache"

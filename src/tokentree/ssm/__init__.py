@@ -1,0 +1,1 @@
+"""Tree verification for state-space models and SSM/attention hybrids (STree)."""
