@@ -156,14 +156,14 @@ def test_training_prompts_are_disjoint_from_every_benchmark_selection():
         assert not train & {turn for p in benchmark for turn in p.turns}
 
 
-def test_auto_joins_the_default_head_when_one_exists(model, trained):
+def test_auto_joins_the_default_head_when_asked_and_one_exists(model, trained):
     shutil.rmtree(default_head_dir(model), ignore_errors=True)
-    auto = make_drafter("auto", None, target_model=model)
+    auto = make_drafter("auto", None, target_model=model, head=True)
     assert "eagle" not in auto.config.names  # no head in the default place yet
     out, _, _ = trained
     shutil.copytree(out, default_head_dir(model), dirs_exist_ok=True)
-    assert "eagle" in make_drafter("auto", None, target_model=model).config.names
-    assert "eagle" not in make_drafter("auto", None, target_model=model, head=False).config.names
+    assert "eagle" in make_drafter("auto", None, target_model=model, head=True).config.names
+    assert "eagle" not in make_drafter("auto", None, target_model=model).config.names
     prompt = [7, 8, 9, 7, 8, 9, 7, 8]
-    drafter = make_drafter("auto", None, target_model=model)
+    drafter = make_drafter("auto", None, target_model=model, head=True)
     assert run_engine(model, drafter, prompt, 30)[0] == hf_greedy(model, prompt, 30)

@@ -223,7 +223,8 @@ def test_sampled_two_token_law_on_a_mamba2_matches_the_target(name):
         **{**TOKENS, "vocab_size": 16},
     )  # fmt: skip
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
-    prompt = [3, 4, 5, 3, 4, 5, 3, 4]
+    text = [3, 4] + hf_greedy(model, [3, 4], 8)
+    prompt = text + text[:4]  # the model's own text repeated: prompt lookup finds likely tokens
     expected = exact_joint(model, prompt, DecodeRequest(**REQUEST).sampling)
     engine = Engine(make_backend(model), make_drafter(name), couple_seeded=False)
     counts, accepted = Counter(), 0
@@ -235,3 +236,19 @@ def test_sampled_two_token_law_on_a_mamba2_matches_the_target(name):
         accepted += sum(k * v for k, v in stats.accepted_hist.items())
     assert fits(counts, expected, SAMPLES), sorted(counts.items())
     assert accepted > 0.05 * SAMPLES
+
+
+def test_server_serves_an_ssm_one_request_at_a_time_and_refuses_batches_at_start():
+    from conftest import tiny_tokenizer
+
+    from tokentree.api import Generator, LoadedModel
+    from tokentree.server.config import ServeConfig
+    from tokentree.server.run import build_server
+
+    generator = Generator(
+        LoadedModel(tiny_ssm("mamba2"), tiny_tokenizer(), "tiny"), make_drafter("pld")
+    )
+    with pytest.raises(UnsupportedModelError, match="one sequence at a time"):
+        build_server(generator, ServeConfig(port=0, max_batch=2))
+    out = generator.generate("abc abc abc", max_new_tokens=12, drafter="pld")
+    assert len(out.token_ids) == 12

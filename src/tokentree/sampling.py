@@ -107,6 +107,13 @@ class Draft:
         if self.q is not None and self.q.shape[0] != len(self.tree):
             raise ValueError(f"q has {self.q.shape[0]} rows for a tree of {len(self.tree)} nodes")
 
+    def on(self, device: torch.device) -> "Draft":
+        """This draft with q on ``device`` (the target's logits' device; unchanged when it is
+        there)."""
+        if self.q is None or self.q.device == device:
+            return self
+        return Draft(self.tree, self.draw, self.q.to(device))
+
     def capped(self, max_leaves: int | None) -> "Draft":
         """This draft cut to its longest node prefix with at most ``max_leaves`` leaves (None:
         unchanged)."""
@@ -142,6 +149,17 @@ class Acceptance:
 def _check_rows(tree: TokenTree, logits: torch.Tensor) -> None:
     if logits.shape[0] != len(tree):
         raise ValueError(f"logits has {logits.shape[0]} rows for a tree of {len(tree)} nodes")
+
+
+def _uniform(generator: torch.Generator) -> float:
+    """One U(0, 1) draw from ``generator`` (the request's CPU generator, on every device)."""
+    return float(torch.rand((), generator=generator))
+
+
+def _draw(probs: torch.Tensor, generator: torch.Generator) -> int:
+    """One token from ``probs`` [V] (any device), drawn by ``generator`` on its own device: the
+    same draw on a GPU as on a CPU."""
+    return int(torch.multinomial(probs.to(generator.device), 1, generator=generator))
 
 
 def accept_greedy(tree: TokenTree, logits: torch.Tensor) -> Acceptance:
@@ -189,10 +207,8 @@ def _try_children(
         if draw is Draw.DETERMINISTIC:
             chance = p[token]
         else:
-            chance = (
-                torch.clamp(p[token] / q[token], max=1.0) if q[token] > 0 else torch.tensor(0.0)
-            )
-        if torch.rand((), generator=generator) < chance:
+            chance = torch.clamp(p[token] / q[token], max=1.0) if q[token] > 0 else 0.0
+        if _uniform(generator) < float(chance):
             return node, p
         if draw is Draw.DETERMINISTIC:
             p = _without(p, token)
@@ -209,7 +225,7 @@ def accept_sampled(draft: Draft, p: torch.Tensor, generator: torch.Generator) ->
 
     p: [n, V] warped target probabilities (see :func:`warp`), row i = distribution after node i.
     """
-    tree = draft.tree
+    tree, draft = draft.tree, draft.on(p.device)
     _check_rows(tree, p)
     nodes = [0]
     while True:
@@ -218,17 +234,16 @@ def accept_sampled(draft: Draft, p: torch.Tensor, generator: torch.Generator) ->
         q = None if draft.q is None else draft.q[node]
         accepted, rest = _try_children(children, p[node], q, draft.draw, generator)
         if accepted is None:
-            bonus = int(torch.multinomial(rest, 1, generator=generator))
-            return Acceptance(tuple(nodes), bonus)
+            return Acceptance(tuple(nodes), _draw(rest, generator))
         nodes.append(accepted)
 
 
-def _draft_row(draft: Draft, node: int, vocab_size: int) -> torch.Tensor:
-    """q at ``node`` [V]: the draft's own row, or one-hot at the child a deterministic drafter
-    chose."""
+def _draft_row(draft: Draft, node: int, like: torch.Tensor) -> torch.Tensor:
+    """q at ``node`` [V], on ``like``'s device: the draft's own row, or one-hot at the child a
+    deterministic drafter chose."""
     if draft.q is not None:
-        return draft.q[node]
-    row = torch.zeros(vocab_size)
+        return draft.q[node].to(like.device)
+    row = torch.zeros(like.shape[-1], device=like.device)
     row[draft.tree.tokens[node + 1]] = 1.0
     return row
 
@@ -252,13 +267,13 @@ def accept_block(
     if not tree.chain_below[start]:
         raise ValueError("block verification takes a chain draft")
     chain = tree.path_to(start)
-    first, vocab = len(chain) - 1, p.shape[1]  # chain[first] is ``start``
+    first = len(chain) - 1  # chain[first] is ``start``
     while tree.children[chain[-1]]:
         chain.append(tree.children[chain[-1]][0])
     weights, stop = [1.0], first
     for i in range(first + 1, len(chain)):
         parent, node = chain[i - 1], chain[i]
-        q = _draft_row(draft, parent, vocab)
+        q = _draft_row(draft, parent, p)
         token = tree.tokens[node]
         ratio = float(p[parent, token] / q[token]) if q[token] > 0 else 0.0
         weights.append(min(weights[-1] * ratio, 1.0))
@@ -267,20 +282,16 @@ def accept_block(
         elif weights[-1] >= 1.0:
             chance = 1.0
         else:
-            mass = float(
-                (weights[-1] * p[node] - _draft_row(draft, node, vocab)).clamp_min(0).sum()
-            )
+            mass = float((weights[-1] * p[node] - _draft_row(draft, node, p)).clamp_min(0).sum())
             chance = mass / (mass + 1.0 - weights[-1])
-        if float(torch.rand((), generator=generator)) < chance:
+        if _uniform(generator) < chance:
             stop = i
     end = chain[stop]
     rest = p[end]
     if stop < len(chain) - 1:
-        difference = (weights[stop - first] * p[end] - _draft_row(draft, end, vocab)).clamp_min(0)
+        difference = (weights[stop - first] * p[end] - _draft_row(draft, end, p)).clamp_min(0)
         rest = difference if difference.sum() > 1e-12 else rest  # multinomial normalises
-    return Acceptance(
-        tuple(chain[: stop + 1]), int(torch.multinomial(rest, 1, generator=generator))
-    )
+    return Acceptance(tuple(chain[: stop + 1]), _draw(rest, generator))
 
 
 def accept_tree(draft: Draft, p: torch.Tensor, generator: torch.Generator) -> Acceptance:
@@ -290,7 +301,7 @@ def accept_tree(draft: Draft, p: torch.Tensor, generator: torch.Generator) -> Ac
     Lossless by composition: the token rule leaves the target's own p at an accepted node, and the
     chain below it was drawn from q given that node's prefix alone. p: [n, V] warped target rows.
     """
-    tree = draft.tree
+    tree, draft = draft.tree, draft.on(p.device)
     _check_rows(tree, p)
     nodes = [0]
     while True:
@@ -301,7 +312,7 @@ def accept_tree(draft: Draft, p: torch.Tensor, generator: torch.Generator) -> Ac
         q = None if draft.q is None else draft.q[node]
         accepted, rest = _try_children(children, p[node], q, draft.draw, generator)
         if accepted is None:
-            return Acceptance(tuple(nodes), int(torch.multinomial(rest, 1, generator=generator)))
+            return Acceptance(tuple(nodes), _draw(rest, generator))
         nodes.append(accepted)
 
 
@@ -345,9 +356,8 @@ def accept_coupled(
     while True:
         node = nodes[-1]
         p = warp(logits[node : node + 1], params)[0]
-        token = int(
-            row_argmax((p.log() + noise.at(start + tree.depths[node], p.shape[0]))[None])[0]
-        )
+        gumbel = noise.at(start + tree.depths[node], p.shape[0]).to(p.device)
+        token = int(row_argmax((p.log() + gumbel)[None])[0])
         child = tree.child_with_token(node, token)
         if child is None:
             return Acceptance(tuple(nodes), token)
@@ -372,6 +382,6 @@ def gumbel_top_k(q: torch.Tensor, k: int, generator: torch.Generator) -> list[in
     k = min(k, int((q > 0).sum()))
     if k <= 0:
         return []
-    uniform = torch.rand(q.shape, generator=generator).clamp_min(1e-20)
+    uniform = torch.rand(q.shape, generator=generator).clamp_min(1e-20).to(q.device)
     keys = q.log() - (-uniform.log()).log()
     return keys.topk(k).indices.tolist()

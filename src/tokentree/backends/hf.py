@@ -19,20 +19,26 @@ PREFILL_CHUNK = 512
 
 
 def tree_attention_mask(
-    tree: TokenTree, prefix: int, dtype: torch.dtype, sliding_window: int | None = None
+    tree: TokenTree,
+    prefix: int,
+    dtype: torch.dtype,
+    sliding_window: int | None = None,
+    device: torch.device | str = "cpu",
 ) -> torch.Tensor:
-    """Additive mask [1, 1, n, prefix + n]: every prefix position visible, tree by ancestry.
+    """Additive mask [1, 1, n, prefix + n] on ``device``: every prefix position visible, tree by
+    ancestry.
 
     With ``sliding_window`` a query at position p sees only keys at positions > p - window.
     """
     n = len(tree)
-    visible = torch.cat([torch.ones(n, prefix, dtype=torch.bool), tree.ancestor_mask], dim=1)
+    ancestors = tree.ancestor_mask.to(device)
+    visible = torch.cat([torch.ones(n, prefix, dtype=torch.bool, device=device), ancestors], dim=1)
     if sliding_window is not None:
-        depths = torch.tensor(tree.depths)
-        key_pos = torch.cat([torch.arange(prefix), prefix + depths])
+        depths = torch.tensor(tree.depths, device=device)
+        key_pos = torch.cat([torch.arange(prefix, device=device), prefix + depths])
         query_pos = prefix + depths
         visible &= (query_pos[:, None] - key_pos[None, :]) < sliding_window
-    mask = torch.zeros(n, prefix + n, dtype=dtype)
+    mask = torch.zeros(n, prefix + n, dtype=dtype, device=device)
     mask.masked_fill_(~visible, torch.finfo(dtype).min)
     return mask[None, None]
 
@@ -183,11 +189,11 @@ class HFBackend:
     def _mask(self, tree: TokenTree, prefix: int) -> torch.Tensor | dict[str, torch.Tensor] | None:
         if len(tree) == 1:
             return None  # one token: the model's own causal (and sliding) mask is exact
-        dtype = self.model.dtype
-        full = tree_attention_mask(tree, prefix, dtype).to(self.device)
+        dtype, device = self.model.dtype, self.device
+        full = tree_attention_mask(tree, prefix, dtype, device=device)
         if self.sliding_window is None:
             return full
-        sliding = tree_attention_mask(tree, prefix, dtype, self.sliding_window).to(self.device)
+        sliding = tree_attention_mask(tree, prefix, dtype, self.sliding_window, device)
         return {"full_attention": full, "sliding_attention": sliding}
 
     def commit(self, nodes: Sequence[int]) -> None:

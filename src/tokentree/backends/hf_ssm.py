@@ -113,7 +113,7 @@ class SSMBackend:
         rotary, mask = None, None
         if self.hybrid:
             rotary = getattr(self.body, self.family.rotary)(hidden, positions)
-            mask = tree_attention_mask(tree, prefix, self.model.dtype).to(self.device)
+            mask = tree_attention_mask(tree, prefix, self.model.dtype, device=self.device)
         traces: dict[int, MixerTrace] = {}
         for index, (layer, kind) in enumerate(zip(self.body.layers, self.kinds)):
             if kind == LINEAR:

@@ -65,13 +65,14 @@ def beam_step(
     generator None: deterministic beam search by path log-probability; else stochastic beam
     search. Returned grouped by beam, each beam's children in decreasing value (= draw order).
     """
-    log_prob = torch.tensor([b.log_prob for b in beams])[:, None] + log_q
+    device = log_q.device
+    log_prob = torch.tensor([b.log_prob for b in beams], device=device)[:, None] + log_q
     if generator is None:
         values = log_prob
     else:
-        uniform = torch.rand(log_q.shape, generator=generator).clamp_min(1e-20)
+        uniform = torch.rand(log_q.shape, generator=generator).clamp_min(1e-20).to(device)
         values = truncated_gumbel(
-            log_prob - (-uniform.log()).log(), torch.tensor([b.value for b in beams])
+            log_prob - (-uniform.log()).log(), torch.tensor([b.value for b in beams], device=device)
         )
     k = min(width, log_q.shape[-1])
     best, tokens = values.topk(k, dim=-1)  # per beam: no beam can contribute more than width

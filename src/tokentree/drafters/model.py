@@ -116,7 +116,10 @@ class DraftModel:
             q = warp(logits[None], params)[0]
             grown.q_rows[node] = q
             if draw is Draw.IID:
-                picks = torch.multinomial(q, count, replacement=True, generator=generator).tolist()
+                draws = torch.multinomial(
+                    q.to(generator.device), count, replacement=True, generator=generator
+                )
+                picks = draws.tolist()
             else:
                 picks = gumbel_top_k(q, count, generator)
         return [

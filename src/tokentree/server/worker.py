@@ -76,6 +76,8 @@ class Worker:
         self.generator = generator
         self.max_queue = max_queue
         self.max_batch = max_batch
+        # made here, so a target that cannot batch is refused when the server starts
+        self.session = generator.batch_session(max_batch) if max_batch > 1 else None
         self.running: Job | None = None
         self.batched: dict[int, Job] = {}  # batch mode: slot -> its job
         self.peak_batch = 0  # the most jobs decoded together so far
@@ -187,7 +189,7 @@ class Worker:
 
     # ------------------------------------------------------------------ batch mode
     def _serve_batches(self) -> None:
-        session = self.generator.batch_session(self.max_batch)
+        session = self.session
         while True:
             while (job := self._admit(session)) is not None:
                 self._start(session, job)
