@@ -12,9 +12,11 @@ from ..ssm.families import FAMILIES
 from ..tree import TokenTree
 from .base import shared_prefix
 from .lane_attention import LANE_ATTENTION
+from .tree_attention import TREE_ATTENTION, TreeBlock, use_tree_attention
 
 SUPPORTED_LAYER_TYPES = {"full_attention", "sliding_attention"}
-MASKABLE_ATTENTION = ("sdpa", "eager", LANE_ATTENTION)
+MASKABLE_ATTENTION = ("sdpa", "eager", LANE_ATTENTION, TREE_ATTENTION)
+HYBRID_FROM = 1024  # cached tokens from which a tree's attention splits prefix and tree (LongSpec)
 PREFILL_CHUNK = 512
 
 
@@ -78,9 +80,11 @@ class HFBackend:
 
     max_leaves = None  # a 4-D mask takes any tree
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, hybrid_from: int = HYBRID_FROM):
         check_tree_support(model)
         self.model = model.eval()
+        self.hybrid_from = hybrid_from  # cached tokens from which trees use the hybrid attention
+        use_tree_attention(model)
         config = model.config.get_text_config()
         self.vocab_size = int(config.vocab_size)
         layer_types = set(getattr(config, "layer_types", None) or [])
@@ -161,19 +165,22 @@ class HFBackend:
         elif self._lead:
             return self._grow_after_lead(tree)
         prefix = len(self._tokens)
-        mask = self._mask(tree, prefix)
-        if mask is not None:
+        hybrid = self._hybrid_block(tree, prefix, start)
+        mask = self._mask(tree, prefix) if hybrid is None else hybrid[1]
+        if mask is not None and hybrid is None:
             mask = (
                 {k: m[:, :, start:] for k, m in mask.items()}
                 if isinstance(mask, dict)
                 else mask[:, :, start:]
             )
+        extra = {} if hybrid is None else {"tree_block": hybrid[0]}
         out = self.model(
             input_ids=torch.tensor([tree.tokens[start:]], device=self.device),
             position_ids=tree.positions(prefix)[start:].to(self.device)[None],
             attention_mask=mask,
             cache=self.cache,
             use_cache=True,
+            **extra,
         )
         self._pending = tree
         return out.logits[0].float()
@@ -185,6 +192,24 @@ class HFBackend:
         self._tokens.extend(lead)
         self._pending = tree
         return logits[len(lead) :]
+
+    def _hybrid_block(self, tree: TokenTree, prefix: int, start: int):
+        """(TreeBlock, a placeholder 4-D mask) when this forward takes the hybrid tree attention
+        (a whole tree of several nodes behind at least ``hybrid_from`` cached tokens), else
+        None."""
+        if (
+            start
+            or len(tree) == 1
+            or prefix < self.hybrid_from
+            or self.model.config._attn_implementation != TREE_ATTENTION
+        ):
+            return None
+        block = TreeBlock(tree.ancestor_mask.to(self.device), tree.positions(prefix))
+        small = torch.zeros(1, 1, len(tree), len(tree), dtype=self.model.dtype, device=self.device)
+        placeholder = (
+            small if self.sliding_window is None else {k: small for k in SUPPORTED_LAYER_TYPES}
+        )  # every layer reads the tree block instead; a 4-D mask stops transformers building one
+        return block, placeholder
 
     def _mask(self, tree: TokenTree, prefix: int) -> torch.Tensor | dict[str, torch.Tensor] | None:
         if len(tree) == 1:

@@ -19,6 +19,8 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from .tree_attention import TREE_ATTENTION
+
 LANE_ATTENTION = "tokentree_lanes"
 
 
@@ -89,7 +91,7 @@ def lane_attention(
 def use_lane_attention(model: torch.nn.Module) -> bool:
     """Switch ``model`` from SDPA to lane attention (the same function when no plan is passed);
     False, changing nothing, for other attention implementations."""
-    if model.config._attn_implementation not in ("sdpa", LANE_ATTENTION):
+    if model.config._attn_implementation not in ("sdpa", LANE_ATTENTION, TREE_ATTENTION):
         return False
     AttentionInterface.register(LANE_ATTENTION, lane_attention)
     AttentionMaskInterface.register(LANE_ATTENTION, sdpa_mask)
