@@ -1,12 +1,15 @@
 """The only place that mutates a transformers KV cache (llama.cpp's cells are changed only by
 ``LlamaCppBackend``'s ``prefill``/``grow``/``commit``, through llama.cpp's own memory calls).
 
-Caches are transformers ``DynamicCache`` objects whose attention layers all keep the full sequence
-(``DynamicLayer``): keys/values of shape [batch, kv_heads, seq, head_dim]. Sliding-window models
-keep full layers too; the window is applied by the attention mask instead, so one compaction rule
-serves every layer. State-space layers (``LinearAttentionLayer``: a conv state [batch, C, K] and a
-recurrent state [batch, H, P, N]) are read with :func:`linear_states` and advanced along an
-accepted path with :func:`advance_linear`; compaction leaves them alone.
+Caches are transformers ``DynamicCache`` objects. Full attention layers (``DynamicLayer``) keep
+the whole sequence: keys/values of shape [batch, kv_heads, seq, head_dim]. Sliding-window layers
+are full layers too (the window applied by the attention mask), except in a
+:func:`new_windowed_cache`: there they are ``DynamicSlidingWindowLayer``s recording their past
+(a forward appends to them and returns what the window needs), which :func:`compact`, :func:`crop`
+and :func:`bound` keep to the last ``window - 1 + ROLLBACK`` positions, so their memory stays
+bounded whatever the context. State-space layers (``LinearAttentionLayer``: a conv state
+[batch, C, K] and a recurrent state [batch, H, P, N]) are read with :func:`linear_states` and
+advanced along an accepted path with :func:`advance_linear`; compaction leaves them alone.
 """
 
 from __future__ import annotations
@@ -21,6 +24,12 @@ from transformers.cache_utils import (
     LinearAttentionCacheLayerMixin,
 )
 
+ROLLBACK = 256  # positions a windowed layer keeps beyond its window: how far a crop can go back
+
+
+class CacheRollbackError(ValueError):
+    """A crop reaches back past what a windowed layer still holds (prefill from scratch)."""
+
 
 def new_cache() -> DynamicCache:
     """An empty cache whose layers are created lazily as full ``DynamicLayer``s."""
@@ -32,27 +41,71 @@ def new_state_cache(config) -> DynamicCache:
     return DynamicCache(config=config)
 
 
+def new_windowed_cache(config) -> DynamicCache:
+    """An empty cache for ``config`` whose sliding-window layers keep only their window."""
+    cache = DynamicCache(config=config)
+    for layer in cache.layers:
+        if isinstance(layer, DynamicSlidingWindowLayer):
+            layer.activate_past_recording()  # a forward keeps everything until we bound it
+    return cache
+
+
 def _layers(cache: DynamicCache) -> list[DynamicLayer]:
     layers = [x for x in cache.layers if not isinstance(x, LinearAttentionCacheLayerMixin)]
     for layer in layers:
-        if type(layer) is not DynamicLayer or isinstance(layer, DynamicSlidingWindowLayer):
+        windowed = isinstance(layer, DynamicSlidingWindowLayer) and layer.record_past
+        if type(layer) is not DynamicLayer and not windowed:
             raise TypeError(
-                f"tokentree compacts only full DynamicLayer caches, got {type(layer).__name__}"
+                "tokentree compacts only DynamicLayer and past-recording "
+                f"DynamicSlidingWindowLayer caches, got {type(layer).__name__}"
             )
     return [layer for layer in layers if layer.is_initialized]
 
 
+def _first(layer: DynamicLayer) -> int:
+    """The position of the first key ``layer`` holds (0 unless a windowed layer dropped some)."""
+    if isinstance(layer, DynamicSlidingWindowLayer):
+        return layer.cumulative_length - layer.keys.shape[-2]
+    return 0
+
+
+def _set_end(layer: DynamicLayer, end: int) -> None:
+    """Keep ``layer``'s positions before ``end`` (absolute)."""
+    local = end - _first(layer)
+    layer.keys = layer.keys[..., :local, :]
+    layer.values = layer.values[..., :local, :]
+    if isinstance(layer, DynamicSlidingWindowLayer):
+        layer.cumulative_length = end
+
+
 def length(cache: DynamicCache) -> int:
-    """Number of positions held by the cache."""
+    """Number of positions the cache has seen (and a full layer holds)."""
     layers = _layers(cache)
-    return layers[0].keys.shape[-2] if layers else 0
+    return _first(layers[0]) + layers[0].keys.shape[-2] if layers else 0
 
 
 def crop(cache: DynamicCache, keep: int) -> None:
-    """Keep the first ``keep`` positions of every layer."""
+    """Keep the first ``keep`` positions of every layer (a windowed layer: the last of them its
+    window needs); CacheRollbackError, changing nothing, when a windowed layer no longer holds
+    them."""
+    layers = _layers(cache)
+    for layer in layers:
+        if isinstance(layer, DynamicSlidingWindowLayer) and keep < length(cache):
+            if _first(layer) > max(0, keep - layer.sliding_window + 1):
+                raise CacheRollbackError(
+                    f"a sliding-window layer no longer holds position {keep} of the context"
+                )
+    for layer in layers:
+        _set_end(layer, min(keep, _first(layer) + layer.keys.shape[-2]))
+
+
+def bound(cache: DynamicCache) -> None:
+    """Drop what windowed layers hold beyond ``window - 1 + ROLLBACK`` positions."""
     for layer in _layers(cache):
-        layer.keys = layer.keys[..., :keep, :]
-        layer.values = layer.values[..., :keep, :]
+        if isinstance(layer, DynamicSlidingWindowLayer):
+            keep = layer.sliding_window - 1 + ROLLBACK
+            layer.keys = layer.keys[..., -keep:, :]
+            layer.values = layer.values[..., -keep:, :]
 
 
 @torch.inference_mode()
@@ -60,19 +113,21 @@ def compact(cache: DynamicCache, prefix: int, nodes: Sequence[int]) -> None:
     """Keep positions [0, prefix) and ``prefix + nodes[j]`` for each j, contiguous, in that order.
 
     After verifying a tree of n nodes the cache holds prefix + n positions; ``nodes`` are the
-    accepted node indices (ascending, starting at 0). The result holds prefix + len(nodes).
+    accepted node indices (ascending, starting at 0). The result holds prefix + len(nodes)
+    (windowed layers: the last of them, see :func:`bound`).
     """
     nodes = list(nodes)
-    if nodes == list(range(len(nodes))):  # accepted path is already contiguous: just crop
-        crop(cache, prefix + len(nodes))
-        return
+    end = prefix + len(nodes)
     for layer in _layers(cache):
-        index = torch.tensor(nodes, device=layer.keys.device) + prefix
-        end = prefix + len(nodes)
-        layer.keys[..., prefix:end, :] = layer.keys.index_select(-2, index)
-        layer.values[..., prefix:end, :] = layer.values.index_select(-2, index)
-        layer.keys = layer.keys[..., :end, :]
-        layer.values = layer.values[..., :end, :]
+        first = _first(layer)
+        if nodes != list(range(len(nodes))):  # not already contiguous: move the accepted nodes
+            index = torch.tensor(nodes, device=layer.keys.device) + prefix - first
+            layer.keys[..., prefix - first : end - first, :] = layer.keys.index_select(-2, index)
+            layer.values[..., prefix - first : end - first, :] = layer.values.index_select(
+                -2, index
+            )
+        _set_end(layer, end)
+    bound(cache)
 
 
 def linear_states(cache: DynamicCache, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:

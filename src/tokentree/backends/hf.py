@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 
 from .. import kvcache
-from ..errors import UnsupportedModelError
+from ..errors import TokentreeError, UnsupportedModelError
 from ..ssm.families import FAMILIES
 from ..tree import TokenTree
 from .base import shared_prefix
@@ -18,6 +18,7 @@ SUPPORTED_LAYER_TYPES = {"full_attention", "sliding_attention"}
 MASKABLE_ATTENTION = ("sdpa", "eager", LANE_ATTENTION, TREE_ATTENTION)
 HYBRID_FROM = 1024  # cached tokens from which a tree's attention splits prefix and tree (LongSpec)
 PREFILL_CHUNK = 512
+WINDOWED_FROM = 512  # sliding windows above the largest tree (planner cap) keep only the window
 
 
 def tree_attention_mask(
@@ -80,16 +81,24 @@ class HFBackend:
 
     max_leaves = None  # a 4-D mask takes any tree
 
-    def __init__(self, model: torch.nn.Module, hybrid_from: int = HYBRID_FROM):
+    def __init__(
+        self, model: torch.nn.Module, hybrid_from: int = HYBRID_FROM, windowed: bool | None = None
+    ):
+        """``hybrid_from``: cached tokens from which trees take the hybrid tree attention;
+        ``windowed``: sliding-window layers keep only their window (then every forward takes the
+        hybrid attention; default: when the window exceeds WINDOWED_FROM, i.e. any tree fits)."""
         check_tree_support(model)
         self.model = model.eval()
-        self.hybrid_from = hybrid_from  # cached tokens from which trees use the hybrid attention
-        use_tree_attention(model)
+        hybrid = use_tree_attention(model)
         config = model.config.get_text_config()
         self.vocab_size = int(config.vocab_size)
         layer_types = set(getattr(config, "layer_types", None) or [])
         self.sliding_window = config.sliding_window if "sliding_attention" in layer_types else None
-        self.cache = kvcache.new_cache()
+        if windowed is None:
+            windowed = (self.sliding_window or 0) > WINDOWED_FROM
+        self.windowed = hybrid and windowed and self.sliding_window is not None
+        self.hybrid_from = 0 if self.windowed else hybrid_from
+        self.cache = self._new_cache()
         self._tokens: list[int] = []
         self._pending: TokenTree | None = None
         self._lead: list[int] = []  # prefill tokens held back for the next forward (see prefill)
@@ -107,9 +116,14 @@ class HFBackend:
         """The tree forwarded since the last commit (None when there is none)."""
         return self._pending
 
+    def _new_cache(self):
+        if self.windowed:
+            return kvcache.new_windowed_cache(self.model.config)
+        return kvcache.new_cache()
+
     def reset(self) -> None:
         """Drop the whole cache (the next prefill starts from nothing)."""
-        self.cache = kvcache.new_cache()
+        self.cache = self._new_cache()
         self._tokens, self._lead = [], []
         self._pending = None
 
@@ -123,7 +137,11 @@ class HFBackend:
         """
         token_ids = [int(t) for t in token_ids]
         shared = shared_prefix(self._tokens, token_ids)
-        kvcache.crop(self.cache, shared)
+        try:
+            kvcache.crop(self.cache, shared)
+        except kvcache.CacheRollbackError:  # a windowed layer dropped what the prompt shares
+            self.reset()
+            shared = 0
         self._tokens = self._tokens[:shared]
         self._pending = None
         held = min(defer, len(token_ids) - shared)
@@ -138,6 +156,7 @@ class HFBackend:
                 use_cache=True,
                 logits_to_keep=1,
             )
+            kvcache.bound(self.cache)
             self._tokens.extend(chunk)
 
     def verify(self, tree: TokenTree) -> torch.Tensor:
@@ -164,6 +183,11 @@ class HFBackend:
                 raise RuntimeError("grow must extend the tree forwarded by the previous call")
         elif self._lead:
             return self._grow_after_lead(tree)
+        if self.windowed and start >= self.sliding_window:  # the layers return window - 1 + m
+            raise TokentreeError(  # keys: the tree's earlier nodes would be cut off
+                f"cannot grow a tree of {start} nodes by a level: this model's sliding window "
+                f"is {self.sliding_window} tokens; use a smaller budget"
+            )
         prefix = len(self._tokens)
         hybrid = self._hybrid_block(tree, prefix, start)
         mask = self._mask(tree, prefix) if hybrid is None else hybrid[1]
@@ -194,18 +218,14 @@ class HFBackend:
         return logits[len(lead) :]
 
     def _hybrid_block(self, tree: TokenTree, prefix: int, start: int):
-        """(TreeBlock, a placeholder 4-D mask) when this forward takes the hybrid tree attention
-        (a whole tree of several nodes behind at least ``hybrid_from`` cached tokens), else
-        None."""
-        if (
-            start
-            or len(tree) == 1
-            or prefix < self.hybrid_from
-            or self.model.config._attn_implementation != TREE_ATTENTION
-        ):
+        """(TreeBlock, a placeholder 4-D mask) when this forward of ``tree[start:]`` takes the
+        hybrid tree attention (at least ``hybrid_from`` cached tokens), else None."""
+        if prefix < self.hybrid_from or self.model.config._attn_implementation != TREE_ATTENTION:
             return None
-        block = TreeBlock(tree.ancestor_mask.to(self.device), tree.positions(prefix))
-        small = torch.zeros(1, 1, len(tree), len(tree), dtype=self.model.dtype, device=self.device)
+        ancestors = tree.ancestor_mask[start:].to(self.device)
+        block = TreeBlock(ancestors, tree.positions(prefix))
+        rows = len(tree) - start
+        small = torch.zeros(1, 1, rows, rows, dtype=self.model.dtype, device=self.device)
         placeholder = (
             small if self.sliding_window is None else {k: small for k in SUPPORTED_LAYER_TYPES}
         )  # every layer reads the tree block instead; a 4-D mask stops transformers building one

@@ -23,9 +23,11 @@ TREE_ATTENTION = "tokentree_tree"
 
 @dataclass(frozen=True)
 class TreeBlock:
-    """The tree of a verify forward: ``ancestors`` [n, n] bool (node i sees node j), and
-    ``positions`` [n] long (the nodes' positions; the cached keys before them sit at
-    0..prefix-1)."""
+    """The tree of a forward: ``ancestors`` [m, t] bool (query i, the tree's node t - m + i, sees
+    node j) and ``positions`` [t] long (the nodes' positions). The forward's queries are the tree's
+    last m nodes (all of them, or a level grown onto nodes forwarded before); the last t keys of
+    the cache are the tree's nodes and the keys before them are the committed tokens at positions
+    ``positions[0] - prefix .. positions[0] - 1``."""
 
     ancestors: torch.Tensor
     positions: torch.Tensor
@@ -60,36 +62,38 @@ def tree_attention(
     sliding_window: int | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
-    """query [1, H, n, D], key/value [1, KVH, prefix + n, D] -> ([1, n, H, D], None).
+    """query [1, H, m, D], key/value [1, KVH, prefix + t, D] -> ([1, m, H, D], None).
 
-    With ``tree_block`` the last n keys are the tree's; query heads are packed as more queries of
-    their key/value head ([KVH, groups * n, D]), so grouped heads are never expanded."""
+    With ``tree_block`` the last t keys are the tree's; query heads are packed as more queries of
+    their key/value head ([KVH, groups * m, D]), so grouped heads are never expanded."""
     if tree_block is None:
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
             sliding_window=sliding_window, **kwargs,
         )  # fmt: skip
-    heads, n, dim = query.shape[1:]
-    kv_heads, prefix = key.shape[1], key.shape[2] - n
-    groups = heads // kv_heads
+    heads, m, dim = query.shape[1:]
+    kv_heads, nodes = key.shape[1], tree_block.ancestors.shape[1]
+    prefix, groups = key.shape[2] - nodes, heads // kv_heads
     scale = scaling if scaling is not None else dim**-0.5
-    q = query[0].reshape(kv_heads, groups * n, dim)
+    q = query[0].reshape(kv_heads, groups * m, dim)
     positions = tree_block.positions.to(query.device)
+    at = positions[nodes - m :]  # the queries' positions
     tree_visible = tree_block.ancestors.to(query.device)
     start, window = 0, None
     if sliding_window is not None:  # key p' is visible to a node at p when p - p' < window
+        first = int(tree_block.positions[0]) - prefix  # the first cached key's position
         start = max(0, prefix - sliding_window + 1)
-        keys_at = torch.arange(start, prefix, device=query.device)
-        window = (positions[:, None] - keys_at[None, :] < sliding_window).repeat(groups, 1)
-        tree_visible = tree_visible & (positions[:, None] - positions[None, :] < sliding_window)
+        keys_at = torch.arange(first + start, first + prefix, device=query.device)
+        window = (at[:, None] - keys_at[None, :] < sliding_window).repeat(groups, 1)
+        tree_visible = tree_visible & (at[:, None] - positions[None, :] < sliding_window)
     out_t, lse_t = _attend(
         q, key[0, :, prefix:], value[0, :, prefix:], scale, tree_visible.repeat(groups, 1)
     )
     if start < prefix:
         out_p, lse_p = _attend(q, key[0, :, start:prefix], value[0, :, start:prefix], scale, window)
-        share = torch.sigmoid(lse_p - lse_t)[..., None]  # [KVH, groups * n, 1]: the prefix's
+        share = torch.sigmoid(lse_p - lse_t)[..., None]  # [KVH, groups * m, 1]: the prefix's
         out_t = (out_p.float() * share + out_t.float() * (1 - share)).to(query.dtype)
-    return out_t.reshape(heads, n, -1).transpose(0, 1)[None], None
+    return out_t.reshape(heads, m, -1).transpose(0, 1)[None], None
 
 
 def use_tree_attention(model: torch.nn.Module) -> bool:
