@@ -1,6 +1,7 @@
 """The benchmark harness on a tiny model: end to end, arithmetic, resume, bad input."""
 
 import json
+import re
 
 import pytest
 
@@ -246,3 +247,38 @@ def test_sampled_run_compares_speed_and_skips_the_identity_check(
     )
     assert summary["speedup"]["tt:pld"]["overall"] > 0
     assert "n/a (sampled)" in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_the_long_suite_hides_each_task_among_other_documents_within_its_size():
+    from tokentree.bench.long import BENCH_POOL, CHARS_PER_TOKEN, LONG_SIZES, PROMPTS_PER_SIZE
+
+    prompts = load_suite("long")
+    spec = load_suite("spec-bench")
+    rag = [p for p in spec if p.category == "rag"]
+    news = [p for p in spec if p.category == "summarization"]
+    categories = {p.category for p in prompts}
+    assert categories == {f"{kind}-{size}k" for kind in ("rag", "summary") for size in LONG_SIZES}
+    assert len(prompts) == 2 * len(LONG_SIZES) * PROMPTS_PER_SIZE
+    pool = {p.turns[0].rpartition("\n")[0].strip() for p in rag[:BENCH_POOL]}
+    pool |= {p.turns[0].removeprefix("Summarize:").strip() for p in news[:BENCH_POOL]}
+    for prompt in prompts:
+        (text,) = prompt.turns
+        size = int(prompt.category.split("-")[1].removesuffix("k"))
+        bodies = re.findall(
+            r"Document \d+:\n(.*?)\n\n(?=Document \d+:\n|Answer the question|Summarize document)",
+            text,
+            re.DOTALL,
+        )
+        assert 2 <= len(bodies) and len(text) <= size * 1000 * CHARS_PER_TOKEN + 2000
+        assert text.startswith("Document 1:\n") and text.count("\nDocument ") == len(bodies) - 1
+        assert set(bodies) <= pool  # only the reserved records, which head training never reads
+        source = next(p for p in rag + news if p.id == prompt.id.rsplit("/", 1)[1])
+        if prompt.category.startswith("rag"):
+            passages, _, question = source.turns[0].rpartition("\n")
+            assert passages.strip() in bodies and text.endswith(question.strip())
+        else:
+            slot = int(text.rsplit("Summarize document ", 1)[1].split()[0])
+            assert bodies[slot - 1] == source.turns[0].removeprefix("Summarize:").strip()
+    sixteen = [p for p in prompts if p.category == "rag-16k"]
+    assert min(len(p.turns[0]) for p in sixteen) > 12_000 * CHARS_PER_TOKEN  # long indeed
+    assert load_suite("long") == prompts  # deterministic

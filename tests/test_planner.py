@@ -15,6 +15,7 @@ from tokentree.drafters import make_drafter
 from tokentree.engine import DecodeRequest, Engine
 from tokentree.errors import TokentreeError
 from tokentree.planner import (
+    LONG_PROFILE_SIZES,
     AcceptanceCalibrator,
     CostProfile,
     Planner,
@@ -323,3 +324,69 @@ def test_a_replayable_planner_ignores_measured_times():
             planner.observe(chain, Acceptance((0, 1, 2), 7), draft_s=verify_s, verify_s=verify_s)
         choices.append((planner.choose(chain), planner.rate, planner.cost.seconds(4)))
     assert choices[0] == choices[1]
+
+
+LONG = CostProfile(
+    (1, 2, 4, 8, 16),
+    (1.0, 1.1, 1.4, 2.2, 4.0),
+    256,
+    longer=(
+        CostProfile((1, 4, 16), (2.0, 3.0, 8.0), 4096),
+        CostProfile((1, 4, 16), (3.0, 6.0, 15.0), 8192),
+    ),
+)
+
+
+def test_profile_follows_the_context_between_and_beyond_its_curves():
+    assert LONG.seconds_at(4, 0) == LONG.seconds_at(4, 256) == pytest.approx(1.4)
+    assert LONG.seconds_at(4, 4096) == pytest.approx(3.0)
+    assert LONG.seconds_at(16, 6144) == pytest.approx(11.5)  # halfway between 8 and 15
+    assert LONG.seconds_at(1, 12288) == pytest.approx(4.0)  # on along the last two's slope
+    assert LONG.seconds_at(1, 2176) == pytest.approx(1.5)  # between 256's 1.0 and 4096's 2.0
+    falling = CostProfile((1,), (2.0,), 256, longer=(CostProfile((1,), (1.5,), 1024),))
+    assert falling.seconds_at(1, 4096) == pytest.approx(1.5)  # noise never extrapolates down
+    assert STEEP.seconds_at(8, 10**6) == pytest.approx(2.2)  # one curve: the context is ignored
+    with pytest.raises(ValueError, match="longer"):
+        CostProfile((1,), (1.0,), 4096, longer=(CostProfile((1,), (1.0,), 256),))
+
+
+def test_profiles_with_longer_curves_survive_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TOKENTREE_CACHE", str(tmp_path))
+    profile = CostProfile(
+        LONG.sizes, LONG.seconds, 256, key="long", measured_at=1e12, longer=LONG.longer
+    )
+    save_profile(profile)
+    assert load_profile("long") == profile
+
+
+def test_verify_cost_prices_trees_at_the_planned_context_and_learns_the_load():
+    cost = VerifyCost(LONG)
+    assert cost.seconds(16, 8192) == pytest.approx(15.0) and cost.seconds(16, 256) == 4.0
+    for _ in range(300):  # a machine twice as slow as profiled, seen at long contexts only
+        cost.observe(4, 2 * 6.0, 8192)
+    assert cost.seconds(4, 256) == pytest.approx(2 * 1.4, rel=0.05)  # the load applies everywhere
+
+
+def test_the_planner_drafts_less_where_the_context_makes_trees_dear():
+    planner = trained_planner(LONG, 0)
+    tree = TokenTree.chain(0, list(range(1, 17)))
+    chosen = {}
+    for context in (256, 8192):
+        planner.at(context)
+        chosen[context] = planner.choose(tree)
+    assert chosen[8192] < chosen[256], chosen
+
+
+def test_measured_profile_with_longer_contexts_on_a_tiny_model():
+    seen = []
+    profile = measure_profile(
+        HFBackend(tiny_model("llama")),
+        sizes=(1, 4),
+        context_len=16,
+        repeats=1,
+        longer=(64, 128),
+        progress=lambda n, context, s: seen.append((n, context)),
+    )
+    assert [p.context_len for p in profile.longer] == [64, 128]
+    assert all(p.sizes == LONG_PROFILE_SIZES for p in profile.longer)
+    assert seen[:3] == [(1, 16), (4, 16), (1, 64)] and len(seen) == 2 + 2 * len(LONG_PROFILE_SIZES)

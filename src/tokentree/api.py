@@ -131,9 +131,11 @@ class Generator:
     def vocab_signature(self) -> str:
         return vocab_signature(self.tokenizer)
 
-    def cost_profile(self, refresh: bool = False, progress=None) -> CostProfile:
+    def cost_profile(
+        self, refresh: bool = False, progress=None, longer: Sequence[int] = ()
+    ) -> CostProfile:
         """The target's verify-cost profile: cached per model, dtype, device, threads and torch
-        version."""
+        version. ``refresh`` measures it again, with curves at the ``longer`` contexts too."""
         if self._profile is None or refresh:
             key = profile_key(self.target.source, self.target.precision, self.target.device_name)
             profile = None if refresh else load_profile(key)
@@ -141,11 +143,10 @@ class Generator:
                 if progress is None:
                     print(
                         f"tokentree: measuring {self.target.source}'s verify cost t(n) once "
-                        "(cached in "
-                        f"{profile_path(key).parent})",
+                        f"(cached in {profile_path(key).parent})",
                         file=sys.stderr,
                     )
-                profile = measure_profile(self.backend, key=key, progress=progress)
+                profile = measure_profile(self.backend, key=key, progress=progress, longer=longer)
                 save_profile(profile)
             self._profile = profile
         return self._profile

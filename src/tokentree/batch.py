@@ -151,12 +151,10 @@ class BatchEngine:
                 self.cancel(slot)
         if timed:
             rows = sum(len(d.tree) for d in drafts)
-            for cost in {
-                id(run.planner.cost): run.planner.cost for run in runs if run.planner
-            }.values():
-                cost.observe(
-                    rows, forward_s
-                )  # each planner's verify cost (forks share their parent's)
+            planners = [run.planner for run in runs if run.planner]
+            context = max((p.context for p in planners), default=0)
+            for cost in {id(p.cost): p.cost for p in planners}.values():
+                cost.observe(rows, forward_s, context)  # forks share their parent's cost
             self.rates.observe(sum(len(t) for t in new.values()), forward_s)
         return new
 
@@ -183,8 +181,9 @@ class BatchEngine:
             ]
             fixed_rows = sum(len(d.tree) for d in drafts.values())
             cost = planned[0].planner.cost
-            rate = self.rates.rate(floor=len(runs) / cost.seconds(len(runs)))
-            counts = choose_batch(ranked, lambda m: cost.seconds(m + fixed_rows), rate)
+            context = max(run.planner.context for run in planned)  # the longest row's attention
+            rate = self.rates.rate(floor=len(runs) / cost.seconds(len(runs), context))
+            counts = choose_batch(ranked, lambda m: cost.seconds(m + fixed_rows, context), rate)
             for run, candidate, n in zip(planned, candidates, counts):
                 drafts[id(run)] = run.take(candidate, n)
         return [drafts[id(run)] for run in runs]

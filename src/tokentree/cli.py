@@ -203,8 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="spec-bench, humaneval, mt-bench, mixed (HumanEval and "
         "Spec-Bench interleaved by category, one process: a server's traffic) or agent (each "
         "HumanEval "
-        "task as four turns that rework the earlier answer, ending in a JSON tool call) "
-        "(default humaneval)",
+        "task as four turns that rework the earlier answer, ending in a JSON tool call) or long "
+        "(RAG questions and articles to summarize among other documents, categories rag-4k .. "
+        "summary-16k by size in tokens) (default humaneval)",
     )
     bench.add_argument("--prompts", help="a JSONL file in the Spec-Bench format instead of --suite")
     bench.add_argument(
@@ -344,7 +345,29 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument(
         "--chain", action="store_true", help="also measure single chains (trees are the default)"
     )
+    profile.add_argument(
+        "--long-contexts",
+        type=_context_lengths,
+        default=(),
+        metavar="N,N,...",
+        help="also measure after these many cached tokens (e.g. 4096,8192,16384): the planner "
+        "then prices trees at the context a request has reached (default: 256 only)",
+    )
     return parser
+
+
+def _context_lengths(text: str) -> tuple[int, ...]:
+    from .planner import PROFILE_CONTEXT
+
+    try:
+        lengths = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated token counts, got '{text}'")
+    if list(lengths) != sorted(set(lengths)) or lengths[0] <= PROFILE_CONTEXT:
+        raise argparse.ArgumentTypeError(
+            f"context lengths must be ascending and above {PROFILE_CONTEXT}, got '{text}'"
+        )
+    return lengths
 
 
 def _boolean(text: str) -> bool:
@@ -519,8 +542,11 @@ def cmd_profile(args: argparse.Namespace) -> int:
             f"({gen.target.precision}, {gen.target.device_name})",
             file=sys.stderr,
         )
-        progress = lambda n, s: print(f"  n={n:<4d} {s * 1000:8.1f} ms", file=sys.stderr)  # noqa: E731
-        columns.append((name, gen.cost_profile(refresh=True, progress=progress)))
+        progress = lambda n, c, s: print(  # noqa: E731
+            f"  context {c:<6d} n={n:<4d} {s * 1000:8.1f} ms", file=sys.stderr
+        )
+        profile = gen.cost_profile(refresh=True, progress=progress, longer=args.long_contexts)
+        columns.append((name, profile))
         if args.chain:
             columns.append(
                 (f"{name} (chains)", measure_profile(gen.backend, progress=progress, chain=True))
@@ -534,11 +560,24 @@ def cmd_profile(args: argparse.Namespace) -> int:
     print("| t(1) ms | " + " | ".join(f"{p.seconds[0] * 1000:.1f}" for _, p in columns) + " |")
     for n in columns[0][1].sizes[1:]:
         print(f"| {n} | " + " | ".join(f"{p.ratio(n):.2f}" for _, p in columns) + " |")
+    if columns[0][1].longer:
+        _print_context_table(columns[0][1])
     if args.plot:
         from .planner_plot import plot_profile
 
         plot_profile(columns[0][1], args.plot)
     return 0
+
+
+def _print_context_table(profile) -> None:
+    """t(n) in ms at each measured context (the sizes measured at every one)."""
+    curves = (profile, *profile.longer)
+    print("\nt(n) ms by context (cached tokens)")
+    print("| n | " + " | ".join(str(p.context_len) for p in curves) + " |")
+    print("|---|" + "---|" * len(curves))
+    for n in profile.longer[0].sizes:
+        times = (p.seconds_at(n, p.context_len) for p in curves)
+        print(f"| {n} | " + " | ".join(f"{t * 1000:.0f}" for t in times) + " |")
 
 
 def _quiet_libraries() -> None:

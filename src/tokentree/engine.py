@@ -168,6 +168,7 @@ class SequenceRun:
         if self.planner is None:
             draft = self._drafted(min(self.budget, self.remaining - 1))
         else:
+            self.planner.at(len(self.context))
             candidate = self._drafted(min(self.planner.candidate_size(), self.remaining - 1))
             draft = self._sized(candidate, self.planner.choose(candidate.tree))
         return self._take(draft, time.perf_counter() - t0)
@@ -176,6 +177,7 @@ class SequenceRun:
         """The candidate draft of this step (its planner's candidate size), sized together with
         other sequences' by the caller and then cut by :meth:`take`; needs a planner."""
         t0 = time.perf_counter()
+        self.planner.at(len(self.context))
         draft = self._drafted(min(self.planner.candidate_size(), self.remaining - 1))
         self._draft_s = time.perf_counter() - t0
         return draft

@@ -40,24 +40,31 @@ PROFILE_SIZES = tuple(range(1, 33)) + (
     128,
 )  # every size up to 32: CPU curves are not smooth
 PROFILE_VERSION = 2
+PROFILE_CONTEXT = 256  # cached tokens of the default profile
+LONG_PROFILE_SIZES = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)  # sizes measured at longer contexts
 
 
 @dataclass(frozen=True)
 class CostProfile:
     """Verify latency of trees of ``sizes[i]`` nodes (root included): ``seconds[i]``, at
-    ``context_len``."""
+    ``context_len``; ``longer``: the same measured at longer contexts (ascending), so that
+    :meth:`seconds_at` follows the context a request has reached."""
 
     sizes: tuple[int, ...]
     seconds: tuple[float, ...]
     context_len: int
     key: str = ""
     measured_at: float = 0.0
+    longer: tuple[CostProfile, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.sizes or self.sizes[0] != 1 or list(self.sizes) != sorted(set(self.sizes)):
             raise ValueError("profile sizes must be ascending, distinct and start at 1")
         if len(self.seconds) != len(self.sizes) or min(self.seconds) <= 0:
             raise ValueError("profile needs one positive time per size")
+        contexts = [self.context_len] + [p.context_len for p in self.longer]
+        if contexts != sorted(set(contexts)) or any(p.longer for p in self.longer):
+            raise ValueError("longer profiles must be at ascending, longer contexts")
 
     def ratio(self, n: int) -> float:
         """t(n) / t(1), linear between measured sizes and beyond the last two."""
@@ -68,6 +75,21 @@ class CostProfile:
         lo, hi = i - 1, i
         slope = (secs[hi] - secs[lo]) / (sizes[hi] - sizes[lo])
         return max(secs[lo] + slope * (n - sizes[lo]), secs[0]) / secs[0]
+
+    def seconds_at(self, n: int, context: int) -> float:
+        """t(n) after ``context`` cached tokens: linear between the measured contexts, the
+        shortest's below it, and beyond the longest along the last two's slope (never falling:
+        attention grows with the context)."""
+        curves = (self, *self.longer)
+        points = [(p.context_len, p.seconds[0] * p.ratio(n)) for p in curves]
+        if len(points) == 1 or context <= points[0][0]:
+            return points[0][1]
+        i = next((k for k in range(1, len(points)) if points[k][0] >= context), len(points) - 1)
+        (c0, t0), (c1, t1) = points[i - 1], points[i]
+        slope = (t1 - t0) / (c1 - c0)
+        if context > c1:
+            return t1 + max(slope, 0.0) * (context - c1)
+        return t0 + slope * (context - c0)
 
     def to_dict(self) -> dict:
         return {"version": PROFILE_VERSION, **asdict(self)}
@@ -82,6 +104,7 @@ class CostProfile:
             int(data["context_len"]),
             data.get("key", ""),
             float(data.get("measured_at", 0.0)),
+            tuple(cls.from_dict({"version": PROFILE_VERSION, **p}) for p in data.get("longer", ())),
         )
 
 
@@ -106,14 +129,31 @@ def probe_tree(n: int, vocab_size: int, seed: int = 0, max_leaves: int | None = 
 def measure_profile(
     backend: Backend,
     sizes: Sequence[int] = PROFILE_SIZES,
-    context_len: int = 256,
+    context_len: int = PROFILE_CONTEXT,
     repeats: int = 3,
     key: str = "",
     progress=None,
     chain: bool = False,
+    longer: Sequence[int] = (),
 ) -> CostProfile:
     """Time ``backend.verify`` for each tree size after a ``context_len``-token prefix (median of
-    repeats); trees shaped like real drafts, or single chains with ``chain``."""
+    repeats); trees shaped like real drafts, or single chains with ``chain``. ``longer``: also
+    after these longer contexts (at LONG_PROFILE_SIZES), as the profile's ``longer`` curves."""
+    seconds = _verify_times(backend, sizes, context_len, repeats, progress, chain)
+    curves = tuple(
+        CostProfile(
+            LONG_PROFILE_SIZES,
+            _verify_times(backend, LONG_PROFILE_SIZES, length, repeats, progress, chain),
+            length,
+        )
+        for length in longer
+    )
+    return CostProfile(tuple(sizes), tuple(seconds), context_len, key, time.time(), curves)
+
+
+def _verify_times(
+    backend: Backend, sizes: Sequence[int], context_len: int, repeats: int, progress, chain: bool
+) -> list[float]:
     context = torch.randint(
         3, min(1000, backend.vocab_size), (context_len,), generator=torch.Generator().manual_seed(0)
     ).tolist()
@@ -131,9 +171,9 @@ def measure_profile(
             backend.prefill(context)  # back to the prefix
         seconds.append(statistics.median(times[1:]))
         if progress is not None:
-            progress(n, seconds[-1])
+            progress(n, context_len, seconds[-1])
     backend.reset()
-    return CostProfile(tuple(sizes), tuple(seconds), context_len, key, time.time())
+    return seconds
 
 
 def profile_key(source: str, precision: str, device: str) -> str:
@@ -341,13 +381,14 @@ class ProbeSchedule:
 
 
 class VerifyCost:
-    """t(n), the seconds to verify an n-node tree in this run: the profile's curve, rescaled and
-    reshaped by the verify times the loop observes.
+    """t(n), the seconds to verify an n-node tree in this run: the profile's curve at the current
+    context, rescaled and reshaped by the verify times the loop observes.
 
-    ``scale`` is an exponential average of observed seconds over the profile's ratio t(n)/t(1)
-    (context length, machine load: the level of the whole curve). Each profile size bucket (the
+    ``load`` is an exponential average of observed seconds over the profile's t(n) at the
+    observation's context (machine load, threads: the level of the whole curve; a profile with a
+    single context also leaves the growth with the context to it). Each profile size bucket (the
     sizes up to and including that profile size) learns a residual, its observations relative
-    to ``scale``, shrunk toward 1 with ``strength`` pseudo-observations and forgotten
+    to ``load``, shrunk toward 1 with ``strength`` pseudo-observations and forgotten
     exponentially. Sizes never verified keep the profile's shape; sizes verified often follow
     what this run measured, relative to each other.
     """
@@ -356,7 +397,7 @@ class VerifyCost:
         self, profile: CostProfile, strength: float = 4.0, forget: float = 0.99, decay: float = 0.9
     ):
         self.profile, self.strength, self.forget, self.decay = profile, strength, forget, decay
-        self.scale = profile.seconds[0]
+        self.load = 1.0
         self.residual_sum = [0.0] * len(profile.sizes)
         self.residual_weight = [0.0] * len(profile.sizes)
 
@@ -368,23 +409,23 @@ class VerifyCost:
             self.residual_weight[bucket] + self.strength
         )
 
-    def seconds(self, n: int) -> float:
-        """Predicted verify seconds of an ``n``-node tree (root included); never below one node's,
-        even where the learned residuals of two buckets disagree (a drafted node is never free)."""
-        one = self.scale * self._residual(self._bucket(1))
-        return max(one, self.scale * self.profile.ratio(n) * self._residual(self._bucket(n)))
+    def seconds(self, n: int, context: int = 0) -> float:
+        """Predicted verify seconds of an ``n``-node tree (root included) after ``context`` cached
+        tokens; never below one node's, even where the learned residuals of two buckets disagree
+        (a drafted node is never free)."""
+        at = self.profile.seconds_at
+        one = self.load * at(1, context) * self._residual(self._bucket(1))
+        return max(one, self.load * at(n, context) * self._residual(self._bucket(n)))
 
-    def observe(self, n: int, seconds: float) -> None:
-        level = seconds / self.profile.ratio(n)  # t(1) as this observation implies it
+    def observe(self, n: int, seconds: float, context: int = 0) -> None:
+        level = seconds / self.profile.seconds_at(n, context)  # the load this observation implies
         for k in range(len(self.residual_sum)):
             self.residual_sum[k] *= self.forget
             self.residual_weight[k] *= self.forget
         bucket = self._bucket(n)
-        self.residual_sum[bucket] += (
-            level / self.scale
-        )  # relative to the level before this observation
+        self.residual_sum[bucket] += level / self.load  # relative to the load before it
         self.residual_weight[bucket] += 1.0
-        self.scale += (1 - self.decay) * (level - self.scale)
+        self.load += (1 - self.decay) * (level - self.load)
 
 
 class Planner:
@@ -405,6 +446,7 @@ class Planner:
         self.config = config or PlannerConfig()
         self.calibrator = AcceptanceCalibrator()
         self.cost = VerifyCost(profile)  # t(n) at the current context, learned online
+        self.context = 0  # cached tokens of the sequence being planned (see at)
         # exponentially weighted sums over the observed steps
         self.recent_tokens = self.recent_seconds = 0.0
         self.recent_draft_s = self.recent_steps = 0.0
@@ -431,6 +473,15 @@ class Planner:
         other._shadow = None
         return other
 
+    def at(self, context: int) -> None:
+        """The sequence now holds ``context`` tokens: the verify cost of the coming steps is the
+        profile's at that length."""
+        self.context = context
+
+    def seconds(self, n: int) -> float:
+        """Predicted verify seconds of an ``n``-node tree at the current context."""
+        return self.cost.seconds(n, self.context)
+
     def candidate_size(self) -> int:
         """Nodes to ask the drafter for: ``max_nodes`` while trees are verified; while the planner
         decodes plainly only PLAIN_CANDIDATE, enough for the shadow's first level, a probe and a
@@ -446,7 +497,7 @@ class Planner:
         drafting time (a root-only step is always available, so a tree must beat it; the drafting
         is paid either way)."""
         drafting = self.recent_draft_s / self.recent_steps if self.recent_steps else 0.0
-        plain = 1.0 / (self.cost.seconds(1) + drafting)
+        plain = 1.0 / (self.seconds(1) + drafting)
         return (
             max(plain, self.recent_tokens / self.recent_seconds) if self.recent_seconds else plain
         )
@@ -458,17 +509,17 @@ class Planner:
     def step_value(self, estimates: Sequence[float], n: int) -> float:
         """Expected new tokens with the ``n`` best of ``estimates`` (sorted, descending) minus the
         tokens the loop would make at its own rate in the time verifying them costs."""
-        return 1 + sum(estimates[:n]) - self.rate * self.cost.seconds(n + 1)
+        return 1 + sum(estimates[:n]) - self.rate * self.seconds(n + 1)
 
     def choose(self, tree: TokenTree) -> int:
         """How many of ``tree``'s drafted nodes to verify (0 = plain decoding)."""
         ranked = sorted(self.estimates(tree)[1:], reverse=True)
         rate = self.rate
-        best_n, best_value = 0, 1 - rate * self.cost.seconds(1)
+        best_n, best_value = 0, 1 - rate * self.seconds(1)
         gained = 0.0
         for n in range(1, len(ranked) + 1):
             gained += ranked[n - 1]
-            value = 1 + gained - rate * self.cost.seconds(n + 1)
+            value = 1 + gained - rate * self.seconds(n + 1)
             if value > best_value:
                 best_n, best_value = n, value
         return self.settle_choice(tree, best_n)
@@ -498,10 +549,8 @@ class Planner:
     def probe_size(self) -> int:
         """Nodes of a probe: up to PROBE_NODES, as long as verifying them costs at most PROBE_COST
         steps."""
-        limit = PROBE_COST * self.cost.seconds(1)
-        return max(
-            [1] + [n for n in range(1, PROBE_NODES + 1) if self.cost.seconds(n + 1) <= limit]
-        )
+        limit = PROBE_COST * self.seconds(1)
+        return max([1] + [n for n in range(1, PROBE_NODES + 1) if self.seconds(n + 1) <= limit])
 
     def cut(self, tree: TokenTree, n: int) -> TokenTree:
         """``tree`` restricted to its ``n`` drafted nodes with the highest estimates
@@ -525,14 +574,14 @@ class Planner:
         for tilt, evidence in zip(self.tilts, self.calibrator.update(judged, verdict)):
             tilt.observe(*evidence)
         self._fresh = self._fresh and len(judged) == 1
-        paid = acceptance.accepted + 1 >= self.cost.seconds(len(tree)) / self.cost.seconds(1)
+        paid = acceptance.accepted + 1 >= self.seconds(len(tree)) / self.seconds(1)
         self.probe.observe(len(tree) - 1, paid)
         if verify_s is None:
             return
         if self.replayable:
-            draft_s, verify_s = 0.0, self.cost.seconds(len(tree))
+            draft_s, verify_s = 0.0, self.seconds(len(tree))
         else:
-            self.cost.observe(len(tree), verify_s)
+            self.cost.observe(len(tree), verify_s, self.context)
         self.recent_tokens = RATE_DECAY * self.recent_tokens + acceptance.accepted + 1
         self.recent_seconds = RATE_DECAY * self.recent_seconds + draft_s + verify_s
         self.recent_draft_s = RATE_DECAY * self.recent_draft_s + draft_s

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from ..errors import TokentreeError
+from .long import long_prompts
+from .prompt import BenchPrompt
 
 HUMANEVAL_INSTRUCTION = "Complete the following Python function:\n\n"
 SUITE_FILES = {
@@ -32,16 +33,7 @@ AGENT_TURNS = (
     '"write_file", '
     '"arguments": {"path": "solution.py", "content": "<the code as a JSON string>"}}.',
 )
-SUITES = (*SUITE_FILES, "agent")
-
-
-@dataclass(frozen=True)
-class BenchPrompt:
-    """One benchmark question: user turns asked in order, each after the model's previous answer."""
-
-    id: str
-    category: str
-    turns: tuple[str, ...]
+SUITES = (*SUITE_FILES, "agent", "long")
 
 
 def _parse_record(record: dict, where: str) -> BenchPrompt:
@@ -101,6 +93,12 @@ def load_suite(suite: str | None = None, prompts_file: str | None = None) -> lis
             BenchPrompt(f"agent/{p.id}", "agent", p.turns + AGENT_TURNS)
             for p in load_suite("humaneval")
         ]
+    if suite == "long":
+        spec = load_suite("spec-bench")
+        return long_prompts(
+            [p for p in spec if p.category == "rag"],
+            [p for p in spec if p.category == "summarization"],
+        )
     data = resources.files("tokentree.bench").joinpath("data")
     return [
         p
