@@ -63,6 +63,11 @@ def test_two_prompt_suite_end_to_end(saved_tiny_model, prompt_file, tmp_path):
     assert summary["methods"]["tt:none"]["tau"] == pytest.approx(1.0)
     table = (tmp_path / "out" / "results.md").read_text()
     assert "| tt:pld |" in table and "transformers" in table
+    for r in records:  # every method timed its first token, prefill included, before the end
+        assert all(0 < t["first_token_s"] < t["wall_s"] for t in r["turns"]), r["method"]
+        assert r["decode_tokens_per_s"] > r["tokens_per_s"]  # the rate after the first token
+    assert summary["decode_speedup"]["hf"]["overall"] == pytest.approx(1.0)
+    assert set(summary["decode_speedup"]) == set(METHODS) and "After the first token" in table
 
 
 def test_resume_skips_finished_runs(saved_tiny_model, prompt_file, tmp_path):

@@ -9,6 +9,7 @@ from test_greedy_equality import hf_greedy
 from test_ssm import random_tree
 
 from tokentree import kvcache
+from tokentree.backends import hf
 from tokentree.backends.hf import HFBackend
 from tokentree.backends.tree_attention import TREE_ATTENTION
 from tokentree.drafters import make_drafter
@@ -94,7 +95,8 @@ def test_windowed_sliding_layers_keep_their_window_and_verify_exactly():
     assert windowed.tokens == full.tokens and len(full.tokens) > 345
 
 
-def test_a_windowed_cache_rolls_back_within_its_margin_and_restarts_beyond_it():
+def test_a_windowed_cache_rolls_back_within_its_margin_and_restarts_beyond_it(monkeypatch):
+    monkeypatch.setattr(hf, "PREFILL_CHUNK", 64)  # prefill chunks past the window, too
     model, full, windowed = _windowed_pair(seed=2)
     gen = torch.Generator().manual_seed(1)
     prompt = torch.randint(3, VOCAB, (400,), generator=gen).tolist()

@@ -221,6 +221,8 @@ class SequenceRun:
             len(tree) - 1, acceptance.accepted, len(new), self._draft_s, verify_s
         )
         self.stats.total_s = time.perf_counter() - self.started
+        if not self.stats.first_token_s and new:
+            self.stats.first_token_s = self.stats.total_s
         self.done = self.remaining <= 0 or new[-1] in self.engine.eos_ids
         return new
 

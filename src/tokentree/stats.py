@@ -24,6 +24,7 @@ class GenerationStats:
     draft_s: float = 0.0
     verify_s: float = 0.0
     total_s: float = 0.0
+    first_token_s: float = 0.0  # from the start (prefill included) to the first new token
     capped_steps: int = 0  # steps whose tree was cut to the backend's sequence limit
 
     def record_step(
@@ -58,6 +59,7 @@ class GenerationStats:
             "draft_s": round(self.draft_s, 4),
             "verify_s": round(self.verify_s, 4),
             "total_s": round(self.total_s, 4),
+            "first_token_s": round(self.first_token_s, 4),
         }
 
     def summary(self) -> str:

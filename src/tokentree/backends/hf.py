@@ -18,7 +18,8 @@ SUPPORTED_LAYER_TYPES = {"full_attention", "sliding_attention"}
 MASKABLE_ATTENTION = ("sdpa", "eager", LANE_ATTENTION, TREE_ATTENTION)
 HYBRID_FROM = 1024  # cached tokens from which a tree's attention splits prefix and tree (LongSpec)
 PREFILL_CHUNK = 512
-WINDOWED_FROM = 512  # sliding windows above the largest tree (planner cap) keep only the window
+WINDOWED_FROM = 512  # sliding windows from this size on keep only the window (any level a draft
+# model grows up to the planner's 512 nodes still sees its whole tree)
 
 
 def tree_attention_mask(
@@ -86,7 +87,7 @@ class HFBackend:
     ):
         """``hybrid_from``: cached tokens from which trees take the hybrid tree attention;
         ``windowed``: sliding-window layers keep only their window (then every forward takes the
-        hybrid attention; default: when the window exceeds WINDOWED_FROM, i.e. any tree fits)."""
+        hybrid attention; default: when the window is at least WINDOWED_FROM)."""
         check_tree_support(model)
         self.model = model.eval()
         hybrid = use_tree_attention(model)
@@ -95,7 +96,7 @@ class HFBackend:
         layer_types = set(getattr(config, "layer_types", None) or [])
         self.sliding_window = config.sliding_window if "sliding_attention" in layer_types else None
         if windowed is None:
-            windowed = (self.sliding_window or 0) > WINDOWED_FROM
+            windowed = (self.sliding_window or 0) >= WINDOWED_FROM
         self.windowed = hybrid and windowed and self.sliding_window is not None
         self.hybrid_from = 0 if self.windowed else hybrid_from
         self.cache = self._new_cache()
@@ -220,7 +221,11 @@ class HFBackend:
     def _hybrid_block(self, tree: TokenTree, prefix: int, start: int):
         """(TreeBlock, a placeholder 4-D mask) when this forward of ``tree[start:]`` takes the
         hybrid tree attention (at least ``hybrid_from`` cached tokens), else None."""
-        if prefix < self.hybrid_from or self.model.config._attn_implementation != TREE_ATTENTION:
+        if self.model.config._attn_implementation != TREE_ATTENTION:
+            if self.windowed:  # (batch backends switch only models without sliding layers)
+                raise RuntimeError("a windowed cache needs the tokentree_tree attention")
+            return None
+        if prefix < self.hybrid_from:
             return None
         ancestors = tree.ancestor_mask[start:].to(self.device)
         block = TreeBlock(ancestors, tree.positions(prefix))

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
+from transformers.generation.streamers import BaseStreamer
 
 from ..api import Generator
 from ..backends.llamacpp import import_llama_cpp
@@ -27,6 +28,7 @@ class RunResult:
     accepted_hist: dict[str, int] = field(default_factory=dict)
     draft_s: float | None = None
     verify_s: float | None = None
+    first_token_s: float | None = None  # prefill and the first token (time to first token)
 
 
 class Method(Protocol):
@@ -81,18 +83,37 @@ class HFMethod:
             )
         )
         torch.manual_seed(seed)
-        start = time.perf_counter()
+        clock = FirstTokenClock()
         out = self.model.generate(
             ids,
             attention_mask=torch.ones_like(ids),
             max_new_tokens=max_new_tokens,
             eos_token_id=self.eos,
             pad_token_id=self.pad,
+            streamer=clock,
             **options,
             **self.kwargs,
         )
-        wall = time.perf_counter() - start
-        return RunResult(out[0, len(prompt_ids) :].tolist(), wall)
+        wall = time.perf_counter() - clock.start
+        return RunResult(out[0, len(prompt_ids) :].tolist(), wall, first_token_s=clock.first_s)
+
+
+class FirstTokenClock(BaseStreamer):
+    """A ``generate`` streamer that notes when the first new token arrives (``put`` sees the
+    prompt first, then the new tokens)."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+        self.calls = 0
+        self.first_s: float | None = None
+
+    def put(self, value) -> None:
+        self.calls += 1
+        if self.calls == 2:
+            self.first_s = time.perf_counter() - self.start
+
+    def end(self) -> None:
+        pass
 
 
 class TokentreeMethod:
@@ -150,6 +171,7 @@ class TokentreeMethod:
             {str(k): v for k, v in sorted(s.accepted_hist.items())},
             s.draft_s,
             s.verify_s,
+            s.first_token_s or None,
         )
 
 
@@ -192,14 +214,15 @@ class LlamaCppMethod:
         if not keep_cache:
             # no prompt-cache reuse (generate reuses the longest cached prefix otherwise)
             self.llm.reset()
-        start = time.perf_counter()
+        start, first = time.perf_counter(), None
         for token in self.llm.generate(
             prompt_ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0, reset=True
         ):
+            first = first or time.perf_counter() - start
             tokens.append(int(token))
             if token in self.eos or len(tokens) >= max_new_tokens:
                 break
-        return RunResult(tokens, time.perf_counter() - start)
+        return RunResult(tokens, time.perf_counter() - start, first_token_s=first)
 
 
 HF_METHODS = ("hf", "hf-assisted", "hf-pld")

@@ -28,18 +28,20 @@ def baseline_of(records: list[dict]) -> str:
     return next((b for b in BASELINES if b in present), BASELINES[0])
 
 
-def prompt_rates(records: list[dict]) -> dict[tuple[str, str], float]:
-    """(method, prompt_id) -> median tokens/s over repeats."""
+def prompt_rates(records: list[dict], rate: str = "tokens_per_s") -> dict[tuple[str, str], float]:
+    """(method, prompt_id) -> median ``rate`` (a record field) over repeats; records without it
+    are left out."""
     rates = defaultdict(list)
     for r in records:
-        rates[(r["method"], r["prompt_id"])].append(r["tokens_per_s"])
+        if rate in r:
+            rates[(r["method"], r["prompt_id"])].append(r[rate])
     return {key: statistics.median(values) for key, values in rates.items()}
 
 
-def speedup_table(records: list[dict]) -> dict[str, dict[str, float]]:
+def speedup_table(records: list[dict], rate: str = "tokens_per_s") -> dict[str, dict[str, float]]:
     """method -> category -> mean over prompts of (method tokens/s / baseline tokens/s)
-    (Spec-Bench's speedup)."""
-    rates, baseline = prompt_rates(records), baseline_of(records)
+    (Spec-Bench's speedup); ``rate="decode_tokens_per_s"``: after the first token."""
+    rates, baseline = prompt_rates(records, rate), baseline_of(records)
     category = {r["prompt_id"]: r["category"] for r in records}
     ratios: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for (method, pid), rate in rates.items():
@@ -152,8 +154,14 @@ def method_totals(records: list[dict]) -> dict[str, dict]:
             "draft_s": sum(t["draft_s"] or 0 for t in turns) if steps else None,
             "verify_s": sum(t["verify_s"] or 0 for t in turns) if steps else None,
             "wall_s": sum(t["wall_s"] for t in turns),
+            "median_first_token_s": _median_or_none([t.get("first_token_s") for t in turns]),
         }
     return totals
+
+
+def _median_or_none(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
 
 
 def environment(config: BenchConfig, dtype: str) -> dict:
@@ -238,6 +246,7 @@ def write_report(
         "notes": notes,
         "baseline": baseline_of(records),
         "speedup": speedup_table(records),
+        "decode_speedup": speedup_table(records, "decode_tokens_per_s"),
         "lossless": lossless_table(records),
         "methods": method_totals(records),
         "passes": pass_table(records),
@@ -302,10 +311,33 @@ def markdown(summary: dict, methods: list[str]) -> str:
             f"| {m} | {t['prompts']} | {t['median_tokens_per_s']:.2f} | {tau} | {share} | "
             f"{split[0]} | {split[1]} | {slowest} |"
         )
+    lines += _decode_lines(summary, methods, categories)
     lines += _pass_lines(summary.get("passes", {}), methods, summary["baseline"])
     if summary["notes"]:
         lines += [""] + [f"Note: {n}" for n in summary["notes"]]
     return "\n".join(lines) + "\n"
+
+
+def _decode_lines(summary: dict, methods: list[str], categories: list[str]) -> list[str]:
+    """The speedup after the first token, and the median time to it (long prompts: what the
+    prefill hides)."""
+    decode, totals = summary.get("decode_speedup") or {}, summary["methods"]
+    if not decode:
+        return []
+    lines = [
+        "",
+        f"After the first token (decode tokens/s ratio vs `{summary['baseline']}`; the time to the "
+        "first token, prefill included, is the median over turns):",
+        "",
+        "| method | " + " | ".join(categories) + " | first token s |",
+        "|---|" + "---|" * (len(categories) + 1),
+    ]
+    for m in methods:
+        cells = [f"{decode.get(m, {}).get(c, float('nan')):.2f}x" for c in categories]
+        first = totals[m].get("median_first_token_s")
+        cells.append("-" if first is None else f"{first:.2f}")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _pass_lines(passes: dict, methods: list[str], baseline: str) -> list[str]:

@@ -110,8 +110,19 @@ def run_turns(
         "new_tokens": new_tokens,
         "wall_s": wall,
         "tokens_per_s": new_tokens / wall if wall else 0.0,
+        **decode_rate(turns),
         "turns": turns,
     }
+
+
+def decode_rate(turns: list[dict]) -> dict:
+    """{"decode_tokens_per_s": the tokens after each turn's first over the time after it} when
+    every turn timed its first token and made more than one (long prompts: prefill aside)."""
+    if not all(t.get("first_token_s") and t["new_tokens"] > 1 for t in turns):
+        return {}
+    later = sum(t["wall_s"] - t["first_token_s"] for t in turns)
+    tokens = sum(t["new_tokens"] - 1 for t in turns)
+    return {"decode_tokens_per_s": tokens / later} if later > 0 else {}
 
 
 def read_records(path: Path) -> list[dict]:
