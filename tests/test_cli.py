@@ -61,6 +61,21 @@ def test_json_round_trip_matches_hf_greedy(saved_tiny_model, capsys):
     assert set(stats) >= {"tokens_per_s", "accepted_hist", "draft_s", "verify_s"}
 
 
+def test_generate_through_the_static_cache_matches_hf_greedy(saved_tiny_model, capsys):
+    args = ["generate", "hello hello", "--target", str(saved_tiny_model), "--dtype", "float32"]
+    args += ["--max-new-tokens", "24", "--json", "--drafter", "pld", "--static-cache", "96"]
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    tok = tiny_tokenizer()
+    messages = [{"role": "user", "content": "hello hello"}]
+    prompt = tok(
+        tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True),
+        add_special_tokens=False,
+    ).input_ids
+    model = AutoModelForCausalLM.from_pretrained(saved_tiny_model, dtype=torch.float32)
+    assert json.loads(out)["token_ids"] == hf_greedy(model, prompt, 24)
+
+
 def test_stdin_prompt_streaming_and_stats(saved_tiny_model, capsys, monkeypatch):
     code, out, err = run_cli(
         [
@@ -179,6 +194,10 @@ def test_unsupported_model_names_its_type(capsys, tmp_path):
         (["--drafter", "pld", "--pld-min-ngram", "0"], "min_ngram"),
         (["--max-new-tokens", "0"], "max_new_tokens"),
         (["--device", "cuda:0"], "CUDA"),
+        (["--compile"], "--compile needs --static-cache"),
+        (["--static-cache", "8"], "at least 16"),
+        (["--static-cache", "64", "--backend", "llamacpp"], "need --backend hf"),
+        (["--static-cache", "20", "--max-new-tokens", "30"], "raise --static-cache"),
     ],
 )
 def test_bad_arguments(saved_tiny_model, capsys, args, match):

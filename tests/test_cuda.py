@@ -14,6 +14,7 @@ from test_sampling_end_to_end import REQUEST, SAMPLES, SMALL_VOCAB, exact_joint
 from test_ssm import random_tree, tiny_ssm
 
 from tokentree.backends import make_backend
+from tokentree.backends.base import StaticConfig
 from tokentree.drafters import make_drafter
 from tokentree.engine import DecodeRequest, Engine
 from tokentree.stats import GenerationStats
@@ -35,8 +36,9 @@ def cuda_greedy(model, prompt, max_new_tokens):
     return out[0, len(prompt) :].tolist()
 
 
-def decode(model, drafter, prompt, request, couple_seeded=True):
-    engine = Engine(make_backend(model), drafter, frozenset(), couple_seeded=couple_seeded)
+def decode(model, drafter, prompt, request, couple_seeded=True, static=None):
+    backend = make_backend(model, static=static)
+    engine = Engine(backend, drafter, frozenset(), couple_seeded=couple_seeded)
     stats = GenerationStats()
     return [t for step in engine.run(prompt, request, stats) for t in step], stats
 
@@ -50,6 +52,18 @@ def test_greedy_equals_generate_on_cuda(name):
     got, stats = decode(model, make_drafter(name, draft), prompt, DecodeRequest(max_new_tokens=32))
     assert got == expected
     assert stats.new_tokens == 32
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_greedy_through_a_static_cache_and_cuda_graphs_equals_generate(compile):
+    model = tiny_model("llama", seed=2).to(CUDA)
+    prompt = ([7, 9, 14, 3, 22] * 4)[:19]
+    expected = cuda_greedy(model, prompt, 40)
+    request = DecodeRequest(max_new_tokens=40, budget=8)
+    static = StaticConfig(slots=128, compile=compile)
+    for name in ("pld", "stand"):
+        got, _ = decode(model, make_drafter(name), prompt, request, static=static)
+        assert got == expected, name
 
 
 @pytest.mark.slow

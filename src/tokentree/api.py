@@ -12,6 +12,7 @@ from typing import Any, Iterator, Sequence, Union
 import torch
 
 from .backends import make_backend, make_batch_target
+from .backends.base import StaticConfig
 from .backends.llamacpp import LLAMA_CPP_PIN, LlamaCppConfig
 from .drafters import DRAFTERS, Drafter, drafter_config, make_drafter
 from .drafters.base import resolve_budget
@@ -29,6 +30,9 @@ from .models import (
     resolve_dtype,
 )
 from .planner import (
+    LONG_PROFILE_SIZES,
+    PROFILE_CONTEXT,
+    PROFILE_SIZES,
     CostProfile,
     Planner,
     load_profile,
@@ -109,12 +113,16 @@ class Generator:
         drafter: Drafter,
         draft: LoadedModel | None = None,
         budget: int | str | None = None,
+        static: StaticConfig | None = None,
     ):
+        """``static``: verify through a preallocated cache with fixed forward shapes (and
+        compiled forwards), for transformers targets (see ``backends/hf_static.py``)."""
         self.target = target
         self.draft = draft
         self.drafter = drafter
         self.budget = budget
-        self.backend = make_backend(target.model)
+        self.static = static
+        self.backend = make_backend(target.model, static=static)
         self._drafters: dict[str, Drafter] = {
             drafter.name: drafter
         }  # built once per name: learning carries over
@@ -137,7 +145,10 @@ class Generator:
         """The target's verify-cost profile: cached per model, dtype, device, threads and torch
         version. ``refresh`` measures it again, with curves at the ``longer`` contexts too."""
         if self._profile is None or refresh:
-            key = profile_key(self.target.source, self.target.precision, self.target.device_name)
+            precision = self.target.precision
+            if self.static is not None:  # padded buckets and a whole-cache mask cost otherwise
+                precision += f"|static {self.static.slots}|compile {self.static.compile}"
+            key = profile_key(self.target.source, precision, self.target.device_name)
             profile = None if refresh else load_profile(key)
             if profile is None:
                 if progress is None:
@@ -146,7 +157,14 @@ class Generator:
                         f"(cached in {profile_path(key).parent})",
                         file=sys.stderr,
                     )
-                profile = measure_profile(self.backend, key=key, progress=progress, longer=longer)
+                sizes, context = PROFILE_SIZES, PROFILE_CONTEXT
+                if self.static is not None:
+                    sizes, context, longer = self.static.fit_profile(
+                        sizes, context, longer, LONG_PROFILE_SIZES
+                    )
+                profile = measure_profile(
+                    self.backend, sizes, context, key=key, progress=progress, longer=longer
+                )
                 save_profile(profile)
             self._profile = profile
         return self._profile
@@ -323,6 +341,11 @@ class BatchSession:
     def __init__(self, generator: Generator, max_batch: int):
         from .batch import BatchEngine
 
+        if generator.static is not None:
+            raise TokentreeError(
+                "--static-cache decodes one sequence at a time: leave it out for batches "
+                "(--max-batch, n > 1)"
+            )
         self.generator = generator
         self.engine = BatchEngine(
             make_batch_target(generator.target.model, max_batch),
@@ -458,6 +481,8 @@ def load(
     backend: str = "auto",
     threads: int | None = None,
     n_ctx: int = 4096,
+    static_cache: int = 0,
+    compile: bool = False,
     **drafter_options: Any,
 ) -> Generator:
     """Load a target (None = the embedded Qwen2.5-Coder-1.5B-Instruct) and build a Generator.
@@ -472,9 +497,15 @@ def load(
     llama.cpp; ``threads``, ``n_ctx``; tree sizes default to "auto") or "auto" (llamacpp, when
     installed, for a .gguf target and for the embedded default on a machine without a CUDA GPU;
     else hf).
+    ``static_cache`` (hf backend): verify through a KV cache of that many positions allocated once,
+    each tree padded to a power-of-two size, so forwards keep their shapes; ``compile`` then runs
+    them through ``torch.compile(mode="reduce-overhead")`` (CUDA graphs on a GPU).
     ``drafter_options`` are fields of the drafter's config (e.g. ``max_ngram=4`` for "pld").
     """
     drafter_config(drafter, **drafter_options)  # bad names and options fail before any loading
+    static = StaticConfig(static_cache, compile) if static_cache else None
+    if compile and static is None:
+        raise TokentreeError("--compile needs --static-cache N (compiled forwards keep one shape)")
     needs_draft = DRAFTERS[drafter].needs_draft
     if needs_draft and draft is None and target is not None:
         raise TokentreeError(
@@ -482,6 +513,8 @@ def load(
         )
     _say_why_not_llamacpp(backend, target, device)
     if resolve_backend(backend, target, device) == "llamacpp":
+        if static is not None:
+            raise TokentreeError("--static-cache and --compile need --backend hf")
         if device not in (None, "cpu"):
             raise TokentreeError(
                 f"the llama.cpp backend runs on the CPU; --device {device} needs --backend hf"
@@ -506,7 +539,7 @@ def load(
     )
     if drafter_state is not None:
         require_stateful(drafter_obj)
-    generator = Generator(target_model, drafter_obj, draft_model, budget)
+    generator = Generator(target_model, drafter_obj, draft_model, budget, static)
     if drafter_state is not None and Path(drafter_state).exists():
         generator.load_drafter_state(drafter_state)
     return generator

@@ -105,6 +105,21 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--n-ctx", type=int, default=4096, help="llama.cpp context size in tokens (default 4096)"
     )
+    parser.add_argument(
+        "--static-cache",
+        type=int,
+        default=0,
+        metavar="N",
+        help="hf backend: a KV cache of N positions allocated once (prompt + answer + one tree) "
+        "and trees padded to power-of-two sizes, so every forward keeps its shape (default 0: a "
+        "growing cache)",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="with --static-cache: run tree forwards through torch.compile (reduce-overhead: one "
+        "CUDA graph per tree size on a GPU; compiling takes a while per size)",
+    )
 
 
 def _load(
@@ -129,6 +144,8 @@ def _load(
         backend=args.backend,
         threads=args.threads,
         n_ctx=args.n_ctx,
+        static_cache=args.static_cache,
+        compile=args.compile,
         **options,
     )
 

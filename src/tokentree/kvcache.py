@@ -10,6 +10,9 @@ and :func:`bound` keep to the last ``window - 1 + ROLLBACK`` positions, so their
 bounded whatever the context. State-space layers (``LinearAttentionLayer``: a conv state
 [batch, C, K] and a recurrent state [batch, H, P, N]) are read with :func:`linear_states` and
 advanced along an accepted path with :func:`advance_linear`; compaction leaves them alone.
+A :func:`new_static_cache` (``StaticLayer``s: [1, kv_heads, slots, head_dim] allocated once) is
+written from its ``cumulative_length`` on; :func:`seek` moves that and :func:`compact_static`
+keeps an accepted path, so its tensors never change address (what CUDA graphs need).
 """
 
 from __future__ import annotations
@@ -17,11 +20,12 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from transformers import DynamicCache
+from transformers import DynamicCache, StaticCache
 from transformers.cache_utils import (
     DynamicLayer,
     DynamicSlidingWindowLayer,
     LinearAttentionCacheLayerMixin,
+    StaticLayer,
 )
 
 ROLLBACK = 256  # positions a windowed layer keeps beyond its window: how far a crop can go back
@@ -128,6 +132,45 @@ def compact(cache: DynamicCache, prefix: int, nodes: Sequence[int]) -> None:
             )
         _set_end(layer, end)
     bound(cache)
+
+
+def new_static_cache(
+    config, slots: int, dtype: torch.dtype, device: torch.device | str
+) -> StaticCache:
+    """A cache of ``slots`` positions per full-attention layer, allocated now on ``device``."""
+    text = config.get_text_config(decoder=True)
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
+    cache = StaticCache(config=config, max_cache_len=slots)
+    cache.early_initialization(1, kv_heads, head_dim, dtype, torch.device(device))
+    return cache
+
+
+def _static_layers(cache: StaticCache) -> list[StaticLayer]:
+    if any(type(layer) is not StaticLayer for layer in cache.layers):
+        raise TypeError("a static cache of full-attention StaticLayers only")
+    return cache.layers
+
+
+def seek(cache: StaticCache, end: int) -> None:
+    """The next forward writes its keys/values from position ``end`` on (what lies beyond is
+    stale; the caller's masks hide it)."""
+    for layer in _static_layers(cache):
+        layer.cumulative_length.fill_(end)
+
+
+@torch.inference_mode()
+def compact_static(cache: StaticCache, prefix: int, nodes: Sequence[int]) -> None:
+    """Like :func:`compact` for a static cache: positions ``prefix + nodes[j]`` move to
+    ``prefix + j`` in place, and the next forward writes from ``prefix + len(nodes)``."""
+    nodes = list(nodes)
+    end = prefix + len(nodes)
+    if nodes != list(range(len(nodes))):
+        for layer in _static_layers(cache):
+            index = torch.tensor(nodes, device=layer.keys.device) + prefix
+            layer.keys[:, :, prefix:end] = layer.keys.index_select(2, index)
+            layer.values[:, :, prefix:end] = layer.values.index_select(2, index)
+    seek(cache, end)
 
 
 def linear_states(cache: DynamicCache, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:

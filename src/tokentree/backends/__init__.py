@@ -10,14 +10,18 @@ from .base import Backend, BatchTarget, GrowingBackend
 __all__ = ["Backend", "BatchTarget", "GrowingBackend", "make_backend", "make_batch_target"]
 
 
-def make_backend(model: Any, draft: bool = False) -> GrowingBackend:
+def make_backend(model: Any, draft: bool = False, static: Any = None) -> GrowingBackend:
     """The backend for a loaded model: llama.cpp for a :class:`LlamaCppModel`, else transformers.
 
     ``draft``: the model only drafts, so its logits need not match one-token decoding bit for bit.
+    ``static``: a :class:`~tokentree.backends.hf_static.StaticConfig` for a transformers model
+    over a preallocated cache with fixed forward shapes (None: a growing cache).
     """
     from .llamacpp import LlamaCppBackend, LlamaCppModel
 
     if isinstance(model, LlamaCppModel):
+        if static is not None:
+            raise UnsupportedModelError("--static-cache is for the hf backend (transformers)")
         return LlamaCppBackend(model, in_order=not draft)
     from .hf_ssm import SSMBackend, is_state_space
 
@@ -27,7 +31,13 @@ def make_backend(model: Any, draft: bool = False) -> GrowingBackend:
                 "a state-space model verifies trees as a target but cannot be a draft model yet "
                 "(it forwards whole trees, not one level at a time)"
             )
+        if static is not None:
+            raise UnsupportedModelError("--static-cache takes attention models, not state-space")
         return SSMBackend(model)
+    if static is not None:
+        from .hf_static import StaticHFBackend
+
+        return StaticHFBackend(model, static)
     from .hf import HFBackend
 
     return HFBackend(model)

@@ -7,10 +7,12 @@ llama.cpp backend can sit beside the transformers one.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 import torch
 
+from ..errors import TokentreeError
 from ..tree import TokenTree
 
 
@@ -23,6 +25,47 @@ def shared_prefix(cached: Sequence[int], wanted: Sequence[int]) -> int:
             break
         shared += 1
     return shared
+
+
+def bucket(rows: int) -> int:
+    """The padded row count of a forward of ``rows`` nodes: the next power of two."""
+    return 1 << max(0, rows - 1).bit_length()
+
+
+@dataclass(frozen=True)
+class StaticConfig:
+    """``--static-cache`` / ``--compile``: a fixed cache and fixed forward shapes."""
+
+    slots: int  # cache positions: the prompt, the answer and one tree must fit
+    compile: bool = False  # the tree forward through torch.compile (CUDA graphs on a GPU)
+
+    def __post_init__(self) -> None:
+        if self.slots < 16:
+            raise TokentreeError(f"--static-cache must be at least 16 tokens, got {self.slots}")
+
+    def fit_profile(
+        self, sizes: Sequence[int], context: int, longer: Sequence[int], long_sizes: Sequence[int]
+    ) -> tuple[tuple[int, ...], int, tuple[int, ...]]:
+        """The verify-cost profile's tree sizes, context and longer contexts that fit the cache
+        (trees take their padded size; half the cache at most)."""
+        sizes = tuple(n for n in sizes if 2 * bucket(n) <= self.slots)
+        context = min(context, self.slots - bucket(max(sizes)))
+        longer = tuple(c for c in longer if c + bucket(max(long_sizes)) <= self.slots)
+        return sizes, context, longer
+
+
+def check_extends(pending: TokenTree | None, tree: TokenTree, start: int) -> None:
+    """RuntimeError unless ``tree[:start]`` is the tree ``pending`` forwarded by the previous
+    ``grow`` (nothing to check when ``start`` is 0)."""
+    if start == 0:
+        return
+    if (
+        pending is None
+        or len(pending) != start
+        or pending.tokens != tree.tokens[:start]
+        or pending.parents != tree.parents[:start]
+    ):
+        raise RuntimeError("grow must extend the tree forwarded by the previous call")
 
 
 class Backend(Protocol):

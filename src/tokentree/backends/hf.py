@@ -10,7 +10,7 @@ from .. import kvcache
 from ..errors import TokentreeError, UnsupportedModelError
 from ..ssm.families import FAMILIES
 from ..tree import TokenTree
-from .base import shared_prefix
+from .base import check_extends, shared_prefix
 from .lane_attention import LANE_ATTENTION
 from .tree_attention import TREE_ATTENTION, TreeBlock, use_tree_attention
 
@@ -174,16 +174,8 @@ class HFBackend:
         Lets a draft model grow a tree level by level with one forward per level. Returns
         [n - start, V] float32 logits; ``commit`` then keeps forwarded nodes only.
         """
-        if start > 0:
-            pending = self._pending
-            if (
-                pending is None
-                or len(pending) != start
-                or pending.tokens != tree.tokens[:start]
-                or (pending.parents != tree.parents[:start])
-            ):
-                raise RuntimeError("grow must extend the tree forwarded by the previous call")
-        elif self._lead:
+        check_extends(self._pending, tree, start)
+        if start == 0 and self._lead:
             return self._grow_after_lead(tree)
         if self.windowed and start >= self.sliding_window:  # the layers return window - 1 + m
             raise TokentreeError(  # keys: the tree's earlier nodes would be cut off

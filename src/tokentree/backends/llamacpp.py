@@ -23,7 +23,7 @@ import torch
 
 from ..errors import TokentreeError
 from ..tree import TokenTree
-from .base import shared_prefix
+from .base import check_extends, shared_prefix
 from .sequences import CONTEXT_SEQ, BatchRows, SequenceBook
 
 LLAMA_CPP_PIN = "llama-cpp-python==0.3.36"
@@ -339,12 +339,7 @@ class LlamaCppBackend:
     def stage(self, tree: TokenTree, start: int) -> BatchRows:
         """Plan the forward of ``tree[start:]``: copy the cells its new branches need and return its
         batch rows; :meth:`absorb` takes the logits once they are decoded (alone or in a batch)."""
-        if start > 0 and (
-            self._pending is None
-            or len(self._pending) != start
-            or self._pending.parents != tree.parents[:start]
-        ):
-            raise RuntimeError("grow must extend the tree forwarded by the previous call")
+        check_extends(self._pending, tree, start)
         lead = self._lead if start == 0 else []
         if len(lead) + len(tree) - start > self.capacity:
             raise TokentreeError(

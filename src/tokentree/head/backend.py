@@ -13,6 +13,7 @@ from typing import Sequence
 
 import torch
 
+from ..backends.base import check_extends
 from ..tree import TokenTree
 from .model import FeatureHead, final_norm
 
@@ -107,8 +108,7 @@ class HeadBackend:
         float32 logits (-inf outside the draft vocabulary)."""
         if self._feature is None:
             raise RuntimeError("the head has no target feature to draft from (see ready)")
-        if start and (self._pending is None or self._pending.tokens != tree.tokens[:start]):
-            raise RuntimeError("grow must extend the tree forwarded by the previous call")
+        check_extends(self._pending, tree, start)
         features = self._feature.new_empty(len(tree), self._feature.shape[-1])
         if start:
             features[:start] = self._node_features[:start]
