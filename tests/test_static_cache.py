@@ -16,6 +16,7 @@ from tokentree.backends.hf_static import StaticHFBackend, static_tree_mask
 from tokentree.drafters import DRAFTERS, make_drafter
 from tokentree.engine import DecodeRequest, Engine
 from tokentree.errors import TokentreeError, UnsupportedModelError
+from tokentree.planner import CostProfile, padded_profile
 from tokentree.stats import GenerationStats
 from tokentree.tree import TokenTree
 
@@ -171,8 +172,18 @@ def test_compiled_tree_forwards_keep_one_graph_per_bucket_and_exact_logits():
 def test_the_profile_measures_what_fits_the_static_cache():
     config = StaticConfig(slots=96)
     sizes, context, longer = config.fit_profile(range(1, 129), 256, (64, 4096), (1, 16, 64))
-    assert max(sizes) == 32 and context == 64 and longer == ()
+    assert sizes == (1, 2, 4, 8, 16, 32) and context == 64 and longer == ()
     sizes, context, longer = StaticConfig(slots=8192).fit_profile(
-        (1, 2, 128), 256, (4096, 8192), (1, 64)
+        (1, 2, 3, 100), 256, (4096, 8192), (1, 64)
     )
-    assert sizes == (1, 2, 128) and context == 256 and longer == (4096,)
+    assert sizes == (1, 2, 4, 128) and context == 256 and longer == (4096,)
+
+
+def test_a_padded_profile_prices_each_size_at_its_bucket():
+    longer = CostProfile((1, 2, 4, 8, 12), (2.0, 2.1, 2.2, 2.6, 2.5), 4096)
+    measured = CostProfile((1, 2, 4, 8), (1.0, 1.1, 1.2, 1.6), 256, longer=(longer,))
+    profile = padded_profile(measured, bucket)
+    assert profile.sizes == tuple(range(1, 9))
+    assert [profile.seconds_at(n, 256) for n in (3, 5, 7, 8)] == [1.2, 1.6, 1.6, 1.6]
+    assert profile.longer[0].sizes == tuple(range(1, 9))
+    assert profile.seconds_at(6, 4096) == 2.6

@@ -12,7 +12,7 @@ from typing import Any, Iterator, Sequence, Union
 import torch
 
 from .backends import make_backend, make_batch_target
-from .backends.base import StaticConfig
+from .backends.base import StaticConfig, bucket
 from .backends.llamacpp import LLAMA_CPP_PIN, LlamaCppConfig
 from .drafters import DRAFTERS, Drafter, drafter_config, make_drafter
 from .drafters.base import resolve_budget
@@ -37,6 +37,7 @@ from .planner import (
     Planner,
     load_profile,
     measure_profile,
+    padded_profile,
     profile_key,
     profile_path,
     save_profile,
@@ -165,6 +166,8 @@ class Generator:
                 profile = measure_profile(
                     self.backend, sizes, context, key=key, progress=progress, longer=longer
                 )
+                if self.static is not None:
+                    profile = padded_profile(profile, bucket)
                 save_profile(profile)
             self._profile = profile
         return self._profile

@@ -20,7 +20,7 @@ import json
 import math
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -124,6 +124,20 @@ def probe_tree(n: int, vocab_size: int, seed: int = 0, max_leaves: int | None = 
         parents.append(parent)
     tokens = torch.randint(3, min(1000, vocab_size), (n,), generator=gen).tolist()
     return TokenTree(tuple(tokens), tuple(parents))
+
+
+def padded_profile(profile: CostProfile, pad: Callable[[int], int]) -> CostProfile:
+    """The profile of a backend that runs a tree of n nodes as ``pad(n)`` rows, measured at
+    padded sizes: every n up to the largest measured size costs what ``pad(n)`` cost (a step
+    curve, where interpolating between the measured sizes would price 9-15 nodes below 16)."""
+
+    def spread(curve: CostProfile) -> CostProfile:
+        cost = dict(zip(curve.sizes, curve.seconds))
+        sizes = tuple(n for n in range(1, curve.sizes[-1] + 1) if pad(n) in cost)
+        seconds = tuple(cost[pad(n)] for n in sizes)
+        return replace(curve, sizes=sizes, seconds=seconds)
+
+    return replace(spread(profile), longer=tuple(spread(curve) for curve in profile.longer))
 
 
 def measure_profile(

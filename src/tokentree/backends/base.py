@@ -46,9 +46,9 @@ class StaticConfig:
     def fit_profile(
         self, sizes: Sequence[int], context: int, longer: Sequence[int], long_sizes: Sequence[int]
     ) -> tuple[tuple[int, ...], int, tuple[int, ...]]:
-        """The verify-cost profile's tree sizes, context and longer contexts that fit the cache
-        (trees take their padded size; half the cache at most)."""
-        sizes = tuple(n for n in sizes if 2 * bucket(n) <= self.slots)
+        """The verify-cost profile's tree sizes (their buckets: a forward costs its padded size),
+        context and longer contexts that fit the cache (a tree takes half of it at most)."""
+        sizes = tuple(sorted({bucket(n) for n in sizes if 2 * bucket(n) <= self.slots}))
         context = min(context, self.slots - bucket(max(sizes)))
         longer = tuple(c for c in longer if c + bucket(max(long_sizes)) <= self.slots)
         return sizes, context, longer
