@@ -61,9 +61,11 @@ def test_json_round_trip_matches_hf_greedy(saved_tiny_model, capsys):
     assert set(stats) >= {"tokens_per_s", "accepted_hist", "draft_s", "verify_s"}
 
 
-def test_generate_through_the_static_cache_matches_hf_greedy(saved_tiny_model, capsys):
+@pytest.mark.parametrize("drafter", ["pld", "chain"])
+def test_generate_through_the_static_cache_matches_hf_greedy(saved_tiny_model, capsys, drafter):
     args = ["generate", "hello hello", "--target", str(saved_tiny_model), "--dtype", "float32"]
-    args += ["--max-new-tokens", "24", "--json", "--drafter", "pld", "--static-cache", "96"]
+    args += ["--max-new-tokens", "24", "--json", "--drafter", drafter, "--static-cache", "96"]
+    args += ["--draft", str(saved_tiny_model)] if drafter == "chain" else []
     code, out, err = run_cli(args, capsys)
     assert code == 0, err
     tok = tiny_tokenizer()

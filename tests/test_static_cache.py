@@ -84,6 +84,25 @@ def test_levels_grown_one_at_a_time_equal_the_growing_cache(family):
     torch.testing.assert_close(got["static after"], got["growing after"], atol=1e-5, rtol=1e-5)
 
 
+def test_a_prompt_tail_held_back_goes_with_the_next_tree():
+    model = tiny_model("llama", seed=6)
+    gen = torch.Generator().manual_seed(6)
+    prompt = torch.randint(3, VOCAB, (23,), generator=gen).tolist()
+    tree = random_tree(gen, prompt[-1], 11)
+    got = {}
+    for name, backend in (
+        ("growing", HFBackend(model)),
+        ("static", StaticHFBackend(model, StaticConfig(slots=64))),
+    ):
+        backend.prefill(prompt[:10])
+        backend.prefill(prompt[:-1], defer=4)
+        assert backend.tokens == prompt[:-5]  # 4 held back
+        got[name] = backend.verify(tree)
+        backend.commit(tree.path_to(10))
+        assert backend.tokens == prompt[:-1] + [tree.tokens[i] for i in tree.path_to(10)]
+    torch.testing.assert_close(got["static"], got["growing"], atol=1e-5, rtol=1e-5)
+
+
 def _decode(backend, drafter, prompt, max_new, budget):
     engine = Engine(backend, drafter, frozenset())
     stats = GenerationStats()
@@ -109,6 +128,20 @@ def test_every_drafter_through_the_static_cache_matches_generate(family, seed):
             got, stats = _decode(backend, make_drafter(name, draft), prompt, 30, budget)
             assert got == expected, (name, budget)
             assert stats.new_tokens == 30
+
+
+@pytest.mark.parametrize("name", ["chain", "specinfer", "sequoia", "dyspec", "auto"])
+def test_draft_models_on_static_caches_match_generate(name):
+    model, draft = tiny_model("qwen2", seed=4), tiny_model("qwen2", seed=104)
+    prompt = ([8, 21, 5, 40, 9] * 3)[:13]
+    expected = hf_greedy(model, prompt, 30)
+    static = StaticConfig(slots=128)
+    draft_backend = make_backend(draft, draft=True, static=static)
+    drafter = make_drafter(name, draft_backend)
+    for budget in (4, 10):
+        got, _ = _decode(make_backend(model, static=static), drafter, prompt, 30, budget)
+        assert got == expected, budget
+    assert draft_backend.tokens  # the draft ran on its static cache
 
 
 def test_partial_full_and_zero_acceptance_through_the_static_cache():

@@ -184,7 +184,7 @@ class Generator:
         from call to call (``generate(..., drafter="stand")`` twice uses one STAND table)."""
         if name not in self._drafters:
             self._drafters[name] = make_drafter(
-                name, None if self.draft is None else self.draft.model, self.target.model
+                name, draft_source(self.draft, self.static), self.target.model
             )
         return self._drafters[name]
 
@@ -535,10 +535,7 @@ def load(
         )
     draft_model = load_draft(draft, target_model) if draft is not None or needs_draft else None
     drafter_obj = make_drafter(
-        drafter,
-        None if draft_model is None else draft_model.model,
-        target_model.model,
-        **drafter_options,
+        drafter, draft_source(draft_model, static), target_model.model, **drafter_options
     )
     if drafter_state is not None:
         require_stateful(drafter_obj)
@@ -546,6 +543,16 @@ def load(
     if drafter_state is not None and Path(drafter_state).exists():
         generator.load_drafter_state(drafter_state)
     return generator
+
+
+def draft_source(draft: LoadedModel | None, static: StaticConfig | None) -> Any:
+    """What a draft-model drafter runs: the draft's module (its default backend), or with a static
+    cache a backend of its own over one (the draft's forwards keep their shapes too)."""
+    if draft is None:
+        return None
+    if static is None or draft.is_llamacpp:
+        return draft.model
+    return make_backend(draft.model, draft=True, static=static)
 
 
 def load_draft(spec: str | None, target: LoadedModel) -> LoadedModel:

@@ -67,6 +67,7 @@ class StaticHFBackend:
         )
         self._tokens: list[int] = []
         self._pending: TokenTree | None = None
+        self._lead: list[int] = []  # prefill tokens held back for the next forward (see prefill)
 
     @property
     def device(self) -> torch.device:
@@ -83,7 +84,7 @@ class StaticHFBackend:
 
     def reset(self) -> None:
         """Forget every cached token (the slots stay allocated)."""
-        self._tokens, self._pending = [], None
+        self._tokens, self._pending, self._lead = [], None, []
 
     def _check_room(self, needed: int) -> None:
         if needed > self.config.slots:
@@ -94,14 +95,18 @@ class StaticHFBackend:
 
     @torch.inference_mode()
     def prefill(self, token_ids: Sequence[int], defer: int = 0) -> None:
-        """Make the cache hold ``token_ids``, reusing the common cached prefix (``defer`` is
-        ignored: the whole prompt is forwarded now, so that trees keep their bucket shapes)."""
+        """Make the cache hold ``token_ids``, reusing the common cached prefix; the last (at most
+        ``defer``) missing tokens are held back and forwarded with the next tree, in its bucket
+        (a draft model's catch-up then takes no forward of its own)."""
         token_ids = [int(t) for t in token_ids]
         self._check_room(len(token_ids) + 1)
         shared = shared_prefix(self._tokens, token_ids)
         self._tokens, self._pending = self._tokens[:shared], None
-        for start in range(shared, len(token_ids), PREFILL_CHUNK):
-            chunk = token_ids[start : start + PREFILL_CHUNK]
+        held = min(defer, len(token_ids) - shared)
+        forwarded = len(token_ids) - held
+        self._lead = token_ids[forwarded:]
+        for start in range(shared, forwarded, PREFILL_CHUNK):
+            chunk = token_ids[start : min(start + PREFILL_CHUNK, forwarded)]
             causal = torch.ones(len(chunk), len(chunk), dtype=torch.bool, device=self.device)
             self._run(self.model, chunk, torch.arange(start, start + len(chunk)), causal.tril())
             self._tokens.extend(chunk)
@@ -116,6 +121,12 @@ class StaticHFBackend:
         """Forward nodes ``tree[start:]`` (the previous call forwarded ``tree[:start]``), padded to
         their bucket. Returns [n - start, V] float32 logits."""
         check_extends(self._pending, tree, start)
+        if start == 0 and self._lead:
+            lead, self._lead = self._lead, []
+            logits = self.grow(tree.behind(lead), 0)
+            self._tokens.extend(lead)
+            self._pending = tree
+            return logits[len(lead) :]
         prefix, rows = len(self._tokens), len(tree) - start
         self._check_room(prefix + start + bucket(rows))
         ancestors = tree.ancestor_mask[start:].to(self.device)

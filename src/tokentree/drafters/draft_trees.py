@@ -9,7 +9,8 @@ from typing import Sequence
 
 import torch
 
-from ..backends import make_backend
+from ..backends import GrowingBackend, make_backend
+from ..backends.llamacpp import LlamaCppModel
 from ..sampling import Acceptance, Draft, Draw, SamplingParams
 from ..tree import TokenTree
 from .model import CATCH_UP, DraftModel, GrowingTree
@@ -37,8 +38,12 @@ class _DraftModelDrafter:
     draw = Draw.WITHOUT_REPLACEMENT
     runs_draft_model = True
 
-    def __init__(self, draft_model: torch.nn.Module):
-        self.model = DraftModel(make_backend(draft_model, draft=True))
+    def __init__(self, draft_model: torch.nn.Module | LlamaCppModel | GrowingBackend):
+        """``draft_model``: a loaded model (run on its default backend) or the backend to run it
+        on (e.g. a static cache, see ``tokentree.api.draft_source``)."""
+        if isinstance(draft_model, (torch.nn.Module, LlamaCppModel)):
+            draft_model = make_backend(draft_model, draft=True)
+        self.model = DraftModel(draft_model)
 
     def propose(self, context: Sequence[int], budget: int) -> TokenTree:
         return self._grow(context, self.model.room(budget), GREEDY, torch.Generator()).tree
