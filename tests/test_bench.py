@@ -1,5 +1,6 @@
 """The benchmark harness on a tiny model: end to end, arithmetic, resume, bad input."""
 
+import dataclasses
 import json
 import re
 
@@ -68,6 +69,14 @@ def test_two_prompt_suite_end_to_end(saved_tiny_model, prompt_file, tmp_path):
         assert r["decode_tokens_per_s"] > r["tokens_per_s"]  # the rate after the first token
     assert summary["decode_speedup"]["hf"]["overall"] == pytest.approx(1.0)
     assert set(summary["decode_speedup"]) == set(METHODS) and "After the first token" in table
+
+
+def test_a_static_cache_run_is_lossless_and_recorded(saved_tiny_model, prompt_file, tmp_path):
+    methods = ["hf", "tt:pld", "tt:chain"]
+    config = config_for(saved_tiny_model, prompt_file, tmp_path / "out", static_cache=256)
+    summary = run_bench(dataclasses.replace(config, methods=methods))
+    assert all(summary["lossless"][m]["share"] == 1.0 for m in methods)
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["static_cache"] == 256
 
 
 def test_resume_skips_finished_runs(saved_tiny_model, prompt_file, tmp_path):

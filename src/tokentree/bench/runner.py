@@ -37,6 +37,8 @@ class BenchConfig:
     backend: str = "auto"
     threads: int | None = None
     n_ctx: int = 4096
+    static_cache: int = 0  # hf backend: tokentree's forwards through a static cache (see load)
+    compile: bool = False  # ... and compiled (CUDA graphs on a GPU)
     out: str = "bench-out"
     seed: int = 0
     report_only: bool = False
@@ -162,6 +164,8 @@ def load_generator(config: BenchConfig, notes: list[str]) -> Generator:
         backend=config.backend,
         threads=config.threads,
         n_ctx=config.n_ctx,
+        static_cache=config.static_cache,
+        compile=config.compile,
     )
     if config.draft is not None or any(needs_draft(m) for m in config.methods):
         try:
@@ -189,6 +193,8 @@ RESUME_KEYS = (
     "backend",
     "threads",
     "prompt_cache",
+    "static_cache",
+    "compile",
 )
 
 
