@@ -268,6 +268,7 @@ def test_seeded_sampling_from_the_cli_repeats(saved_tiny_model, capsys):
         (["--port", "70000"], "port"),
         (["--max-queue", "0"], "max-queue"),
         (["--request-timeout", "-1"], "request-timeout"),
+        (["--static-cache", "256", "--max-batch", "4"], "--max-batch 1"),
     ],
 )
 def test_serve_rejects_bad_options_before_loading(capsys, args, match):

@@ -486,6 +486,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .server.run import serve
 
     config = ServeConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServeConfig)})
+    if args.static_cache and config.max_batch > 1:
+        raise TokentreeError("--static-cache decodes one sequence at a time: use --max-batch 1")
     gen = _load(
         args, args.drafter, args.draft, args.budget, args.drafter_state, **drafter_options(args)
     )
