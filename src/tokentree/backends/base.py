@@ -68,6 +68,45 @@ def check_extends(pending: TokenTree | None, tree: TokenTree, start: int) -> Non
         raise RuntimeError("grow must extend the tree forwarded by the previous call")
 
 
+class TreeBook:
+    """What every backend keeps the same way: ``_tokens`` (committed, in the cache) and
+    ``_pending`` (the tree forwarded since the last commit), read through ``tokens`` and
+    ``pending``."""
+
+    _tokens: list[int]
+    _pending: TokenTree | None
+    _lead: list[int]  # prompt tokens a prefill held back for the next tree (backends that defer)
+
+    @property
+    def tokens(self) -> list[int]:
+        """Token ids whose keys/values (or state) the cache holds."""
+        return list(self._tokens)
+
+    @property
+    def pending(self) -> TokenTree | None:
+        """The tree forwarded since the last commit (None when there is none)."""
+        return self._pending
+
+    def verify(self, tree: TokenTree) -> torch.Tensor:
+        """Score every node of ``tree`` in one forward: [n, V] float32 logits."""
+        if self._pending is not None:
+            raise RuntimeError("verify called twice without commit")
+        return self.grow(tree, 0)
+
+    def grow(self, tree: TokenTree, start: int) -> torch.Tensor:
+        """Forward nodes ``tree[start:]`` (each backend implements it)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement grow")
+
+    def _grow_after_lead(self, tree: TokenTree) -> torch.Tensor:
+        """Forward ``_lead`` (prompt tokens a prefill held back) and ``tree`` in one call; the
+        tree's logits."""
+        lead, self._lead = self._lead, []
+        logits = self.grow(tree.behind(lead), 0)
+        self._tokens.extend(lead)
+        self._pending = tree
+        return logits[len(lead) :]
+
+
 class Backend(Protocol):
     """A causal LM with a KV cache of committed tokens.
 

@@ -10,7 +10,7 @@ from .. import kvcache
 from ..errors import TokentreeError, UnsupportedModelError
 from ..ssm.families import FAMILIES
 from ..tree import TokenTree
-from .base import check_extends, shared_prefix
+from .base import TreeBook, check_extends, shared_prefix
 from .lane_attention import LANE_ATTENTION
 from .tree_attention import TREE_ATTENTION, TreeBlock, use_tree_attention
 
@@ -78,7 +78,7 @@ def check_tree_support(model: torch.nn.Module) -> None:
             ) from exc
 
 
-class HFBackend:
+class HFBackend(TreeBook):
     """A transformers causal LM plus its KV cache (see :class:`tokentree.backends.Backend`)."""
 
     max_leaves = None  # a 4-D mask takes any tree
@@ -108,15 +108,6 @@ class HFBackend:
     @property
     def device(self) -> torch.device:
         return self.model.device
-
-    @property
-    def tokens(self) -> list[int]:
-        return list(self._tokens)
-
-    @property
-    def pending(self) -> TokenTree | None:
-        """The tree forwarded since the last commit (None when there is none)."""
-        return self._pending
 
     def _new_cache(self):
         if self.windowed:
@@ -161,11 +152,6 @@ class HFBackend:
             kvcache.bound(self.cache)
             self._tokens.extend(chunk)
 
-    def verify(self, tree: TokenTree) -> torch.Tensor:
-        if self._pending is not None:
-            raise RuntimeError("verify called twice without commit")
-        return self.grow(tree, 0)
-
     @torch.inference_mode()
     def grow(self, tree: TokenTree, start: int) -> torch.Tensor:
         """Forward nodes ``tree[start:]``; nodes ``tree[:start]`` were forwarded by the previous
@@ -202,14 +188,6 @@ class HFBackend:
         )
         self._pending = tree
         return out.logits[0].float()
-
-    def _grow_after_lead(self, tree: TokenTree) -> torch.Tensor:
-        """Forward the held-back tail of the prefill and ``tree`` in one call; the tree's logits."""
-        lead, self._lead = self._lead, []
-        logits = self.grow(tree.behind(lead), 0)
-        self._tokens.extend(lead)
-        self._pending = tree
-        return logits[len(lead) :]
 
     def _hybrid_block(self, tree: TokenTree, prefix: int, start: int):
         """(TreeBlock, a placeholder 4-D mask) when this forward of ``tree[start:]`` takes the

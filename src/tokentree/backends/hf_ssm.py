@@ -20,7 +20,7 @@ from ..ssm.families import SSMFamily, family_of, layer_types, model_type
 from ..ssm.mixer import MixerTrace, TreeGeometry, empty_states, tree_mixer
 from ..ssm.scan import path_state
 from ..tree import TokenTree
-from .base import shared_prefix
+from .base import TreeBook, shared_prefix
 from .hf import MASKABLE_ATTENTION, PREFILL_CHUNK, tree_attention_mask
 
 LINEAR = "linear_attention"
@@ -31,7 +31,7 @@ def is_state_space(model: torch.nn.Module) -> bool:
     return family_of(model) is not None
 
 
-class SSMBackend:
+class SSMBackend(TreeBook):
     """A Mamba-2 or hybrid causal LM and its cache (see :class:`tokentree.backends.Backend`)."""
 
     max_leaves = None
@@ -58,14 +58,6 @@ class SSMBackend:
     @property
     def device(self) -> torch.device:
         return self.model.device
-
-    @property
-    def tokens(self) -> list[int]:
-        return list(self._tokens)
-
-    @property
-    def pending(self) -> TokenTree | None:
-        return self._pending
 
     def reset(self) -> None:
         self.cache = kvcache.new_state_cache(self.model.config)

@@ -18,7 +18,7 @@ import torch
 from .. import kvcache
 from ..errors import TokentreeError, UnsupportedModelError
 from ..tree import TokenTree
-from .base import StaticConfig, bucket, check_extends, shared_prefix
+from .base import StaticConfig, TreeBook, bucket, check_extends, shared_prefix
 from .hf import PREFILL_CHUNK, check_tree_support
 
 
@@ -29,7 +29,7 @@ def static_tree_mask(
 
     ``ancestors``: [m, n] bool, row i = node n - m + i's ancestor-or-self mask over the tree, whose
     node j sits in slot prefix + j. Rows see every slot before ``prefix`` and their ancestors;
-    padding rows (m <= i < rows) see their own slot only; every other slot is hidden.
+    padding rows (m <= i < rows) the prefix and their own slot; every other slot is hidden.
     """
     m, n = ancestors.shape
     visible = torch.zeros(rows, slots, dtype=torch.bool, device=ancestors.device)
@@ -42,7 +42,7 @@ def static_tree_mask(
     return mask[None, None]
 
 
-class StaticHFBackend:
+class StaticHFBackend(TreeBook):
     """A transformers causal LM plus a static KV cache (see :class:`tokentree.backends.Backend`);
     full-attention models only."""
 
@@ -73,15 +73,6 @@ class StaticHFBackend:
     def device(self) -> torch.device:
         return self.model.device
 
-    @property
-    def tokens(self) -> list[int]:
-        return list(self._tokens)
-
-    @property
-    def pending(self) -> TokenTree | None:
-        """The tree forwarded since the last commit (None when there is none)."""
-        return self._pending
-
     def reset(self) -> None:
         """Forget every cached token (the slots stay allocated)."""
         self._tokens, self._pending, self._lead = [], None, []
@@ -111,22 +102,13 @@ class StaticHFBackend:
             self._run(self.model, chunk, torch.arange(start, start + len(chunk)), causal.tril())
             self._tokens.extend(chunk)
 
-    def verify(self, tree: TokenTree) -> torch.Tensor:
-        if self._pending is not None:
-            raise RuntimeError("verify called twice without commit")
-        return self.grow(tree, 0)
-
     @torch.inference_mode()
     def grow(self, tree: TokenTree, start: int) -> torch.Tensor:
         """Forward nodes ``tree[start:]`` (the previous call forwarded ``tree[:start]``), padded to
         their bucket. Returns [n - start, V] float32 logits."""
         check_extends(self._pending, tree, start)
         if start == 0 and self._lead:
-            lead, self._lead = self._lead, []
-            logits = self.grow(tree.behind(lead), 0)
-            self._tokens.extend(lead)
-            self._pending = tree
-            return logits[len(lead) :]
+            return self._grow_after_lead(tree)
         prefix, rows = len(self._tokens), len(tree) - start
         self._check_room(prefix + start + bucket(rows))
         ancestors = tree.ancestor_mask[start:].to(self.device)

@@ -23,7 +23,7 @@ import torch
 
 from ..errors import TokentreeError
 from ..tree import TokenTree
-from .base import check_extends, shared_prefix
+from .base import TreeBook, check_extends, shared_prefix
 from .sequences import CONTEXT_SEQ, BatchRows, SequenceBook
 
 LLAMA_CPP_PIN = "llama-cpp-python==0.3.36"
@@ -188,7 +188,7 @@ class LlamaCppModel:
         self.close()
 
 
-class LlamaCppBackend:
+class LlamaCppBackend(TreeBook):
     """The backend contract over a :class:`LlamaCppModel` (see :class:`tokentree.backends.Backend`).
 
     ``in_order`` keeps the committed KV cells in position order, as plain decoding leaves them, so
@@ -258,15 +258,6 @@ class LlamaCppBackend:
         self.redecoded = 0  # accepted tokens decoded again to keep the cells in order
 
     @property
-    def tokens(self) -> list[int]:
-        return list(self._tokens)
-
-    @property
-    def pending(self) -> TokenTree | None:
-        """The tree forwarded since the last commit (None when there is none)."""
-        return self._pending
-
-    @property
     def lead(self) -> int:
         """Prompt tokens still to be decoded (with the next tree)."""
         return len(self._lead)
@@ -321,11 +312,6 @@ class LlamaCppBackend:
             self.model.memory, source.context_seq, self.context_seq, 0, count
         )
         self._tokens = source._tokens[:count]
-
-    def verify(self, tree: TokenTree) -> torch.Tensor:
-        if self._pending is not None:
-            raise RuntimeError("verify called twice without commit")
-        return self.grow(tree, 0)
 
     def grow(self, tree: TokenTree, start: int) -> torch.Tensor:
         """Forward nodes ``tree[start:]`` (earlier nodes were forwarded by the previous call).

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import torch
 
-from ..backends.base import check_extends
+from ..backends.base import TreeBook, check_extends
 from ..tree import TokenTree
 from .model import FeatureHead, final_norm
 
@@ -62,7 +62,7 @@ class FeatureTap:
         return None
 
 
-class HeadBackend:
+class HeadBackend(TreeBook):
     """A :class:`~tokentree.backends.GrowingBackend` over a feature head: no cache of its own;
     each tree node's feature is the head's step from its parent's (the root's parent: the target's
     feature of the last committed token)."""
@@ -76,14 +76,6 @@ class HeadBackend:
         self._feature: torch.Tensor | None = None
         self._pending: TokenTree | None = None
         self._node_features: torch.Tensor | None = None  # [len(pending), H]
-
-    @property
-    def tokens(self) -> list[int]:
-        return list(self._tokens)
-
-    @property
-    def pending(self) -> TokenTree | None:
-        return self._pending
 
     @property
     def ready(self) -> bool:
