@@ -14,6 +14,7 @@ import torch
 from .backends import make_backend, make_batch_target
 from .backends.base import StaticConfig, bucket
 from .backends.llamacpp import LLAMA_CPP_PIN, LlamaCppConfig
+from .backends.openvino import OpenVINOConfig
 from .drafters import DRAFTERS, Drafter, drafter_config, make_drafter
 from .drafters.base import resolve_budget
 from .drafters.state import load_state, require_stateful, save_state, vocab_signature
@@ -26,6 +27,7 @@ from .models import (
     check_same_vocab,
     load_llamacpp_model,
     load_model,
+    load_openvino_model,
     resolve_device,
     resolve_dtype,
 )
@@ -434,7 +436,7 @@ class BatchSession:
         return Output(text.text, list(text.token_ids), stats)
 
 
-BACKENDS = ("auto", "hf", "llamacpp")
+BACKENDS = ("auto", "hf", "llamacpp", "openvino")
 
 
 def resolve_backend(name: str, target: str | None, device: str | None = None) -> str:
@@ -486,6 +488,8 @@ def load(
     n_ctx: int = 4096,
     static_cache: int = 0,
     compile: bool = False,
+    ov_weights: str = "int4",
+    ov_compute: str = "auto",
     **drafter_options: Any,
 ) -> Generator:
     """Load a target (None = the embedded Qwen2.5-Coder-1.5B-Instruct) and build a Generator.
@@ -500,6 +504,8 @@ def load(
     llama.cpp; ``threads``, ``n_ctx``; tree sizes default to "auto") or "auto" (llamacpp, when
     installed, for a .gguf target and for the embedded default on a machine without a CUDA GPU;
     else hf).
+    "openvino" (the model exported once to OpenVINO with ``ov_weights`` int4/int8/f16/f32,
+    computed in ``ov_compute`` auto/f32; ``threads``, ``n_ctx``; tree sizes default to "auto").
     ``static_cache`` (hf backend): verify through a KV cache of that many positions allocated once,
     each tree padded to a power-of-two size, so forwards keep their shapes; ``compile`` then runs
     them through ``torch.compile(mode="reduce-overhead")`` (CUDA graphs on a GPU).
@@ -515,19 +521,22 @@ def load(
             f"drafter '{drafter}' needs a draft model: give --draft (same vocabulary as the target)"
         )
     _say_why_not_llamacpp(backend, target, device)
-    if resolve_backend(backend, target, device) == "llamacpp":
+    chosen_backend = resolve_backend(backend, target, device)
+    if chosen_backend in ("llamacpp", "openvino"):
         if static is not None:
             raise TokentreeError("--static-cache and --compile need --backend hf")
         if device not in (None, "cpu"):
             raise TokentreeError(
-                f"the llama.cpp backend runs on the CPU; --device {device} needs --backend hf"
+                f"the {chosen_backend} backend runs on the CPU; --device {device} needs "
+                "--backend hf"
             )
-        target_model = load_llamacpp_model(
-            target, EMBEDDED_TARGET, LlamaCppConfig(threads=threads, n_ctx=n_ctx)
-        )
-        budget = (
-            "auto" if budget is None else budget
-        )  # its batch cost rises steeply on CPUs: plan every tree
+        if chosen_backend == "llamacpp":
+            config = LlamaCppConfig(threads=threads, n_ctx=n_ctx)
+            target_model = load_llamacpp_model(target, EMBEDDED_TARGET, config)
+        else:
+            config = OpenVINOConfig(ov_weights, ov_compute, threads, n_ctx)
+            target_model = load_openvino_model(target, EMBEDDED_TARGET, config)
+        budget = "auto" if budget is None else budget  # CPU batch costs rise: plan every tree
     else:
         torch_device = resolve_device(device)
         target_model = load_model(
@@ -550,7 +559,7 @@ def draft_source(draft: LoadedModel | None, static: StaticConfig | None) -> Any:
     cache a backend of its own over one (the draft's forwards keep their shapes too)."""
     if draft is None:
         return None
-    if static is None or draft.is_llamacpp:
+    if static is None or draft.is_llamacpp or draft.is_openvino:
         return draft.model
     return make_backend(draft.model, draft=True, static=static)
 
@@ -560,6 +569,8 @@ def load_draft(spec: str | None, target: LoadedModel) -> LoadedModel:
     vocabulary."""
     if target.is_llamacpp:
         draft = load_llamacpp_model(spec, EMBEDDED_DRAFT, target.model.config)
+    elif target.is_openvino:
+        draft = load_openvino_model(spec, EMBEDDED_DRAFT, target.model.config)
     else:
         draft = load_model(spec, EMBEDDED_DRAFT, target.model.dtype, target.model.device)
     check_same_vocab(target, draft)

@@ -94,16 +94,36 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backend",
         default="auto",
-        choices=["auto", "hf", "llamacpp"],
-        help="hf (transformers) or llamacpp (GGUF files through llama.cpp); auto = llamacpp, when "
-        "llama-cpp-python is installed, for a .gguf --target and for the embedded default without "
-        "a CUDA GPU; else hf",
+        choices=["auto", "hf", "llamacpp", "openvino"],
+        help="hf (transformers), llamacpp (GGUF files through llama.cpp) or openvino (any "
+        "supported model exported once to OpenVINO); auto = llamacpp, when llama-cpp-python is "
+        "installed, for a .gguf --target and for the embedded default without a CUDA GPU; else hf",
     )
     parser.add_argument(
-        "--threads", type=int, default=None, help="llama.cpp threads (default: all cores)"
+        "--threads",
+        type=int,
+        default=None,
+        help="llama.cpp / openvino threads (default: all cores)",
     )
     parser.add_argument(
-        "--n-ctx", type=int, default=4096, help="llama.cpp context size in tokens (default 4096)"
+        "--n-ctx",
+        type=int,
+        default=4096,
+        help="llama.cpp / openvino context size in tokens (default 4096)",
+    )
+    parser.add_argument(
+        "--ov-weights",
+        default="int4",
+        choices=["int4", "int8", "f16", "f32"],
+        help="openvino backend: weight format of the export (int4 symmetric in groups of 128, "
+        "int8 per channel; default int4)",
+    )
+    parser.add_argument(
+        "--ov-compute",
+        default="auto",
+        choices=["auto", "f32"],
+        help="openvino backend: auto = OpenVINO's fastest precision on this CPU (bf16 where "
+        "native), f32 = f32 arithmetic and cache (default auto)",
     )
     parser.add_argument(
         "--static-cache",
@@ -146,6 +166,8 @@ def _load(
         n_ctx=args.n_ctx,
         static_cache=args.static_cache,
         compile=args.compile,
+        ov_weights=args.ov_weights,
+        ov_compute=args.ov_compute,
         **options,
     )
 

@@ -45,6 +45,16 @@ def new_state_cache(config) -> DynamicCache:
     return DynamicCache(config=config)
 
 
+def filled_cache(config, past: Sequence[torch.Tensor]) -> DynamicCache:
+    """A cache of full layers holding ``past`` (key, value, key, value, ... per layer, each
+    [batch, kv_heads, seq, head_dim]) without copying them (what a traced export starts from)."""
+    cache = DynamicCache(config=config)
+    for layer, keys, values in zip(cache.layers, past[0::2], past[1::2], strict=True):
+        layer.lazy_initialization(keys, values)
+        layer.keys, layer.values = keys, values
+    return cache
+
+
 def new_windowed_cache(config) -> DynamicCache:
     """An empty cache for ``config`` whose sliding-window layers keep only their window."""
     cache = DynamicCache(config=config)

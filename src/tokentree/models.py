@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from .backends.llamacpp import LlamaCppConfig, LlamaCppModel, import_llama_cpp, is_gguf
+from .backends.openvino import OpenVINOConfig, OpenVINOModel, import_openvino
 from .errors import TokentreeError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -59,19 +60,33 @@ class LoadedModel:
         return isinstance(self.model, LlamaCppModel)
 
     @property
+    def is_openvino(self) -> bool:
+        return isinstance(self.model, OpenVINOModel)
+
+    @property
+    def engine(self) -> str:
+        """Which engine runs the model: "llama.cpp", "openvino" or "transformers"."""
+        return (
+            "llama.cpp" if self.is_llamacpp else "openvino" if self.is_openvino else "transformers"
+        )
+
+    @property
     def precision(self) -> str:
-        """ "gguf" for llama.cpp models, else the torch dtype name."""
+        """ "gguf" for llama.cpp models, "openvino <weights>|<compute>" for OpenVINO ones, else the
+        torch dtype name."""
+        if self.is_openvino:
+            return f"openvino {self.model.config.weights}|{self.model.config.compute}"
         return "gguf" if self.is_llamacpp else str(self.model.dtype).removeprefix("torch.")
 
     @property
     def device_name(self) -> str:
-        if self.is_llamacpp:
-            return f"cpu (llama.cpp, {self.model.config.thread_count} threads)"
+        if self.is_llamacpp or self.is_openvino:
+            return f"cpu ({self.engine}, {self.model.config.thread_count} threads)"
         return str(self.model.device)
 
     @property
     def context_limit(self) -> int | None:
-        if self.is_llamacpp:
+        if self.is_llamacpp or self.is_openvino:
             return self.model.context_limit
         return getattr(self.model.config, "max_position_embeddings", None)
 
@@ -79,7 +94,7 @@ class LoadedModel:
     def eos_ids(self) -> frozenset[int]:
         """EOS ids from the generation config (llama.cpp: its end-of-generation tokens), else the
         tokenizer's."""
-        if self.is_llamacpp:
+        if self.is_llamacpp or self.is_openvino:
             return self.model.eos_ids
         eos = getattr(self.model.generation_config, "eos_token_id", None)
         if eos is None:
@@ -275,6 +290,39 @@ def load_llamacpp_model(
         )
     tokenizer = gguf_tokenizer(path, embedded.name if spec is None else _gguf_cache_name(path))
     return LoadedModel(LlamaCppModel(path, config), tokenizer, spec or embedded.name)
+
+
+def load_openvino_model(
+    spec: str | None, embedded: EmbeddedModel, config: OpenVINOConfig
+) -> LoadedModel:
+    """Load a model on OpenVINO (spec None = the embedded model): an HF dir, a hub id or a GGUF
+    file (dequantized once) is exported once per weight format and cached (see
+    :mod:`tokentree.backends.openvino_export`)."""
+    from transformers import AutoTokenizer
+
+    from .backends.openvino_export import ExportOptions, cached_export
+
+    import_openvino()  # a missing extra fails before anything else
+    source = Path(locate(spec, embedded, torch.float32))
+    if not source.is_dir():
+        source = _hub_snapshot(str(source))
+    name = embedded.name if spec is None else source.name
+    export_dir = cached_export(
+        source, ExportOptions(config.weights), cache_dir() / "openvino", name
+    )
+    tokenizer = AutoTokenizer.from_pretrained(export_dir)
+    return LoadedModel(OpenVINOModel(export_dir, config), tokenizer, spec or embedded.name)
+
+
+def _hub_snapshot(repo_id: str) -> Path:
+    """A hub model's files (config, tokenizer, safetensors) in the local hub cache."""
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except Exception as exc:  # noqa: BLE001 - the hub raises many types (offline, unknown id)
+        raise TokentreeError(f"could not fetch model '{repo_id}': {_first_line(exc)}") from exc
 
 
 def gguf_tokenizer(path: Path, name: str):

@@ -11,7 +11,8 @@ __all__ = ["Backend", "BatchTarget", "GrowingBackend", "make_backend", "make_bat
 
 
 def make_backend(model: Any, draft: bool = False, static: Any = None) -> GrowingBackend:
-    """The backend for a loaded model: llama.cpp for a :class:`LlamaCppModel`, else transformers.
+    """The backend for a loaded model: llama.cpp for a :class:`LlamaCppModel`, OpenVINO for an
+    :class:`OpenVINOModel`, else transformers.
 
     ``draft``: the model only drafts, so its logits need not match one-token decoding bit for bit.
     ``static``: a :class:`~tokentree.backends.hf_static.StaticConfig` for a transformers model
@@ -23,6 +24,12 @@ def make_backend(model: Any, draft: bool = False, static: Any = None) -> Growing
         if static is not None:
             raise UnsupportedModelError("--static-cache is for the hf backend (transformers)")
         return LlamaCppBackend(model, in_order=not draft)
+    from .openvino import OpenVINOBackend, OpenVINOModel
+
+    if isinstance(model, OpenVINOModel):
+        if static is not None:
+            raise UnsupportedModelError("--static-cache is for the hf backend (transformers)")
+        return OpenVINOBackend(model)
     from .hf_ssm import SSMBackend, is_state_space
 
     if is_state_space(model):
@@ -53,6 +60,13 @@ def make_batch_target(model: Any, max_batch: int) -> BatchTarget:
         from .llamacpp_batch import LlamaCppBatch
 
         return LlamaCppBatch(model, min(max_batch, model.config.max_sequences - 1))
+    from .openvino import OpenVINOModel
+
+    if isinstance(model, OpenVINOModel):
+        raise UnsupportedModelError(
+            "the openvino backend decodes one sequence per inference for now (its state is one "
+            "sequence's cache): use --max-batch 1 and n = 1, or --backend llamacpp / hf for batches"
+        )
     from .hf_batch import PackedBatch
 
     return PackedBatch(model, max_batch)

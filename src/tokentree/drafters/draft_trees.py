@@ -11,6 +11,7 @@ import torch
 
 from ..backends import GrowingBackend, make_backend
 from ..backends.llamacpp import LlamaCppModel
+from ..backends.openvino import OpenVINOModel
 from ..sampling import Acceptance, Draft, Draw, SamplingParams
 from ..tree import TokenTree
 from .model import CATCH_UP, DraftModel, GrowingTree
@@ -38,10 +39,12 @@ class _DraftModelDrafter:
     draw = Draw.WITHOUT_REPLACEMENT
     runs_draft_model = True
 
-    def __init__(self, draft_model: torch.nn.Module | LlamaCppModel | GrowingBackend):
+    def __init__(
+        self, draft_model: torch.nn.Module | LlamaCppModel | OpenVINOModel | GrowingBackend
+    ):
         """``draft_model``: a loaded model (run on its default backend) or the backend to run it
         on (e.g. a static cache, see ``tokentree.api.draft_source``)."""
-        if isinstance(draft_model, (torch.nn.Module, LlamaCppModel)):
+        if isinstance(draft_model, (torch.nn.Module, LlamaCppModel, OpenVINOModel)):
             draft_model = make_backend(draft_model, draft=True)
         self.model = DraftModel(draft_model)
 
