@@ -19,6 +19,7 @@ from .drafters import DRAFTERS, Drafter, drafter_config, make_drafter
 from .drafters.base import resolve_budget
 from .drafters.state import load_state, require_stateful, save_state, vocab_signature
 from .engine import DecodeRequest, Engine
+from .engine_choice import choice_key, choose_engine
 from .errors import TokentreeError
 from .models import (
     EMBEDDED_DRAFT,
@@ -453,6 +454,18 @@ def resolve_backend(name: str, target: str | None, device: str | None = None) ->
     return "llamacpp" if str(target).endswith(".gguf") else "hf"
 
 
+def _why(asked: str, chosen: str) -> str:
+    if asked != "auto":
+        return f"--backend {asked}"
+    if chosen == "llamacpp":
+        return "--backend auto: llama.cpp for GGUF models on a CPU (with the openvino extra: timed)"
+    return "--backend auto: transformers (a CUDA GPU, a non-GGUF model, or no llama.cpp)"
+
+
+def openvino_installed() -> bool:
+    return importlib.util.find_spec("openvino") is not None
+
+
 def llama_cpp_installed() -> bool:
     return importlib.util.find_spec("llama_cpp") is not None
 
@@ -530,18 +543,26 @@ def load(
                 f"the {chosen_backend} backend runs on the CPU; --device {device} needs "
                 "--backend hf"
             )
-        if chosen_backend == "llamacpp":
-            config = LlamaCppConfig(threads=threads, n_ctx=n_ctx)
-            target_model = load_llamacpp_model(target, EMBEDDED_TARGET, config)
+        llama_config = LlamaCppConfig(threads=threads, n_ctx=n_ctx)
+        ov_config = OpenVINOConfig(ov_weights, ov_compute, threads, n_ctx)
+        loaders = {
+            "llamacpp": lambda: load_llamacpp_model(target, EMBEDDED_TARGET, llama_config),
+            "openvino": lambda: load_openvino_model(target, EMBEDDED_TARGET, ov_config),
+        }
+        if backend == "auto" and openvino_installed():
+            key = choice_key(target or EMBEDDED_TARGET.name, llama_config.thread_count, ov_weights)
+            target_model, choice = choose_engine(key, loaders)
+            target_model.why = f"--backend auto: {choice.reason}"
         else:
-            config = OpenVINOConfig(ov_weights, ov_compute, threads, n_ctx)
-            target_model = load_openvino_model(target, EMBEDDED_TARGET, config)
+            target_model = loaders[chosen_backend]()
+            target_model.why = _why(backend, chosen_backend)
         budget = "auto" if budget is None else budget  # CPU batch costs rise: plan every tree
     else:
         torch_device = resolve_device(device)
         target_model = load_model(
             target, EMBEDDED_TARGET, resolve_dtype(dtype, torch_device), torch_device
         )
+        target_model.why = _why(backend, "hf")
     draft_model = load_draft(draft, target_model) if draft is not None or needs_draft else None
     drafter_obj = make_drafter(
         drafter, draft_source(draft_model, static), target_model.model, **drafter_options

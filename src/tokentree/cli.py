@@ -486,6 +486,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         gen.save_drafter_state(args.drafter_state)
     if args.stats:
         print(f"tokentree [{gen.drafter.name}]: {stream.stats.summary()}", file=sys.stderr)
+        target = gen.target
+        print(f"tokentree: {target.engine} ran the target ({target.why})", file=sys.stderr)
     return 0
 
 

@@ -54,6 +54,7 @@ class LoadedModel:
     model: Any
     tokenizer: object
     source: str
+    why: str = ""  # why this engine runs it (``--stats`` prints it)
 
     @property
     def is_llamacpp(self) -> bool:

@@ -21,11 +21,14 @@ and the export options; a cache whose files do not match its manifest is rebuilt
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +37,7 @@ import torch
 from .. import kvcache
 from ..errors import TokentreeError, UnsupportedModelError
 
-EXPORT_VERSION = 1  # bump when the exported signature changes: cached models are rebuilt
+EXPORT_VERSION = 2  # bump when the exported signature changes: cached models are rebuilt
 WEIGHT_FORMATS = ("int4", "int8", "f16", "f32")
 FAMILIES = ("llama", "qwen2", "qwen3", "mistral")  # one full-attention mask; RoPE positions
 MODEL_FILE = "model.xml"
@@ -64,6 +67,35 @@ def check_family(config) -> None:
             f"full-attention mask); model type '{kind}' is not supported yet: use --backend hf "
             "or llamacpp"
         )
+
+
+EXPORT_ATTENTION = "tokentree_openvino"
+
+
+def export_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """query [1, H, m, D], key/value [1, KVH, c + m, D] -> ([1, m, H, D], None): SDPA with grouped
+    heads expanded as unsqueeze -> expand -> reshape, the form OpenVINO's CPU plugin fuses with
+    the stateful cache into one attention node (transformers' own ``[:, :, None]`` traces as
+    slices that stop the fusion, and every step then copies the whole cache twice)."""
+    groups = module.num_key_value_groups
+    if groups > 1:
+        batch, kv_heads, length, dim = key.shape
+        shape = (batch, kv_heads * groups, length, dim)
+        key = key.unsqueeze(2).expand(batch, kv_heads, groups, length, dim).reshape(shape)
+        value = value.unsqueeze(2).expand(batch, kv_heads, groups, length, dim).reshape(shape)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=attention_mask, scale=scaling
+    )
+    return out.transpose(1, 2).contiguous(), None
 
 
 class TreeStep(torch.nn.Module):
@@ -140,7 +172,8 @@ def export(model_dir: Path, options: ExportOptions, out: Path) -> None:
     save it (with its tokenizer and generation config) under ``out``; a progress bar on stderr."""
     import openvino as ov
     from tqdm import tqdm
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AttentionInterface, AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
     config = AutoConfig.from_pretrained(model_dir)
     check_family(config.get_text_config())
@@ -148,8 +181,10 @@ def export(model_dir: Path, options: ExportOptions, out: Path) -> None:
     started = time.perf_counter()
     with tqdm(total=len(steps), desc="openvino export", file=sys.stderr) as bar:
         bar.set_postfix_str("loading the transformers model")
+        AttentionInterface.register(EXPORT_ATTENTION, export_attention)
+        AttentionMaskInterface.register(EXPORT_ATTENTION, sdpa_mask)
         model = AutoModelForCausalLM.from_pretrained(
-            model_dir, dtype=torch.float32, attn_implementation="sdpa"
+            model_dir, dtype=torch.float32, attn_implementation=EXPORT_ATTENTION
         ).eval()
         bar.update()
         bar.set_postfix_str("tracing")
@@ -160,7 +195,8 @@ def export(model_dir: Path, options: ExportOptions, out: Path) -> None:
         make_stateful(ov_model)
         bar.update()
         bar.set_postfix_str(f"compressing weights to {options.weights}")
-        ov_model = compress(ov_model, options.weights)
+        with contextlib.redirect_stdout(sys.stderr):  # NNCF's own bar writes to stdout
+            ov_model = compress(ov_model, options.weights)
         bar.update()
         bar.set_postfix_str("saving")
         out.mkdir(parents=True)
@@ -199,7 +235,8 @@ def trace(model: torch.nn.Module):
     names += [f"past.{i // 2}.{'kv'[i % 2]}" for i in range(len(past))]
     shapes = [[1, -1], [1, -1], [1, 1, -1, -1], [-1]] + [[1, heads, -1, head_dim]] * len(past)
     types = [ov.Type.i64, ov.Type.i64, ov.Type.f32, ov.Type.i64] + [ov.Type.f32] * len(past)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about branches fixed for every shape
         ov_model = ov.convert_model(
             TreeStep(model),
             example_input=example,
@@ -236,6 +273,7 @@ def compress(ov_model, weights: str):
         raise TokentreeError(
             "compressing weights needs nncf: pip install 'tokentree[openvino]'"
         ) from exc
+    nncf.set_log_level(logging.ERROR)  # its tables and bars would go to stdout, under ours
     if weights == "int8":
         return nncf.compress_weights(ov_model, mode=nncf.CompressWeightsMode.INT8_SYM)
     return nncf.compress_weights(
