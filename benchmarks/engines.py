@@ -8,7 +8,9 @@ rotated each run, greedy, learned drafter state carried from request to request 
 - ``tt:auto llama.cpp``: tokentree's default drafter on the llama.cpp backend;
 - ``openvino int4``: plain decoding through OpenVINO (tokentree's loop, drafter none: one token per
   inference, what an OpenVINO user's plain decoding costs);
-- ``tt:auto openvino int4`` / ``tt:auto openvino int8``: tokentree on the OpenVINO backend.
+- ``tt:auto openvino int4`` / ``tt:auto openvino int8``: tokentree on the OpenVINO backend;
+- with ``--genai VENV``: ``genai plain``, ``genai pld`` and ``genai draft``, OpenVINO GenAI's own
+  decoding on optimum-intel's standard int4 export of the same weights (see genai_models.py).
 
 Also the verify cost t(n) of both engines after 256, 1024 and 4096 cached tokens. Writes
 results.md, records.jsonl and run.json (with the commit) to ``--out``:
@@ -41,6 +43,7 @@ TT_METHODS = {
     "tt:auto openvino int8": dict(backend="openvino", ov_weights="int8"),
 }
 BASELINE = "llama.cpp"
+GENAI_MODES = ("plain", "pld", "draft")
 
 
 def commit() -> str:
@@ -57,19 +60,39 @@ def main() -> None:
     parser.add_argument("--contexts", default="256,1024,4096")
     parser.add_argument("--sizes", default="1,4,16")
     parser.add_argument("--methods", default=",".join([BASELINE, *TT_METHODS]))
+    parser.add_argument("--genai", default=None, help="optimum-intel's venv: add GenAI's modes")
+    parser.add_argument(
+        "--records", default=None, help="a records.jsonl of an earlier run: only t(n) and report"
+    )
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     methods = args.methods.split(",")
-    generators = {name: tokentree.load(threads=2, **TT_METHODS[name]) for name in methods[1:]}
-    base = tokentree.load(backend="llamacpp", drafter="none", threads=2)
+    load = dict(threads=2, n_ctx=8192)  # room for the longest profile context and its tree
+    generators = {name: tokentree.load(**load, **TT_METHODS[name]) for name in methods[1:]}
+    if args.genai:
+        from genai_models import GenAIMethod, standard_models
+
+        target, draft = standard_models(Path(args.genai))
+        for mode in GENAI_MODES:
+            generators[f"genai {mode}"] = GenAIMethod(mode, target, draft)
+            methods.append(f"genai {mode}")
+    base = tokentree.load(backend="llamacpp", drafter="none", **load)
+    if args.records:
+        records = [json.loads(line) for line in open(args.records)]
+        methods = list(dict.fromkeys(r["method"] for r in records))
+        report(out, records, verify_curves(base, generators, args), methods, args)
+        return
     prompts = select(load_suite(prompts_file=args.prompts), None, args.per_category)
     ids = {p.id: base.encode(p.turns[0]) for p in prompts}
     warmup = base.encode("Say hello in three languages.")
     plain_greedy(base.target.model, warmup, 8)  # first calls compile kernels: not timed
-    for gen in generators.values():
-        gen.generate(warmup, max_new_tokens=8)
+    for name, gen in generators.items():
+        if name.startswith("genai"):
+            gen.generate(warmup, 8)
+        else:
+            gen.generate(warmup, max_new_tokens=8)
     records = []
     with open(out / "records.jsonl", "w") as log:
         for run in range(args.runs):
@@ -110,7 +133,7 @@ def verify_curves(base, generators, args) -> dict[str, list[tuple[int, list[floa
     for name, gen in engines.items():
         backend = make_backend(gen.target.model)
         curves[name] = []
-        for context in (int(c) for c in args.contexts.split(",")):
+        for context in (int(c) for c in args.contexts.split(",") if c):
             profile = measure_profile(backend, sizes, context, repeats=3)
             curves[name].append((context, list(profile.seconds)))
             print(name, context, [round(s * 1000, 1) for s in profile.seconds])
@@ -162,7 +185,9 @@ def report(out: Path, records, curves, methods, args) -> None:
         lines.append(f"- {name}: {statistics.median(tps):.2f} tokens/s{tau}")
     lines += ["", "Verify cost t(n) in ms (n = nodes, root included), by cached context:", ""]
     sizes = args.sizes.split(",")
-    lines.append("| engine | context | " + " | ".join(f"t({n})" for n in sizes) + " | t(16)/t(1) |")
+    lines.append(
+        "| engine | context | " + " | ".join(f"t({n})" for n in sizes) + f" | t({sizes[-1]})/t(1) |"
+    )
     lines.append("|---|---|" + "---|" * (len(sizes) + 1))
     for name, rows in curves.items():
         for context, seconds in rows:

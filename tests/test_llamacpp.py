@@ -287,3 +287,15 @@ def test_bench_prompt_cache_is_refused_on_transformers():
         from tokentree.bench.runner import BenchConfig
 
         BenchConfig(backend="hf", prompt_cache=True, methods=["hf"])
+
+
+def test_plain_greedy_is_llama_cpps_own_greedy_decoding(gguf, llama_greedy, generator):
+    from tokentree.backends.llamacpp import plain_greedy
+
+    model = LlamaCppModel(gguf, LlamaCppConfig(threads=2, n_ctx=1024))
+    try:
+        for prompt in PROMPTS:
+            ids = generator.encode(prompt, chat=False)
+            assert plain_greedy(model, ids, 24) == llama_greedy(ids, 24)
+    finally:
+        model.close()

@@ -179,3 +179,20 @@ def test_a_corrupt_export_is_rebuilt(tmp_path):
     again = cached_export(source, ExportOptions("f32"), tmp_path / "cache", "tiny")
     assert again == first and weights.stat().st_size == size
     assert json.loads((again / "manifest.json").read_text())["weights"] == "f32"
+
+
+@pytest.mark.parametrize("drafter", ["stand", "pld", "auto"])
+def test_seeded_sampling_draws_what_the_transformers_backend_draws(exported, drafter):
+    from tokentree.api import Generator
+    from tokentree.models import LoadedModel
+
+    model, export_dir = exported
+    on_ov = LoadedModel(OpenVINOModel(export_dir, OpenVINOConfig(**EXACT)), tiny_tokenizer(), "x")
+    on_hf = LoadedModel(model, tiny_tokenizer(), "x")
+    prompt = [5, 9, 14, 9, 5, 9, 14, 9, 5]
+    outputs = []
+    for target in (on_ov, on_hf):
+        gen = Generator(target, make_drafter(drafter), budget=8)
+        out = gen.generate(prompt, max_new_tokens=40, temperature=0.9, top_p=0.95, seed=7)
+        outputs.append(out.token_ids)
+    assert outputs[0] == outputs[1] and len(outputs[0]) == 40

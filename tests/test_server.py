@@ -41,9 +41,9 @@ def tiny_generator(drafter=None) -> Generator:
 
 
 @contextmanager
-def running_server(generator: Generator, **options):
+def running_server(generator: Generator, state_path: str | None = None, **options):
     """The app under uvicorn on an ephemeral loopback port; yields (base_url, uvicorn server)."""
-    server = build_server(generator, ServeConfig(port=0, **options))
+    server = build_server(generator, ServeConfig(port=0, **options), state_path)
     sock = socket.create_server(("127.0.0.1", 0))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

@@ -267,9 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--methods",
         type=_csv,
         default=None,
-        help="comma-separated: hf, hf-assisted, hf-pld (hf backend), llama, llama-pld (llamacpp "
-        "backend), tt:<drafter>[@budget] (default: the backend's plain and prompt-lookup "
-        "baselines, "
+        help="comma-separated: hf, hf-assisted, hf-pld (hf backend), llama-decode (llama.cpp's own "
+        "per-token decoding), llama, llama-pld (llama-cpp-python; llamacpp backend), "
+        "tt:<drafter>[@budget] (default: the backend's plain and prompt-lookup baselines, "
         "tt:none, tt:pld)",
     )
     add_model_arguments(bench)
@@ -508,16 +508,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from .server.run import serve
+    from .server.state_keeper import prepare_state_file
 
     config = ServeConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServeConfig)})
     if args.static_cache and config.max_batch > 1:
         raise TokentreeError("--static-cache decodes one sequence at a time: use --max-batch 1")
+    if args.drafter_state:
+        prepare_state_file(args.drafter_state)  # before minutes of loading: writable, no leftovers
     gen = _load(
         args, args.drafter, args.draft, args.budget, args.drafter_state, **drafter_options(args)
     )
-    serve(gen, config)
-    if args.drafter_state:
-        gen.save_drafter_state(args.drafter_state)
+    serve(gen, config, args.drafter_state)  # saves the state periodically and at shutdown
     return 0
 
 

@@ -21,3 +21,29 @@ def write_atomically(path: str | Path, data: bytes) -> Path:
         Path(temp).unlink(missing_ok=True)
         raise
     return path
+
+
+def temp_files_of(path: str | Path) -> list[Path]:
+    """The temporary files :func:`write_atomically` leaves beside ``path`` when it is killed
+    mid-write."""
+    path = Path(path)
+    return sorted(path.parent.glob(f"{glob_escape(path.name)}.*.tmp"))
+
+
+def glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def check_writable(path: str | Path) -> str | None:
+    """None when a file can be written atomically at ``path`` (its directory exists and takes new
+    files), else why not."""
+    directory = Path(path).parent
+    if not directory.is_dir():
+        return f"the directory {directory} does not exist"
+    try:
+        fd, probe = tempfile.mkstemp(dir=directory, prefix=".tokentree-probe-")
+    except OSError as exc:
+        return f"cannot write in {directory}: {exc.strerror}"
+    os.close(fd)
+    os.unlink(probe)
+    return None

@@ -148,7 +148,7 @@ def export_key(model_dir: Path, options: ExportOptions) -> str:
 def cached_export(model_dir: Path, options: ExportOptions, cache: Path, name: str) -> Path:
     """The exported model's directory for ``model_dir`` (exported once; rebuilt if corrupt)."""
     out = cache / f"{name}-{options.weights}-{export_key(model_dir, options)}"
-    if _intact(out):
+    if intact(out):
         return out
     shutil.rmtree(out, ignore_errors=True)
     partial = out.with_name(out.name + ".partial")
@@ -158,7 +158,7 @@ def cached_export(model_dir: Path, options: ExportOptions, cache: Path, name: st
     return out
 
 
-def _intact(out: Path) -> bool:
+def intact(out: Path) -> bool:
     """True when ``out`` holds a finished export whose files have the sizes its manifest lists."""
     try:
         manifest = json.loads((out / MANIFEST).read_text())

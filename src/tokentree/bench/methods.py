@@ -10,7 +10,7 @@ import torch
 from transformers.generation.streamers import BaseStreamer
 
 from ..api import Generator
-from ..backends.llamacpp import import_llama_cpp
+from ..backends.llamacpp import LlamaCppModel, import_llama_cpp, plain_greedy
 from ..drafters import DRAFTERS, HybridConfig, HybridDrafter, make_drafter
 from ..drafters.base import clear_caches
 from ..errors import TokentreeError
@@ -225,8 +225,33 @@ class LlamaCppMethod:
         return RunResult(tokens, time.perf_counter() - start, first_token_s=first)
 
 
+class LlamaDecodeMethod:
+    """llama.cpp's own per-token speed: one ``llama_decode`` and an argmax per token, on a context
+    of its own with tokentree's settings (flash attention, batch size, threads): the honest plain
+    baseline (``llama`` goes through llama-cpp-python's slower Python sampling loop)."""
+
+    def __init__(self, name: str, generator: Generator):
+        target = generator.target.model
+        self.name = name
+        self.model = LlamaCppModel(target.path, target.config)
+
+    def run(
+        self,
+        prompt_ids: list[int],
+        max_new_tokens: int,
+        sampling: SamplingParams,
+        seed: int,
+        keep_cache: bool = False,
+    ) -> RunResult:  # every turn prefills its whole prompt
+        if not sampling.greedy:
+            raise TokentreeError(f"{self.name} runs greedy only")
+        start = time.perf_counter()
+        tokens = plain_greedy(self.model, prompt_ids, max_new_tokens)
+        return RunResult(tokens, time.perf_counter() - start)
+
+
 HF_METHODS = ("hf", "hf-assisted", "hf-pld")
-LLAMA_METHODS = ("llama", "llama-pld")
+LLAMA_METHODS = ("llama", "llama-pld", "llama-decode")
 
 
 def known_methods() -> list[str]:
@@ -241,8 +266,9 @@ def known_methods() -> list[str]:
 def parse_method(name: str) -> tuple[str, int | str | None]:
     """``(baseline or drafter name, budget)`` of a method name; TokentreeError when it is not one.
 
-    Methods are ``hf``, ``hf-assisted``, ``hf-pld`` (transformers backend), ``llama``, ``llama-pld``
-    (llama.cpp backend: llama-cpp-python's plain decoding and its prompt-lookup draft of 10 tokens)
+    Methods are ``hf``, ``hf-assisted``, ``hf-pld`` (transformers backend), ``llama-decode``,
+    ``llama``, ``llama-pld`` (llama.cpp backend: its own llama_decode + argmax per token,
+    llama-cpp-python's plain decoding and its prompt-lookup draft of 10 tokens)
     and ``tt:<drafter>[@<budget>]`` where the budget is a positive node count or ``auto`` (planned
     per step); without it the drafter's default applies. ``tt:<a>+<b>+...`` is the hybrid of those
     drafters (``tt:stand+pld`` is auto without a draft model).
@@ -281,10 +307,15 @@ def needs_draft(name: str) -> bool:
 def build_method(name: str, generator: Generator) -> Method:
     """Build a method by name; raises TokentreeError for unknown names or a missing draft model."""
     base, budget = parse_method(name)
-    if (base in HF_METHODS) == generator.target.is_llamacpp and not name.startswith("tt:"):
+    engine = generator.target.engine
+    if (base in HF_METHODS and engine != "transformers") or (
+        base in LLAMA_METHODS and engine != "llama.cpp"
+    ):
         raise TokentreeError(
             f"method '{name}' needs --backend {'llamacpp' if base in LLAMA_METHODS else 'hf'}"
         )
+    if base == "llama-decode":
+        return LlamaDecodeMethod(name, generator)
     if base in LLAMA_METHODS:
         return LlamaCppMethod(name, generator, prompt_lookup=10 if base == "llama-pld" else 0)
     if base == "hf":

@@ -16,8 +16,12 @@ if TYPE_CHECKING:
 
 BASELINES = (
     "hf",
+    "llama-decode",
     "llama",
-)  # plain decoding of the backend under test: HF generate, or llama-cpp-python
+    "tt:none",
+)  # plain decoding of the backend under test: HF generate, llama.cpp's own per-token decoding,
+# or llama-cpp-python's (a prompt-cache run, whose baseline must reuse its cache too); on
+# OpenVINO, tokentree's loop without drafts
 ALL = "overall"
 
 

@@ -39,6 +39,8 @@ class BenchConfig:
     n_ctx: int = 4096
     static_cache: int = 0  # hf backend: tokentree's forwards through a static cache (see load)
     compile: bool = False  # ... and compiled (CUDA graphs on a GPU)
+    ov_weights: str = "int4"  # openvino backend: weight format of the export
+    ov_compute: str = "auto"  # openvino backend: auto or f32
     out: str = "bench-out"
     seed: int = 0
     report_only: bool = False
@@ -53,13 +55,17 @@ class BenchConfig:
             raise TokentreeError(f"--repeats must be >= 1, got {self.repeats}")
         if self.max_new_tokens < 1:
             raise TokentreeError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
+        if self.methods is None and self.backend == "openvino":  # no plain baseline of its own
+            self.methods = ["tt:none", "tt:pld", "tt:auto"]  # (benchmarks/engines.py compares
+            # it with llama.cpp's and OpenVINO GenAI's)
         if self.methods is None:
-            self.methods = [self.baseline, f"{self.baseline}-pld", "tt:none", "tt:pld"]
+            pld = "hf-pld" if self.baseline == "hf" else "llama-pld"
+            self.methods = [self.baseline, pld, "tt:none", "tt:pld"]
         for method in self.methods:
             parse_method(method)  # raises for an unknown method or a bad @budget
         self.sampling  # validates temperature and top_p
         baseline = self.baseline
-        if self.prompt_cache and baseline != "llama":
+        if self.prompt_cache and baseline != "llama":  # (llama-decode prefills every turn)
             raise TokentreeError(
                 "--prompt-cache needs --backend llamacpp: transformers' generate keeps no cache "
                 "between calls, so its baselines could not reuse one"
@@ -71,13 +77,15 @@ class BenchConfig:
 
     @property
     def baseline(self) -> str:
-        """Plain decoding of the backend under test: ``hf`` (transformers) or ``llama``
-        (llama-cpp-python)."""
-        return (
-            "llama"
-            if resolve_backend(self.backend, self.target, self.device) == "llamacpp"
-            else "hf"
-        )
+        """Plain decoding of the backend under test: ``hf`` (transformers), ``llama-decode``
+        (llama.cpp's own llama_decode + argmax per token) or, with ``prompt_cache``, ``llama``
+        (llama-cpp-python, which reuses a cached prefix as tokentree then does)."""
+        backend = resolve_backend(self.backend, self.target, self.device)
+        if backend == "openvino":
+            return "tt:none"  # its plain decoding is tokentree's loop without drafts
+        if backend != "llamacpp":
+            return "hf"
+        return "llama" if self.prompt_cache else "llama-decode"
 
     @property
     def sampling(self) -> SamplingParams:
@@ -166,6 +174,8 @@ def load_generator(config: BenchConfig, notes: list[str]) -> Generator:
         n_ctx=config.n_ctx,
         static_cache=config.static_cache,
         compile=config.compile,
+        ov_weights=config.ov_weights,
+        ov_compute=config.ov_compute,
     )
     if config.draft is not None or any(needs_draft(m) for m in config.methods):
         try:
@@ -195,6 +205,8 @@ RESUME_KEYS = (
     "prompt_cache",
     "static_cache",
     "compile",
+    "ov_weights",
+    "ov_compute",
 )
 
 

@@ -34,20 +34,28 @@ def require_stateful(drafter: Any) -> None:
         raise TokentreeError(f"drafter '{drafter.name}' keeps no state to save or load")
 
 
-def save_state(drafter: Any, path: str | Path, vocab: str) -> None:
-    """Write ``drafter``'s state to ``path`` atomically."""
+def state_document(drafter: Any, vocab: str) -> dict:
+    """What a state file holds: the header and ``drafter``'s state (fresh containers, so it can be
+    written by another thread while the drafter goes on learning)."""
     require_stateful(drafter)
-    path = Path(path)
-    document = {
+    return {
         "format": FORMAT,
         "version": VERSION,
         "drafter": drafter.name,
         "vocab": vocab,
         "state": drafter.state_dict(),
     }
-    write_atomically(
-        path, gzip.compress(json.dumps(document, separators=(",", ":")).encode(), mtime=0)
-    )
+
+
+def write_state(document: dict, path: str | Path) -> None:
+    """Write a :func:`state_document` to ``path`` atomically."""
+    data = json.dumps(document, separators=(",", ":")).encode()
+    write_atomically(Path(path), gzip.compress(data, mtime=0))
+
+
+def save_state(drafter: Any, path: str | Path, vocab: str) -> None:
+    """Write ``drafter``'s state to ``path`` atomically."""
+    write_state(state_document(drafter, vocab), path)
 
 
 def load_state(drafter: Any, path: str | Path, vocab: str, vocab_size: int) -> None:
@@ -75,7 +83,9 @@ def load_state(drafter: Any, path: str | Path, vocab: str, vocab_size: int) -> N
         raise TokentreeError(
             f"{path} was learned with another vocabulary (tokenizer); it cannot be reused here"
         )
+    if not isinstance(document.get("state"), dict):
+        raise TokentreeError(f"drafter state file {path} is malformed (its state is not an object)")
     try:
-        drafter.load_state_dict(document.get("state"), vocab_size)
-    except (ValueError, TypeError, KeyError) as exc:
+        drafter.load_state_dict(document["state"], vocab_size)
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
         raise TokentreeError(f"drafter state file {path} is malformed ({exc})") from exc

@@ -23,6 +23,7 @@ from .config import ServeConfig
 from .gate import Gate
 from .metrics import Metrics
 from .protocol import ChatRequest, CompletionRequest, GenerationRequest, error_body
+from .state_keeper import StateKeeper
 from .worker import SHUTTING_DOWN, Job, QueueFull, Result, ShuttingDown, Worker
 
 POLL_S = 0.25  # how often a waiting request checks its client and its deadlines
@@ -53,9 +54,16 @@ class APIError(Exception):
         )
 
 
-def create_app(generator: Generator, config: ServeConfig) -> FastAPI:
+def create_app(generator: Generator, config: ServeConfig, state_path: str | None = None) -> FastAPI:
+    """The OpenAI-compatible app; with ``state_path`` the default drafter's learned state is saved
+    there every ``config.save_every`` seconds and at shutdown."""
     model_name = config.served_model_name or default_model_name(generator.target.source)
     worker = Worker(generator, config.max_queue, config.max_batch)
+    keeper = (
+        None
+        if state_path is None
+        else StateKeeper(generator, worker, state_path, config.save_every)
+    )
     metrics = Metrics()
     context_limit = generator.target.context_limit or 1 << 30
     prompt_limit = min(context_limit, config.max_prompt_tokens or context_limit)
@@ -70,11 +78,15 @@ def create_app(generator: Generator, config: ServeConfig) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         worker.start()
+        if keeper is not None:
+            keeper.start()
         yield
         worker.stop()
+        if keeper is not None:
+            keeper.stop()  # the last save, once nothing learns any more
 
     app = FastAPI(title="tokentree", lifespan=lifespan)
-    app.state.worker, app.state.metrics = worker, metrics
+    app.state.worker, app.state.metrics, app.state.keeper = worker, metrics, keeper
     install_error_handlers(app)
 
     @app.api_route("/health", methods=["GET", "HEAD"])
@@ -150,6 +162,13 @@ def create_app(generator: Generator, config: ServeConfig) -> FastAPI:
         if choices > 1 and config.max_batch < 2:
             raise APIError(
                 400, "n > 1 needs a server started with --max-batch 2 or more", param="n"
+            )
+        if choices > config.max_queue:  # it could never be queued: a 429 would be retried forever
+            raise APIError(
+                400,
+                f"n = {choices} can never be served: this server queues at most "
+                f"{config.max_queue} requests (--max-queue)",
+                param="n",
             )
         jobs = make_jobs(body, ids, param, choices)
         try:
@@ -238,7 +257,7 @@ def create_app(generator: Generator, config: ServeConfig) -> FastAPI:
                 param="tokentree.drafter",
             )
         room = context_limit - len(ids)
-        max_new = body.token_limit or min(config.default_max_tokens, room)
+        max_new = body.token_limit or min(config.default_max_tokens, new_token_limit, room)
         if max_new > room or room < 1:
             raise APIError(
                 400,
@@ -343,6 +362,7 @@ def create_app(generator: Generator, config: ServeConfig) -> FastAPI:
         routes=routes,
         api_key=config.resolved_api_key(),
         max_body_bytes=config.max_body_bytes,
+        read_timeout=config.read_timeout,
     )
     return app
 

@@ -31,6 +31,10 @@ class ServeConfig:
     max_tokens_limit: int = 0  # requests asking more new tokens get 400; 0 = the model's context
     max_stops: int = 16  # stop strings per request
     max_stop_length: int = 256  # characters per stop string
+    save_every: float = 60.0  # seconds between saves of --drafter-state (0: only at shutdown)
+    read_timeout: float = 10.0  # seconds a client may take for its request headers, for each
+    # part of its body, and an idle keep-alive connection may stay open
+    max_connections: int = 256  # open connections at most; more are answered 503
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -43,12 +47,14 @@ class ServeConfig:
             "max_body_bytes",
             "max_stops",
             "max_stop_length",
+            "read_timeout",
+            "max_connections",
         ):
             if getattr(self, name) <= 0:
                 raise TokentreeError(
                     f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}"
                 )
-        for name in ("max_prompt_tokens", "max_tokens_limit", "shutdown_grace"):
+        for name in ("max_prompt_tokens", "max_tokens_limit", "shutdown_grace", "save_every"):
             if getattr(self, name) < 0:
                 raise TokentreeError(
                     f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}"

@@ -10,6 +10,7 @@ raw path, so random paths cannot grow the metrics.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 from typing import Awaitable, Callable
@@ -62,6 +63,16 @@ async def send_json(
     await send({"type": "http.response.body", "body": payload})
 
 
+class BodyTooSlow(HTTPException):
+    """Raised from ``receive`` when the next part of a body does not arrive in time (a slow or
+    stalled client must not hold a connection and a request slot)."""
+
+    def __init__(self, seconds: float):
+        super().__init__(
+            408, f"the request body did not arrive within {seconds:g} s (--read-timeout)"
+        )
+
+
 class Gate:
     def __init__(
         self,
@@ -70,9 +81,11 @@ class Gate:
         routes: frozenset[str],
         api_key: str | None,
         max_body_bytes: int,
+        read_timeout: float = 10.0,
     ):
         self.app, self.metrics, self.routes = app, metrics, routes
         self.api_key, self.max_body_bytes = api_key, max_body_bytes
+        self.read_timeout = read_timeout
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -123,13 +136,21 @@ class Gate:
         return None
 
     def _limited(self, receive):
-        received = 0
+        """``receive`` with the body's size limit, and the read timeout for each part of the body
+        until its last (later calls wait for a disconnect, as long as a response streams)."""
+        received, complete = 0, False
 
         async def limited_receive() -> dict:
-            nonlocal received
-            message = await receive()
+            nonlocal received, complete
+            if complete:
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.read_timeout)
+            except asyncio.TimeoutError:
+                raise BodyTooSlow(self.read_timeout) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                complete = not message.get("more_body", False)
                 if received > self.max_body_bytes:
                     raise BodyTooLarge(self.max_body_bytes)
             return message

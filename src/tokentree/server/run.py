@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import logging
+import signal
 import socket
+from urllib.parse import parse_qsl, urlencode
 
 from ..api import Generator
 from ..errors import TokentreeError
 from .config import ServeConfig
 
 SHUTDOWN_MARGIN = 0.5  # seconds of the grace period kept for the last events of ended requests
+SECRET_QUERY_KEYS = frozenset({"api_key", "api-key", "key", "token", "access_token"})
 
 
-def build_server(generator: Generator, config: ServeConfig):
-    """A uvicorn Server for the app (call ``.run(sockets=...)`` or ``.run()``)."""
+def build_server(generator: Generator, config: ServeConfig, state_path: str | None = None):
+    """A uvicorn Server for the app (call ``.run(sockets=...)`` or ``.run()``); ``state_path``:
+    where the drafter's learned state is kept (see :mod:`tokentree.server.state_keeper`)."""
     import uvicorn
 
     from .app import create_app
@@ -26,8 +31,9 @@ def build_server(generator: Generator, config: ServeConfig):
             worker.begin_shutdown(max(0.0, config.shutdown_grace - SHUTDOWN_MARGIN))
             await super().shutdown(sockets)
 
-    app = create_app(generator, config)
+    app = create_app(generator, config, state_path)
     worker = app.state.worker
+    logging.getLogger("uvicorn.access").addFilter(redact_query_secrets)
     return Server(
         uvicorn.Config(
             app,
@@ -35,12 +41,53 @@ def build_server(generator: Generator, config: ServeConfig):
             port=config.port,
             log_level="info",
             timeout_graceful_shutdown=config.shutdown_grace,
+            timeout_keep_alive=config.read_timeout,
+            limit_concurrency=config.max_connections,
+            http=header_timeout_protocol(),
         )
     )
 
 
-def serve(generator: Generator, config: ServeConfig) -> None:
-    """Serve until interrupted (Ctrl-C / SIGTERM finish or abort in-flight requests, then exit)."""
+def header_timeout_protocol():
+    """uvicorn's h11 protocol, also closing a connection whose request headers have not all
+    arrived ``timeout_keep_alive`` seconds after it opened (uvicorn arms that timer only after a
+    response, so a client trickling its first request's headers would hold the connection
+    forever); the timer stops when the headers are complete, as uvicorn's own does."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderTimeoutProtocol(H11Protocol):
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
+
+    return HeaderTimeoutProtocol
+
+
+def redact_query_secrets(record: logging.LogRecord) -> bool:
+    """An access-log filter: values of secret-looking query parameters (a key sent as
+    ``?api_key=``) never reach the log."""
+    args = record.args
+    if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str) and "?" in args[2]:
+        path, _, query = args[2].partition("?")
+        pairs = [
+            (k, "REDACTED" if k.lower() in SECRET_QUERY_KEYS else v)
+            for k, v in parse_qsl(query, keep_blank_values=True)
+        ]
+        record.args = (*args[:2], f"{path}?{urlencode(pairs)}", *args[3:])
+    return True
+
+
+def exit_cleanly(signum: int, frame) -> None:
+    """What SIGINT and SIGTERM do once uvicorn has shut down gracefully (it raises the signal
+    again after): exit with status 0, the state already saved."""
+    raise SystemExit(0)
+
+
+def serve(generator: Generator, config: ServeConfig, state_path: str | None = None) -> None:
+    """Serve until SIGINT or SIGTERM: in-flight requests finish or are answered within the grace
+    period, the drafter state is saved, and the process exits with status 0."""
     try:
         with socket.create_server((config.host, config.port)):
             pass
@@ -48,4 +95,6 @@ def serve(generator: Generator, config: ServeConfig) -> None:
         raise TokentreeError(
             f"cannot listen on {config.host}:{config.port}: {exc.strerror}"
         ) from None
-    build_server(generator, config).run()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, exit_cleanly)
+    build_server(generator, config, state_path).run()

@@ -8,8 +8,9 @@ import collections
 import logging
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from ..api import BatchSession, GenerationStream, Generator
 from ..errors import TokentreeError
@@ -85,6 +86,7 @@ class Worker:
         # monotonic time by which a shutdown ends the running job
         self.deadline: float | None = None
         self._waiting: collections.deque[Job] = collections.deque()
+        self._chores: collections.deque[tuple[Callable[[], Any], Future]] = collections.deque()
         self._ready = threading.Condition()
         self._thread = threading.Thread(target=self._serve, name="tokentree-worker", daemon=True)
 
@@ -124,6 +126,29 @@ class Worker:
             self._waiting.extend(jobs)
             self._ready.notify()
 
+    def between_steps(self, chore: Callable[[], Any]) -> Future:
+        """Run ``chore`` on the worker thread between two steps (no generation is mid-forward, so
+        the drafters' state holds still); its result comes back through the future."""
+        future: Future = Future()
+        with self._ready:
+            if self.stopping:
+                raise ShuttingDown()
+            self._chores.append((chore, future))
+            self._ready.notify()
+        return future
+
+    def _run_chores(self) -> None:
+        while True:
+            with self._ready:
+                if not self._chores:
+                    return
+                chore, future = self._chores.popleft()
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(chore())
+                except Exception as exc:  # noqa: BLE001 - handed to whoever asked
+                    future.set_exception(exc)
+
     def begin_shutdown(self, grace: float) -> None:
         """Refuse new jobs, answer the queued ones 503 now, give the running one ``grace``
         seconds."""
@@ -131,7 +156,10 @@ class Worker:
             self.stopping = True
             self.deadline = time.monotonic() + grace
             queued, self._waiting = list(self._waiting), collections.deque()
+            chores, self._chores = list(self._chores), collections.deque()
             self._ready.notify()
+        for _, future in chores:
+            future.cancel()
         for job in queued:
             job.cancel()
             job.post("error", SHUTTING_DOWN)
@@ -146,10 +174,13 @@ class Worker:
 
     def _next(self) -> Job | None:
         """The next live job, waiting for one; None once shutting down."""
-        with self._ready:
-            while True:
+        while True:
+            self._run_chores()
+            with self._ready:
                 if self.stopping:
                     return None
+                if self._chores:
+                    continue
                 if self._live_waiting():
                     self.running = self._waiting.popleft()
                     return self.running
@@ -174,6 +205,7 @@ class Worker:
                 stream.cancelled = True
             for piece in stream:
                 job.post("text", piece)
+                self._run_chores()  # between steps: a state snapshot does not wait for the end
             job.post(
                 "done",
                 Result(
@@ -191,6 +223,7 @@ class Worker:
     def _serve_batches(self) -> None:
         session = self.session
         while True:
+            self._run_chores()
             while (job := self._admit(session)) is not None:
                 self._start(session, job)
             for slot, job in list(self.batched.items()):
@@ -224,7 +257,12 @@ class Worker:
         """The next live job to start now, if a slot is free and its cells fit beside the running
         sequences; waits for one while nothing runs. None once shutting down."""
         with self._ready:
-            while not self.stopping and not session.busy and not self._live_waiting():
+            while (
+                not self.stopping
+                and not session.busy
+                and not self._live_waiting()
+                and not self._chores
+            ):
                 self._ready.wait()
             if self.stopping or not session.free_slots or not self._live_waiting():
                 return None
