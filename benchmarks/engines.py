@@ -46,6 +46,14 @@ BASELINE = "llama.cpp"
 GENAI_MODES = ("plain", "pld", "draft")
 
 
+def machine() -> str:
+    """The CPU's model name (platform.processor() is empty on Linux)."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.partition(":")[2].strip()
+    return platform.machine()
+
+
 def commit() -> str:
     out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     return out.stdout.strip()
@@ -151,7 +159,7 @@ def report(out: Path, records, curves, methods, args) -> None:
     lines = [
         f"# CPU engines: tokentree vs llama.cpp's own decoding (commit {commit()})",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
+        f"Machine: {machine()}, {torch.get_num_threads()} "
         f"threads; {args.max_new_tokens} new tokens, greedy, runs {args.runs}; prompts "
         f"{args.prompts}. Ratio: tokens/s over llama.cpp's plain decoding of the same prompt in "
         "the same run; per category the median over prompts and runs, [min - max] in brackets.",
@@ -196,7 +204,7 @@ def report(out: Path, records, curves, methods, args) -> None:
     (out / "results.md").write_text("\n".join(lines) + "\n")
     run = dict(commit=commit(), command="python benchmarks/engines.py " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
-    ), machine=platform.processor(), date=time.strftime("%Y-%m-%d"))  # fmt: skip
+    ), machine=machine(), date=time.strftime("%Y-%m-%d"))  # fmt: skip
     (out / "run.json").write_text(json.dumps(run, indent=1) + "\n")
     print("\n".join(lines))
 

@@ -49,18 +49,43 @@ def build_server(generator: Generator, config: ServeConfig, state_path: str | No
 
 
 def header_timeout_protocol():
-    """uvicorn's h11 protocol, also closing a connection whose request headers have not all
-    arrived ``timeout_keep_alive`` seconds after it opened (uvicorn arms that timer only after a
-    response, so a client trickling its first request's headers would hold the connection
-    forever); the timer stops when the headers are complete, as uvicorn's own does."""
+    """uvicorn's h11 protocol, also closing a connection whose next request headers have not all
+    arrived ``timeout_keep_alive`` seconds after it opened or after its last response (uvicorn's
+    own keep-alive timer stops at the first byte, so a client trickling headers would hold the
+    connection forever)."""
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     class HeaderTimeoutProtocol(H11Protocol):
+        header_timer = None
+
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
-            self.timeout_keep_alive_task = self.loop.call_later(
+            self._arm_header_timer()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm_header_timer()
+
+        def handle_events(self) -> None:
+            cycle = self.cycle
+            super().handle_events()
+            if self.cycle is not None and self.cycle is not cycle:  # a request's headers are in
+                self._cancel_header_timer()
+
+        def connection_lost(self, exc) -> None:
+            self._cancel_header_timer()
+            super().connection_lost(exc)
+
+        def _arm_header_timer(self) -> None:
+            self._cancel_header_timer()
+            self.header_timer = self.loop.call_later(
                 self.timeout_keep_alive, self.timeout_keep_alive_handler
             )
+
+        def _cancel_header_timer(self) -> None:
+            if self.header_timer is not None:
+                self.header_timer.cancel()
+                self.header_timer = None
 
     return HeaderTimeoutProtocol
 
