@@ -113,6 +113,9 @@ def main() -> None:
                             base.target.model, ids[prompt.id], args.max_new_tokens
                         )
                         tau = None
+                    elif name.startswith("genai"):
+                        tokens = generators[name].generate(ids[prompt.id], args.max_new_tokens)
+                        tau = None
                     else:
                         result = generators[name].generate(
                             ids[prompt.id], max_new_tokens=args.max_new_tokens

@@ -153,6 +153,31 @@ def test_oracle_drafter_partial_full_and_zero_acceptance(exported):
     assert all(count > 0 for count in outcomes.values()), outcomes
 
 
+def test_qwen3_tree_logits_equal_per_path_logits(tmp_path):
+    from conftest import tiny_config
+    from transformers import AutoModelForCausalLM, Qwen3Config
+
+    common = tiny_config("qwen2").to_dict()
+    config = Qwen3Config(**{k: common[k] for k in QWEN3_KEYS}, head_dim=8)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    model.save_pretrained(tmp_path / "q3")
+    tiny_tokenizer().save_pretrained(tmp_path / "q3")
+    export_dir = cached_export(tmp_path / "q3", ExportOptions("f32"), tmp_path / "cache", "q3")
+    backend = backend_for(export_dir)
+    backend.prefill([4, 8, 15, 16])
+    tree = TokenTree((23, 42, 7, 9), (-1, 0, 0, 2))
+    expected = path_logits(model, [4, 8, 15, 16], tree)
+    torch.testing.assert_close(backend.verify(tree), expected, atol=2e-5, rtol=1e-4)
+
+
+QWEN3_KEYS = (
+    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+    "num_key_value_heads", "max_position_embeddings", "bos_token_id", "eos_token_id",
+    "pad_token_id",
+)  # fmt: skip
+
+
 def test_unsupported_family_is_refused_by_name(tmp_path):
     source = tmp_path / "gemma"
     tiny_model("gemma3").save_pretrained(source)

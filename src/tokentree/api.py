@@ -15,6 +15,7 @@ from .backends import make_backend, make_batch_target
 from .backends.base import StaticConfig, bucket
 from .backends.llamacpp import LLAMA_CPP_PIN, LlamaCppConfig
 from .backends.openvino import OpenVINOConfig
+from .chat import chat_ids
 from .drafters import DRAFTERS, Drafter, drafter_config, make_drafter
 from .drafters.base import resolve_budget
 from .drafters.state import load_state, require_stateful, save_state, vocab_signature
@@ -199,8 +200,11 @@ class Generator:
         """Save the default drafter's learned state to ``path`` (atomically)."""
         save_state(self.drafter, path, self.vocab_signature)
 
-    def encode(self, prompt: Prompt, chat: bool | None = None) -> list[int]:
-        """Token ids for a prompt: a string, chat messages ([{"role", "content"}]) or token ids."""
+    def encode(
+        self, prompt: Prompt, chat: bool | None = None, special_in_content: bool = False
+    ) -> list[int]:
+        """Token ids for a prompt: a string, chat messages ([{"role", "content"}]) or token ids.
+        Control tokens typed inside chat messages are text unless ``special_in_content``."""
         has_template = getattr(self.tokenizer, "chat_template", None) is not None
         if isinstance(prompt, str):
             if chat and not has_template:
@@ -216,10 +220,7 @@ class Generator:
                 raise TokentreeError(
                     "chat messages need a chat template, and the target's tokenizer has none"
                 )
-            text = self.tokenizer.apply_chat_template(
-                prompt, add_generation_prompt=True, tokenize=False
-            )
-            return list(self.tokenizer(text, add_special_tokens=False).input_ids)
+            return chat_ids(self.tokenizer, prompt, special_in_content)
         if all(isinstance(t, int) and 0 <= t < self.backend.vocab_size for t in prompt):
             return prompt
         raise TokentreeError(

@@ -52,7 +52,7 @@ def _config_flags(parser: argparse.ArgumentParser, config_cls: type) -> None:
         kind = next((a for a in typing.get_args(kind) if a is not type(None)), kind)
         parser.add_argument(
             f"--{field.name.replace('_', '-')}",
-            type=kind,
+            type=_boolean if kind is bool else kind,
             default=field.default,
             help=f"default {field.default}",
         )

@@ -118,7 +118,8 @@ def create_app(generator: Generator, config: ServeConfig, state_path: str | None
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request):
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-        ids = await encode(lambda: generator.encode(messages, chat=True), "messages")
+        special = config.allow_special_in_content
+        ids = await encode(lambda: generator.encode(messages, True, special), "messages")
         return await generate(request, body, ids, "messages", chat=True)
 
     @app.post("/v1/completions")

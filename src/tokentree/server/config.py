@@ -35,6 +35,8 @@ class ServeConfig:
     read_timeout: float = 10.0  # seconds a client may take for its request headers, for each
     # part of its body, and an idle keep-alive connection may stay open
     max_connections: int = 256  # open connections at most; more are answered 503
+    # control tokens typed inside chat messages (<|im_start|>) are text unless this is set
+    allow_special_in_content: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
