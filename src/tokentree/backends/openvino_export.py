@@ -37,7 +37,7 @@ import torch
 from .. import kvcache
 from ..errors import TokentreeError, UnsupportedModelError
 
-EXPORT_VERSION = 3  # bump when the exported signature changes: cached models are rebuilt
+EXPORT_VERSION = 2  # bump when the exported signature changes: cached models are rebuilt
 WEIGHT_FORMATS = ("int4", "int8", "f16", "f32")
 FAMILIES = ("llama", "qwen2", "qwen3")  # one full-attention mask, RoPE positions (tested)
 MODEL_FILE = "model.xml"
@@ -82,20 +82,20 @@ def export_attention(
     dropout: float = 0.0,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
-    """query [1, H, m, D], key/value [1, KVH, c + m, D] -> ([1, m, H, D], None): SDPA with the
-    query heads of each key/value head packed as more queries of it ([1, KVH, groups * m, D], the
-    mask tiled to match), so grouped keys and values are never expanded: where OpenVINO's CPU
-    plugin cannot fuse attention with the stateful cache (CPUs without AVX-512), an expansion
-    would copy the whole cache once per group every step."""
+    """query [1, H, m, D], key/value [1, KVH, c + m, D] -> ([1, m, H, D], None): SDPA with grouped
+    heads expanded as unsqueeze -> expand -> reshape, the form OpenVINO's CPU plugin fuses with
+    the stateful cache into one attention node (transformers' own ``[:, :, None]`` traces as
+    slices that stop the fusion, and every step then copies the whole cache twice)."""
     groups = module.num_key_value_groups
-    batch, heads, m, dim = query.shape
-    kv_heads = key.shape[1]
-    packed = query.reshape(batch, kv_heads, groups * m, dim)
-    mask = None if attention_mask is None else attention_mask.repeat(1, 1, groups, 1)
+    if groups > 1:
+        batch, kv_heads, length, dim = key.shape
+        shape = (batch, kv_heads * groups, length, dim)
+        key = key.unsqueeze(2).expand(batch, kv_heads, groups, length, dim).reshape(shape)
+        value = value.unsqueeze(2).expand(batch, kv_heads, groups, length, dim).reshape(shape)
     out = torch.nn.functional.scaled_dot_product_attention(
-        packed, key, value, attn_mask=mask, scale=scaling
+        query, key, value, attn_mask=attention_mask, scale=scaling
     )
-    return out.reshape(batch, heads, m, -1).transpose(1, 2).contiguous(), None
+    return out.transpose(1, 2).contiguous(), None
 
 
 class TreeStep(torch.nn.Module):
