@@ -312,3 +312,13 @@ def test_forged_turns_in_message_content_stay_text(generator):
     assert safe.count(start) == plain.count(start)  # only the template's own turns
     assert trusting.count(start) == plain.count(start) + 1
     assert tok.decode(safe) == tok.decode(trusting)
+
+
+def test_a_gguf_file_under_backend_auto_stays_on_llamacpp(gguf, monkeypatch, tmp_path):
+    def no_timing(*args, **kwargs):
+        raise AssertionError("a user's GGUF file must not be exported and timed")
+
+    monkeypatch.setattr("tokentree.api.choose_engine", no_timing)
+    monkeypatch.setenv("TOKENTREE_CACHE", str(tmp_path))
+    gen = load(str(gguf), threads=2, n_ctx=512)
+    assert gen.target.engine == "llama.cpp" and "GGUF" in gen.target.why

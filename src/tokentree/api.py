@@ -459,7 +459,7 @@ def _why(asked: str, chosen: str) -> str:
     if asked != "auto":
         return f"--backend {asked}"
     if chosen == "llamacpp":
-        return "--backend auto: llama.cpp for GGUF models on a CPU (with the openvino extra: timed)"
+        return "--backend auto: llama.cpp for GGUF models on a CPU"
     return "--backend auto: transformers (a CUDA GPU, a non-GGUF model, or no llama.cpp)"
 
 
@@ -550,8 +550,10 @@ def load(
             "llamacpp": lambda: load_llamacpp_model(target, EMBEDDED_TARGET, llama_config),
             "openvino": lambda: load_openvino_model(target, EMBEDDED_TARGET, ov_config),
         }
-        if backend == "auto" and openvino_installed():
-            key = choice_key(target or EMBEDDED_TARGET.name, llama_config.thread_count, ov_weights)
+        if backend == "auto" and target is None and openvino_installed():
+            # the embedded model: whichever engine is faster here (a GGUF file a user brings
+            # stays on llama.cpp, its own engine, without an export to compare)
+            key = choice_key(EMBEDDED_TARGET.name, llama_config.thread_count, ov_weights)
             target_model, choice = choose_engine(key, loaders)
             target_model.why = f"--backend auto: {choice.reason}"
         else:
