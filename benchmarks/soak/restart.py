@@ -63,7 +63,7 @@ def repeated_tau(url: str) -> float:
         reply = httpx.post(
             url + "/v1/chat/completions", json=body | {"temperature": 0}, timeout=300
         )
-        taus.append(reply.json()["tokentree"]["tau"])
+        taus.append(reply.json()["tokentree"]["tokens_per_step"])
     return round(statistics.mean(taus), 2)
 
 
