@@ -433,9 +433,9 @@ class SlowTokenizing(Generator):
 
     delay = 1.5
 
-    def encode(self, prompt, chat=None):
+    def encode(self, prompt, chat=None, special_in_content=False):
         time.sleep(self.delay)
-        return super().encode(prompt, chat)
+        return super().encode(prompt, chat, special_in_content)
 
 
 def test_tokenizing_a_long_prompt_does_not_hold_up_other_clients():
