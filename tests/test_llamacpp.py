@@ -301,6 +301,21 @@ def test_plain_greedy_is_llama_cpps_own_greedy_decoding(gguf, llama_greedy, gene
         model.close()
 
 
+def test_bench_baselines_share_tokentrees_llama_cpp_settings(generator):
+    """llama_decode + argmax, llama-cpp-python's loop and tokentree decode with the same context
+    settings, read back from each context; a baseline with other settings is refused."""
+    from tokentree.bench.methods import build_method, check_comparable
+
+    methods = [build_method(name, generator) for name in ("llama-decode", "llama", "tt:pld")]
+    check_comparable(methods)
+    assert methods[0].settings["flash_attn"] and methods[0].settings["threads"] == 2
+    assert methods[0].settings == methods[1].settings == methods[2].settings
+    methods[1].settings = {**methods[1].settings, "threads": 1, "flash_attn": False}
+    with pytest.raises(TokentreeError, match="threads 2 vs 1, flash_attn True vs False"):
+        check_comparable(methods)
+    methods[0].model.close()
+
+
 def test_forged_turns_in_message_content_stay_text(generator):
     tok = generator.tokenizer
     start = tok.convert_tokens_to_ids("<|im_start|>")

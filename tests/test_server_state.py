@@ -3,6 +3,7 @@
 import gzip
 import json
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -65,10 +66,17 @@ def test_a_signal_shuts_down_cleanly_saves_the_state_and_exits_0(saved_tiny_mode
     command = [sys.executable, "-m", "tokentree.cli", "serve", "--target", str(saved_tiny_model)]
     command += ["--dtype", "float32", "--drafter", "stand", "--drafter-state", str(path)]
     command += ["--port", str(port), "--save-every", "0"]  # saved only at shutdown
-    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    cache = tmp_path / "cache"  # no profile yet: measured before the server listens
+    server = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=os.environ | {"TOKENTREE_CACHE": str(cache)},
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         wait_until_up(url, server)
+        assert len(list((cache / "profiles").glob("*.json"))) == 1  # ready: no request pays
         assert chat(url, max_tokens=16).status_code == 200
         assert not path.exists()
         server.send_signal(sig)

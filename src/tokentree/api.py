@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -156,20 +157,17 @@ class Generator:
             key = profile_key(self.target.source, precision, self.target.device_name)
             profile = None if refresh else load_profile(key)
             if profile is None:
-                if progress is None:
-                    print(
-                        f"tokentree: measuring {self.target.source}'s verify cost t(n) once "
-                        f"(cached in {profile_path(key).parent})",
-                        file=sys.stderr,
-                    )
                 sizes, context = PROFILE_SIZES, PROFILE_CONTEXT
                 if self.static is not None:
                     sizes, context, longer = self.static.fit_profile(
                         sizes, context, longer, LONG_PROFILE_SIZES
                     )
-                profile = measure_profile(
-                    self.backend, sizes, context, key=key, progress=progress, longer=longer
-                )
+                with _profile_bar(
+                    progress, len(sizes) + len(longer) * len(LONG_PROFILE_SIZES), key
+                ) as tick:
+                    profile = measure_profile(
+                        self.backend, sizes, context, key=key, progress=tick, longer=longer
+                    )
                 if self.static is not None:
                     profile = padded_profile(profile, bucket)
                 save_profile(profile)
@@ -576,6 +574,23 @@ def load(
     if drafter_state is not None and Path(drafter_state).exists():
         generator.load_drafter_state(drafter_state)
     return generator
+
+
+@contextmanager
+def _profile_bar(progress, total: int, key: str):
+    """The callback measuring a profile reports to: ``progress`` when given, else a progress bar
+    on stderr that says once what is measured and where it is kept."""
+    if progress is not None:
+        yield progress
+        return
+    from tqdm import tqdm
+
+    print(
+        f"tokentree: measuring the verify cost t(n) once (cached in {profile_path(key).parent})",
+        file=sys.stderr,
+    )
+    with tqdm(total=total, unit="size", desc="verify profile", file=sys.stderr) as bar:
+        yield lambda n, context, seconds: bar.update(1)
 
 
 def draft_source(draft: LoadedModel | None, static: StaticConfig | None) -> Any:

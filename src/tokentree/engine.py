@@ -157,6 +157,7 @@ class SequenceRun:
     done: bool = False
     _draft: Draft | None = None
     _draft_s: float = 0.0
+    _step_started: float = 0.0  # when this step's drafting began (the ledger's wall time)
 
     @property
     def remaining(self) -> int:
@@ -164,7 +165,7 @@ class SequenceRun:
 
     def draft(self) -> Draft:
         """This step's draft (planned when the budget is "auto"), capped to the backend's leaves."""
-        t0 = time.perf_counter()
+        t0 = self._step_started = time.perf_counter()
         if self.planner is None:
             draft = self._drafted(min(self.budget, self.remaining - 1))
         else:
@@ -176,7 +177,7 @@ class SequenceRun:
     def candidate(self) -> Draft:
         """The candidate draft of this step (its planner's candidate size), sized together with
         other sequences' by the caller and then cut by :meth:`take`; needs a planner."""
-        t0 = time.perf_counter()
+        t0 = self._step_started = time.perf_counter()
         self.planner.at(len(self.context))
         draft = self._drafted(min(self.planner.candidate_size(), self.remaining - 1))
         self._draft_s = time.perf_counter() - t0
@@ -212,10 +213,15 @@ class SequenceRun:
         self.backend.commit(acceptance.nodes)
         verify_s += time.perf_counter() - t1
         self.drafter.observe(tree, logits, acceptance)
-        if self.planner is not None:  # the first verify also forwarded the prompt's tail; a batch's
-            timed = self.own_forward and self.stats.steps  # forward times all its sequences' trees
+        # the first verify also forwarded the prompt's tail; a batch's forward times all its
+        # sequences' trees
+        timed = self.planner is not None and self.own_forward and self.stats.steps > 0
+        if self.planner is not None:
             self.planner.observe(tree, acceptance, self._draft_s, verify_s if timed else None)
         new = _until_eos(acceptance.new_tokens(tree)[: self.remaining], self.engine.eos_ids)
+        if timed:
+            self.planner.account(len(new), time.perf_counter() - self._step_started, len(tree))
+            self.stats.estimated_speedup = self.planner.ledger.speedup
         self.context.extend(new)
         self.stats.record_step(
             len(tree) - 1, acceptance.accepted, len(new), self._draft_s, verify_s

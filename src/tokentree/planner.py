@@ -29,6 +29,7 @@ import torch
 from .backends.base import Backend
 from .errors import TokentreeError
 from .files import write_atomically
+from .ledger import RequestLedger
 from .models import cache_dir
 from .sampling import Acceptance
 from .tree import TokenTree
@@ -335,7 +336,13 @@ class RequestTilt:
 
     @property
     def factor(self) -> float:
-        return (self.hits + self.strength) / (self.expected + self.strength)
+        return self.factor_toward(1.0)
+
+    def factor_toward(self, prior: float) -> float:
+        """The tilt with its pseudo-hits at ratio ``prior`` instead of 1: deeper levels, which
+        plain steps never judge, start from this request's first-level tilt (see
+        :meth:`Planner.estimates`)."""
+        return (self.hits + self.strength * prior) / (self.expected + self.strength)
 
     def observe(self, hits: float, expected: float) -> None:
         """One step's evidence; a step without trials (plain decoding) changes nothing."""
@@ -356,6 +363,8 @@ class PlannerConfig:
             raise TokentreeError(f"planner max_nodes must be in [1, 512], got {self.max_nodes}")
 
 
+HYSTERESIS = 0.05  # tokens: a step switches between drafting and plain decoding only on this lead
+GUARD_PROBE_EVERY = 24  # a guarded request probes at most once in this many steps ...
 PROBE_NODES = 4  # the most nodes a probe verifies ...
 PROBE_COST = 1.5  # ... and at most this many one-token steps' time (at least one node)
 PLAIN_CANDIDATE = 8  # candidate nodes asked for while the planner decodes plainly
@@ -470,6 +479,9 @@ class Planner:
         self._shadow: TokenTree | None = None
         self._chosen = self.config.max_nodes  # the last step's choice (see candidate_size)
         self._fresh = False  # begin_request: a request whose first tree is still to be judged
+        self.ledger = RequestLedger()  # this request against plain decoding (the guarantee)
+        self._guarded_steps = 0  # plain steps since the guard's last probe
+        self._shadow_hit = False  # the last plain step's shadow would have accepted a node
 
     def begin_request(self) -> None:
         """A new request: forget the previous request's tilts; probe soon."""
@@ -477,6 +489,8 @@ class Planner:
         self.probe = ProbeSchedule()
         self._chosen = self.config.max_nodes
         self._fresh = True  # no step of this request has judged a drafted node yet
+        self.ledger = RequestLedger()
+        self._guarded_steps, self._shadow_hit = 0, False
 
     def fork(self) -> Planner:
         """A planner for a sequence decoded beside this one's (a batch): its own request evidence
@@ -517,8 +531,15 @@ class Planner:
         )
 
     def estimates(self, tree: TokenTree) -> list[float]:
-        """[n] acceptance estimates for this request: the shared calibration times its tilts."""
-        return self.calibrator.estimate(tree, [tilt.factor for tilt in self.tilts])
+        """[n] acceptance estimates for this request: the shared calibration times its tilts.
+
+        The request's own evidence weighs more than what other requests taught: the first level's
+        tilt learns from every step (plain steps judge their shadow at no cost), and deeper levels
+        start from it rather than from the shared calibration alone, so a request whose drafts
+        hit at depth one is trusted deeper too until its deeper nodes are judged."""
+        shallow = self.tilts[0].factor
+        deeper = [tilt.factor_toward(shallow) for tilt in self.tilts[1:]]
+        return self.calibrator.estimate(tree, [shallow, *deeper])
 
     def step_value(self, estimates: Sequence[float], n: int) -> float:
         """Expected new tokens with the ``n`` best of ``estimates`` (sorted, descending) minus the
@@ -526,17 +547,24 @@ class Planner:
         return 1 + sum(estimates[:n]) - self.rate * self.seconds(n + 1)
 
     def choose(self, tree: TokenTree) -> int:
-        """How many of ``tree``'s drafted nodes to verify (0 = plain decoding)."""
+        """How many of ``tree``'s drafted nodes to verify (0 = plain decoding).
+
+        The best size by :meth:`step_value`, with hysteresis: after a drafted step a tree is
+        verified while it beats a plain step, but after a plain step only once it beats it by
+        HYSTERESIS expected tokens, so values that hover at the edge (one noisy timing) do not
+        flip the choice back and forth."""
         ranked = sorted(self.estimates(tree)[1:], reverse=True)
         rate = self.rate
-        best_n, best_value = 0, 1 - rate * self.seconds(1)
+        plain_value = 1 - rate * self.seconds(1)
+        best_n, best_value = 0, -math.inf
         gained = 0.0
         for n in range(1, len(ranked) + 1):
             gained += ranked[n - 1]
             value = 1 + gained - rate * self.seconds(n + 1)
             if value > best_value:
                 best_n, best_value = n, value
-        return self.settle_choice(tree, best_n)
+        lead = 0.0 if self._chosen else HYSTERESIS
+        return self.settle_choice(tree, best_n if best_value > plain_value + lead else 0)
 
     def settle_choice(self, tree: TokenTree, n: int) -> int:
         """The size to verify of candidate ``tree`` when the cost rule chose ``n`` (here, or for a
@@ -547,13 +575,26 @@ class Planner:
         self._shadow = None
         n = self.first_tree_cap(n)
         drafted = len(tree) - 1
+        if self.ledger.guarded:
+            n = min(drafted, self.probe_size()) if self._guard_probe_due(drafted) else 0
+        elif n == 0 and drafted and self.probe.due():
+            n = min(drafted, self.probe_size())  # a small tree now and then: deeper evidence
         if n == 0 and drafted:
-            if self.probe.due():
-                n = min(drafted, self.probe_size())  # a small tree now and then: deeper evidence
-            else:
-                self._shadow = tree.subset(tree.children[0])
+            self._shadow = tree.subset(tree.children[0])
         self._chosen = n
         return n
+
+    def _guard_probe_due(self, drafted: int) -> bool:
+        """Whether a guarded request (see :class:`RequestLedger`) probes now: once GUARD_PROBE_EVERY
+        plain steps have passed and the last plain step's shadow would have accepted a node, so a
+        probe that cannot win its first node is never paid for. A probe costs at most PROBE_COST
+        steps, so probes cost a guarded request under PROBE_COST / GUARD_PROBE_EVERY (2%) of its
+        time even when none pays."""
+        self._guarded_steps += 1
+        if not (drafted and self._shadow_hit and self._guarded_steps >= GUARD_PROBE_EVERY):
+            return False
+        self._guarded_steps = 0
+        return True
 
     def first_tree_cap(self, n: int) -> int:
         """``n``, at most probe-sized while no tree of this request has been judged: what earlier
@@ -584,6 +625,7 @@ class Planner:
         )  # what calibrates: the verified tree, or a plain step's shadow
         if len(tree) == 1 and self._shadow is not None and self._shadow.tokens[0] == tree.tokens[0]:
             judged, verdict = self._shadow, shadow_acceptance(self._shadow, acceptance.bonus)
+            self._shadow_hit = verdict.accepted > 0
         self._shadow = None
         for tilt, evidence in zip(self.tilts, self.calibrator.update(judged, verdict)):
             tilt.observe(*evidence)
@@ -600,6 +642,14 @@ class Planner:
         self.recent_seconds = RATE_DECAY * self.recent_seconds + draft_s + verify_s
         self.recent_draft_s = RATE_DECAY * self.recent_draft_s + draft_s
         self.recent_steps = RATE_DECAY * self.recent_steps + 1
+
+    def account(self, emitted: int, step_s: float, nodes: int) -> None:
+        """The request's ledger: a timed step of an ``nodes``-node tree emitted ``emitted`` tokens
+        in ``step_s`` seconds of wall time (a replayable planner counts the profile's verify time
+        instead, so its choices stay independent of timings)."""
+        if self.replayable:
+            step_s = self.seconds(nodes)
+        self.ledger.record(emitted, step_s, self.seconds(1))
 
 
 def choose_batch(

@@ -26,6 +26,9 @@ class GenerationStats:
     total_s: float = 0.0
     first_token_s: float = 0.0  # from the start (prefill included) to the first new token
     capped_steps: int = 0  # steps whose tree was cut to the backend's sequence limit
+    # plain decoding's estimated time over this run's, from the verify profile and the times
+    # the run observed (planned requests only; see tokentree.ledger)
+    estimated_speedup: float | None = None
 
     def record_step(
         self, drafted: int, accepted: int, emitted: int, draft_s: float, verify_s: float
@@ -60,11 +63,21 @@ class GenerationStats:
             "verify_s": round(self.verify_s, 4),
             "total_s": round(self.total_s, 4),
             "first_token_s": round(self.first_token_s, 4),
+            "estimated_speedup": None
+            if self.estimated_speedup is None
+            else round(self.estimated_speedup, 3),
         }
 
     def summary(self) -> str:
         return (
             f"{self.new_tokens} tokens in {self.steps} steps, tau {self.tokens_per_step:.2f}, "
             f"{self.tokens_per_s:.2f} tokens/s (prefill {self.prefill_s:.2f}s, "
-            f"draft {self.draft_s:.2f}s, verify {self.verify_s:.2f}s)"
+            f"draft {self.draft_s:.2f}s, verify {self.verify_s:.2f}s){self.speedup_note()}"
         )
+
+    def speedup_note(self) -> str:
+        """The estimated speedup against plain decoding, in words ('' when not estimated)."""
+        if self.estimated_speedup is None:
+            return ""
+        why = "nothing to draft here" if not self.drafted_tokens else "estimated from the profile"
+        return f"; ~{self.estimated_speedup:.2f}x plain decoding ({why})"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, Sequence
 
 import torch
 from transformers.generation.streamers import BaseStreamer
@@ -136,6 +136,12 @@ class TokentreeMethod:
             )
         else:
             self.drafter = make_drafter(drafter_name, draft, generator.target.model)
+        model = generator.target.model
+        self.settings = (
+            llama_settings(model.path, model.ctx, model.config.flash_attn)
+            if generator.target.is_llamacpp
+            else {}
+        )
 
     def run(
         self,
@@ -199,6 +205,8 @@ class LlamaCppMethod:
             verbose=False,
             logits_all=draft is not None,
         )  # its draft path writes scores past n_batch
+        flash = self.llm.context_params.flash_attn_type == llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+        self.settings = llama_settings(model.path, self.llm.ctx, flash)
 
     def run(
         self,
@@ -234,6 +242,7 @@ class LlamaDecodeMethod:
         target = generator.target.model
         self.name = name
         self.model = LlamaCppModel(target.path, target.config)
+        self.settings = llama_settings(target.path, self.model.ctx, target.config.flash_attn)
 
     def run(
         self,
@@ -248,6 +257,39 @@ class LlamaDecodeMethod:
         start = time.perf_counter()
         tokens = plain_greedy(self.model, prompt_ids, max_new_tokens)
         return RunResult(tokens, time.perf_counter() - start)
+
+
+def llama_settings(path, ctx, flash_attn: bool) -> dict:
+    """What a llama.cpp context decodes with, read back from the context itself (not from what was
+    asked for): the settings two timed methods must share to be compared."""
+    lib = import_llama_cpp()
+    return {
+        "model": str(path),
+        "n_ctx": int(lib.llama_n_ctx(ctx)),
+        "n_batch": int(lib.llama_n_batch(ctx)),
+        "n_ubatch": int(lib.llama_n_ubatch(ctx)),
+        "threads": int(lib.llama_n_threads(ctx)),
+        "threads_batch": int(lib.llama_n_threads_batch(ctx)),
+        "flash_attn": bool(flash_attn),
+    }
+
+
+def check_comparable(methods: Sequence[Method]) -> None:
+    """Refuse to time methods whose llama.cpp contexts differ (a baseline with other threads or
+    batch sizes than tokentree's would skew every ratio)."""
+    timed = [m for m in methods if getattr(m, "settings", None)]
+    for method in timed[1:]:
+        differ = {
+            key: (timed[0].settings[key], method.settings[key])
+            for key in timed[0].settings
+            if timed[0].settings[key] != method.settings.get(key)
+        }
+        if differ:
+            detail = ", ".join(f"{key} {a} vs {b}" for key, (a, b) in differ.items())
+            raise TokentreeError(
+                f"methods {timed[0].name} and {method.name} run llama.cpp with different "
+                f"settings ({detail}): their times cannot be compared"
+            )
 
 
 HF_METHODS = ("hf", "hf-assisted", "hf-pld")

@@ -11,7 +11,7 @@ from pathlib import Path
 from ..api import Generator, load, load_draft, resolve_backend
 from ..errors import TokentreeError
 from ..sampling import SamplingParams
-from .methods import Method, build_method, needs_draft, parse_method
+from .methods import Method, build_method, check_comparable, needs_draft, parse_method
 from .report import running_speedups, write_report
 from .suites import BenchPrompt, load_suite, round_robin, select
 
@@ -157,6 +157,7 @@ def build_methods(generator: Generator, names: list[str], notes: list[str]) -> l
             if not needs_draft(name):
                 raise
             notes.append(f"skipped {name}: {exc}")
+    check_comparable(methods)
     return methods
 
 

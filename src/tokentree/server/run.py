@@ -122,4 +122,7 @@ def serve(generator: Generator, config: ServeConfig, state_path: str | None = No
         ) from None
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, exit_cleanly)
+    # the verify profile every planned request needs, measured (once per machine) before the
+    # server listens, so no request pays for it and /health answers only when it is ready
+    generator.cost_profile()
     build_server(generator, config, state_path).run()
