@@ -148,7 +148,9 @@ def test_plain_stretches_ask_for_small_candidates_and_drafting_asks_for_full_one
     for _ in range(30):
         sizes.append(planner.candidate_size())
         step(planner, 0.02, rng)
-    assert sizes.count(PLAIN_CANDIDATE) >= 25  # plain decoding, small candidates (probes aside)
+    # plain decoding: small candidates (probes aside), and while their shadows miss, none on
+    # most steps (no drafting cost at all)
+    assert sizes.count(PLAIN_CANDIDATE) + sizes.count(0) >= 25 and sizes.count(0) >= 10
     run(planner, 0.95, 30, rng)
     sizes = []
     for _ in range(20):

@@ -234,7 +234,9 @@ class SequenceRun:
 
     def _drafted(self, budget: int) -> Draft:
         """A sampled draft from drafters that can draw one (when sampling), else a deterministic
-        one."""
+        one; a planned step asking for no candidate drafts nothing (the drafter is not called)."""
+        if budget <= 0 and self.planner is not None:
+            return Draft(TokenTree.root(self.context[-1]))
         params = (
             GREEDY if self.noise is not None else self.request.sampling
         )  # coupled: deterministic drafts

@@ -367,7 +367,8 @@ HYSTERESIS = 0.05  # tokens: a step switches between drafting and plain decoding
 GUARD_PROBE_EVERY = 24  # a guarded request probes at most once in this many steps ...
 PROBE_NODES = 4  # the most nodes a probe verifies ...
 PROBE_COST = 1.5  # ... and at most this many one-token steps' time (at least one node)
-PLAIN_CANDIDATE = 8  # candidate nodes asked for while the planner decodes plainly
+PLAIN_CANDIDATE = 8  # candidate nodes asked for while the planner decodes plainly ...
+SHADOW_EVERY_MAX = 4  # ... on every step, or down to one in this many while shadows miss
 RATE_DECAY = 0.95  # the loop's throughput averages over about the last 20 steps
 
 
@@ -478,6 +479,9 @@ class Planner:
         # the first level of a candidate not verified (see observe)
         self._shadow: TokenTree | None = None
         self._chosen = self.config.max_nodes  # the last step's choice (see candidate_size)
+        self._shadow_every = 1  # plain steps draft a candidate once in this many (see observe)
+        self._asked = True  # the last step drafted a candidate
+        self._since_candidate = 0  # plain steps without a candidate since the last one
         self._fresh = False  # begin_request: a request whose first tree is still to be judged
         self.ledger = RequestLedger()  # this request against plain decoding (the guarantee)
         self._guarded_steps = 0  # plain steps since the guard's last probe
@@ -488,6 +492,7 @@ class Planner:
         self.tilts = [RequestTilt() for _ in range(TILT_LEVELS)]
         self.probe = ProbeSchedule()
         self._chosen = self.config.max_nodes
+        self._shadow_every, self._since_candidate = 1, 0
         self._fresh = True  # no step of this request has judged a drafted node yet
         self.ledger = RequestLedger()
         self._guarded_steps, self._shadow_hit = 0, False
@@ -514,10 +519,14 @@ class Planner:
         """Nodes to ask the drafter for: ``max_nodes`` while trees are verified; while the planner
         decodes plainly only PLAIN_CANDIDATE, enough for the shadow's first level, a probe and a
         draft sure enough to start drafting again (the next step asks for the full size), at a
-        fraction of the drafting and estimating time of a full candidate."""
-        return (
-            self.config.max_nodes if self._chosen else min(self.config.max_nodes, PLAIN_CANDIDATE)
-        )
+        fraction of the drafting and estimating time of a full candidate; and while the shadows
+        of plain steps keep missing, only on one plain step in up to SHADOW_EVERY_MAX (0 on the
+        others: no drafting, no learning, a plain step at llama.cpp's own cost)."""
+        if self._chosen:
+            return self.config.max_nodes
+        if self._since_candidate + 1 < self._shadow_every:
+            return 0
+        return min(self.config.max_nodes, PLAIN_CANDIDATE)
 
     @property
     def rate(self) -> float:
@@ -573,6 +582,7 @@ class Planner:
         candidate's first level as shadow evidence (see :meth:`observe`). Recorded for the next
         candidate's size."""
         self._shadow = None
+        self._asked = self.candidate_size() > 0  # this step drafted a candidate
         n = self.first_tree_cap(n)
         drafted = len(tree) - 1
         if self.ledger.guarded:
@@ -583,6 +593,16 @@ class Planner:
             self._shadow = tree.subset(tree.children[0])
         self._chosen = n
         return n
+
+    def _space_candidates(self, hit: bool) -> None:
+        """After a plain step: a candidate whose shadow hit brings candidates back on every
+        plain step; one that missed (or had no node) halves their frequency, down to one in
+        SHADOW_EVERY_MAX."""
+        if not self._asked:
+            self._since_candidate += 1
+            return
+        self._since_candidate = 0
+        self._shadow_every = 1 if hit else min(SHADOW_EVERY_MAX, 2 * self._shadow_every)
 
     def _guard_probe_due(self, drafted: int) -> bool:
         """Whether a guarded request (see :class:`RequestLedger`) probes now: once GUARD_PROBE_EVERY
@@ -626,6 +646,8 @@ class Planner:
         if len(tree) == 1 and self._shadow is not None and self._shadow.tokens[0] == tree.tokens[0]:
             judged, verdict = self._shadow, shadow_acceptance(self._shadow, acceptance.bonus)
             self._shadow_hit = verdict.accepted > 0
+        if len(tree) == 1:
+            self._space_candidates(judged is not tree and self._shadow_hit)
         self._shadow = None
         for tilt, evidence in zip(self.tilts, self.calibrator.update(judged, verdict)):
             tilt.observe(*evidence)

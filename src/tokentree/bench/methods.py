@@ -29,6 +29,8 @@ class RunResult:
     draft_s: float | None = None
     verify_s: float | None = None
     first_token_s: float | None = None  # prefill and the first token (time to first token)
+    drafted_tokens: int | None = None
+    estimated_speedup: float | None = None  # the run's own estimate against plain decoding
 
 
 class Method(Protocol):
@@ -178,6 +180,8 @@ class TokentreeMethod:
             s.draft_s,
             s.verify_s,
             s.first_token_s or None,
+            s.drafted_tokens,
+            s.estimated_speedup,
         )
 
 

@@ -224,6 +224,9 @@ class HybridDrafter:
     def observe(self, tree: TokenTree, logits: torch.Tensor, acceptance: Acceptance) -> None:
         """Each source learns from the verified part of its tree; its calibrator from what was
         accepted."""
+        if not self._proposed:  # a planned plain step that drafted nothing: nothing to learn
+            self._last_step = None  # nor a step for the clock
+            return
         new_tokens = acceptance.new_tokens(tree)
         cheap_rows: set[int] = set()
         gained, spent = 0, 0.0
