@@ -368,7 +368,7 @@ GUARD_PROBE_EVERY = 24  # a guarded request probes at most once in this many ste
 PROBE_NODES = 4  # the most nodes a probe verifies ...
 PROBE_COST = 1.5  # ... and at most this many one-token steps' time (at least one node)
 PLAIN_CANDIDATE = 8  # candidate nodes asked for while the planner decodes plainly ...
-SHADOW_EVERY_MAX = 4  # ... on every step, or down to one in this many while shadows miss
+SHADOW_EVERY_MAX = 8  # ... on every step, or down to one in this many while shadows miss
 RATE_DECAY = 0.95  # the loop's throughput averages over about the last 20 steps
 
 

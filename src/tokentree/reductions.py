@@ -49,6 +49,10 @@ def _gather_blocks(logits: torch.Tensor, blocks: torch.Tensor) -> tuple[torch.Te
 def row_argmax(logits: torch.Tensor) -> torch.Tensor:
     """[n, V] -> [n] long: each row's argmax (the first index of its maximum), as
     ``logits.argmax(-1)``."""
+    if logits.device.type == "cpu" and logits.dtype == torch.float32 and logits.dim() == 2:
+        # numpy's argmax is ~10x faster than torch's on one CPU row of a large vocabulary (12 vs
+        # 140 us at 152k), with the same result: the first maximum, NaN counting as the largest
+        return torch.from_numpy(logits.detach().numpy().argmax(-1))
     if not _blocked(logits):
         return logits.argmax(dim=-1)
     maxima = _block_maxima(logits)
