@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tokentree.ledger import ALLOWANCE, RESUME_STEPS, SLACK_STEPS, RequestLedger
+from tokentree.ledger import ALLOWANCE, SLACK_STEPS, RequestLedger
 from tokentree.planner import (
-    GUARD_PROBE_EVERY,
     HYSTERESIS,
     PROBE_COST,
     CostProfile,
@@ -18,23 +17,33 @@ from tokentree.tree import TokenTree
 
 STEEP = CostProfile((1, 2, 4, 8, 16), (1.0, 1.1, 1.4, 2.2, 4.0), 256)
 CHAIN = TokenTree.chain(0, list(range(1, 9)))
+# the most nodes a request over its budget may verify: a probe's extra half step on STEEP
+PROBE_FLOOR = max(n for n in range(1, 9) if STEEP.seconds_at(n + 1, 0) - 1.0 <= PROBE_COST - 1)
 
 
-def test_the_ledger_counts_loss_and_guards_with_hysteresis():
+def test_the_ledger_counts_loss_and_the_risk_budget():
     ledger = RequestLedger()
-    assert ledger.speedup == 1.0 and not ledger.guarded
+    assert ledger.speedup == 1.0 and ledger.budget_s == 0.0
     ledger.record(3, 1.5, 1.0)  # 3 tokens in 1.5 s where plain decoding takes 3 s
     assert ledger.loss_s == pytest.approx(-1.5) and ledger.speedup == pytest.approx(2.0)
+    assert ledger.budget_s == pytest.approx(ALLOWANCE * 3 + SLACK_STEPS + 1.5)  # won: bet more
     for _ in range(3):  # trees that emit one token for two steps' time
         ledger.record(1, 2.0, 1.0)
-    # lost 1.5 s net; the limit is 2% of 6 s + one step
     assert ledger.loss_s == pytest.approx(1.5)
-    assert ledger.limit_s == pytest.approx(ALLOWANCE * 6 + SLACK_STEPS * 1.0)
-    assert ledger.guarded
-    ledger.record(1, 1.0, 1.0)  # plain steps alone do not lift the guard ...
-    assert ledger.guarded
-    ledger.record(4, 1.2, 1.0)  # ... a probe that pays does, once a step within the limit
-    assert ledger.limit_s - ledger.loss_s >= RESUME_STEPS * 1.0 and not ledger.guarded
+    assert ledger.budget_s == pytest.approx(ALLOWANCE * 6 + SLACK_STEPS - 1.5)  # over: negative
+
+
+def test_the_risk_cap_follows_the_ledger():
+    planner = Planner(STEEP)
+    planner.begin_request()
+    assert planner.risk_cap() == planner.config.max_nodes  # nothing timed yet: no cap
+    planner.account(1, 1.0, 1)  # one plain step: the budget is the allowance, about one step
+    fresh = planner.risk_cap()
+    assert STEEP.seconds_at(fresh + 1, 0) - 1.0 <= planner.ledger.budget_s
+    planner.account(10, 1.0, 9)  # a tree that won 9 steps' time: bigger bets
+    assert planner.risk_cap() > fresh
+    planner.account(1, 30.0, 9)  # a huge loss: a probe's risk (half a step) at most
+    assert planner.risk_cap() == PROBE_FLOOR
 
 
 def simulate(planner: Planner, steps: int, bonus: int, tree: TokenTree = CHAIN) -> list[int]:
@@ -72,17 +81,27 @@ def test_a_request_that_loses_decodes_plainly_within_its_allowance():
     assert sum(n > 0 for n in chosen[50:]) <= 4  # probes back off: 16, 32, 64, 128 steps
 
 
-def test_a_guarded_request_probes_rarely_and_only_after_a_shadow_hit():
-    dear = CostProfile((1, 2, 4, 8), (1.0, 2.5, 4.0, 8.0), 256)  # even a right node does not pay
-    planner = misled_planner(dear)
-    simulate(planner, 40, bonus=99)
-    planner.ledger.record(1, 10.0, 1.0)  # a step that lost 9 steps' time: guarded for long
-    chosen = simulate(planner, 100, bonus=99)  # shadows never hit: a guarded request never probes
-    assert chosen == [0] * 100 and planner.ledger.guarded
-    chosen = simulate(planner, 4 * GUARD_PROBE_EVERY, bonus=1)  # depth one right: probes, rarely
-    probes = [i for i, n in enumerate(chosen) if n]
-    assert planner.ledger.guarded and 3 <= len(probes) <= 4
-    assert all(b - a >= GUARD_PROBE_EVERY for a, b in zip(probes, probes[1:]))
+def test_a_losing_request_bets_small_and_wins_its_loss_back_when_trees_pay():
+    planner = misled_planner()
+    planner.account(1, 10.0, 1)  # a step that lost 9 steps' time
+    caps, lost = [], planner.ledger.loss_s
+    for _ in range(60):  # depth one right: small trees pay, and earn the loss back
+        caps.append(planner.risk_cap())
+        simulate(planner, 1, bonus=1)
+    assert caps[0] == PROBE_FLOOR and planner.ledger.loss_s < lost - 5
+    assert caps[-1] > caps[0]  # and bets grow with what they won
+
+
+def test_a_losing_step_risks_at_most_a_probe():
+    planner = misled_planner()
+    planner.account(1, 10.0, 1)
+    before = planner.ledger.loss_s
+    chosen = simulate(planner, 60, bonus=99)  # nothing right
+    drafted = sum(n > 0 for n in chosen)
+    half_step = (PROBE_COST - 1) * STEEP.seconds_at(1, 0)
+    assert max(chosen) <= PROBE_FLOOR
+    assert planner.ledger.loss_s - before <= drafted * half_step + 1e-9
+    assert drafted < len(chosen) / 4  # and the tilts soon stop it
 
 
 def test_hysteresis_keeps_the_current_mode_inside_the_band():

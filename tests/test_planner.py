@@ -5,6 +5,7 @@ import itertools
 import json
 import math
 import random
+import time
 
 import pytest
 from conftest import tiny_model
@@ -390,3 +391,23 @@ def test_measured_profile_with_longer_contexts_on_a_tiny_model():
     assert [p.context_len for p in profile.longer] == [64, 128]
     assert all(p.sizes == LONG_PROFILE_SIZES for p in profile.longer)
     assert seen[:3] == [(1, 16), (4, 16), (1, 64)] and len(seen) == 2 + 2 * len(LONG_PROFILE_SIZES)
+
+
+def test_profile_timings_disturbed_by_load_are_found_and_pooled():
+    from tokentree.planner import disturbed, isotonic
+
+    noisy = [1.0, 1.6, 2.2, 19.0, 5.0, 38.0, 10.6, 12.0, 12.2]  # sizes timed under load
+    assert disturbed(noisy) == [3, 5]
+    smooth = isotonic(noisy)
+    assert all(a <= b for a, b in zip(smooth, smooth[1:]))
+    assert sum(smooth) == pytest.approx(sum(noisy)) and smooth[:3] == noisy[:3]
+    assert disturbed([1.0, 1.1, 1.05, 2.0]) == []  # within noise
+    assert isotonic([1.0, 2.0, 3.0]) == [1.0, 2.0, 3.0]
+
+
+def test_a_cached_profile_measured_under_load_is_measured_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("TOKENTREE_CACHE", str(tmp_path))
+    sizes = (1, 2, 4, 8)
+    save_profile(CostProfile(sizes, (1.0, 5.0, 1.4, 2.2), 256, "disordered", time.time()))
+    save_profile(CostProfile(sizes, (1.0, 1.1, 1.4, 2.2), 256, "ordered", time.time()))
+    assert load_profile("disordered") is None and load_profile("ordered") is not None

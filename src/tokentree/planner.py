@@ -18,7 +18,6 @@ import hashlib
 import heapq
 import json
 import math
-import statistics
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -166,9 +165,16 @@ def measure_profile(
     return CostProfile(tuple(sizes), tuple(seconds), context_len, key, time.time(), curves)
 
 
+NOISE = 1.15  # a tree timed this much dearer than a larger one was disturbed: timed again
+REMEASURE_ROUNDS = 2
+
+
 def _verify_times(
     backend: Backend, sizes: Sequence[int], context_len: int, repeats: int, progress, chain: bool
 ) -> list[float]:
+    """t(n) for each size: the fastest of ``repeats`` timings (interference only ever slows a
+    verify down); sizes timed dearer than a larger tree (:func:`disturbed`) are timed again, up to
+    REMEASURE_ROUNDS times, and what disorder remains is smoothed by :func:`isotonic`."""
     context = torch.randint(
         3, min(1000, backend.vocab_size), (context_len,), generator=torch.Generator().manual_seed(0)
     ).tolist()
@@ -176,19 +182,53 @@ def _verify_times(
     backend.prefill(context)
     seconds = []
     for n in sizes:
-        tree = probe_tree(n, backend.vocab_size, max_leaves=1 if chain else backend.max_leaves)
-        times = []
-        for attempt in range(repeats + 1):  # the first run warms up
-            start = time.perf_counter()
-            backend.verify(tree)
-            backend.commit((0,))
-            times.append(time.perf_counter() - start)
-            backend.prefill(context)  # back to the prefix
-        seconds.append(statistics.median(times[1:]))
+        seconds.append(_time_verify(backend, context, n, repeats, chain))
         if progress is not None:
             progress(n, context_len, seconds[-1])
+    for _ in range(REMEASURE_ROUNDS):
+        for i in disturbed(seconds):
+            seconds[i] = min(seconds[i], _time_verify(backend, context, sizes[i], repeats, chain))
     backend.reset()
-    return seconds
+    return isotonic(seconds)
+
+
+def _time_verify(backend: Backend, context: list[int], n: int, repeats: int, chain: bool) -> float:
+    """The fastest of ``repeats`` verifies of an n-node probe tree after ``context`` (one more
+    run first warms up); the backend is back at ``context`` after."""
+    tree = probe_tree(n, backend.vocab_size, max_leaves=1 if chain else backend.max_leaves)
+    times = []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        backend.verify(tree)
+        backend.commit((0,))
+        times.append(time.perf_counter() - start)
+        backend.prefill(context)  # back to the prefix
+    return min(times[1:])
+
+
+def disturbed(seconds: Sequence[float]) -> list[int]:
+    """Indices of timings more than NOISE times a later (larger) size's: a verify of more nodes
+    is never cheaper, so these were slowed by something else."""
+    later_min = math.inf
+    out = []
+    for i in range(len(seconds) - 1, -1, -1):
+        if seconds[i] > NOISE * later_min:
+            out.append(i)
+        later_min = min(later_min, seconds[i])
+    return sorted(out)
+
+
+def isotonic(values: Sequence[float]) -> list[float]:
+    """The non-decreasing sequence closest to ``values`` in least squares (pool adjacent
+    violators): what remains of timing disorder, averaged away."""
+    blocks: list[list[float]] = []  # [sum, count] of pooled runs
+    for value in values:
+        blocks.append([value, 1])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
+            total, count = blocks.pop()
+            blocks[-1][0] += total
+            blocks[-1][1] += count
+    return [total / count for total, count in blocks for _ in range(int(count))]
 
 
 def profile_key(source: str, precision: str, device: str) -> str:
@@ -203,13 +243,17 @@ def profile_path(key: str) -> Path:
 
 
 def load_profile(key: str, max_age_days: float = 30.0) -> CostProfile | None:
-    """The cached profile for ``key``, or None when missing, stale or unreadable."""
+    """The cached profile for ``key``, or None when missing, stale, unreadable or disordered
+    (a larger tree timed cheaper than a smaller one beyond noise: measured under load, so the
+    planner would chase its dips; measured again)."""
     path = profile_path(key)
     try:
         profile = CostProfile.from_dict(json.loads(path.read_text()))
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if time.time() - profile.measured_at > max_age_days * 86400:
+        return None
+    if any(disturbed(curve.seconds) for curve in (profile, *profile.longer)):
         return None
     return profile
 
@@ -364,7 +408,6 @@ class PlannerConfig:
 
 
 HYSTERESIS = 0.05  # tokens: a step switches between drafting and plain decoding only on this lead
-GUARD_PROBE_EVERY = 24  # a guarded request probes at most once in this many steps ...
 PROBE_NODES = 4  # the most nodes a probe verifies ...
 PROBE_COST = 1.5  # ... and at most this many one-token steps' time (at least one node)
 PLAIN_CANDIDATE = 8  # candidate nodes asked for while the planner decodes plainly ...
@@ -484,8 +527,6 @@ class Planner:
         self._since_candidate = 0  # plain steps without a candidate since the last one
         self._fresh = False  # begin_request: a request whose first tree is still to be judged
         self.ledger = RequestLedger()  # this request against plain decoding (the guarantee)
-        self._guarded_steps = 0  # plain steps since the guard's last probe
-        self._shadow_hit = False  # the last plain step's shadow would have accepted a node
 
     def begin_request(self) -> None:
         """A new request: forget the previous request's tilts; probe soon."""
@@ -495,7 +536,6 @@ class Planner:
         self._shadow_every, self._since_candidate = 1, 0
         self._fresh = True  # no step of this request has judged a drafted node yet
         self.ledger = RequestLedger()
-        self._guarded_steps, self._shadow_hit = 0, False
 
     def fork(self) -> Planner:
         """A planner for a sequence decoded beside this one's (a batch): its own request evidence
@@ -544,10 +584,11 @@ class Planner:
 
         The request's own evidence weighs more than what other requests taught: the first level's
         tilt learns from every step (plain steps judge their shadow at no cost), and deeper levels
-        start from it rather than from the shared calibration alone, so a request whose drafts
-        hit at depth one is trusted deeper too until its deeper nodes are judged."""
+        start from it when it is below 1, so a request whose drafts miss at depth one is trusted
+        less deeper too until its deeper nodes are judged (a first level that hits more than
+        expected lifts nothing deeper: one level's luck must not buy a large tree)."""
         shallow = self.tilts[0].factor
-        deeper = [tilt.factor_toward(shallow) for tilt in self.tilts[1:]]
+        deeper = [tilt.factor_toward(min(1.0, shallow)) for tilt in self.tilts[1:]]
         return self.calibrator.estimate(tree, [shallow, *deeper])
 
     def step_value(self, estimates: Sequence[float], n: int) -> float:
@@ -562,6 +603,8 @@ class Planner:
         verified while it beats a plain step, but after a plain step only once it beats it by
         HYSTERESIS expected tokens, so values that hover at the edge (one noisy timing) do not
         flip the choice back and forth."""
+        if len(tree) == 1:  # nothing drafted (a plain step's skipped candidate)
+            return self.settle_choice(tree, 0)
         ranked = sorted(self.estimates(tree)[1:], reverse=True)
         rate = self.rate
         plain_value = 1 - rate * self.seconds(1)
@@ -578,16 +621,16 @@ class Planner:
     def settle_choice(self, tree: TokenTree, n: int) -> int:
         """The size to verify of candidate ``tree`` when the cost rule chose ``n`` (here, or for a
         batch by :func:`choose_batch`), after this request's own rules: its first tree is
-        probe-sized; a plain step verifies a probe now and then, and otherwise keeps the
+        probe-sized, every tree fits its risk budget (:meth:`risk_cap`); a plain step verifies a
+        probe now and then, and otherwise keeps the
         candidate's first level as shadow evidence (see :meth:`observe`). Recorded for the next
         candidate's size."""
         self._shadow = None
         self._asked = self.candidate_size() > 0  # this step drafted a candidate
         n = self.first_tree_cap(n)
         drafted = len(tree) - 1
-        if self.ledger.guarded:
-            n = min(drafted, self.probe_size()) if self._guard_probe_due(drafted) else 0
-        elif n == 0 and drafted and self.probe.due():
+        n = min(n, self.risk_cap()) if n else 0
+        if n == 0 and drafted and self.probe.due():
             n = min(drafted, self.probe_size())  # a small tree now and then: deeper evidence
         if n == 0 and drafted:
             self._shadow = tree.subset(tree.children[0])
@@ -604,22 +647,28 @@ class Planner:
         self._since_candidate = 0
         self._shadow_every = 1 if hit else min(SHADOW_EVERY_MAX, 2 * self._shadow_every)
 
-    def _guard_probe_due(self, drafted: int) -> bool:
-        """Whether a guarded request (see :class:`RequestLedger`) probes now: once GUARD_PROBE_EVERY
-        plain steps have passed and the last plain step's shadow would have accepted a node, so a
-        probe that cannot win its first node is never paid for. A probe costs at most PROBE_COST
-        steps, so probes cost a guarded request under PROBE_COST / GUARD_PROBE_EVERY (2%) of its
-        time even when none pays."""
-        self._guarded_steps += 1
-        if not (drafted and self._shadow_hit and self._guarded_steps >= GUARD_PROBE_EVERY):
-            return False
-        self._guarded_steps = 0
-        return True
-
     def first_tree_cap(self, n: int) -> int:
         """``n``, at most probe-sized while no tree of this request has been judged: what earlier
         requests taught may not apply to it."""
         return min(n, self.probe_size()) if self._fresh else n
+
+    def risk_cap(self) -> int:
+        """The most drafted nodes this request may verify now: were none accepted, the step
+        would lose t(n + 1) - t(1) against a plain step, which must fit the ledger's budget (its
+        allowance plus what its trees have won; see :class:`RequestLedger`) or at most a probe's
+        extra time (one node at least), so a request that has lost can still win it back with
+        small trees, when the value rule says they pay. No cap
+        before a step of this request is timed (its first tree is probe-sized anyway; a batch's
+        sequences share their forward's time and are not capped)."""
+        if not self.ledger.step_s:
+            return self.config.max_nodes
+        one = self.seconds(1)
+        budget = max(self.ledger.budget_s, (PROBE_COST - 1) * one)
+        low, high = 0, self.config.max_nodes  # t(n + 1) grows with n: the largest n that fits
+        while low < high:
+            mid = (low + high + 1) // 2
+            low, high = (mid, high) if self.seconds(mid + 1) - one <= budget else (low, mid - 1)
+        return max(1, low)  # one node at least: plain steps alone never win a loss back
 
     def probe_size(self) -> int:
         """Nodes of a probe: up to PROBE_NODES, as long as verifying them costs at most PROBE_COST
@@ -645,9 +694,8 @@ class Planner:
         )  # what calibrates: the verified tree, or a plain step's shadow
         if len(tree) == 1 and self._shadow is not None and self._shadow.tokens[0] == tree.tokens[0]:
             judged, verdict = self._shadow, shadow_acceptance(self._shadow, acceptance.bonus)
-            self._shadow_hit = verdict.accepted > 0
         if len(tree) == 1:
-            self._space_candidates(judged is not tree and self._shadow_hit)
+            self._space_candidates(judged is not tree and verdict.accepted > 0)
         self._shadow = None
         for tilt, evidence in zip(self.tilts, self.calibrator.update(judged, verdict)):
             tilt.observe(*evidence)
