@@ -199,7 +199,7 @@ def test_samples_of_one_prompt_decode_its_prefix_once(generator):  # noqa: F811
     model = generator.target.model
     before = model.decoded_rows
     outs = generator.generate_batch([ids], n=3, max_new_tokens=16, drafter="none")
-    # engine.PROMPT_TAIL: each sequence forwards its prompt's last tokens with its first tree
+    # Backend.prompt_tail: each sequence forwards its prompt's last tokens with its first tree
     tail = 64
     assert model.decoded_rows - before == (len(ids) - 1 - tail) + 3 * (tail + 1) + 3 * 15
     assert (

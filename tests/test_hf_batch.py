@@ -169,7 +169,7 @@ def test_samples_of_one_prompt_share_its_cells_and_equal_their_seeded_runs():
     for i in range(3):
         session.add(ids, max_new_tokens=4, drafter="none")
     lanes = session.engine.target.lanes
-    # engine.PROMPT_TAIL: each sample forwards its prompt's last tokens with its first tree
+    # Backend.prompt_tail: each sample forwards its prompt's last tokens with its first tree
     tail = 64
     shared = len(ids) - 1 - tail
     assert lanes[1].cells[:shared] == lanes[2].cells[:shared] == lanes[0].cells[:shared]

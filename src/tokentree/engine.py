@@ -25,8 +25,6 @@ from .stats import GenerationStats
 from .tree import TokenTree
 
 GREEDY = SamplingParams()
-# last prompt tokens forwarded with the first tree (one forward fewer than prefilling them)
-PROMPT_TAIL = 64
 
 
 @dataclass
@@ -105,7 +103,7 @@ class Engine:
         start = time.perf_counter()
         context = [int(t) for t in prompt_ids]
         drafter.reset()
-        backend.prefill(context[:-1], defer=PROMPT_TAIL)
+        backend.prefill(context[:-1], defer=backend.prompt_tail)
         stats.prompt_tokens = len(context)
         stats.prefill_s = time.perf_counter() - start
         budget = drafter.default_budget if request.budget is None else request.budget

@@ -76,6 +76,7 @@ class TreeBook:
     _tokens: list[int]
     _pending: TokenTree | None
     _lead: list[int]  # prompt tokens a prefill held back for the next tree (backends that defer)
+    prompt_tail = 64  # see Backend.prompt_tail
 
     @property
     def tokens(self) -> list[int]:
@@ -116,6 +117,7 @@ class Backend(Protocol):
 
     vocab_size: int
     max_leaves: int | None  # the most root-to-leaf paths one verify takes (None: no limit)
+    prompt_tail: int  # prompt tokens it prefers to forward with the first tree (one forward fewer)
 
     @property
     def tokens(self) -> list[int]:

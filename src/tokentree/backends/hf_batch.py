@@ -38,6 +38,7 @@ class PackedLane:
     over its cells of the shared cache."""
 
     max_leaves = None  # a mask takes any tree
+    prompt_tail = 64  # see Backend.prompt_tail
 
     def __init__(self, batch: PackedBatch):
         self.batch = batch

@@ -8,7 +8,7 @@ import torch
 
 from ..errors import TokentreeError
 from ..tree import TokenTree
-from .base import LaneSlots
+from .base import LaneSlots, TreeBook
 from .llamacpp import LlamaCppBackend, LlamaCppModel, verify_many
 
 
@@ -42,6 +42,8 @@ class LlamaCppBatch(LaneSlots):
             LlamaCppBackend(model, sequences=slot_ids(i, max_batch, limit + 1), trash=self.trash)
             for i in range(max_batch)
         ]
+        for lane in self.lanes:  # lanes share a prompt's prefix: each forwards only a short tail
+            lane.prompt_tail = TreeBook.prompt_tail
         self._cleared_at = (
             model.decoded_rows
         )  # cells in use: rows decoded since the cache was last emptied
