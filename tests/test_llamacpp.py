@@ -133,15 +133,15 @@ def test_partial_acceptance_on_wide_trees_and_the_sequence_cap(generator, gguf, 
 
 
 def test_a_held_prompt_without_room_beside_the_first_tree_goes_first(generator, llama_greedy, gguf):
-    """A short prompt rides whole with the first tree (prompt_tail = n_batch / 2); when the tree
+    """A short prompt rides whole with the first tree (prompt_tail = n_batch - 1); when the tree
     leaves no room beside it in one batch, the held prompt is decoded first: same tokens."""
-    ids = generator.encode(" ".join(PROMPTS) * 3, chat=False)
+    ids = generator.encode(" ".join(PROMPTS) * 4, chat=False)
     want = llama_greedy(ids, 24)
     config = LlamaCppConfig(threads=2, n_ctx=1024, n_batch=64)
     backend = LlamaCppBackend(LlamaCppModel(gguf, config))
-    assert backend.prompt_tail == 32 and len(ids) > backend.prompt_tail
+    assert backend.prompt_tail == 63 and len(ids) > backend.prompt_tail + 1
     drafter = RandomTrees(len(ids), want)
-    drafter.default_budget = 48  # 32 held + 49 tree rows > 64
+    drafter.default_budget = 48  # 63 held + 49 tree rows > 64
     engine = Engine(backend, drafter, generator.target.eos_ids)
     stats = GenerationStats()
     out = [t for step in engine.run(ids, DecodeRequest(max_new_tokens=24), stats) for t in step]

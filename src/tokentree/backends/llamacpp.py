@@ -243,9 +243,10 @@ class LlamaCppBackend(TreeBook):
         self.trash = trash
         self.max_leaves = len(self.sequences)
         self.capacity = model.config.n_batch
-        # a short prompt rides whole with the first tree: on a CPU one batch of n rows costs less
-        # than two of n/2 (a prompt of 174 tokens prefilled in one batch: 2.5% sooner)
-        self.prompt_tail = self.capacity // 2
+        # a prompt that fits one batch rides whole with the first tree: on a CPU one batch of n
+        # rows costs less than two that share them (stage decodes it first when the tree leaves
+        # no room beside it)
+        self.prompt_tail = self.capacity - 1
         self.context_seq = self.sequences.start + CONTEXT_SEQ
         self.book = SequenceBook(len(self.sequences))
         self._tokens: list[int] = []
@@ -283,7 +284,7 @@ class LlamaCppBackend(TreeBook):
             shared = 0
         self._tokens, self._pending = self._tokens[:shared], None
         self.book.reset()
-        held = min(defer, len(token_ids) - shared, self.capacity // 2)
+        held = min(defer, len(token_ids) - shared, self.capacity - 1)
         forwarded = len(token_ids) - held
         self._lead = token_ids[forwarded:]
         self._decode_prompt(token_ids[shared:forwarded])
