@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from fresh_runs import write_run_json
+
 from tokentree.backends.llamacpp import LlamaCppConfig, LlamaCppModel, plain_greedy
 from tokentree.models import EMBEDDED_TARGET, assemble_embedded
 
@@ -74,6 +76,7 @@ def main() -> int:
         "ratio": ours / theirs,
     }
     (out / "baseline_check.json").write_text(json.dumps(summary, indent=1) + "\n")
+    write_run_json(out, args)
     print(f"median: llama-decode {ours:.2f}, llama-bench {theirs:.2f} tokens/s", flush=True)
     return 0
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shlex
 import statistics
@@ -226,6 +227,18 @@ def plot(summary: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def machine() -> str:
+    """The CPU's model name and core count (Linux), else the platform's description."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        name = next(line for line in lines if line.startswith("model name")).split(":", 1)[1]
+        flags = next(line for line in lines if line.startswith("flags"))
+        isa = "AVX-512" if " avx512f" in flags else "AVX2" if " avx2" in flags else "no AVX2"
+        return f"{name.strip()}, {len(os.sched_getaffinity(0))} cores, {isa}"
+    except (OSError, StopIteration):
+        return platform.platform()
+
+
 def write_run_json(out: Path, args: argparse.Namespace) -> None:
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
@@ -237,7 +250,7 @@ def write_run_json(out: Path, args: argparse.Namespace) -> None:
             {
                 "commit": commit + ("+dirty" if dirty else ""),
                 "command": shlex.join(["python", *sys.argv]),
-                "machine": f"{platform.processor() or platform.machine()}, {platform.node()}",
+                "machine": machine(),
                 "date": time.strftime("%Y-%m-%d"),
             },
             indent=1,

@@ -195,11 +195,11 @@ def environment(config: BenchConfig, dtype: str) -> dict:
         "llama_cpp": _llama_cpp_version(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": config.command,
-        "commit": _commit(),
+        "commit": checkout_commit(),
     }
 
 
-def _commit() -> str | None:
+def checkout_commit() -> str | None:
     """The tokentree checkout's commit (with '+dirty' when it has uncommitted changes), if it is
     one."""
     import subprocess

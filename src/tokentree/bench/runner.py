@@ -12,7 +12,7 @@ from ..api import Generator, load, load_draft, resolve_backend
 from ..errors import TokentreeError
 from ..sampling import SamplingParams
 from .methods import Method, build_method, check_comparable, needs_draft, parse_method
-from .report import running_speedups, write_report
+from .report import checkout_commit, running_speedups, write_report
 from .suites import BenchPrompt, load_suite, round_robin, select
 
 
@@ -226,7 +226,8 @@ def check_same_settings(path: Path, config: BenchConfig, dtype: str) -> None:
                 f"{path.parent} holds a run with other settings ({', '.join(changed)}); "
                 "use another --out or the same settings to resume"
             )
-    path.write_text(json.dumps({**settings, "dtype_used": dtype}, indent=2) + "\n")
+    record = {**settings, "dtype_used": dtype, "commit": checkout_commit()}
+    path.write_text(json.dumps(record, indent=2) + "\n")
 
 
 def open_records(out: Path, config: BenchConfig, dtype: str) -> list[dict]:
