@@ -53,3 +53,19 @@ def test_no_cuda_device_is_a_clear_exit_2(tmp_path):
     env = os.environ | {"PYTHONPATH": str(ROOT / "src")}
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 2 and "no CUDA device" in done.stderr
+
+
+def test_features_that_need_newer_transformers_say_so(monkeypatch):
+    """The GPU machine has transformers 5.17: the core runs there (the dry run above runs on it
+    too when given that version), while state-space targets and windowed caches need 5.24."""
+    import transformers
+    from conftest import tiny_model
+    from test_ssm import tiny_ssm
+
+    from tokentree.backends import make_backend
+    from tokentree.errors import UnsupportedModelError
+
+    monkeypatch.setattr(transformers, "__version__", "5.17.0")
+    with pytest.raises(UnsupportedModelError, match=r"needs transformers >= 5\.24 \(found 5\.17"):
+        make_backend(tiny_ssm("mamba2"))
+    make_backend(tiny_model("llama"))  # the core does not ask

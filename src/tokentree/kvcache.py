@@ -17,9 +17,12 @@ keeps an accepted path, so its tensors never change address (what CUDA graphs ne
 
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Sequence
 
 import torch
+import transformers
 from transformers import DynamicCache, StaticCache
 from transformers.cache_utils import (
     DynamicLayer,
@@ -28,7 +31,39 @@ from transformers.cache_utils import (
     StaticLayer,
 )
 
+from .errors import UnsupportedModelError
+
 ROLLBACK = 256  # positions a windowed layer keeps beyond its window: how far a crop can go back
+
+
+FULL_SUPPORT = (5, 24)  # transformers from which windowed and state-space caches roll back
+
+
+def require_full_transformers(what: str) -> None:
+    """UnsupportedModelError naming ``what`` when the installed transformers predates
+    FULL_SUPPORT (its windowed and linear-attention cache layers crop differently); the rest of
+    tokentree runs on earlier 5.x releases (the GPU machine's 5.17: see benchmarks/gpu_check.py)."""
+    found = tuple(int(part) for part in transformers.__version__.split(".")[:2])
+    if found < FULL_SUPPORT:
+        raise UnsupportedModelError(
+            f"{what} needs transformers >= {'.'.join(map(str, FULL_SUPPORT))} "
+            f"(found {transformers.__version__}): its cache layers roll back differently before"
+        )
+
+
+def cache_argument(module: torch.nn.Module) -> str:
+    """The keyword ``module``'s forward takes its cache under: ``cache`` since transformers 5.24,
+    ``past_key_values`` before (the GPU machine's 5.17, for one)."""
+    return _cache_argument(type(module))
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_argument(cls: type) -> str:
+    parameters = inspect.signature(cls.forward).parameters
+    return next(
+        (name for name in ("cache", "past_key_values", "past_key_value") if name in parameters),
+        "cache",
+    )
 
 
 class CacheRollbackError(ValueError):

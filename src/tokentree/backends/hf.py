@@ -99,6 +99,8 @@ class HFBackend(TreeBook):
         if windowed is None:
             windowed = (self.sliding_window or 0) >= WINDOWED_FROM
         self.windowed = hybrid and windowed and self.sliding_window is not None
+        if self.windowed:
+            kvcache.require_full_transformers("a sliding-window model (a windowed cache)")
         self.hybrid_from = 0 if self.windowed else hybrid_from
         self.cache = self._new_cache()
         self._tokens: list[int] = []
@@ -145,7 +147,7 @@ class HFBackend(TreeBook):
             self.model(
                 input_ids=torch.tensor([chunk], device=self.device),
                 position_ids=torch.arange(start, start + len(chunk), device=self.device)[None],
-                cache=self.cache,
+                **{kvcache.cache_argument(self.model): self.cache},
                 use_cache=True,
                 logits_to_keep=1,
             )
@@ -182,7 +184,7 @@ class HFBackend(TreeBook):
             input_ids=torch.tensor([tree.tokens[start:]], device=self.device),
             position_ids=tree.positions(prefix)[start:].to(self.device)[None],
             attention_mask=mask,
-            cache=self.cache,
+            **{kvcache.cache_argument(self.model): self.cache},
             use_cache=True,
             **extra,
         )

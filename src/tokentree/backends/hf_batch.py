@@ -161,7 +161,7 @@ class PackedBatch(LaneSlots):
             input_ids=torch.tensor([[tok for t in joined for tok in t.tokens]], device=self.device),
             position_ids=positions.to(self.device)[None],
             attention_mask=self._mask(lanes, joined, cells, positions),
-            cache=self.cache,
+            **{kvcache.cache_argument(self.model): self.cache},
             use_cache=True,
             logits_to_keep=0 if logits else 1,
             **({"lanes": self._plan(lanes, joined, cells)} if self.lane_attention else {}),

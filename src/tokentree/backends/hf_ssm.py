@@ -41,6 +41,7 @@ class SSMBackend(TreeBook):
         if family is None:
             raise UnsupportedModelError(f"model type '{model_type(model)}' is not a known SSM")
         self.family: SSMFamily = family
+        kvcache.require_full_transformers("a state-space (Mamba-2) target")
         self.model = model.eval()
         self.kinds = layer_types(model)
         self.hybrid = any(kind != LINEAR for kind in self.kinds)
@@ -78,7 +79,7 @@ class SSMBackend(TreeBook):
             self.model(
                 input_ids=torch.tensor([chunk], device=self.device),
                 position_ids=torch.arange(start, start + len(chunk), device=self.device)[None],
-                cache=self.cache,
+                **{kvcache.cache_argument(self.model): self.cache},
                 use_cache=True,
                 logits_to_keep=1,
             )
@@ -116,7 +117,7 @@ class SSMBackend(TreeBook):
                 hidden,
                 attention_mask=mask,
                 position_ids=positions,
-                cache=self.cache,
+                **{kvcache.cache_argument(layer): self.cache},
                 use_cache=True,
                 position_embeddings=rotary,
             )

@@ -135,7 +135,7 @@ class StaticHFBackend(TreeBook):
             input_ids=torch.tensor([ids], device=self.device),
             position_ids=positions.to(self.device)[None],
             attention_mask=mask,
-            cache=self.cache,
+            **{kvcache.cache_argument(self.model): self.cache},
             use_cache=True,
         )
         return out.logits[0, :m].to(torch.float32, copy=True)  # a graph reuses its output
