@@ -416,6 +416,7 @@ def main() -> int:
     parser.add_argument("--budget-s", type=float, default=420.0)
     parser.add_argument("--modes", default="growing,static,compiled", help="caches timed")
     parser.add_argument("--no-cuda-tests", action="store_true")
+    parser.add_argument("--commit", help="the commit measured (the GPU machine's copy has no .git)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -457,6 +458,10 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "gpu_check.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
+    env = report["environment"]
+    run = {"commit": args.commit or env["commit"], "command": " ".join(["python3", *sys.argv])}
+    run |= {"machine": env.get("gpu", env["device"]), "date": time.strftime("%Y-%m-%d")}
+    (out / "run.json").write_text(json.dumps(run, indent=1) + "\n")
     (out / "gpu_check.md").write_text(markdown(report))
     plot(report, out / "gpu_check.png")
     print(markdown(report))

@@ -2,8 +2,9 @@
 # The offline GPU check (issue 39) on a lent GPU machine: nothing is installed or fetched; the
 # project's source runs from the working tree against the machine's own torch and transformers.
 #
-#   bash benchmarks/gpu_check.sh [extra gpu_check.py flags]      (reports in $OUT, else
-#                                                                 benchmarks/results/gpu-check)
+#   bash benchmarks/gpu_check.sh --commit $(git rev-parse --short HEAD) [more gpu_check.py flags]
+#   (reports in $OUT, else benchmarks/results/gpu-check; the machine's copy has no .git, so the
+#   commit is given)
 set -euo pipefail
 OUT=${OUT:-benchmarks/results/gpu-check}
 mkdir -p "$OUT"

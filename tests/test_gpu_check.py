@@ -35,6 +35,7 @@ def test_the_gpu_check_dry_run_writes_its_report(tmp_path):
     assert model["projection"] and not report["skipped"]
     assert (tmp_path / "gpu_check.png").stat().st_size > 0
     assert "GPU check" in (tmp_path / "gpu_check.md").read_text()
+    assert json.loads((tmp_path / "run.json").read_text())["commit"]
 
 
 def test_the_carried_working_tree_stays_under_the_limit():
