@@ -59,14 +59,17 @@ def test_no_cuda_device_is_a_clear_exit_2(tmp_path):
 def test_features_that_need_newer_transformers_say_so(monkeypatch):
     """The GPU machine has transformers 5.17: the core runs there (the dry run above runs on it
     too when given that version), while state-space targets and windowed caches need 5.24."""
-    import transformers
     from conftest import tiny_model
     from test_ssm import tiny_ssm
 
+    from tokentree import kvcache
     from tokentree.backends import make_backend
     from tokentree.errors import UnsupportedModelError
 
-    monkeypatch.setattr(transformers, "__version__", "5.17.0")
     with pytest.raises(UnsupportedModelError, match=r"needs transformers >= 5\.24 \(found 5\.17"):
+        kvcache.require_full_transformers("a state-space target", "5.17.0")
+    kvcache.require_full_transformers("a state-space target", "5.24.1")
+    monkeypatch.setattr(kvcache, "FULL_SUPPORT", (99, 0))  # as if this transformers were older
+    with pytest.raises(UnsupportedModelError, match="state-space"):
         make_backend(tiny_ssm("mamba2"))
     make_backend(tiny_model("llama"))  # the core does not ask

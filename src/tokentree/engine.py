@@ -203,6 +203,7 @@ class SequenceRun:
         """Accept from the verified tree's [n, V] logits, commit, learn; returns the new tokens."""
         draft, params = self._draft, self.request.sampling
         tree = draft.tree
+        forward_s = verify_s  # the forward alone: what a plain step of plain decoding costs
         t1 = time.perf_counter()
         if self.noise is None:
             acceptance = self.engine.rule(draft, logits, params, self.generator)
@@ -218,7 +219,8 @@ class SequenceRun:
             self.planner.observe(tree, acceptance, self._draft_s, verify_s if timed else None)
         new = _until_eos(acceptance.new_tokens(tree)[: self.remaining], self.engine.eos_ids)
         if timed:
-            self.planner.account(len(new), time.perf_counter() - self._step_started, len(tree))
+            wall = time.perf_counter() - self._step_started
+            self.planner.account(len(new), wall, len(tree), forward_s)
             self.stats.estimated_speedup = self.planner.ledger.speedup
         self.context.extend(new)
         self.stats.record_step(

@@ -39,15 +39,15 @@ ROLLBACK = 256  # positions a windowed layer keeps beyond its window: how far a 
 FULL_SUPPORT = (5, 24)  # transformers from which windowed and state-space caches roll back
 
 
-def require_full_transformers(what: str) -> None:
+def require_full_transformers(what: str, version: str | None = None) -> None:
     """UnsupportedModelError naming ``what`` when the installed transformers predates
     FULL_SUPPORT (its windowed and linear-attention cache layers crop differently); the rest of
     tokentree runs on earlier 5.x releases (the GPU machine's 5.17: see benchmarks/gpu_check.py)."""
-    found = tuple(int(part) for part in transformers.__version__.split(".")[:2])
-    if found < FULL_SUPPORT:
+    version = version or transformers.__version__
+    if tuple(int(part) for part in version.split(".")[:2]) < FULL_SUPPORT:
         raise UnsupportedModelError(
             f"{what} needs transformers >= {'.'.join(map(str, FULL_SUPPORT))} "
-            f"(found {transformers.__version__}): its cache layers roll back differently before"
+            f"(found {version}): its cache layers roll back differently before"
         )
 
 

@@ -713,13 +713,18 @@ class Planner:
         self.recent_draft_s = RATE_DECAY * self.recent_draft_s + draft_s
         self.recent_steps = RATE_DECAY * self.recent_steps + 1
 
-    def account(self, emitted: int, step_s: float, nodes: int) -> None:
+    def account(
+        self, emitted: int, step_s: float, nodes: int, verify_s: float | None = None
+    ) -> None:
         """The request's ledger: a timed step of an ``nodes``-node tree emitted ``emitted`` tokens
-        in ``step_s`` seconds of wall time (a replayable planner counts the profile's verify time
-        instead, so its choices stay independent of timings)."""
+        in ``step_s`` seconds of wall time. A plain step's own verify (``verify_s``) is what plain
+        decoding cost just then, so it only counts the loop's overhead as lost, whatever the
+        machine's load; a tree step is priced at this run's learned t(1). (A replayable planner
+        counts the profile's times instead, so its choices stay independent of timings.)"""
+        plain = verify_s if nodes == 1 and verify_s is not None else self.seconds(1)
         if self.replayable:
-            step_s = self.seconds(nodes)
-        self.ledger.record(emitted, step_s, self.seconds(1))
+            step_s, plain = self.seconds(nodes), self.seconds(1)
+        self.ledger.record(emitted, step_s, plain)
 
 
 def choose_batch(
