@@ -19,13 +19,13 @@ from pathlib import Path
 LAYERS = [
     (
         "foundation",
-        ["errors", "files", "reductions", "tree", "sampling", "stats", "text", "request", "ledger"],
+        ["errors", "files", "reductions", "tree", "sampling", "stats", "text", "ledger"],
     ),
     (
         "parts",
         ["backends", "drafters", "planner", "planner_plot", "kvcache", "ssm", "head", "chat"],
     ),
-    ("engine", ["engine", "batch"]),
+    ("engine", ["request", "engine", "batch"]),
     ("loaders", ["models", "engine_choice"]),
     ("hub", ["api"]),
     ("doors", ["server", "bench", "tools", "cli", "calibrate", "quantize", "show"]),

@@ -349,7 +349,7 @@ def test_a_gguf_file_under_backend_auto_stays_on_llamacpp(gguf, monkeypatch, tmp
     def no_timing(*args, **kwargs):
         raise AssertionError("a user's GGUF file must not be exported and timed")
 
-    monkeypatch.setattr("tokentree.api.choose_engine", no_timing)
+    monkeypatch.setattr("tokentree.api.loading.choose_engine", no_timing)
     monkeypatch.setenv("TOKENTREE_CACHE", str(tmp_path))
     gen = load(str(gguf), threads=2, n_ctx=512)
     assert gen.target.engine == "llama.cpp" and "GGUF" in gen.target.why

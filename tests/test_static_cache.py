@@ -17,6 +17,7 @@ from tokentree.drafters import DRAFTERS, make_drafter
 from tokentree.engine import DecodeRequest, Engine
 from tokentree.errors import TokentreeError, UnsupportedModelError
 from tokentree.planner import CostProfile, padded_profile
+from tokentree.sampling import SamplingParams
 from tokentree.stats import GenerationStats
 from tokentree.tree import TokenTree
 
@@ -220,3 +221,24 @@ def test_a_padded_profile_prices_each_size_at_its_bucket():
     assert [profile.seconds_at(n, 256) for n in (3, 5, 7, 8)] == [1.2, 1.6, 1.6, 1.6]
     assert profile.longer[0].sizes == tuple(range(1, 9))
     assert profile.seconds_at(6, 4096) == 2.6
+
+
+def test_the_bench_gives_draft_models_their_static_cache():
+    """``bench --static-cache``: a tt: method's draft model runs on a static cache of its own, as
+    the generator's drafters do (the draft's forwards keep their shapes too)."""
+    from conftest import tiny_tokenizer
+
+    from tokentree.api import Generator
+    from tokentree.bench.methods import build_method
+    from tokentree.models import LoadedModel
+
+    target = LoadedModel(tiny_model("qwen2", seed=4), tiny_tokenizer(), "tiny")
+    draft = LoadedModel(tiny_model("qwen2", seed=104), tiny_tokenizer(), "tiny-draft")
+    static = StaticConfig(slots=128)
+    generator = Generator(target, make_drafter("none"), draft, static=static)
+    method = build_method("tt:chain@4", generator)
+    assert isinstance(method.drafter.model.backend, StaticHFBackend)
+    prompt = ([8, 21, 5, 40, 9] * 3)[:13]
+    result = method.run(prompt, 20, SamplingParams(), seed=0)
+    assert result.token_ids == hf_greedy(target.model, prompt, 20)
+    assert method.drafter.model.backend.tokens  # the draft ran on its static cache

@@ -2,6 +2,7 @@
 
 from .api import GenerationStream, Generator, Output, load
 from .errors import TokentreeError, UnsupportedModelError
+from .request import Request, RequestError
 from .tree import TokenTree
 
 __version__ = "0.1.0"
@@ -9,6 +10,8 @@ __all__ = [
     "GenerationStream",
     "Generator",
     "Output",
+    "Request",
+    "RequestError",
     "TokenTree",
     "TokentreeError",
     "UnsupportedModelError",

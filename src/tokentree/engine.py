@@ -12,6 +12,7 @@ from .backends.base import Backend
 from .drafters.base import Drafter, StochasticDrafter
 from .errors import TokentreeError
 from .planner import Planner
+from .request import Request
 from .sampling import (
     Acceptance,
     Draft,
@@ -27,32 +28,7 @@ from .tree import TokenTree
 GREEDY = SamplingParams()
 
 
-@dataclass
-class DecodeRequest:
-    """What to generate; the sampling fields are validated by :class:`SamplingParams`."""
-
-    max_new_tokens: int = 128
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | None = None  # None = a fresh random seed per run
-    min_p: float = 0.0
-    # drafted nodes per step (root excluded); None = the drafter's default;
-    budget: int | str | None = None
-    # "auto" = chosen each step by the engine's planner
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise TokentreeError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if isinstance(self.budget, str) and self.budget != "auto":
-            raise TokentreeError(f"budget must be a number >= 0 or 'auto', got '{self.budget}'")
-        if isinstance(self.budget, int) and self.budget < 0:
-            raise TokentreeError(f"budget must be >= 0, got {self.budget}")
-        self.sampling  # validates
-
-    @property
-    def sampling(self) -> SamplingParams:
-        return SamplingParams(self.temperature, self.top_k, self.top_p, self.min_p)
+DecodeRequest = Request  # the name before the one request (tokentree.request) existed
 
 
 @dataclass
@@ -75,7 +51,7 @@ class Engine:
     couple_seeded: bool = True
 
     def run(
-        self, prompt_ids: Sequence[int], request: DecodeRequest, stats: GenerationStats
+        self, prompt_ids: Sequence[int], request: Request, stats: GenerationStats
     ) -> Iterator[list[int]]:
         """Yield the new tokens of each step; ``stats`` is updated as steps complete.
 
@@ -91,7 +67,7 @@ class Engine:
     def start(
         self,
         prompt_ids: Sequence[int],
-        request: DecodeRequest,
+        request: Request,
         stats: GenerationStats,
         backend: Backend,
         drafter: Drafter,
@@ -106,6 +82,8 @@ class Engine:
         backend.prefill(context[:-1], defer=backend.prompt_tail)
         stats.prompt_tokens = len(context)
         stats.prefill_s = time.perf_counter() - start
+        # the doors decide the budget (request.decide_budget); a hand-built request without one
+        # gets the drafter's own default
         budget = drafter.default_budget if request.budget is None else request.budget
         if budget == "auto" and planner is None:
             raise TokentreeError("budget 'auto' needs a planner (tokentree.load(...) provides one)")
@@ -143,7 +121,7 @@ class SequenceRun:
     engine: Engine
     backend: Backend
     drafter: Drafter
-    request: DecodeRequest
+    request: Request
     stats: GenerationStats
     context: list[int]
     budget: int | str

@@ -77,6 +77,7 @@ class TreeBook:
     _pending: TokenTree | None
     _lead: list[int]  # prompt tokens a prefill held back for the next tree (backends that defer)
     prompt_tail = 64  # see Backend.prompt_tail
+    plans_every_tree = False  # see Backend.plans_every_tree
 
     @property
     def tokens(self) -> list[int]:
@@ -118,6 +119,9 @@ class Backend(Protocol):
     vocab_size: int
     max_leaves: int | None  # the most root-to-leaf paths one verify takes (None: no limit)
     prompt_tail: int  # prompt tokens it prefers to forward with the first tree (one forward fewer)
+    # verify costs rise steeply with the tree (CPU engines): every request's trees are planned
+    # unless it fixes a budget (see tokentree.request.decide_budget)
+    plans_every_tree: bool
 
     @property
     def tokens(self) -> list[int]:

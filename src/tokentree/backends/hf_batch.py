@@ -39,6 +39,7 @@ class PackedLane:
 
     max_leaves = None  # a mask takes any tree
     prompt_tail = 64  # see Backend.prompt_tail
+    plans_every_tree = False
 
     def __init__(self, batch: PackedBatch):
         self.batch = batch

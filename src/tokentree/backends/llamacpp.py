@@ -213,6 +213,8 @@ class LlamaCppBackend(TreeBook):
     is empty (see :class:`tokentree.batch.BatchEngine`).
     """
 
+    plans_every_tree = True  # batch costs rise steeply on a CPU: plan every tree
+
     def __init__(
         self,
         model: LlamaCppModel,

@@ -159,6 +159,7 @@ class OpenVINOBackend(TreeBook):
     """The backend contract over an :class:`OpenVINOModel` (see
     :class:`tokentree.backends.Backend`): any tree in one inference, through the tree mask."""
 
+    plans_every_tree = True  # batch costs rise steeply on a CPU: plan every tree
     max_leaves = None  # a mask takes any tree
 
     def __init__(self, model: OpenVINOModel):

@@ -9,11 +9,12 @@ from typing import Protocol, Sequence
 import torch
 from transformers.generation.streamers import BaseStreamer
 
-from ..api import Generator
+from ..api import Generator, draft_source
 from ..backends.llamacpp import LlamaCppModel, import_llama_cpp, plain_greedy
 from ..drafters import DRAFTERS, HybridConfig, HybridDrafter, make_drafter
 from ..drafters.base import clear_caches
 from ..errors import TokentreeError
+from ..request import Request
 from ..sampling import SamplingParams
 
 
@@ -127,7 +128,7 @@ class TokentreeMethod:
         self.name = name
         self.generator = generator
         self.budget = budget
-        draft = None if generator.draft is None else generator.draft.model
+        draft = draft_source(generator.draft, generator.static)  # a static cache too, if any
         if "+" in drafter_name:  # a hybrid of these sources, sized per step like auto
             sources = HybridConfig(sources=drafter_name.replace("+", ","))
             self.drafter = HybridDrafter(
@@ -158,17 +159,16 @@ class TokentreeMethod:
             self.generator.backend.reset()
             clear_caches(self.drafter)  # nor for a draft model
         start = time.perf_counter()
-        out = self.generator.generate(
-            prompt_ids,
-            max_new_tokens=max_new_tokens,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            top_k=sampling.top_k,
-            min_p=sampling.min_p,
-            seed=seed,
-            drafter=self.drafter,
-            budget=self.budget,
+        request = Request(
+            max_new_tokens,
+            sampling.temperature,
+            sampling.top_p,
+            sampling.top_k,
+            seed,
+            sampling.min_p,
+            self.budget,
         )
+        out = self.generator.generate(prompt_ids, request, drafter=self.drafter)
         wall = time.perf_counter() - start
         s = out.stats
         return RunResult(

@@ -13,12 +13,12 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Sequence
 
 from starlette.exceptions import HTTPException
 
+from .errors import error_body
 from .metrics import Metrics
-from .protocol import error_body
 
 OPEN_ROUTES = frozenset({"/health"})  # answered without the API key (load-balancer probes)
 UNMATCHED = "unmatched"
@@ -36,12 +36,13 @@ class BodyTooLarge(HTTPException):
         )
 
 
-def route_label(path: str, routes: frozenset[str]) -> str:
-    """The metrics label of ``path``: its route, ``/v1/models/{model}``, or UNMATCHED."""
-    if path in routes:
-        return path
-    if path.startswith("/v1/models/") and "/v1/models/{model}" in routes:
-        return "/v1/models/{model}"
+def route_label(path: str, routes: Sequence) -> str:
+    """The metrics label of ``path``: the template of the app's route that matches it
+    (``/v1/models/{model}``), or UNMATCHED."""
+    for route in routes:
+        regex = getattr(route, "path_regex", None)
+        if regex is not None and regex.match(path):
+            return route.path_format
     return UNMATCHED
 
 
@@ -78,7 +79,7 @@ class Gate:
         self,
         app,
         metrics: Metrics,
-        routes: frozenset[str],
+        routes: Sequence,  # the app's own routes (Starlette routes)
         api_key: str | None,
         max_body_bytes: int,
         read_timeout: float = 10.0,

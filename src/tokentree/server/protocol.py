@@ -1,5 +1,6 @@
-"""OpenAI request bodies (validated by pydantic, strictly: ``true`` or ``"3"`` is not an integer)
-and the OpenAI error shape.
+"""OpenAI request bodies (validated by pydantic, strictly: ``true`` or ``"3"`` is not an integer),
+each turned into the one :class:`~tokentree.request.Request` by
+:meth:`GenerationRequest.to_request`.
 
 Every field OpenAI defines for these routes is either honoured or, when a request sets it to a
 value that would change the output in a way tokentree does not provide, rejected with a 400 that
@@ -11,14 +12,22 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    field_validator,
-    model_validator,
-)
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from ..request import Request, RequestError
+from .errors import APIError
+from .limits import Limits
+
+# the Request's field names as OpenAI's (or tokentree's extension's) bodies spell them
+OPENAI_PARAMS = {
+    "max_new_tokens": "max_tokens",
+    "drafter": "tokentree.drafter",
+    "budget": "tokentree.budget",
+}
+
+
+def openai_param(field: str) -> str:
+    return OPENAI_PARAMS.get(field, field)
 
 
 def _valid_unicode(text: str) -> str:
@@ -60,15 +69,8 @@ class TokentreeOptions(BaseModel):
     """tokentree's own options, sent as ``extra_body={"tokentree": {...}}``."""
 
     model_config = ConfigDict(strict=True, extra="forbid")
-    drafter: Text | None = None
+    drafter: Text | None = None  # checked by the Request (one validator)
     budget: Union[int, Literal["auto"], None] = None
-
-    @field_validator("budget")
-    @classmethod
-    def _budget(cls, budget):
-        if isinstance(budget, int) and not 0 <= budget <= 256:
-            raise ValueError("budget must be in [0, 256] or 'auto'")
-        return budget
 
 
 UNSUPPORTED = "is not supported by tokentree"
@@ -135,15 +137,26 @@ class GenerationRequest(BaseModel):
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
-    def sampling(self) -> dict[str, Any]:
-        """Generator.stream's sampling options, with OpenAI's defaults for the fields left out."""
-        return dict(
-            temperature=1.0 if self.temperature is None else self.temperature,
-            top_p=1.0 if self.top_p is None else self.top_p,
-            top_k=self.top_k or 0,
-            min_p=self.min_p or 0.0,
-            seed=self.seed,
-        )
+    def to_request(self, limits: Limits, prompt_tokens: int, param: str) -> Request:
+        """The request this body asks for, within this server's ``limits`` (OpenAI's defaults for
+        the fields left out); APIError 400 naming the field otherwise. ``param`` names the prompt's
+        field."""
+        limits.check_stops(self.stops)
+        extra = self.tokentree or TokentreeOptions()
+        try:
+            return Request(
+                max_new_tokens=limits.new_tokens_for(self.token_limit, prompt_tokens, param),
+                temperature=1.0 if self.temperature is None else self.temperature,
+                top_p=1.0 if self.top_p is None else self.top_p,
+                top_k=self.top_k or 0,
+                min_p=self.min_p or 0.0,
+                seed=self.seed,
+                stop=tuple(self.stops),
+                drafter=extra.drafter,
+                budget=extra.budget,
+            )
+        except RequestError as exc:
+            raise APIError(400, str(exc), param=openai_param(exc.field)) from None
 
 
 class ChatRequest(GenerationRequest):
@@ -180,6 +193,9 @@ class ChatRequest(GenerationRequest):
     def token_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
+    def messages_as_dicts(self) -> list[dict]:
+        return [{"role": m.role, "content": m.text()} for m in self.messages]
+
 
 class CompletionRequest(GenerationRequest):
     prompt: Union[Annotated[Text, Field(min_length=1)], Annotated[list[int], Field(min_length=1)]]
@@ -194,13 +210,3 @@ class CompletionRequest(GenerationRequest):
     @property
     def token_limit(self) -> int | None:
         return self.max_tokens
-
-
-def error_body(
-    message: str,
-    type_: str = "invalid_request_error",
-    param: str | None = None,
-    code: str | None = None,
-) -> dict:
-    """The JSON body OpenAI returns with a 4xx/5xx status."""
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}

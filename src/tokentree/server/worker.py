@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from ..api import BatchSession, GenerationStream, Generator
 from ..errors import TokentreeError
+from ..request import Request
 
 log = logging.getLogger("tokentree.server")
 
@@ -35,8 +36,7 @@ class Job:
     request share their ``events`` queue and tell their events apart by ``index``."""
 
     prompt_ids: list[int]
-    options: dict[str, Any]  # keyword arguments of Generator.stream
-    drafter: str | None
+    request: Request
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     index: int = 0  # the choice this job answers
@@ -199,7 +199,7 @@ class Worker:
     def _run(self, job: Job) -> None:
         job.started_at = time.monotonic()
         try:
-            stream = self.generator.stream(job.prompt_ids, drafter=job.drafter, **job.options)
+            stream = self.generator.stream(job.prompt_ids, job.request)
             job.stream = stream
             if job.cancelled.is_set():
                 stream.cancelled = True
@@ -267,14 +267,14 @@ class Worker:
             if self.stopping or not session.free_slots or not self._live_waiting():
                 return None
             job = self._waiting[0]
-            if not session.fits(len(job.prompt_ids), job.options["max_new_tokens"]):
+            if not session.fits(len(job.prompt_ids), job.request.max_new_tokens):
                 return None  # it waits for running sequences to finish
             return self._waiting.popleft()
 
     def _start(self, session: BatchSession, job: Job) -> None:
         job.started_at = time.monotonic()
         try:
-            slot = session.add(job.prompt_ids, drafter=job.drafter, **job.options)
+            slot = session.add(job.prompt_ids, job.request)
         except TokentreeError as exc:
             job.post("error", (400, str(exc)))
             return

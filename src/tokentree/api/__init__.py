@@ -1,0 +1,36 @@
+"""The Python API: ``tokentree.load(...)`` returns a :class:`Generator`; requests are
+:class:`~tokentree.request.Request` objects (or keyword changes that build one)."""
+
+from ..models import LoadedModel, resolve_device, resolve_dtype
+from ..request import Request, RequestError
+from .generator import Generator, Prompt, draft_source
+from .loading import (
+    BACKENDS,
+    llama_cpp_installed,
+    load,
+    load_draft,
+    openvino_installed,
+    resolve_backend,
+)
+from .session import BatchSession
+from .stream import GenerationStream, Output
+
+__all__ = [
+    "BACKENDS",
+    "BatchSession",
+    "GenerationStream",
+    "Generator",
+    "LoadedModel",
+    "Output",
+    "Prompt",
+    "Request",
+    "RequestError",
+    "draft_source",
+    "llama_cpp_installed",
+    "load",
+    "load_draft",
+    "openvino_installed",
+    "resolve_backend",
+    "resolve_device",
+    "resolve_dtype",
+]

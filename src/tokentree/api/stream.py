@@ -1,0 +1,67 @@
+"""What a generation gives back: :class:`GenerationStream` while it runs, :class:`Output` at the
+end."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+from ..engine import Engine
+from ..request import Request
+from ..stats import GenerationStats
+from ..text import TextStream
+
+
+@dataclass
+class Output:
+    """A finished generation: the new text, the new token ids and the statistics."""
+
+    text: str
+    token_ids: list[int]
+    stats: GenerationStats
+
+
+class GenerationStream:
+    """Iterate to receive text pieces; ``text``, ``token_ids`` and ``stats`` fill in as it runs."""
+
+    def __init__(self, engine: Engine, prompt_ids: list[int], request: Request, text: TextStream):
+        self.stats = GenerationStats()
+        self.text_stream = text
+        self.eos_ids = engine.eos_ids
+        self.cancelled = False  # set from any thread: the run ends after the current step
+        self._pieces = self._run(engine, prompt_ids, request)
+
+    def _run(self, engine: Engine, prompt_ids: list[int], request: Request) -> Iterator[str]:
+        for tokens in engine.run(prompt_ids, request, self.stats):
+            piece = self.text_stream.push(tokens)
+            if piece:
+                yield piece
+            if self.text_stream.stopped or self.cancelled:
+                return
+        piece = self.text_stream.finish()
+        if piece:
+            yield piece
+
+    def __iter__(self) -> Iterator[str]:
+        return self._pieces
+
+    @property
+    def text(self) -> str:
+        return self.text_stream.text
+
+    @property
+    def token_ids(self) -> list[int]:
+        return list(self.text_stream.token_ids)
+
+    @property
+    def finish_reason(self) -> str:
+        """ "stop" after an EOS token or a stop string, else "length" (or "cancelled")."""
+        if self.text_stream.stopped or (self.token_ids and self.token_ids[-1] in self.eos_ids):
+            return "stop"
+        return "cancelled" if self.cancelled else "length"
+
+    def output(self) -> Output:
+        """Run to the end and return the whole result."""
+        for _ in self._pieces:
+            pass
+        return Output(self.text, self.token_ids, self.stats)

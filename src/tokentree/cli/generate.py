@@ -1,0 +1,72 @@
+"""``tokentree generate``: one prompt, streamed to stdout."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..errors import TokentreeError
+from .flags import drafter_flags, drafter_options, request_flags, request_from_args
+from .model_flags import add_model_arguments, load_from_args
+
+
+def add_parser(sub) -> None:
+    gen = sub.add_parser("generate", help="generate text for one prompt, streamed to stdout")
+    gen.add_argument("prompt", nargs="?", help="the prompt (read from stdin when omitted)")
+    gen.add_argument(
+        "--chat",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="apply the chat template (default: on when the tokenizer has one)",
+    )
+    add_model_arguments(gen)
+    request_flags(gen.add_argument_group("request"), names=_REQUEST_FLAGS)
+    gen.add_argument(
+        "--stats", action="store_true", help="print tau, tokens/s and step counts to stderr"
+    )
+    gen.add_argument(
+        "--json", action="store_true", help="print one JSON object instead of streaming text"
+    )
+    drafter_flags(gen, "the drafter")
+    gen.set_defaults(run=run)
+
+
+# every field of the request but the drafter, which --drafter sets with its options' flags
+_REQUEST_FLAGS = ("max_new_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "stop",
+                  "budget")  # fmt: skip
+
+
+def read_prompt(prompt: str | None) -> str:
+    if prompt is not None:
+        return prompt
+    if sys.stdin.isatty():
+        raise TokentreeError("no prompt: give PROMPT or pipe it on stdin")
+    text = sys.stdin.read()
+    if not text.strip():
+        raise TokentreeError("the prompt read from stdin is empty")
+    return text
+
+
+def run(args: argparse.Namespace) -> int:
+    prompt = read_prompt(args.prompt)
+    request = request_from_args(args)  # checked before minutes of loading
+    options = drafter_options(args)
+    gen = load_from_args(args, args.drafter, args.draft, None, args.drafter_state, **options)
+    stream = gen.stream(prompt, request, chat=args.chat)
+    for piece in stream:
+        if not args.json:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    if args.json:
+        body = {"text": stream.text, "token_ids": stream.token_ids}
+        print(json.dumps(body | {"stats": stream.stats.to_dict()}))
+    else:
+        print()
+    if args.drafter_state:
+        gen.save_drafter_state(args.drafter_state)
+    if args.stats:
+        print(f"tokentree [{gen.drafter.name}]: {stream.stats.summary()}", file=sys.stderr)
+        target = gen.target
+        print(f"tokentree: {target.engine} ran the target ({target.why})", file=sys.stderr)
+    return 0
