@@ -25,7 +25,7 @@ LAYERS = [
         "parts",
         ["backends", "drafters", "planner", "planner_plot", "kvcache", "ssm", "head", "chat"],
     ),
-    ("engine", ["request", "engine", "batch"]),
+    ("engine", ["request", "trace", "engine", "batch"]),
     ("loaders", ["models", "engine_choice"]),
     ("hub", ["api"]),
     ("doors", ["server", "bench", "tools", "cli", "calibrate", "quantize", "show"]),

@@ -7,7 +7,7 @@ time does not depend on the weights):
 - packed: one cache row holding every sequence's context back to back, all trees in one row, a
   block (forest) mask: a node sees its own sequence's cells and its ancestors;
 - packed + lanes: the same, with tokentree's lane attention (SDPA over each sequence's own cells
-  only, :mod:`tokentree.backends.lane_attention`);
+  only, :mod:`tokentree.backends.hf.lane_attention`);
 - rows: one batch row per sequence (the best case for rows: equal contexts and trees, no padding;
   unequal trees pad every row to the largest).
 
@@ -23,7 +23,7 @@ import time
 import torch
 from transformers import AutoModelForCausalLM, DynamicCache, Qwen2Config
 
-from tokentree.backends.lane_attention import LanePlan, use_lane_attention
+from tokentree.backends.hf.lane_attention import LanePlan, use_lane_attention
 
 QWEN_1_5B = dict(
     vocab_size=151936,

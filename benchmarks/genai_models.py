@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from tokentree.models import EMBEDDED_DRAFT, EMBEDDED_TARGET, cache_dir, locate
+from tokentree.files import cache_dir
+from tokentree.models import EMBEDDED_DRAFT, EMBEDDED_TARGET, locate
 
 WEIGHT_FLAGS = {
     "int4": ["--weight-format", "int4", "--sym", "--group-size", "128", "--ratio", "1.0"],

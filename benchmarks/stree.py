@@ -26,7 +26,7 @@ import time
 import torch
 from transformers import AutoModelForCausalLM, Mamba2Config
 
-from tokentree.backends.hf_ssm import SSMBackend
+from tokentree.backends.hf.ssm_backend import SSMBackend
 from tokentree.tree import TokenTree
 
 SIZES = {  # the published Mamba-2 130M and 1.3B shapes (state-spaces/mamba2-*)

@@ -100,7 +100,7 @@ def private_cache(tmp_path_factory, monkeypatch):
 def train_tiny_head(model, out, steps: int = 400, prompts: int = 24, length: int = 48):
     """A feature head for ``model`` trained ``steps`` steps on its own greedy text (random prompts
     continued greedily: the text a head must learn to draft); returns (head dir, report, data)."""
-    from tokentree.head.train import TrainHeadConfig, extract, train
+    from tokentree.tools.train_head.train import TrainHeadConfig, extract, train
 
     vocab = model.config.vocab_size
     generator = torch.Generator().manual_seed(0)

@@ -16,7 +16,7 @@ from test_sampling_end_to_end import (  # noqa: F401  (fixtures)
     prompt,
 )
 
-from tokentree.backends.hf_batch import PackedBatch
+from tokentree.backends.hf.batch import PackedBatch
 from tokentree.batch import BatchEngine
 from tokentree.drafters import make_drafter
 from tokentree.engine import DecodeRequest, Engine

@@ -3,6 +3,7 @@
 import hashlib
 import io
 import json
+import re
 import subprocess
 import sys
 
@@ -95,7 +96,17 @@ def test_stdin_prompt_streaming_and_stats(saved_tiny_model, capsys, monkeypatch)
         stdin="abc abc",
         monkeypatch=monkeypatch,
     )
-    assert code == 0 and out.endswith("\n") and "tau" in err and "tokens/s" in err
+    assert code == 0, err
+    tok = tiny_tokenizer()
+    model = AutoModelForCausalLM.from_pretrained(saved_tiny_model, dtype=torch.float32)
+    expected = hf_greedy(model, tok("abc abc").input_ids, 8)  # the prompt came from stdin
+    assert out == tok.decode(expected, skip_special_tokens=True) + "\n"
+    summary = re.search(r"(\d+) tokens in (\d+) steps, tau ([\d.]+), ([\d.]+) tokens/s", err)
+    assert summary, err
+    tokens, steps, tau, rate = summary.groups()
+    assert int(tokens) == 8 and 1 <= int(steps) <= 8 and float(rate) > 0
+    assert float(tau) == pytest.approx(8 / int(steps), abs=0.006)
+    assert "transformers ran the target" in err
 
 
 def test_console_script_runs(saved_tiny_model):

@@ -14,9 +14,9 @@ from conftest import tiny_model
 from test_sampling_end_to_end import REQUEST, SAMPLES, SMALL_VOCAB, exact_joint
 from test_ssm import random_tree, tiny_ssm
 
-from tokentree import kvcache
 from tokentree.backends import make_backend
 from tokentree.backends.base import StaticConfig
+from tokentree.backends.hf import kvcache
 from tokentree.drafters import make_drafter
 from tokentree.engine import DecodeRequest, Engine
 from tokentree.stats import GenerationStats

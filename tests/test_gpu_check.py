@@ -62,8 +62,8 @@ def test_features_that_need_newer_transformers_say_so(monkeypatch):
     from conftest import tiny_model
     from test_ssm import tiny_ssm
 
-    from tokentree import kvcache
     from tokentree.backends import make_backend
+    from tokentree.backends.hf import kvcache
     from tokentree.errors import UnsupportedModelError
 
     with pytest.raises(UnsupportedModelError, match=r"needs transformers >= 5\.24 \(found 5\.17"):

@@ -13,7 +13,7 @@ from tokentree.backends.hf import HFBackend
 from tokentree.drafters import make_drafter
 from tokentree.errors import TokentreeError
 from tokentree.head import FeatureTap, default_head_dir, load_head
-from tokentree.head.train import (
+from tokentree.tools.train_head.train import (
     FeatureData,
     TrainHeadConfig,
     accept_estimate,
@@ -147,7 +147,7 @@ def test_auto_with_the_head_as_a_source_decodes_like_plain_greedy(model, trained
 
 def test_training_prompts_are_disjoint_from_every_benchmark_selection():
     from tokentree.bench.suites import SUITES, load_suite, select
-    from tokentree.head.data import BENCH_RESERVED, training_prompts
+    from tokentree.tools.train_head.data import BENCH_RESERVED, training_prompts
 
     train = {p.turns[0] for p in training_prompts()}
     assert len(train) > 300

@@ -13,7 +13,7 @@ from test_batch import NearAnswers, drive
 
 from tokentree.api import Generator
 from tokentree.backends.hf import HFBackend
-from tokentree.backends.hf_batch import PackedBatch
+from tokentree.backends.hf.batch import PackedBatch
 from tokentree.batch import BatchEngine
 from tokentree.drafters import make_drafter
 from tokentree.models import LoadedModel

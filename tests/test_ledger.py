@@ -1,16 +1,16 @@
-"""The per-request guarantee (tokentree.ledger), the planner's hysteresis, its request evidence."""
+"""The per-request guarantee (planner.ledger), the planner's hysteresis, its request evidence."""
 
 from __future__ import annotations
 
 import pytest
 
-from tokentree.ledger import ALLOWANCE, SLACK_STEPS, RequestLedger
 from tokentree.planner import (
     HYSTERESIS,
     PROBE_COST,
     CostProfile,
     Planner,
 )
+from tokentree.planner.ledger import ALLOWANCE, SLACK_STEPS, RequestLedger
 from tokentree.sampling import Acceptance
 from tokentree.stats import GenerationStats
 from tokentree.tree import TokenTree

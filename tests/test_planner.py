@@ -271,11 +271,41 @@ def test_profiles_are_cached_and_bad_files_ignored(tmp_path, monkeypatch):
     assert load_profile("v0") is None
 
 
+class CountingBackend(HFBackend):
+    """Records (tree size, cached tokens) of every verify."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.verified: list[tuple[int, int]] = []
+
+    def verify(self, tree):
+        self.verified.append((len(tree), len(self.tokens)))
+        return super().verify(tree)
+
+
 def test_measured_profile_on_a_tiny_model():
+    backend = CountingBackend(tiny_model("llama"))
+    ticks = []
     profile = measure_profile(
-        HFBackend(tiny_model("llama")), sizes=(1, 4, 16), context_len=32, repeats=2
+        backend,
+        sizes=(1, 4, 16),
+        context_len=32,
+        repeats=2,
+        key="k",
+        progress=lambda n, context, s: ticks.append((n, context)),
+        longer=(48,),
     )
-    assert profile.sizes == (1, 4, 16) and all(s > 0 for s in profile.seconds)
+    assert profile.sizes == (1, 4, 16) and profile.context_len == 32 and profile.key == "k"
+    assert all(s > 0 for s in profile.seconds) and list(profile.seconds) == sorted(profile.seconds)
+    assert profile.ratio(1) == 1.0 and profile.seconds_at(4, 32) == profile.seconds[1]
+    assert ticks[:3] == [(1, 32), (4, 32), (16, 32)]  # one tick per size, then the longer curve
+    assert ticks[3:] == [(n, 48) for n in LONG_PROFILE_SIZES]
+    assert profile.longer[0].context_len == 48 and profile.longer[0].sizes == LONG_PROFILE_SIZES
+    # each size timed after the whole prefix, one warm-up and the repeats
+    first = backend.verified[:9]
+    assert first == [(1, 32)] * 3 + [(4, 32)] * 3 + [(16, 32)] * 3
+    assert backend.tokens == []  # the backend is left empty
+    assert CostProfile.from_dict(profile.to_dict()) == profile
 
 
 def test_probe_schedule_backs_off_while_probes_fail_and_resets_on_success():

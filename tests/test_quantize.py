@@ -7,7 +7,7 @@ from tokentree import api
 from tokentree.api import resolve_backend
 from tokentree.cli import main
 from tokentree.errors import TokentreeError
-from tokentree.quantize import QuantizeConfig, gguf_summary, quantize
+from tokentree.tools.quantize import QuantizeConfig, gguf_summary, quantize
 
 
 @pytest.mark.slow

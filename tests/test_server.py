@@ -228,6 +228,23 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server, bod
     )
 
 
+@pytest.mark.parametrize(
+    "body,param",
+    [
+        ({"tokentree": {"budget": 300}}, "tokentree.budget"),
+        ({"tokentree": {"budget": -1}}, "tokentree.budget"),
+        ({"tokentree": {"drafter": "magic"}}, "tokentree.drafter"),
+        ({"tokentree": {"drafter": "sequoia"}}, "tokentree.drafter"),
+        ({"max_tokens": 100000}, "max_tokens"),
+        ({"stop": ["x"] * 17}, "stop"),
+        ({"model": "other"}, "model"),
+    ],
+)
+def test_refusals_name_the_field_as_the_body_spells_it(server, body, param):
+    response = httpx.post(server + "/v1/chat/completions", json={"messages": MESSAGES} | body)
+    assert response.status_code in (400, 404) and response.json()["error"]["param"] == param
+
+
 def test_malformed_json_and_unknown_routes(server):
     bad = httpx.post(
         server + "/v1/chat/completions",

@@ -12,11 +12,11 @@ from test_greedy_equality import OracleMixDrafter, hf_greedy
 from transformers import AutoModelForCausalLM, BambaConfig, Mamba2Config
 
 from tokentree.backends import make_backend, make_batch_target
-from tokentree.backends.hf_ssm import SSMBackend
+from tokentree.backends.hf.ssm.scan import path_state, tree_conv, tree_ssd
+from tokentree.backends.hf.ssm_backend import SSMBackend
 from tokentree.drafters import DRAFTERS, make_drafter
 from tokentree.engine import DecodeRequest, Engine
 from tokentree.errors import UnsupportedModelError
-from tokentree.ssm.scan import path_state, tree_conv, tree_ssd
 from tokentree.stats import GenerationStats
 from tokentree.tree import TokenTree
 

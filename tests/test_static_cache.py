@@ -8,11 +8,10 @@ from conftest import VOCAB, tiny_model
 from test_greedy_equality import OracleMixDrafter, hf_greedy
 from test_ssm import random_tree
 
-from tokentree import kvcache
 from tokentree.backends import make_backend
 from tokentree.backends.base import StaticConfig, bucket
-from tokentree.backends.hf import HFBackend
-from tokentree.backends.hf_static import StaticHFBackend, static_tree_mask
+from tokentree.backends.hf import HFBackend, kvcache
+from tokentree.backends.hf.static import StaticHFBackend, static_tree_mask
 from tokentree.drafters import DRAFTERS, make_drafter
 from tokentree.engine import DecodeRequest, Engine
 from tokentree.errors import TokentreeError, UnsupportedModelError

@@ -8,10 +8,9 @@ from conftest import VOCAB, tiny_model
 from test_greedy_equality import hf_greedy
 from test_ssm import random_tree
 
-from tokentree import kvcache
-from tokentree.backends import hf
-from tokentree.backends.hf import HFBackend
-from tokentree.backends.tree_attention import TREE_ATTENTION
+from tokentree.backends.hf import HFBackend, kvcache
+from tokentree.backends.hf import backend as hf
+from tokentree.backends.hf.tree_attention import TREE_ATTENTION
 from tokentree.drafters import make_drafter
 from tokentree.engine import DecodeRequest, Engine
 from tokentree.errors import TokentreeError

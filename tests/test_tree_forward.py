@@ -4,8 +4,7 @@ decoding."""
 import torch
 from conftest import VOCAB, tiny_model
 
-from tokentree import kvcache
-from tokentree.backends.hf import HFBackend
+from tokentree.backends.hf import HFBackend, kvcache
 from tokentree.tree import TokenTree
 
 
@@ -60,7 +59,7 @@ def test_compaction_equals_plain_decoding_cache(family):
 
 
 def test_chunked_prefill_and_prefix_reuse_match_a_fresh_cache(family, monkeypatch):
-    import tokentree.backends.hf as hf
+    import tokentree.backends.hf.backend as hf
 
     model = tiny_model(family)
     gen = torch.Generator().manual_seed(3)

@@ -4,7 +4,7 @@ of them, and each keeps its accepted path.
 The target is a :class:`~tokentree.backends.base.BatchTarget`: slot i of a batch is a lane, a
 backend over its own part of one shared cache (llama.cpp sequence ids, see
 :mod:`tokentree.backends.llamacpp_batch`; cells of a packed transformers cache under a block mask,
-see :mod:`tokentree.backends.hf_batch`), so the trees of a step go into one forward. Sequences join
+see :mod:`tokentree.backends.hf.batch`), so the trees of a step go into one forward. Sequences join
 (:meth:`BatchEngine.add`, a prefill of their own) and leave (finished or :meth:`BatchEngine.cancel`)
 between steps. Every sequence is decoded as :class:`Engine` would decode it alone (the same
 :class:`SequenceRun` steps: its acceptance rule judges its tree by the target's logits for it), so

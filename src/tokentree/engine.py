@@ -23,6 +23,7 @@ from .sampling import (
     accept_coupled,
 )
 from .stats import GenerationStats
+from .trace import StepTrace, node_sources, trace_step
 from .tree import TokenTree
 
 GREEDY = SamplingParams()
@@ -49,6 +50,8 @@ class Engine:
     rule: Callable[[Draft, torch.Tensor, SamplingParams, torch.Generator], Acceptance] = accept
     planner: Planner | None = None
     couple_seeded: bool = True
+    # called with each step's StepTrace (tokentree generate --show-trees); None: no trace is made
+    on_step: Callable[[StepTrace], None] | None = None
 
     def run(
         self, prompt_ids: Sequence[int], request: Request, stats: GenerationStats
@@ -134,6 +137,7 @@ class SequenceRun:
     _draft: Draft | None = None
     _draft_s: float = 0.0
     _step_started: float = 0.0  # when this step's drafting began (the ledger's wall time)
+    _candidate: int = 0  # drafted nodes the planner was offered this step
 
     @property
     def remaining(self) -> int:
@@ -147,6 +151,7 @@ class SequenceRun:
         else:
             self.planner.at(len(self.context))
             candidate = self._drafted(min(self.planner.candidate_size(), self.remaining - 1))
+            self._candidate = len(candidate.tree) - 1
             draft = self._sized(candidate, self.planner.choose(candidate.tree))
         return self._take(draft, time.perf_counter() - t0)
 
@@ -157,6 +162,7 @@ class SequenceRun:
         self.planner.at(len(self.context))
         draft = self._drafted(min(self.planner.candidate_size(), self.remaining - 1))
         self._draft_s = time.perf_counter() - t0
+        self._candidate = len(draft.tree) - 1
         return draft
 
     def take(self, candidate: Draft, n: int) -> Draft:
@@ -189,6 +195,8 @@ class SequenceRun:
             acceptance = accept_coupled(tree, logits, params, self.noise, self.stats.new_tokens)
         self.backend.commit(acceptance.nodes)
         verify_s += time.perf_counter() - t1
+        if self.engine.on_step is not None:
+            self._trace(tree, acceptance)
         self.drafter.observe(tree, logits, acceptance)
         # the first verify also forwarded the prompt's tail; a batch's forward times all its
         # sequences' trees
@@ -209,6 +217,11 @@ class SequenceRun:
             self.stats.first_token_s = self.stats.total_s
         self.done = self.remaining <= 0 or new[-1] in self.engine.eos_ids
         return new
+
+    def _trace(self, tree: TokenTree, acceptance: Acceptance) -> None:
+        sources = node_sources(self.drafter, tree)
+        candidate = self._candidate if self.planner is not None else None
+        self.engine.on_step(trace_step(self.stats.steps, tree, acceptance, sources, candidate))
 
     def _drafted(self, budget: int) -> Draft:
         """A sampled draft from drafters that can draw one (when sampling), else a deterministic

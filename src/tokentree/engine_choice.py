@@ -21,8 +21,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
-from .files import write_atomically
-from .models import LoadedModel, cache_dir
+from .files import cache_dir, write_atomically
+from .models import LoadedModel
 from .planner import measure_profile
 
 CHOICE_SIZES = (1, 2, 4, 8, 16)  # tree sizes timed to compare engines (root included)

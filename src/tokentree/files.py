@@ -7,6 +7,14 @@ import tempfile
 from pathlib import Path
 
 
+def cache_dir() -> Path:
+    """Where tokentree keeps what it measures and converts (``$TOKENTREE_CACHE``, default
+    ``~/.cache/tokentree``)."""
+    return Path(
+        os.environ.get("TOKENTREE_CACHE", Path.home() / ".cache" / "tokentree")
+    ).expanduser()
+
+
 def write_atomically(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` through a uniquely named temporary file in the same directory and
     a rename: concurrent writers never interleave, a crash leaves the old file or the new one."""

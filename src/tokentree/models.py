@@ -21,6 +21,7 @@ import torch
 from .backends.llamacpp import LlamaCppConfig, LlamaCppModel, import_llama_cpp, is_gguf
 from .backends.openvino import OpenVINOConfig, OpenVINOModel, import_openvino
 from .errors import TokentreeError
+from .files import cache_dir
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -103,12 +104,6 @@ class LoadedModel:
         if eos is None:
             return frozenset()
         return frozenset([eos] if isinstance(eos, int) else eos)
-
-
-def cache_dir() -> Path:
-    return Path(
-        os.environ.get("TOKENTREE_CACHE", Path.home() / ".cache" / "tokentree")
-    ).expanduser()
 
 
 # ------------------------------------------------------------------------- devices and dtypes

@@ -27,7 +27,7 @@ class GenerationStats:
     first_token_s: float = 0.0  # from the start (prefill included) to the first new token
     capped_steps: int = 0  # steps whose tree was cut to the backend's sequence limit
     # plain decoding's estimated time over this run's, from the verify profile and the times
-    # the run observed (planned requests only; see tokentree.ledger)
+    # the run observed (planned requests only; see tokentree.planner.ledger)
     estimated_speedup: float | None = None
 
     def record_step(

@@ -7,7 +7,7 @@ import sys
 from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Sequence, Union
 
 from ..backends import make_backend
 from ..backends.base import StaticConfig, bucket
@@ -32,6 +32,7 @@ from ..planner import (
 )
 from ..request import Request, RequestError, decide_budget
 from ..text import TextStream
+from ..trace import StepTrace
 from .stream import GenerationStream, Output
 
 if TYPE_CHECKING:
@@ -54,7 +55,7 @@ class Generator:
         """``budget``: the tree size of requests that do not give one (None: decided per request,
         see :func:`tokentree.request.decide_budget`). ``static``: verify through a preallocated
         cache with fixed forward shapes (and compiled forwards), for transformers targets (see
-        ``backends/hf_static.py``)."""
+        ``backends/hf/static.py``)."""
         self.target = target
         self.draft = draft
         self.drafter = drafter
@@ -184,6 +185,7 @@ class Generator:
         prompt: Prompt,
         request: Request | None = None,
         chat: bool | None = None,
+        on_step: Callable[[StepTrace], None] | None = None,
         **changes: Any,
     ) -> GenerationStream:
         """Start a generation of ``request`` (keyword ``changes`` to its fields build one, e.g.
@@ -193,10 +195,14 @@ class Generator:
         temperature 0 decodes greedily; above 0 the output follows the target's distribution after
         top-k, top-p and min-p (lossless speculative sampling); ``seed`` makes a run reproducible.
         ``drafter`` may also be a :class:`Drafter` object (used as it is, for this call).
+        ``on_step`` sees each step's :class:`~tokentree.trace.StepTrace` (the verified tree, who
+        drafted each node, the planner's cut, what was accepted).
         """
         drafter, request = request_and_drafter(request, changes)
         drafter, request, planner = self.prepare(request, drafter)
-        engine = Engine(self.backend, drafter, self.target.eos_ids, planner=planner)
+        engine = Engine(
+            self.backend, drafter, self.target.eos_ids, planner=planner, on_step=on_step
+        )
         text = TextStream(self.tokenizer, list(request.stop))
         return GenerationStream(engine, self.encode(prompt, chat), request, text)
 

@@ -102,21 +102,17 @@ def load(
 ) -> Generator:
     """Load a target (None = the embedded Qwen2.5-Coder-1.5B-Instruct) and build a Generator.
 
-    ``budget`` fixes the drafted tokens per step (None = decided per request: planned, except the
-    draft-model drafters' own default on transformers; "auto" = sized each step from the measured
-    verify cost and the observed acceptance).
-    ``drafter_state``: a file of learned drafter state to start from, when it exists.
-    ``draft`` (a model spec) is loaded and checked against the target's vocabulary when given;
-    draft-model drafters (chain, specinfer, rsd-c, rsd-s, sequoia, dyspec) load the embedded 0.5B
-    draft when the target is the embedded one and no draft is given.
-    ``backend``: "hf" (transformers; ``dtype``, ``device``), "llamacpp" (GGUF files through
-    llama.cpp; ``threads``, ``n_ctx``) or "auto" (llamacpp, when installed, for a .gguf target
-    and for the embedded default on a machine without a CUDA GPU; else hf).
-    "openvino" (the model exported once to OpenVINO with ``ov_weights`` int4/int8/f16/f32,
-    computed in ``ov_compute`` auto/f32; ``threads``, ``n_ctx``).
-    ``static_cache`` (hf backend): verify through a KV cache of that many positions allocated once,
-    each tree padded to a power-of-two size, so forwards keep their shapes; ``compile`` then runs
-    them through ``torch.compile(mode="reduce-overhead")`` (CUDA graphs on a GPU).
+    ``budget``: the tree size of requests that give none (None = decided per request, see
+    :func:`tokentree.request.decide_budget`; "auto" = planned each step from the measured verify
+    cost and the observed acceptance). ``drafter_state``: learned drafter state to start from.
+    ``draft`` (a model spec) is loaded and checked against the target's vocabulary; draft-model
+    drafters load the embedded 0.5B draft for the embedded target when none is given.
+    ``backend``: "hf" (transformers; ``dtype``, ``device``), "llamacpp" (GGUF through llama.cpp;
+    ``threads``, ``n_ctx``), "openvino" (exported once with ``ov_weights`` int4/int8/f16/f32,
+    computed in ``ov_compute`` auto/f32) or "auto" (llama.cpp, when installed, for a .gguf target
+    and for the embedded default without a CUDA GPU; else hf). ``static_cache`` (hf): a KV cache
+    of that many positions allocated once, trees padded to power-of-two sizes; ``compile`` runs
+    those forwards through ``torch.compile(mode="reduce-overhead")`` (CUDA graphs on a GPU).
     ``drafter_options`` are fields of the drafter's config (e.g. ``max_ngram=4`` for "pld").
     """
     drafter_config(drafter, **drafter_options)  # bad names and options fail before any loading
@@ -141,12 +137,28 @@ def load(
         )
         target_model.why = _why(backend, "hf")
     draft_model = load_draft(draft, target_model) if draft is not None or needs_draft else None
+    return _generator(
+        target_model, draft_model, drafter, drafter_options, budget, static, drafter_state
+    )
+
+
+def _generator(
+    target: LoadedModel,
+    draft: LoadedModel | None,
+    drafter: str,
+    drafter_options: dict,
+    budget: int | str | None,
+    static: StaticConfig | None,
+    drafter_state: str | None,
+) -> Generator:
+    """The generator over loaded models, its drafter's learned state restored when the file
+    exists."""
     drafter_obj = make_drafter(
-        drafter, draft_source(draft_model, static), target_model.model, **drafter_options
+        drafter, draft_source(draft, static), target.model, **drafter_options
     )
     if drafter_state is not None:
         require_stateful(drafter_obj)
-    generator = Generator(target_model, drafter_obj, draft_model, budget, static)
+    generator = Generator(target, drafter_obj, draft, budget, static)
     if drafter_state is not None and Path(drafter_state).exists():
         generator.load_drafter_state(drafter_state)
     return generator

@@ -15,7 +15,7 @@ def make_backend(model: Any, draft: bool = False, static: Any = None) -> Growing
     :class:`OpenVINOModel`, else transformers.
 
     ``draft``: the model only drafts, so its logits need not match one-token decoding bit for bit.
-    ``static``: a :class:`~tokentree.backends.hf_static.StaticConfig` for a transformers model
+    ``static``: a :class:`~tokentree.backends.hf.static.StaticConfig` for a transformers model
     over a preallocated cache with fixed forward shapes (None: a growing cache).
     """
     from .llamacpp import LlamaCppBackend, LlamaCppModel
@@ -30,7 +30,7 @@ def make_backend(model: Any, draft: bool = False, static: Any = None) -> Growing
         if static is not None:
             raise UnsupportedModelError("--static-cache is for the hf backend (transformers)")
         return OpenVINOBackend(model)
-    from .hf_ssm import SSMBackend, is_state_space
+    from .hf.ssm_backend import SSMBackend, is_state_space
 
     if is_state_space(model):
         if draft:
@@ -42,10 +42,10 @@ def make_backend(model: Any, draft: bool = False, static: Any = None) -> Growing
             raise UnsupportedModelError("--static-cache takes attention models, not state-space")
         return SSMBackend(model)
     if static is not None:
-        from .hf_static import StaticHFBackend
+        from .hf.static import StaticHFBackend
 
         return StaticHFBackend(model, static)
-    from .hf import HFBackend
+    from .hf.backend import HFBackend
 
     return HFBackend(model)
 
@@ -67,6 +67,6 @@ def make_batch_target(model: Any, max_batch: int) -> BatchTarget:
             "the openvino backend decodes one sequence per inference for now (its state is one "
             "sequence's cache): use --max-batch 1 and n = 1, or --backend llamacpp / hf for batches"
         )
-    from .hf_batch import PackedBatch
+    from .hf.batch import PackedBatch
 
     return PackedBatch(model, max_batch)

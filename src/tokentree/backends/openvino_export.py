@@ -34,8 +34,8 @@ from pathlib import Path
 
 import torch
 
-from .. import kvcache
 from ..errors import TokentreeError, UnsupportedModelError
+from .hf import kvcache
 
 EXPORT_VERSION = 2  # bump when the exported signature changes: cached models are rebuilt
 WEIGHT_FORMATS = ("int4", "int8", "f16", "f32")

@@ -7,7 +7,8 @@ summarizes one news article among others. ``L`` thousand tokens is the size, at
 ``CHARS_PER_TOKEN`` characters per token (English prose runs 4 to 4.5 with the Qwen and Llama
 tokenizers, so a prompt is at most about L thousand tokens). Built only from the first
 ``BENCH_POOL`` records of each category, which head training never reads (see
-:mod:`tokentree.head.data`), deterministically: prompt j places its document at slot j mod k.
+:mod:`tokentree.tools.train_head.data`), deterministically: prompt j places its document at slot
+j mod k.
 """
 
 from __future__ import annotations

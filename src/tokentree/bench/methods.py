@@ -16,6 +16,7 @@ from ..drafters.base import clear_caches
 from ..errors import TokentreeError
 from ..request import Request
 from ..sampling import SamplingParams
+from ..trace import StepTrace
 
 
 @dataclass
@@ -32,6 +33,8 @@ class RunResult:
     first_token_s: float | None = None  # prefill and the first token (time to first token)
     drafted_tokens: int | None = None
     estimated_speedup: float | None = None  # the run's own estimate against plain decoding
+    # the step that accepted most (a StepTrace's dict with each node's text): the report draws it
+    best_step: dict | None = None
 
 
 class Method(Protocol):
@@ -168,7 +171,8 @@ class TokentreeMethod:
             sampling.min_p,
             self.budget,
         )
-        out = self.generator.generate(prompt_ids, request, drafter=self.drafter)
+        best = BestStep()
+        out = self.generator.generate(prompt_ids, request, drafter=self.drafter, on_step=best)
         wall = time.perf_counter() - start
         s = out.stats
         return RunResult(
@@ -182,7 +186,28 @@ class TokentreeMethod:
             s.first_token_s or None,
             s.drafted_tokens,
             s.estimated_speedup,
+            best.as_dict(self.generator.tokenizer.decode),
         )
+
+
+class BestStep:
+    """Keeps the step of a run that accepted the most drafted tokens (the larger tree on a tie)."""
+
+    def __init__(self):
+        self.trace: StepTrace | None = None
+
+    def __call__(self, trace: StepTrace) -> None:
+        if self.trace is None or (len(trace.accepted), trace.drafted) > (
+            len(self.trace.accepted),
+            self.trace.drafted,
+        ):
+            self.trace = trace
+
+    def as_dict(self, decode) -> dict | None:
+        if self.trace is None or self.trace.drafted == 0:
+            return None
+        texts = [decode([token]) for token in self.trace.tree.tokens]
+        return self.trace.to_dict() | {"texts": texts, "bonus_text": decode([self.trace.bonus])}
 
 
 class LlamaCppMethod:

@@ -9,7 +9,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .report import ALL  # noqa: E402
+from .suites import ALL  # noqa: E402
+from .tree_plots import write_tree_pictures  # noqa: E402
 
 
 def write_plots(summary: dict, records: list[dict], methods: list[str], out: Path) -> None:
@@ -19,6 +20,7 @@ def write_plots(summary: dict, records: list[dict], methods: list[str], out: Pat
     )
     _tau_histograms(summary["methods"], out / "tau_hist.png")
     _rate_boxes(records, methods, out / "tokens_per_s.png")
+    write_tree_pictures(records, out / "trees.png")
 
 
 def _speedup_bars(speed: dict, methods: list[str], baseline: str, path: Path) -> None:

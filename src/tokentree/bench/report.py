@@ -11,6 +11,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .suites import ALL
+
 if TYPE_CHECKING:
     from .runner import BenchConfig
 
@@ -22,7 +24,6 @@ BASELINES = (
 )  # plain decoding of the backend under test: HF generate, llama.cpp's own per-token decoding,
 # or llama-cpp-python's (a prompt-cache run, whose baseline must reuse its cache too); on
 # OpenVINO, tokentree's loop without drafts
-ALL = "overall"
 
 
 def baseline_of(records: list[dict]) -> str:

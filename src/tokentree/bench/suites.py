@@ -35,6 +35,8 @@ AGENT_TURNS = (
 )
 SUITES = (*SUITE_FILES, "agent", "long")
 
+ALL = "overall"  # the category of every prompt together, in reports and plots
+
 
 def _parse_record(record: dict, where: str) -> BenchPrompt:
     if "task_id" in record and "prompt" in record:  # HumanEval

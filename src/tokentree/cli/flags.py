@@ -64,14 +64,10 @@ def request_flags(parser: argparse.ArgumentParser, names: Iterable[str] | None =
             parser.add_argument(flag, type=kind, default=field.default, help=text)
 
 
-def request_from_args(args: argparse.Namespace, **fixed: Any) -> Request:
-    """The request the flags of :func:`request_flags` give (``fixed`` fields set here)."""
-    given = {
-        f.name: getattr(args, f.name)
-        for f in dataclasses.fields(Request)
-        if hasattr(args, f.name) and f.name not in fixed
-    }
-    return Request(**given, **fixed)
+def request_from_args(args: argparse.Namespace, names: Iterable[str] | None = None) -> Request:
+    """The request the flags of :func:`request_flags` (``names``: only these) give."""
+    wanted = set(names) if names is not None else {f.name for f in dataclasses.fields(Request)}
+    return Request(**{name: getattr(args, name) for name in wanted if hasattr(args, name)})
 
 
 def _drafter_flag(config_cls: type, field_name: str) -> str:

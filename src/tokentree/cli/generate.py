@@ -21,19 +21,25 @@ def add_parser(sub) -> None:
         help="apply the chat template (default: on when the tokenizer has one)",
     )
     add_model_arguments(gen)
-    request_flags(gen.add_argument_group("request"), names=_REQUEST_FLAGS)
+    request_flags(gen.add_argument_group("request"), names=REQUEST_FLAGS)
     gen.add_argument(
         "--stats", action="store_true", help="print tau, tokens/s and step counts to stderr"
     )
     gen.add_argument(
         "--json", action="store_true", help="print one JSON object instead of streaming text"
     )
+    gen.add_argument(
+        "--show-trees",
+        action="store_true",
+        help="draw each step's verified tree on stderr: tokens as text, the accepted path "
+        "marked, each node's drafter, the planner's cut",
+    )
     drafter_flags(gen, "the drafter")
     gen.set_defaults(run=run)
 
 
 # every field of the request but the drafter, which --drafter sets with its options' flags
-_REQUEST_FLAGS = ("max_new_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "stop",
+REQUEST_FLAGS = ("max_new_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "stop",
                   "budget")  # fmt: skip
 
 
@@ -48,12 +54,24 @@ def read_prompt(prompt: str | None) -> str:
     return text
 
 
+def _tree_printer(gen, args: argparse.Namespace):
+    """--show-trees: each step's tree on stderr (between the streamed pieces of text)."""
+    if not args.show_trees:
+        return None
+    from ..show import render_step
+
+    def show(trace) -> None:
+        print("\n" + render_step(trace, gen.tokenizer.decode), file=sys.stderr, flush=True)
+
+    return show
+
+
 def run(args: argparse.Namespace) -> int:
     prompt = read_prompt(args.prompt)
-    request = request_from_args(args)  # checked before minutes of loading
+    request = request_from_args(args, REQUEST_FLAGS)  # checked before minutes of loading
     options = drafter_options(args)
     gen = load_from_args(args, args.drafter, args.draft, None, args.drafter_state, **options)
-    stream = gen.stream(prompt, request, chat=args.chat)
+    stream = gen.stream(prompt, request, chat=args.chat, on_step=_tree_printer(gen, args))
     for piece in stream:
         if not args.json:
             sys.stdout.write(piece)

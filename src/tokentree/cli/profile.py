@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     if columns[0][1].longer:
         _print_context_table(columns[0][1])
     if args.plot:
-        from ..planner_plot import plot_profile
+        from ..planner.plot import plot_profile
 
         plot_profile(columns[0][1], args.plot)
     return 0

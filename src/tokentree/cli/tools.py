@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import argparse
 
-from ..calibrate import CalibrateConfig
 from ..errors import TokentreeError
-from ..head.train import TrainHeadConfig
+from ..tools.calibrate import CalibrateConfig
+from ..tools.train_head.train import TrainHeadConfig
 from .flags import config_flags, config_from_args
 from .model_flags import add_model_arguments, load_from_args
 
@@ -85,7 +85,7 @@ def add_train_head(sub) -> None:
 
 def run_calibrate(args: argparse.Namespace) -> int:
     from ..api import load_draft
-    from ..calibrate import calibrate
+    from ..tools.calibrate import calibrate
 
     config = config_from_args(CalibrateConfig, args)
     from ..api import resolve_backend
@@ -109,7 +109,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
 
 def run_quantize(args: argparse.Namespace) -> int:
-    from ..quantize import QuantizeConfig, quantize
+    from ..tools.quantize import QuantizeConfig, quantize
 
     config = config_from_args(QuantizeConfig, args)
     print(quantize(config))
@@ -117,7 +117,7 @@ def run_quantize(args: argparse.Namespace) -> int:
 
 
 def run_train_head(args: argparse.Namespace) -> int:
-    from ..head.run import TrainHeadJob, run_train_head
+    from ..tools.train_head.run import TrainHeadJob, run_train_head
 
     job = config_from_args(TrainHeadJob, args)
     try:

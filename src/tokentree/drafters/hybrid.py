@@ -221,6 +221,15 @@ class HybridDrafter:
             merged = merged.best(budget)
         return merged
 
+    def node_sources(self, tree: TokenTree) -> list[str]:
+        """Which sources proposed each node of ``tree`` (this step's, before :meth:`observe`):
+        their names joined by "+" (see :class:`tokentree.trace.ExplainingDrafter`)."""
+        names: list[list[str]] = [[] for _ in tree.tokens]
+        for i, source_tree in self._proposed:
+            for row in restrict(source_tree, tree)[1][1:]:
+                names[row].append(self.sources[i].name)
+        return [""] + ["+".join(n) or "?" for n in names[1:]]
+
     def observe(self, tree: TokenTree, logits: torch.Tensor, acceptance: Acceptance) -> None:
         """Each source learns from the verified part of its tree; its calibrator from what was
         accepted."""

@@ -154,6 +154,6 @@ def load_head(directory: str | Path) -> FeatureHead:
 def default_head_dir(model: nn.Module) -> Path:
     """Where ``tokentree train-head`` puts the head of ``model`` unless told otherwise (keyed by the
     target's fingerprint, like the converted weights are by their source)."""
-    from ..models import cache_dir
+    from ..files import cache_dir
 
     return cache_dir() / "heads" / target_fingerprint(model)

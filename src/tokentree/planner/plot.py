@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .errors import TokentreeError
-from .planner import CostProfile
+from ..errors import TokentreeError
+from .profile import CostProfile
 
 
 def plot_profile(profile: CostProfile, path: str) -> None:

@@ -11,13 +11,13 @@ cost; batch rows pad every tree to the largest one of the step (the planner size
 unequally) and every context to the longest, while the packed row carries exactly the drafted
 nodes. Plain SDPA over the packed mask scores every query against every lane's cells (8 lanes of
 300 cells, one node each: 1.45x the cost of 8 rows); lane attention
-(:mod:`tokentree.backends.lane_attention`) scores each lane against its own cells only, and then
+(:mod:`tokentree.backends.hf.lane_attention`) scores each lane against its own cells only, and then
 the packed row costs at most what rows do at every measured size. It also shares prompt cells
 between lanes without copies. Models with sliding-window layers keep the full mask (a lane plan
 would need a window per layer type).
 
 Cells of rejected nodes and of finished lanes are garbage; the batch drops them (through
-:func:`tokentree.kvcache.compact`, the one cache mutator) before its next forward.
+:func:`tokentree.backends.hf.kvcache.compact`, the one cache mutator) before its next forward.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from typing import Sequence
 
 import torch
 
-from .. import kvcache
-from ..tree import TokenTree
-from .base import LaneSlots, shared_prefix
-from .hf import PREFILL_CHUNK, check_tree_support
+from ...tree import TokenTree
+from ..base import LaneSlots, shared_prefix
+from . import kvcache
+from .backend import PREFILL_CHUNK, check_tree_support
 from .lane_attention import LanePlan, use_lane_attention
 
 

@@ -22,10 +22,10 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from ..errors import TokentreeError
-from ..files import write_atomically
-from .backend import FeatureTap
-from .model import FeatureHead, HeadShape, target_fingerprint
+from ...errors import TokentreeError
+from ...files import write_atomically
+from ...head.backend import FeatureTap
+from ...head.model import FeatureHead, HeadShape, target_fingerprint
 
 FEATURES, TRAIN_STATE = "features.pt", "train_state.pt"
 

@@ -31,7 +31,7 @@ from transformers.cache_utils import (
     StaticLayer,
 )
 
-from .errors import UnsupportedModelError
+from ...errors import UnsupportedModelError
 
 ROLLBACK = 256  # positions a windowed layer keeps beyond its window: how far a crop can go back
 

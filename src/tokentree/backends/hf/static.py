@@ -6,7 +6,7 @@ never move: what CUDA graphs need. With ``compile`` the tree forward runs throug
 ``torch.compile(mode="reduce-overhead")``, which on a GPU captures one CUDA graph per bucket (the
 gpt-fast recipe); prompts are prefilled eagerly. Cache layout: slot = position of a committed token;
 a forward of tree nodes ``[start, n)`` writes slots ``prefix + start ...`` (its padding rows after
-them, stale once the step is committed); :mod:`tokentree.kvcache` moves an accepted path into place.
+them, stale once the step is committed); :mod:`.kvcache` moves an accepted path into place.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from typing import Sequence
 
 import torch
 
-from .. import kvcache
-from ..errors import TokentreeError, UnsupportedModelError
-from ..tree import TokenTree
-from .base import StaticConfig, TreeBook, bucket, check_extends, shared_prefix
-from .hf import PREFILL_CHUNK, check_tree_support
+from ...errors import TokentreeError, UnsupportedModelError
+from ...tree import TokenTree
+from ..base import StaticConfig, TreeBook, bucket, check_extends, shared_prefix
+from . import kvcache
+from .backend import PREFILL_CHUNK, check_tree_support
 
 
 def static_tree_mask(

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 
-from ..errors import TokentreeError
+from ...errors import TokentreeError
+from ...head.model import default_head_dir, load_head
 from .data import chat_text, corpus_documents, training_prompts
-from .model import default_head_dir, load_head
 from .train import FEATURES, TRAIN_STATE, FeatureData, TrainHeadConfig, extract, train
 
 
@@ -29,9 +29,9 @@ class TrainHeadJob:
 
 
 def run_train_head(job: TrainHeadJob, config: TrainHeadConfig) -> Path:
-    from ..api import resolve_dtype
-    from ..backends.llamacpp import is_gguf
-    from ..models import EMBEDDED_TARGET, load_model
+    from ...api import resolve_dtype
+    from ...backends.llamacpp import is_gguf
+    from ...models import EMBEDDED_TARGET, load_model
 
     if job.target is not None and is_gguf(job.target):
         raise TokentreeError(
@@ -91,7 +91,7 @@ def write_answers(spec: str | None, prompts, max_new_tokens: int) -> dict[int, s
     installed: several times faster than transformers here)."""
     if not prompts:
         return {}
-    from ..api import load
+    from ...api import load
 
     gen = load(spec, drafter="auto")
     answers = {}

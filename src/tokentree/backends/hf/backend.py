@@ -6,12 +6,12 @@ from typing import Sequence
 
 import torch
 
-from .. import kvcache
-from ..errors import TokentreeError, UnsupportedModelError
-from ..ssm.families import FAMILIES
-from ..tree import TokenTree
-from .base import TreeBook, check_extends, shared_prefix
+from ...errors import TokentreeError, UnsupportedModelError
+from ...tree import TokenTree
+from ..base import TreeBook, check_extends, shared_prefix
+from . import kvcache
 from .lane_attention import LANE_ATTENTION
+from .ssm.families import FAMILIES
 from .tree_attention import TREE_ATTENTION, TreeBlock, use_tree_attention
 
 SUPPORTED_LAYER_TYPES = {"full_attention", "sliding_attention"}

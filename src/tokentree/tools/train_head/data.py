@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from ..bench.suites import BenchPrompt, load_suite
-from ..errors import TokentreeError
+from ...bench.suites import BenchPrompt, load_suite
+from ...errors import TokentreeError
 
 BENCH_RESERVED = 20
 

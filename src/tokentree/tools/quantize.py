@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .backends.llamacpp import import_llama_cpp, is_gguf
-from .errors import TokentreeError
+from ..backends.llamacpp import import_llama_cpp, is_gguf
+from ..errors import TokentreeError
 
 # llama_ftype ids and approximate bits per weight (for the progress estimate only)
 QUANT_TYPES: dict[str, tuple[int, float]] = {
@@ -86,7 +86,7 @@ class QuantizeConfig:
 def input_path(spec: str) -> Path:
     """The GGUF file to read: a path, or the embedded target/draft assembled from its wheels."""
     if spec in EMBEDDED_INPUTS:
-        from .models import EMBEDDED_DRAFT, EMBEDDED_TARGET, assemble_embedded
+        from ..models import EMBEDDED_DRAFT, EMBEDDED_TARGET, assemble_embedded
 
         return assemble_embedded(EMBEDDED_TARGET if spec == "embedded" else EMBEDDED_DRAFT)
     path = Path(spec).expanduser()

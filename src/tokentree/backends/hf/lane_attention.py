@@ -1,6 +1,6 @@
 """Attention per lane of a packed cache, registered through transformers' attention interface.
 
-A packed forward (:mod:`tokentree.backends.hf_batch`) holds every lane's cells in one cache row, and
+A packed forward (:mod:`tokentree.backends.hf.batch`) holds every lane's cells in one cache row, and
 its 4-D mask shows each node only its own lane's cells. Plain SDPA still scores every query against
 every cell (masked ones included) and expands the grouped key/value heads over all of them, which
 with 8 lanes of 300 cells made a plain step 1.45x the cost of 8 batch rows. This implementation,

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .api import Generator
-from .bench.suites import load_suite, round_robin, select
-from .drafters.sequoia import save_calibration
-from .errors import TokentreeError
+from ..api import Generator
+from ..bench.suites import load_suite, round_robin, select
+from ..drafters.sequoia import save_calibration
+from ..errors import TokentreeError
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Transformers backend for state-space models and SSM/attention hybrids (STree).
 
 Prefill runs the model's own forward (its chunked scan). A tree runs through the model's own
-modules layer by layer: state-space layers through :func:`tokentree.ssm.mixer.tree_mixer` (every
+modules layer by layer: state-space layers through :func:`.ssm.mixer.tree_mixer` (every
 node along its own root path, in one pass), attention layers under the tree's 4-D mask. Commit
 advances each state-space layer's conv and recurrent states along the accepted path (from what the
 tree pass kept) and compacts the attention layers' KV cache.
@@ -14,14 +14,14 @@ from typing import Sequence
 
 import torch
 
-from .. import kvcache
-from ..errors import UnsupportedModelError
-from ..ssm.families import SSMFamily, family_of, layer_types, model_type
-from ..ssm.mixer import MixerTrace, TreeGeometry, empty_states, tree_mixer
-from ..ssm.scan import path_state
-from ..tree import TokenTree
-from .base import TreeBook, shared_prefix
-from .hf import MASKABLE_ATTENTION, PREFILL_CHUNK, tree_attention_mask
+from ...errors import UnsupportedModelError
+from ...tree import TokenTree
+from ..base import TreeBook, shared_prefix
+from . import kvcache
+from .backend import MASKABLE_ATTENTION, PREFILL_CHUNK, tree_attention_mask
+from .ssm.families import SSMFamily, family_of, layer_types, model_type
+from .ssm.mixer import MixerTrace, TreeGeometry, empty_states, tree_mixer
+from .ssm.scan import path_state
 
 LINEAR = "linear_attention"
 

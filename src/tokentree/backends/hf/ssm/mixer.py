@@ -2,7 +2,7 @@
 function of the module's own parameters (in_proj, conv1d, dt_bias, A_log, D, norm, out_proj).
 
 The module is not replaced or patched: :func:`tree_mixer` reads its weights and calls its
-projections and gated norm; the sequence mixing along the tree is :mod:`tokentree.ssm.scan`.
+projections and gated norm; the sequence mixing along the tree is :mod:`.scan`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ class MixerTrace:
     """What one mixer's tree pass keeps to commit an accepted path afterwards.
 
     conv_inputs: [n, C] convolution inputs; x: [n, H, P], dt: [n, H], B: [n, H, N], cum: [n, H]
-    (float32, as in :func:`tokentree.ssm.scan.tree_ssd`).
+    (float32, as in :func:`tokentree.backends.hf.ssm.scan.tree_ssd`).
     """
 
     conv_inputs: torch.Tensor
@@ -69,7 +69,7 @@ def tree_mixer(
     """The mixer's output for every node of a tree, each as if decoded along its own path.
 
     hidden: [n, D] the mixer's input; conv_state: [C, K]; ssm_state: [H, P, N] (committed).
-    Returns [n, D] and the trace :func:`tokentree.ssm.scan.path_state` commits from.
+    Returns [n, D] and the trace :func:`tokentree.backends.hf.ssm.scan.path_state` commits from.
     """
     n = hidden.shape[0]
     heads, head_dim, groups, state_size, _ = mixer_shape(mixer)
