@@ -20,8 +20,8 @@ import tokentree
 from tokentree.api import load_draft
 from tokentree.bench.suites import load_suite
 from tokentree.drafters import make_drafter
-from tokentree.drafters.base import resolve_budget
 from tokentree.engine import DecodeRequest, Engine
+from tokentree.request import decide_budget
 from tokentree.sampling import accept, accept_sampled, accept_tree, warp
 from tokentree.stats import GenerationStats
 
@@ -60,7 +60,7 @@ def decode(gen, drafter, prompt, args, temperature, seed, rule) -> tuple[int, fl
         max_new_tokens=args.max_new_tokens,
         temperature=temperature,
         seed=seed,
-        budget=resolve_budget(None, drafter),
+        budget=decide_budget(None, drafter, plans_every_tree=False),
     )
     planner = gen.planner(drafter) if request.budget == "auto" else None
     engine = Engine(

@@ -3,7 +3,7 @@
 import pytest
 from test_llamacpp import gguf  # noqa: F401 - the SmolLM2 GGUF fixture
 
-from tokentree import api
+from tokentree.api import loading as api
 from tokentree.api import resolve_backend
 from tokentree.cli import main
 from tokentree.errors import TokentreeError

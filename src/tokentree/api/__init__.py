@@ -9,6 +9,7 @@ from .loading import (
     llama_cpp_installed,
     load,
     load_draft,
+    load_with_model_options,
     openvino_installed,
     resolve_backend,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "llama_cpp_installed",
     "load",
     "load_draft",
+    "load_with_model_options",
     "openvino_installed",
     "resolve_backend",
     "resolve_device",

@@ -164,6 +164,36 @@ def _generator(
     return generator
 
 
+def load_with_model_options(
+    options: Any,
+    drafter: str = "auto",
+    draft: str | None = None,
+    budget: int | str | None = None,
+    drafter_state: str | None = None,
+    **drafter_options: Any,
+) -> Generator:
+    """:func:`load` with the model options an object carries as attributes (the CLI's parsed
+    model flags, the bench's config): target, dtype, device, backend, threads, n_ctx,
+    static_cache, compile, ov_weights, ov_compute."""
+    return load(
+        options.target,
+        draft,
+        drafter,
+        options.dtype,
+        options.device,
+        budget,
+        drafter_state,
+        backend=options.backend,
+        threads=options.threads,
+        n_ctx=options.n_ctx,
+        static_cache=options.static_cache,
+        compile=options.compile,
+        ov_weights=options.ov_weights,
+        ov_compute=options.ov_compute,
+        **drafter_options,
+    )
+
+
 @dataclass(frozen=True)
 class CPUOptions:
     """The llama.cpp and OpenVINO settings of :func:`load`."""

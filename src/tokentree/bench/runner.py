@@ -8,7 +8,7 @@ import sys
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from ..api import Generator, load, load_draft, resolve_backend
+from ..api import Generator, load_draft, load_with_model_options, resolve_backend
 from ..errors import TokentreeError
 from ..sampling import SamplingParams
 from .methods import Method, build_method, check_comparable, needs_draft, parse_method
@@ -164,20 +164,7 @@ def build_methods(generator: Generator, names: list[str], notes: list[str]) -> l
 def load_generator(config: BenchConfig, notes: list[str]) -> Generator:
     """The target, plus a draft model when a method needs one (a missing default draft becomes a
     note)."""
-    generator = load(
-        config.target,
-        None,
-        "none",
-        config.dtype,
-        config.device,
-        backend=config.backend,
-        threads=config.threads,
-        n_ctx=config.n_ctx,
-        static_cache=config.static_cache,
-        compile=config.compile,
-        ov_weights=config.ov_weights,
-        ov_compute=config.ov_compute,
-    )
+    generator = load_with_model_options(config, "none")
     if config.draft is not None or any(needs_draft(m) for m in config.methods):
         try:
             generator.draft = load_draft(config.draft, generator.target)

@@ -87,22 +87,6 @@ def load_from_args(
     **options,
 ):
     """``tokentree.load`` with the model flags of :func:`add_model_arguments`."""
-    from ..api import load
+    from ..api import load_with_model_options
 
-    return load(
-        args.target,
-        draft,
-        drafter,
-        args.dtype,
-        args.device,
-        budget,
-        drafter_state,
-        backend=args.backend,
-        threads=args.threads,
-        n_ctx=args.n_ctx,
-        static_cache=args.static_cache,
-        compile=args.compile,
-        ov_weights=args.ov_weights,
-        ov_compute=args.ov_compute,
-        **options,
-    )
+    return load_with_model_options(args, drafter, draft, budget, drafter_state, **options)

@@ -17,9 +17,8 @@ class Drafter(Protocol):
 
     name: str
     default_budget: int | Literal["auto"]  # drafted tokens per step when the request does not say
-    runs_draft_model: (
-        bool  # drafting runs a draft model (a forward per tree level; see resolve_budget)
-    )
+    # drafting runs a draft model (a forward per tree level; see request.decide_budget)
+    runs_draft_model: bool
 
     def propose(self, context: Sequence[int], budget: int) -> TokenTree:
         """A tree rooted at ``context[-1]`` with at most ``budget`` nodes below the root."""
@@ -90,18 +89,6 @@ def clear_caches(drafter: Drafter) -> None:
     """Drop whatever KV cache ``drafter`` keeps of earlier requests."""
     if isinstance(drafter, CachingDrafter):
         drafter.clear_caches()
-
-
-def resolve_budget(requested: int | str | None, drafter: Drafter) -> int | str:
-    """The drafted-node budget of a request (the one place it is decided): ``requested`` when given,
-    else planned ("auto"), unless the drafter runs a draft model (the planner cuts a deterministic
-    candidate for free, but a sampled draft-model tree it shrinks would be drawn twice) or drafts
-    nothing (``none``): then the drafter's own default."""
-    if requested is not None:
-        return requested
-    if drafter.runs_draft_model or not drafter.default_budget:
-        return drafter.default_budget
-    return "auto"
 
 
 @runtime_checkable
