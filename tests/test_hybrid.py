@@ -9,7 +9,7 @@ import torch
 from conftest import tiny_model, tiny_tokenizer
 from test_greedy_equality import hf_greedy
 
-from tokentree import ledger
+from tokentree.planner import ledger
 from tokentree.api import Generator
 from tokentree.drafters import make_drafter
 from tokentree.drafters.hybrid import HybridConfig, HybridDrafter, PayoffGate
