@@ -9,13 +9,12 @@ import torch
 from conftest import tiny_model, tiny_tokenizer
 from test_greedy_equality import hf_greedy
 
-from tokentree.planner import ledger
 from tokentree.api import Generator
 from tokentree.drafters import make_drafter
 from tokentree.drafters.hybrid import HybridConfig, HybridDrafter, PayoffGate
 from tokentree.errors import TokentreeError
 from tokentree.models import LoadedModel
-from tokentree.planner import ProbeSchedule
+from tokentree.planner import ProbeSchedule, ledger
 from tokentree.sampling import Acceptance
 from tokentree.tree import TokenTree
 

@@ -12,6 +12,7 @@ from tokentree.cli import build_parser
 from tokentree.cli.flags import request_from_args
 from tokentree.cli.generate import REQUEST_FLAGS
 from tokentree.drafters import make_drafter
+from tokentree.errors import TokentreeError
 from tokentree.models import LoadedModel
 from tokentree.request import MAX_BUDGET, Request, RequestError, decide_budget
 
@@ -113,13 +114,19 @@ def test_the_cli_flags_are_the_requests_fields():
     args = parser.parse_args(["generate", "hi"])
     fields = {f.name: f for f in dataclasses.fields(Request)}
     for name, field in fields.items():
-        if name == "drafter":  # --drafter chooses the generator's drafter (with its options)
-            continue
+        if name in ("drafter", "constraint"):  # --drafter (with its options' flags); constraints:
+            continue  # --json-schema, --json-object, --regex, --grammar (one of)
         default = [] if name == "stop" else field.default
         assert getattr(args, name) == default, name
     given = ["generate", "hi", "--stop", "a", "--stop", "b", "--budget", "auto", "--seed", "3"]
     given += ["--temperature", "0.5", "--max-new-tokens", "9"]
     request = request_from_args(parser.parse_args(given), REQUEST_FLAGS)
     assert request == Request(9, 0.5, seed=3, budget="auto", stop=("a", "b"))
+    assert all(hasattr(args, n) for n in ("json_schema", "json_object", "regex", "grammar"))
     with pytest.raises(RequestError, match="top_p"):
         request_from_args(parser.parse_args(["generate", "hi", "--top-p", "0"]), REQUEST_FLAGS)
+
+
+def test_a_positional_option_gets_a_clear_error():
+    with pytest.raises(TokentreeError, match="by keyword"):
+        tiny_generator().generate([5, 6, 7], 64)

@@ -544,7 +544,7 @@ def test_metrics_labels_are_routes_not_raw_paths(server):
     [
         ("tools", [{"type": "function", "function": {"name": "f"}}]),
         ("tool_choice", "required"),
-        ("response_format", {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}),
+        ("response_format", {"type": "xml"}),
         ("logit_bias", {"50": 10}),
         ("best_of", 2),
         ("top_logprobs", 2),

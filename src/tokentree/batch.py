@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from .backends.base import BatchTarget, shared_prefix
+from .constraints import TokenGrammar
 from .drafters.base import Drafter, fork
 from .engine import DecodeRequest, Engine, SequenceRun
 from .errors import TokentreeError
@@ -60,10 +61,15 @@ class BatchEngine:
         eos_ids: frozenset[int],
         planner: Planner | None = None,
         engine: Engine | None = None,
+        grammar: TokenGrammar | None = None,
     ):
+        """``grammar``: the tokenizer constrained requests start from (see
+        :class:`tokentree.constraints.TokenGrammar`)."""
         self.target, self.drafter, self.planner = target, drafter, planner
         self.lanes = target.lanes
-        self.engine = engine or Engine(self.lanes[0], drafter, eos_ids, planner=planner)
+        self.engine = engine or Engine(
+            self.lanes[0], drafter, eos_ids, planner=planner, grammar=grammar
+        )
         self.runs: dict[int, SequenceRun] = {}  # slot -> its running sequence
         self.rates = BatchRates()
 

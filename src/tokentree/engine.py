@@ -9,6 +9,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import torch
 
 from .backends.base import Backend
+from .constraints import GrammarState, TokenGrammar, masked
 from .drafters.base import Drafter, StochasticDrafter
 from .errors import TokentreeError
 from .planner import Planner
@@ -52,6 +53,8 @@ class Engine:
     couple_seeded: bool = True
     # called with each step's StepTrace (tokentree generate --show-trees); None: no trace is made
     on_step: Callable[[StepTrace], None] | None = None
+    # the target's tokenizer as the grammar engine sees it: constrained requests start from it
+    grammar: TokenGrammar | None = None
 
     def run(
         self, prompt_ids: Sequence[int], request: Request, stats: GenerationStats
@@ -85,19 +88,7 @@ class Engine:
         backend.prefill(context[:-1], defer=backend.prompt_tail)
         stats.prompt_tokens = len(context)
         stats.prefill_s = time.perf_counter() - start
-        # the doors decide the budget (request.decide_budget); a hand-built request without one
-        # gets the drafter's own default
-        budget = drafter.default_budget if request.budget is None else request.budget
-        if budget == "auto" and planner is None:
-            raise TokentreeError("budget 'auto' needs a planner (tokentree.load(...) provides one)")
-        params = request.sampling
-        coupled = self.couple_seeded and request.seed is not None and not params.greedy
-        if planner is not None and request.seed is not None and not params.greedy and not coupled:
-            planner = Planner(
-                planner.profile, planner.config, replayable=True
-            )  # same seed, same text
-        if planner is not None and budget == "auto":
-            planner.begin_request()
+        budget, planner, coupled = self._plan(request, drafter, planner)
         return SequenceRun(
             self,
             backend,
@@ -106,11 +97,37 @@ class Engine:
             stats,
             context,
             budget,
-            planner if budget == "auto" else None,
+            planner,
             _generator(request.seed),
             PositionNoise(request.seed) if coupled else None,
             start,
+            grammar=self._grammar_state(request),
         )
+
+    def _plan(
+        self, request: Request, drafter: Drafter, planner: Planner | None
+    ) -> tuple[int | str, Planner | None, bool]:
+        """The run's budget, its planner (when the budget is "auto") and whether its sampling is
+        coupled to its seed."""
+        # the doors decide the budget (request.decide_budget); a hand-built request without one
+        # gets the drafter's own default
+        budget = drafter.default_budget if request.budget is None else request.budget
+        if budget == "auto" and planner is None:
+            raise TokentreeError("budget 'auto' needs a planner (tokentree.load(...) provides one)")
+        params = request.sampling
+        coupled = self.couple_seeded and request.seed is not None and not params.greedy
+        if planner is not None and request.seed is not None and not params.greedy and not coupled:
+            planner = Planner(planner.profile, planner.config, replayable=True)  # same seed, text
+        if planner is not None and budget == "auto":
+            planner.begin_request()
+        return budget, planner if budget == "auto" else None, coupled
+
+    def _grammar_state(self, request: Request) -> GrammarState | None:
+        if request.constraint is None:
+            return None
+        if self.grammar is None:
+            raise TokentreeError("this engine has no grammar (tokentree.load(...) provides one)")
+        return self.grammar.start(request.constraint)
 
 
 @dataclass
@@ -138,6 +155,8 @@ class SequenceRun:
     _draft_s: float = 0.0
     _step_started: float = 0.0  # when this step's drafting began (the ledger's wall time)
     _candidate: int = 0  # drafted nodes the planner was offered this step
+    grammar: GrammarState | None = None  # a constrained request's place in its grammar
+    _masks: torch.Tensor | None = None  # [n, words] the grammar's rows for this step's tree
 
     @property
     def remaining(self) -> int:
@@ -180,6 +199,8 @@ class SequenceRun:
     def _take(self, draft: Draft, draft_s: float) -> Draft:
         capped = draft.capped(self.backend.max_leaves)
         self.stats.capped_steps += capped is not draft
+        if self.grammar is not None:
+            self._masks = self.grammar.masks(capped.tree)
         self._draft, self._draft_s = capped, draft_s
         return capped
 
@@ -189,6 +210,8 @@ class SequenceRun:
         tree = draft.tree
         forward_s = verify_s  # the forward alone: what a plain step of plain decoding costs
         t1 = time.perf_counter()
+        if self.grammar is not None:
+            logits = masked(logits, self._masks)  # in place: the step's own logits
         if self.noise is None:
             acceptance = self.engine.rule(draft, logits, params, self.generator)
         else:
@@ -204,6 +227,11 @@ class SequenceRun:
         if self.planner is not None:
             self.planner.observe(tree, acceptance, self._draft_s, verify_s if timed else None)
         new = _until_eos(acceptance.new_tokens(tree)[: self.remaining], self.engine.eos_ids)
+        if self.grammar is not None:
+            self.grammar.check_accepted(acceptance.nodes[-1])
+            new = self.grammar.advance(new)
+            self.stats.grammar = self.grammar.counts.to_dict()
+            self.stats.complete = self.grammar.finished
         if timed:
             wall = time.perf_counter() - self._step_started
             self.planner.account(len(new), wall, len(tree), forward_s)
@@ -216,6 +244,7 @@ class SequenceRun:
         if not self.stats.first_token_s and new:
             self.stats.first_token_s = self.stats.total_s
         self.done = self.remaining <= 0 or new[-1] in self.engine.eos_ids
+        self.done |= self.stats.complete
         return new
 
     def _trace(self, tree: TokenTree, acceptance: Acceptance) -> None:
@@ -232,8 +261,10 @@ class SequenceRun:
             GREEDY if self.noise is not None else self.request.sampling
         )  # coupled: deterministic drafts
         if not params.greedy and isinstance(self.drafter, StochasticDrafter):
-            return self.drafter.propose_sampled(self.context, budget, params, self.generator)
-        return Draft(self.drafter.propose(self.context, budget))
+            draft = self.drafter.propose_sampled(self.context, budget, params, self.generator)
+        else:
+            draft = Draft(self.drafter.propose(self.context, budget))
+        return draft if self.grammar is None else self.grammar.shape(draft)
 
     def _sized(self, candidate: Draft, n: int) -> Draft:
         """``candidate`` with (at most) ``n`` drafted nodes.

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Sequence, Union
 
+from .constraints import Constraint
 from .drafters import DRAFTERS
 from .errors import TokentreeError
 from .sampling import SamplingParams
@@ -64,6 +65,9 @@ class Request:
     drafter: str | None = field(
         default=None, metadata=_help("the drafter of this request (default: the generator's)")
     )
+    constraint: Constraint | None = field(
+        default=None, metadata=_help("what the output must match (a JSON schema, a regex, ...)")
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stop", _stops(self.stop))
@@ -73,6 +77,8 @@ class Request:
         _check_budget(self.budget)
         if self.drafter is not None:
             _check_drafter(self.drafter)
+        if self.constraint is not None and not isinstance(self.constraint, Constraint):
+            raise RequestError("constraint", "constraint must be a tokentree.Constraint")
         self.sampling  # validates the sampling fields
 
     @cached_property

@@ -29,6 +29,9 @@ class GenerationStats:
     # plain decoding's estimated time over this run's, from the verify profile and the times
     # the run observed (planned requests only; see tokentree.planner.ledger)
     estimated_speedup: float | None = None
+    # constrained requests (see tokentree.constraints): what the grammar did
+    grammar: dict | None = None  # {"pruned", "forced", "seconds"}
+    complete: bool = False  # the constraint was satisfied and allowed nothing more
 
     def record_step(
         self, drafted: int, accepted: int, emitted: int, draft_s: float, verify_s: float
@@ -66,7 +69,7 @@ class GenerationStats:
             "estimated_speedup": None
             if self.estimated_speedup is None
             else round(self.estimated_speedup, 3),
-        }
+        } | ({"grammar": self.grammar} if self.grammar is not None else {})
 
     def summary(self) -> str:
         return (

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence, Union
 from ..backends import make_backend
 from ..backends.base import StaticConfig, bucket
 from ..chat import chat_ids
+from ..constraints import TokenGrammar
 from ..drafters import DRAFTERS, Drafter, make_drafter
 from ..drafters.state import load_state, save_state, vocab_signature
 from ..engine import Engine
@@ -67,6 +68,8 @@ class Generator:
         # per drafter name: calibration carries across requests
         self._planners: dict[str, Planner] = {}
         self._profile: CostProfile | None = None
+        # constrained requests start from it (its llguidance tokenizer is built on first use)
+        self.grammar = TokenGrammar(target.tokenizer, self.backend.vocab_size, target.eos_ids)
 
     @property
     def tokenizer(self):
@@ -201,7 +204,12 @@ class Generator:
         drafter, request = request_and_drafter(request, changes)
         drafter, request, planner = self.prepare(request, drafter)
         engine = Engine(
-            self.backend, drafter, self.target.eos_ids, planner=planner, on_step=on_step
+            self.backend,
+            drafter,
+            self.target.eos_ids,
+            planner=planner,
+            on_step=on_step,
+            grammar=self.grammar,
         )
         text = TextStream(self.tokenizer, list(request.stop))
         return GenerationStream(engine, self.encode(prompt, chat), request, text)
@@ -256,6 +264,11 @@ def request_and_drafter(
 ) -> tuple[Drafter | None, Request]:
     """The request a call asks for (``request`` with keyword ``changes``), and a drafter object
     given as ``drafter=`` in place of a name (None otherwise)."""
+    if request is not None and not isinstance(request, Request):
+        raise TokentreeError(
+            f"the second argument is a tokentree.Request, got {request!r}: give options by "
+            "keyword (generate(prompt, max_new_tokens=64))"
+        )
     drafter = changes.get("drafter")
     if drafter is not None and not isinstance(drafter, str):
         changes = {k: v for k, v in changes.items() if k != "drafter"}

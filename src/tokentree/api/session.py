@@ -33,6 +33,7 @@ class BatchSession:
             make_batch_target(generator.target.model, max_batch),
             generator.drafter,
             generator.target.eos_ids,
+            grammar=generator.grammar,
         )
         self.texts: dict[int, TextStream] = {}
         self.stats: dict[int, GenerationStats] = {}
@@ -103,7 +104,7 @@ class BatchSession:
             elif slot not in self.engine.runs:  # EOS or length
                 pieces[slot] += text.finish()
                 eos = bool(text.token_ids) and text.token_ids[-1] in self.generator.target.eos_ids
-                self.reasons[slot] = "stop" if eos else "length"
+                self.reasons[slot] = "stop" if eos or self.stats[slot].complete else "length"
         return pieces
 
     def finished(self, slot: int) -> bool:

@@ -56,7 +56,9 @@ class GenerationStream:
     @property
     def finish_reason(self) -> str:
         """ "stop" after an EOS token or a stop string, else "length" (or "cancelled")."""
-        if self.text_stream.stopped or (self.token_ids and self.token_ids[-1] in self.eos_ids):
+        if self.text_stream.stopped or self.stats.complete:
+            return "stop"
+        if self.token_ids and self.token_ids[-1] in self.eos_ids:
             return "stop"
         return "cancelled" if self.cancelled else "length"
 

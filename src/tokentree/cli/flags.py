@@ -7,8 +7,10 @@ import argparse
 import dataclasses
 import types
 import typing
+from pathlib import Path
 from typing import Any, Iterable
 
+from ..constraints import Constraint
 from ..drafters import DRAFTERS
 from ..errors import TokentreeError
 from ..request import Request
@@ -68,6 +70,37 @@ def request_from_args(args: argparse.Namespace, names: Iterable[str] | None = No
     """The request the flags of :func:`request_flags` (``names``: only these) give."""
     wanted = set(names) if names is not None else {f.name for f in dataclasses.fields(Request)}
     return Request(**{name: getattr(args, name) for name in wanted if hasattr(args, name)})
+
+
+def constraint_flags(parser: argparse.ArgumentParser) -> None:
+    """--json-schema FILE, --json-object, --regex PATTERN, --grammar FILE (one at most)."""
+    group = parser.add_argument_group("constrained output (one of)")
+    group.add_argument("--json-schema", metavar="FILE", help="output JSON valid under this schema")
+    group.add_argument("--json-object", action="store_true", help="output any JSON object")
+    group.add_argument("--regex", metavar="PATTERN", help="output text matching this regex")
+    group.add_argument(
+        "--grammar", metavar="FILE", help="output text of this grammar (GBNF or Lark, by content)"
+    )
+
+
+def constraint_from_args(args: argparse.Namespace) -> Constraint | None:
+    """The constraint the flags of :func:`constraint_flags` give (ConstraintError when invalid)."""
+    given = [n for n in ("json_schema", "json_object", "regex", "grammar") if getattr(args, n)]
+    if len(given) > 1:
+        flags = " and ".join("--" + n.replace("_", "-") for n in given)
+        raise TokentreeError(f"give one constraint, not {flags}")
+    if not given:
+        return None
+    if args.json_object:
+        return Constraint.json_object()
+    if args.regex:
+        return Constraint.regex(args.regex)
+    path = Path(args.json_schema or args.grammar)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise TokentreeError(f"cannot read {path}: {exc.strerror}") from None
+    return Constraint.json_schema(text) if args.json_schema else Constraint.grammar_text(text)
 
 
 def _drafter_flag(config_cls: type, field_name: str) -> str:

@@ -7,7 +7,14 @@ import json
 import sys
 
 from ..errors import TokentreeError
-from .flags import drafter_flags, drafter_options, request_flags, request_from_args
+from .flags import (
+    constraint_flags,
+    constraint_from_args,
+    drafter_flags,
+    drafter_options,
+    request_flags,
+    request_from_args,
+)
 from .model_flags import add_model_arguments, load_from_args
 
 
@@ -22,6 +29,7 @@ def add_parser(sub) -> None:
     )
     add_model_arguments(gen)
     request_flags(gen.add_argument_group("request"), names=REQUEST_FLAGS)
+    constraint_flags(gen)
     gen.add_argument(
         "--stats", action="store_true", help="print tau, tokens/s and step counts to stderr"
     )
@@ -38,7 +46,8 @@ def add_parser(sub) -> None:
     gen.set_defaults(run=run)
 
 
-# every field of the request but the drafter, which --drafter sets with its options' flags
+# the request's fields with flags of their type: the drafter is --drafter (with its options'
+# flags), the constraint one of constraint_flags
 REQUEST_FLAGS = ("max_new_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "stop",
                   "budget")  # fmt: skip
 
@@ -69,6 +78,7 @@ def _tree_printer(gen, args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     prompt = read_prompt(args.prompt)
     request = request_from_args(args, REQUEST_FLAGS)  # checked before minutes of loading
+    request = request.replace(constraint=constraint_from_args(args))
     options = drafter_options(args)
     gen = load_from_args(args, args.drafter, args.draft, None, args.drafter_state, **options)
     stream = gen.stream(prompt, request, chat=args.chat, on_step=_tree_printer(gen, args))

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from ..constraints import Constraint, ConstraintError
 from ..request import Request, RequestError
 from .errors import APIError
 from .limits import Limits
@@ -28,6 +29,30 @@ OPENAI_PARAMS = {
 
 def openai_param(field: str) -> str:
     return OPENAI_PARAMS.get(field, field)
+
+
+CONSTRAINT_FIELDS = ("response_format", "guided_json", "guided_regex", "guided_grammar")
+
+
+def _constraint(field: str, value: Any) -> Constraint:
+    """A :class:`Constraint` from one of CONSTRAINT_FIELDS (ConstraintError when invalid)."""
+    if field == "guided_json":
+        return Constraint.json_schema(value)
+    if field == "guided_regex":
+        return Constraint.regex(value)
+    if field == "guided_grammar":
+        return Constraint.grammar_text(value)
+    kind = value.get("type")
+    if kind == "json_object":
+        return Constraint.json_object()
+    if kind != "json_schema":
+        raise ConstraintError(
+            f"response_format type must be text, json_object or json_schema, got {kind!r}"
+        )
+    spec = value.get("json_schema")
+    if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
+        raise ConstraintError("response_format.json_schema must be an object with a 'schema'")
+    return Constraint.json_schema(spec.get("schema", {}), name=spec.get("name"))
 
 
 def _valid_unicode(text: str) -> str:
@@ -112,6 +137,11 @@ class GenerationRequest(BaseModel):
     presence_penalty: float | None = None
     repetition_penalty: float | None = None  # vLLM-style
     logit_bias: dict[str, Any] | None = None
+    # structured output: OpenAI's response_format, and vLLM's extra_body names
+    response_format: dict[str, Any] | None = None
+    guided_json: Union[dict[str, Any], Text, None] = None
+    guided_regex: Text | None = None
+    guided_grammar: Text | None = None
 
     @model_validator(mode="after")
     def _supported(self):
@@ -137,12 +167,28 @@ class GenerationRequest(BaseModel):
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
+    def constraint(self) -> Constraint | None:
+        """The output constraint the body asks for (at most one way), APIError 400 naming the
+        field when it is invalid."""
+        given = [name for name in CONSTRAINT_FIELDS if getattr(self, name) is not None]
+        if self.response_format is not None and self.response_format.get("type") == "text":
+            given.remove("response_format")
+        if len(given) > 1:
+            raise APIError(400, f"give one of {' or '.join(given)}", param=given[1])
+        if not given:
+            return None
+        try:
+            return _constraint(given[0], getattr(self, given[0]))
+        except ConstraintError as exc:
+            raise APIError(400, str(exc), param=given[0]) from None
+
     def to_request(self, limits: Limits, prompt_tokens: int, param: str) -> Request:
         """The request this body asks for, within this server's ``limits`` (OpenAI's defaults for
         the fields left out); APIError 400 naming the field otherwise. ``param`` names the prompt's
         field."""
         limits.check_stops(self.stops)
         extra = self.tokentree or TokentreeOptions()
+        constraint = self.constraint()
         try:
             return Request(
                 max_new_tokens=limits.new_tokens_for(self.token_limit, prompt_tokens, param),
@@ -154,6 +200,7 @@ class GenerationRequest(BaseModel):
                 stop=tuple(self.stops),
                 drafter=extra.drafter,
                 budget=extra.budget,
+                constraint=constraint,
             )
         except RequestError as exc:
             raise APIError(400, str(exc), param=openai_param(exc.field)) from None
@@ -167,7 +214,6 @@ class ChatRequest(GenerationRequest):
     functions: list[Any] | None = None
     function_call: Union[str, dict[str, Any], None] = None
     parallel_tool_calls: bool | None = None
-    response_format: dict[str, Any] | None = None
     modalities: list[str] | None = None
     audio: dict[str, Any] | None = None
     prediction: dict[str, Any] | None = None
@@ -181,7 +227,6 @@ class ChatRequest(GenerationRequest):
                 "functions": lambda v: not v,
                 "tool_choice": lambda v: v in ("none", "auto"),
                 "function_call": lambda v: v in ("none", "auto"),
-                "response_format": lambda v: v.get("type") == "text",
                 "modalities": lambda v: v == ["text"],
                 "audio": lambda v: False,
                 "prediction": lambda v: False,
