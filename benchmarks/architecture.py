@@ -23,7 +23,17 @@ LAYERS = [
     ),
     (
         "parts",
-        ["backends", "drafters", "planner", "planner_plot", "kvcache", "ssm", "head", "chat"],
+        [
+            "backends",
+            "drafters",
+            "planner",
+            "planner_plot",
+            "kvcache",
+            "ssm",
+            "head",
+            "chat",
+            "constraints",
+        ],
     ),
     ("engine", ["request", "trace", "engine", "batch"]),
     ("loaders", ["models", "engine_choice"]),
