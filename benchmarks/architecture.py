@@ -35,7 +35,7 @@ LAYERS = [
             "constraints",
         ],
     ),
-    ("engine", ["request", "trace", "engine", "batch"]),
+    ("engine", ["request", "toolcalls", "trace", "engine", "batch"]),
     ("loaders", ["models", "engine_choice"]),
     ("hub", ["api"]),
     ("doors", ["server", "bench", "tools", "cli", "calibrate", "quantize", "show"]),

@@ -17,14 +17,26 @@ PLACEHOLDER = "\ue000tokentree-content-{}\ue001"  # private-use characters: neve
 PLACEHOLDER_RE = re.compile("\ue000tokentree-content-(\\d+)\ue001")
 
 
-def chat_ids(tokenizer: Any, messages: Sequence[dict], special_in_content: bool = False) -> list:
+def chat_ids(
+    tokenizer: Any,
+    messages: Sequence[dict],
+    special_in_content: bool = False,
+    tools: Sequence[dict] | None = None,
+) -> list:
     """Token ids of ``messages`` rendered by the tokenizer's chat template with the generation
-    prompt; control tokens typed in a content are text unless ``special_in_content``."""
+    prompt (and ``tools``, OpenAI-style function definitions, as the template renders them);
+    control tokens typed in a content are text unless ``special_in_content``."""
+    options = {"add_generation_prompt": True, "tokenize": False}
+    if tools:
+        options["tools"] = list(tools)
     if special_in_content or not any(_has_special(tokenizer, m.get("content")) for m in messages):
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        text = tokenizer.apply_chat_template(list(messages), **options)
         return list(tokenizer(text, add_special_tokens=False).input_ids)
-    marked = [m | {"content": PLACEHOLDER.format(i)} for i, m in enumerate(messages)]
-    text = tokenizer.apply_chat_template(marked, add_generation_prompt=True, tokenize=False)
+    marked = [
+        m | {"content": PLACEHOLDER.format(i)} if isinstance(m.get("content"), str) else m
+        for i, m in enumerate(messages)
+    ]
+    text = tokenizer.apply_chat_template(marked, **options)
     ids: list[int] = []
     for i, piece in enumerate(PLACEHOLDER_RE.split(text)):
         if i % 2 == 0:  # the template's own text, control tokens included

@@ -157,10 +157,15 @@ class Generator:
         save_state(self.drafter, path, self.vocab_signature)
 
     def encode(
-        self, prompt: Prompt, chat: bool | None = None, special_in_content: bool = False
+        self,
+        prompt: Prompt,
+        chat: bool | None = None,
+        special_in_content: bool = False,
+        tools: Sequence[dict] | None = None,
     ) -> list[int]:
         """Token ids for a prompt: a string, chat messages ([{"role", "content"}]) or token ids.
-        Control tokens typed inside chat messages are text unless ``special_in_content``."""
+        Control tokens typed inside chat messages are text unless ``special_in_content``;
+        ``tools`` (OpenAI function definitions) are rendered by the chat template."""
         has_template = getattr(self.tokenizer, "chat_template", None) is not None
         if isinstance(prompt, str):
             if chat and not has_template:
@@ -176,7 +181,7 @@ class Generator:
                 raise TokentreeError(
                     "chat messages need a chat template, and the target's tokenizer has none"
                 )
-            return chat_ids(self.tokenizer, prompt, special_in_content)
+            return chat_ids(self.tokenizer, prompt, special_in_content, tools)
         if all(isinstance(t, int) and 0 <= t < self.backend.vocab_size for t in prompt):
             return prompt
         raise TokentreeError(

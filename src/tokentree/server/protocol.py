@@ -10,12 +10,21 @@ OpenAI does not define are ignored (clients send their own extensions).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from ..constraints import Constraint, ConstraintError
 from ..request import Request, RequestError
+from ..toolcalls import (
+    Tool,
+    ToolError,
+    call_constraint,
+    chosen_tools,
+    template_messages,
+    tools_from_openai,
+)
 from .errors import APIError
 from .limits import Limits
 
@@ -76,13 +85,35 @@ class TextPart(BaseModel):
 
 class Message(BaseModel):
     model_config = STRICT
-    role: Literal["system", "developer", "user", "assistant"]
-    content: Union[Text, list[TextPart]]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Union[Text, list[TextPart], None] = None  # None: an assistant's tool calls only
+    tool_calls: list[dict[str, Any]] | None = None  # an assistant's earlier calls
+    tool_call_id: Text | None = None  # a tool message: the call it answers
+    name: Text | None = None
+
+    @model_validator(mode="after")
+    def _content(self):
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError(f"a {self.role} message needs content")
+        return self
 
     def text(self) -> str:
+        if self.content is None:
+            return ""
         return (
             self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
         )
+
+    def as_dict(self) -> dict:
+        """The message as chat templates take it (tool calls' arguments as objects)."""
+        message = {"role": self.role, "content": self.text()}
+        if self.tool_calls:
+            message["tool_calls"] = template_messages([{"tool_calls": self.tool_calls}])[0][
+                "tool_calls"
+            ]
+        if self.tool_call_id is not None:
+            message["tool_call_id"] = self.tool_call_id
+        return message
 
 
 class StreamOptions(BaseModel):
@@ -182,13 +213,15 @@ class GenerationRequest(BaseModel):
         except ConstraintError as exc:
             raise APIError(400, str(exc), param=given[0]) from None
 
-    def to_request(self, limits: Limits, prompt_tokens: int, param: str) -> Request:
+    def to_request(
+        self, limits: Limits, prompt_tokens: int, param: str, tool_constraint=None
+    ) -> Request:
         """The request this body asks for, within this server's ``limits`` (OpenAI's defaults for
         the fields left out); APIError 400 naming the field otherwise. ``param`` names the prompt's
         field."""
         limits.check_stops(self.stops)
         extra = self.tokentree or TokentreeOptions()
-        constraint = self.constraint()
+        constraint = tool_constraint or self.constraint()
         try:
             return Request(
                 max_new_tokens=limits.new_tokens_for(self.token_limit, prompt_tokens, param),
@@ -223,9 +256,7 @@ class ChatRequest(GenerationRequest):
         _unsupported(
             self,
             {
-                "tools": lambda v: not v,
                 "functions": lambda v: not v,
-                "tool_choice": lambda v: v in ("none", "auto"),
                 "function_call": lambda v: v in ("none", "auto"),
                 "modalities": lambda v: v == ["text"],
                 "audio": lambda v: False,
@@ -239,7 +270,42 @@ class ChatRequest(GenerationRequest):
         return self.max_completion_tokens or self.max_tokens
 
     def messages_as_dicts(self) -> list[dict]:
-        return [{"role": m.role, "content": m.text()} for m in self.messages]
+        return [m.as_dict() for m in self.messages]
+
+    def tool_plan(self, marker_tokens: bool) -> ToolPlan:
+        """The tools to render, and the constraint ``tool_choice`` asks for; APIError 400 naming
+        the field when a tool or the choice is malformed."""
+        try:
+            tools = tools_from_openai(self.tools or [])
+            mode, chosen = chosen_tools(tools, self.tool_choice)
+        except ToolError as exc:
+            raise APIError(400, str(exc), param=exc.field) from None
+        if mode == "required" and not tools:
+            raise APIError(400, "tool_choice asks for a tool call, but no tools are given",
+                           param="tool_choice")  # fmt: skip
+        if mode == "none" or not tools:
+            return ToolPlan((), None)
+        if mode == "auto":
+            return ToolPlan(tools, None)
+        if self.constraint() is not None:
+            raise APIError(
+                400, "give tool_choice or response_format, not both", param="tool_choice"
+            )
+        parallel = self.parallel_tool_calls is not False
+        return ToolPlan(tools, call_constraint(chosen, parallel, marker_tokens))
+
+
+@dataclass(frozen=True)
+class ToolPlan:
+    """What a chat request's tools mean for its generation: the tools rendered into the prompt
+    (empty: none) and the constraint the tool choice imposes (None: free text, calls parsed)."""
+
+    tools: tuple[Tool, ...]
+    constraint: Constraint | None
+
+    @property
+    def rendered(self) -> list[dict] | None:
+        return [tool.as_openai() for tool in self.tools] or None
 
 
 class CompletionRequest(GenerationRequest):

@@ -15,11 +15,12 @@ from starlette.concurrency import run_in_threadpool
 from ..api import Generator
 from ..errors import TokentreeError
 from ..request import RequestError
+from ..toolcalls import has_marker_tokens
 from .config import ServeConfig
 from .errors import APIError, error_body
 from .limits import Limits
 from .metrics import Metrics
-from .protocol import ChatRequest, CompletionRequest, GenerationRequest, openai_param
+from .protocol import ChatRequest, CompletionRequest, GenerationRequest, ToolPlan, openai_param
 from .reply import Reply, sse
 from .state_keeper import StateKeeper
 from .worker import SHUTTING_DOWN, Job, QueueFull, Result, ShuttingDown, Worker
@@ -88,8 +89,12 @@ class Service:
     async def chat_completions(self, body: ChatRequest, request: Request):
         special = self.config.allow_special_in_content
         messages = body.messages_as_dicts()
-        ids = await self.encode(lambda: self.generator.encode(messages, True, special), "messages")
-        return await self.generate(request, body, ids, "messages", chat=True)
+        plan = body.tool_plan(has_marker_tokens(self.generator.tokenizer))
+        tools = plan.rendered
+        ids = await self.encode(
+            lambda: self.generator.encode(messages, True, special, tools), "messages"
+        )
+        return await self.generate(request, body, ids, "messages", chat=True, plan=plan)
 
     async def completions(self, body: CompletionRequest, request: Request):
         ids = await self.encode(lambda: self.generator.encode(body.prompt, chat=False), "prompt")
@@ -115,12 +120,20 @@ class Service:
         return ids
 
     async def generate(
-        self, request: Request, body: GenerationRequest, ids: list[int], param: str, chat: bool
+        self,
+        request: Request,
+        body: GenerationRequest,
+        ids: list[int],
+        param: str,
+        chat: bool,
+        plan: ToolPlan | None = None,
     ):
-        jobs = self.make_jobs(body, ids, param)
+        """Queue the request's jobs and answer them (streamed or whole); ``plan``: a chat
+        request's tools (their calls are parsed from the text) and tool-choice constraint."""
+        jobs = self.make_jobs(body, ids, param, plan.constraint if plan else None)
         self.submit(jobs)
         started = time.monotonic()
-        reply = Reply(self.model_name, chat, len(ids))
+        reply = Reply(self.model_name, chat, len(ids), tools=bool(plan and plan.tools))
         if body.stream:  # (None = false)
             return StreamingResponse(
                 self.stream_events(request, jobs, reply, body.include_usage, started),
@@ -147,13 +160,15 @@ class Service:
         self.metrics.request_done("generation", 200, time.monotonic() - started)
         return reply.whole(["".join(p) for p in pieces], [results[i] for i in range(len(jobs))])
 
-    def make_jobs(self, body: GenerationRequest, ids: list[int], param: str) -> list[Job]:
+    def make_jobs(
+        self, body: GenerationRequest, ids: list[int], param: str, tool_constraint=None
+    ) -> list[Job]:
         """The request's ``n`` jobs, sharing one event queue; choice i is seeded seed + i."""
         if body.model is not None and body.model != self.model_name:
             raise self.unknown_model(body.model)
         choices = body.n or 1
         self.limits.check_choices(choices)
-        request = body.to_request(self.limits, len(ids), param)
+        request = body.to_request(self.limits, len(ids), param, tool_constraint)
         try:
             self.generator.check(request)
         except RequestError as exc:
@@ -224,11 +239,13 @@ class Service:
         results: list[Result] = []
         async for index, kind, value in self.events(request, jobs, started):
             if kind == "text":
-                yield sse(reply.chunk(index, text=value))
+                for chunk in reply.text_chunks(index, value):
+                    yield sse(chunk)
             elif kind == "done":
                 results.append(value)
                 self.job_done(jobs[index], reply.prompt_tokens, value)
-                yield sse(reply.chunk(index, finish=value))
+                for chunk in reply.finish_chunks(index, value):
+                    yield sse(chunk)
                 if len(results) == len(jobs):
                     self.metrics.request_done("generation", 200, time.monotonic() - started)
                     if include_usage:
