@@ -37,6 +37,7 @@ def create_app(generator: Generator, config: ServeConfig, state_path: str | None
 
     app = FastAPI(title="tokentree", lifespan=lifespan)
     app.state.service, app.state.worker = service, service.worker
+    app.state.metrics, app.state.keeper = service.metrics, service.keeper
     install_error_handlers(app)
     for methods, path, name, options in ROUTES:
         app.add_api_route(path, getattr(service, name), methods=methods, **options)
