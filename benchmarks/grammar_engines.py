@@ -78,6 +78,8 @@ class LLGuidance:
         self.words = (vocab + 31) // 32
 
     def compile(self, schema: dict):
+        """A ready matcher's factory (llguidance compiles when a matcher is made: the first one
+        is timed here, later ones are copies)."""
         import llguidance
 
         from tokentree.constraints.spec import JSON_STYLE
@@ -85,7 +87,8 @@ class LLGuidance:
         grammar = llguidance.LLMatcher.grammar_from_json_schema(
             json.dumps(schema), defaults=JSON_STYLE
         )
-        return lambda: llguidance.LLMatcher(self.tokenizer, grammar)
+        first = llguidance.LLMatcher(self.tokenizer, grammar)
+        return first.deep_copy
 
     def mask(self, matcher) -> None:
         from llguidance.torch import fill_next_token_bitmask
@@ -105,14 +108,16 @@ class XGrammar:
     def prepare(self, tokenizer, vocab: int):
         import xgrammar
 
-        info = xgrammar.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab)
-        self.compiler = xgrammar.GrammarCompiler(info)
+        self.info = xgrammar.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab)
         self.bitmask = xgrammar.allocate_token_bitmask(1, vocab)
 
     def compile(self, schema: dict):
+        """A ready matcher's factory (a fresh compiler each time: its cache would hide the
+        compilation)."""
         import xgrammar
 
-        compiled = self.compiler.compile_json_schema(
+        compiler = xgrammar.GrammarCompiler(self.info, cache_enabled=False)
+        compiled = compiler.compile_json_schema(
             json.dumps(schema), any_whitespace=False, separators=(", ", ": ")
         )
         return lambda: xgrammar.GrammarMatcher(compiled, max_rollback_tokens=64)

@@ -353,3 +353,32 @@ def test_a_gguf_file_under_backend_auto_stays_on_llamacpp(gguf, monkeypatch, tmp
     monkeypatch.setenv("TOKENTREE_CACHE", str(tmp_path))
     gen = load(str(gguf), threads=2, n_ctx=512)
     assert gen.target.engine == "llama.cpp" and "GGUF" in gen.target.why
+
+
+GBNF = r'root ::= "{\"name\": \"" [a-z]+ "\", \"n\": " [0-9] [0-9]? "}"'
+
+
+def test_constrained_greedy_equals_llama_cpps_own_grammar_decoding(generator, gguf):
+    """The same GBNF grammar through llama.cpp's own grammar sampler (plain decoding) and through
+    tokentree's grammar-aware trees: the same tokens, for drafters that draft and that do not."""
+    import llama_cpp
+
+    from tokentree.constraints import Constraint
+
+    llm = llama_cpp.Llama(str(gguf), n_ctx=1024, n_threads=2, flash_attn=True, verbose=False)
+    for prompt in PROMPTS[:2]:
+        ids = generator.encode(prompt, chat=False)
+        grammar = llama_cpp.LlamaGrammar.from_string(GBNF, verbose=False)
+        expected = []
+        for token in llm.generate(
+            ids, top_k=1, temp=0.0, repeat_penalty=1.0, reset=True, grammar=grammar
+        ):
+            if llama_cpp.llama_vocab_is_eog(llm._model.vocab, token) or len(expected) == 40:
+                break
+            expected.append(int(token))
+        for drafter in ("none", "pld", "stand", "auto"):
+            out = generator.generate(
+                ids, max_new_tokens=40, drafter=drafter, constraint=Constraint.gbnf(GBNF)
+            )
+            assert out.token_ids == expected, (drafter, prompt)
+            assert out.stats.complete and out.stats.grammar["forced"] > 0

@@ -67,7 +67,7 @@ def tools_from_openai(items: list[Any]) -> tuple[Tool, ...]:
             Constraint.json_schema(parameters)
         except ConstraintError as exc:
             raise ToolError(f"{where}.function.parameters", f"{where}.function.parameters: {exc}")
-        text = json.dumps(parameters, sort_keys=True)
+        text = json.dumps(parameters)
         tools.append(Tool(name, str(function.get("description") or ""), text))
     if len({t.name for t in tools}) < len(tools):
         raise ToolError("tools", "tool names must be distinct")

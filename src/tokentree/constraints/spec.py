@@ -59,7 +59,7 @@ class Constraint:
                 raise ConstraintError(f"the JSON schema is not valid JSON: {exc}") from None
         if not isinstance(schema, dict):
             raise ConstraintError("a JSON schema must be a JSON object")
-        return cls("json_schema", json.dumps(schema, sort_keys=True), name)
+        return cls("json_schema", json.dumps(schema), name)
 
     @classmethod
     def json_object(cls) -> Constraint:

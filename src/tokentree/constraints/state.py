@@ -36,6 +36,13 @@ class TokenGrammar:
             self._tokenizer = _ll_tokenizer(self.hf_tokenizer, self.vocab_size, self.eos_ids)
         return self._tokenizer
 
+    def warm(self) -> None:
+        """Build the tokenizer and compute one mask: llguidance's first mask on a new tokenizer
+        takes most of a second, which a server pays before it listens rather than in a request's
+        first step."""
+        state = self.start(Constraint.regex("[a-z]"))
+        state.masks(TokenTree.root(0))
+
     def start(self, constraint: Constraint) -> GrammarState:
         matcher = _llguidance().LLMatcher(self.tokenizer, constraint.grammar())
         if matcher.is_error():

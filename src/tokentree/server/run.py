@@ -125,4 +125,5 @@ def serve(generator: Generator, config: ServeConfig, state_path: str | None = No
     # the verify profile every planned request needs, measured (once per machine) before the
     # server listens, so no request pays for it and /health answers only when it is ready
     generator.cost_profile()
+    generator.grammar.warm()  # so no constrained request pays for the grammar engine's start
     build_server(generator, config, state_path).run()
