@@ -236,7 +236,7 @@ def test_the_cli_takes_one_constraint_and_refuses_bad_ones(saved_tiny_model, cap
     base = ["generate", "id:", "--target", str(saved_tiny_model), "--dtype", "float32", "--no-chat"]
     code, out, err = run_cli(base + ["--regex", "[0-9]{3}-[a-z]{2}", "--stats"], capsys)
     assert code == 0, err
-    assert re.fullmatch(r"[0-9]{3}-[a-z]{2}\n", out)
+    assert re.fullmatch(r"[0-9]{3}-[a-z]{2}\n", out) and "; grammar: " in err
     code, _, err = run_cli(base + ["--regex", "[a-"], capsys)
     assert code == 2 and err.startswith("tokentree: error: invalid regex")
     code, _, err = run_cli(base + ["--regex", "a", "--json-object"], capsys)

@@ -355,30 +355,51 @@ def test_a_gguf_file_under_backend_auto_stays_on_llamacpp(gguf, monkeypatch, tmp
     assert gen.target.engine == "llama.cpp" and "GGUF" in gen.target.why
 
 
+NEAR_TIE = 0.05  # logits apart: within llama.cpp's batch rounding at these sizes
 GBNF = r'root ::= "{\"name\": \"" [a-z]+ "\", \"n\": " [0-9] [0-9]? "}"'
 
 
-def test_constrained_greedy_equals_llama_cpps_own_grammar_decoding(generator, gguf):
-    """The same GBNF grammar through llama.cpp's own grammar sampler (plain decoding) and through
-    tokentree's grammar-aware trees: the same tokens, for drafters that draft and that do not."""
+def test_constrained_greedy_equals_masked_llama_cpp_decoding(generator, gguf):
+    """The same GBNF grammar two ways on llama.cpp: one token per llama_eval, each row masked by a
+    fresh llguidance matcher and its argmax taken (no tokentree code on this path); and
+    tokentree's grammar-aware trees. Equal tokens for drafters that draft and that do not, but
+    where llama.cpp's multi-row kernels round a near-tie the other way (they are not batch
+    invariant on every CPU: see LlamaCppBackend); there the two tokens' logits must be within
+    NEAR_TIE and the comparison stops. (llama-cpp-python's own grammar sampler is no reference for
+    masked greedy decoding: with top_k=1 it spells this grammar's keys character by character.)"""
     import llama_cpp
+    import llguidance
+    import numpy as np
+    from llguidance.torch import allocate_token_bitmask, fill_next_token_bitmask
 
-    from tokentree.constraints import Constraint
+    from tokentree.constraints import Constraint, allowed_tokens
 
+    constraint = Constraint.gbnf(GBNF)
     llm = llama_cpp.Llama(str(gguf), n_ctx=1024, n_threads=2, flash_attn=True, verbose=False)
+    vocab = generator.backend.vocab_size
     for prompt in PROMPTS[:2]:
         ids = generator.encode(prompt, chat=False)
-        grammar = llama_cpp.LlamaGrammar.from_string(GBNF, verbose=False)
-        expected = []
-        for token in llm.generate(
-            ids, top_k=1, temp=0.0, repeat_penalty=1.0, reset=True, grammar=grammar
-        ):
-            if llama_cpp.llama_vocab_is_eog(llm._model.vocab, token) or len(expected) == 40:
-                break
-            expected.append(int(token))
+        matcher = llguidance.LLMatcher(generator.grammar.tokenizer, constraint.grammar())
+        llm.reset()
+        llm.eval(ids)
+        expected, rows = [], []
+        while len(expected) < 40 and not matcher.is_stopped():
+            bits = allocate_token_bitmask(1, vocab)
+            fill_next_token_bitmask(matcher, bits, 0)
+            logits = np.array(llm.scores[llm.n_tokens - 1])
+            logits[~allowed_tokens(bits, vocab)[0].numpy()] = -np.inf
+            token = int(np.argmax(logits))
+            expected.append(token)
+            rows.append(logits)
+            assert matcher.consume_token(token)
+            llm.eval([token])
         for drafter in ("none", "pld", "stand", "auto"):
-            out = generator.generate(
-                ids, max_new_tokens=40, drafter=drafter, constraint=Constraint.gbnf(GBNF)
-            )
-            assert out.token_ids == expected, (drafter, prompt)
-            assert out.stats.complete and out.stats.grammar["forced"] > 0
+            out = generator.generate(ids, max_new_tokens=40, drafter=drafter, constraint=constraint)
+            got = out.token_ids
+            split = next((k for k, (a, b) in enumerate(zip(got, expected)) if a != b), None)
+            if split is None:
+                assert got == expected, (drafter, prompt)
+                assert out.stats.complete and out.stats.grammar["forced"] > 0
+            else:  # a near-tie rounded the other way: the target's own two best, nearly equal
+                gap = rows[split][expected[split]] - rows[split][got[split]]
+                assert 0 <= gap < NEAR_TIE, (drafter, prompt, split, gap)

@@ -450,9 +450,9 @@ class SlowTokenizing(Generator):
 
     delay = 1.5
 
-    def encode(self, prompt, chat=None, special_in_content=False):
+    def encode(self, prompt, chat=None, special_in_content=False, tools=None):
         time.sleep(self.delay)
-        return super().encode(prompt, chat, special_in_content)
+        return super().encode(prompt, chat, special_in_content, tools)
 
 
 def test_tokenizing_a_long_prompt_does_not_hold_up_other_clients():
@@ -542,7 +542,7 @@ def test_metrics_labels_are_routes_not_raw_paths(server):
 @pytest.mark.parametrize(
     "field,value",
     [
-        ("tools", [{"type": "function", "function": {"name": "f"}}]),
+        ("functions", [{"name": "f", "parameters": {}}]),
         ("tool_choice", "required"),
         ("response_format", {"type": "xml"}),
         ("logit_bias", {"50": 10}),

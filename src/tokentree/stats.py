@@ -76,6 +76,17 @@ class GenerationStats:
             f"{self.new_tokens} tokens in {self.steps} steps, tau {self.tokens_per_step:.2f}, "
             f"{self.tokens_per_s:.2f} tokens/s (prefill {self.prefill_s:.2f}s, "
             f"draft {self.draft_s:.2f}s, verify {self.verify_s:.2f}s){self.speedup_note()}"
+            + self.grammar_note()
+        )
+
+    def grammar_note(self) -> str:
+        """What the grammar did, for constrained requests ('' otherwise)."""
+        if self.grammar is None:
+            return ""
+        g = self.grammar
+        return (
+            f"; grammar: {g['pruned']} drafted nodes cut, {g['forced']} forced tokens drafted, "
+            f"{g['seconds']:.3f}s"
         )
 
     def speedup_note(self) -> str:
