@@ -297,7 +297,9 @@ def test_measured_profile_on_a_tiny_model():
     )
     assert profile.sizes == (1, 4, 16) and profile.context_len == 32 and profile.key == "k"
     assert all(s > 0 for s in profile.seconds) and list(profile.seconds) == sorted(profile.seconds)
-    assert profile.ratio(1) == 1.0 and profile.seconds_at(4, 32) == profile.seconds[1]
+    assert profile.ratio(1) == 1.0 and profile.seconds_at(4, 32) == pytest.approx(
+        profile.seconds[1]
+    )
     assert ticks[:3] == [(1, 32), (4, 32), (16, 32)]  # one tick per size, then the longer curve
     assert ticks[3:] == [(n, 48) for n in LONG_PROFILE_SIZES]
     assert profile.longer[0].context_len == 48 and profile.longer[0].sizes == LONG_PROFILE_SIZES
