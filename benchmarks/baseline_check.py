@@ -20,7 +20,8 @@ from pathlib import Path
 
 from fresh_runs import write_run_json
 
-from tokentree.backends.llamacpp import LlamaCppConfig, LlamaCppModel, plain_greedy
+from tokentree.backends.llama_plain import plain_greedy
+from tokentree.backends.llamacpp import LlamaCppConfig, LlamaCppModel
 from tokentree.models import EMBEDDED_TARGET, assemble_embedded
 
 

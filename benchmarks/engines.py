@@ -32,7 +32,7 @@ import torch
 
 import tokentree
 from tokentree.backends import make_backend
-from tokentree.backends.llamacpp import plain_greedy
+from tokentree.backends.llama_plain import plain_greedy
 from tokentree.bench.suites import load_suite, select
 from tokentree.planner import measure_profile
 

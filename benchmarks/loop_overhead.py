@@ -22,7 +22,7 @@ from pathlib import Path
 from fresh_runs import write_run_json
 
 from tokentree.api import load
-from tokentree.backends.llamacpp import plain_greedy
+from tokentree.backends.llama_plain import plain_greedy
 
 
 def timed_generate(gen, ids: list[int], drafter: str, tokens: int) -> dict:

@@ -296,3 +296,56 @@ def test_the_long_suite_hides_each_task_among_other_documents_within_its_size():
     sixteen = [p for p in prompts if p.category == "rag-16k"]
     assert min(len(p.turns[0]) for p in sixteen) > 12_000 * CHARS_PER_TOKEN  # long indeed
     assert load_suite("long") == prompts  # deterministic
+
+
+def test_the_json_suite_carries_each_prompts_output_rule():
+    from tokentree.bench.structured import structured_for
+
+    prompts = load_suite("json")
+    by_category = {c: [p for p in prompts if p.category == c] for c in ("extraction", "arguments")}
+    assert len(prompts) == 40 and len(by_category["extraction"]) == 12
+    assert len(by_category["arguments"]) == 8
+    tools = [p for p in prompts if p.category == "tool-call"]
+    assert len(tools) == 20 and all(len(p.tools) == 3 and p.schema is None for p in tools)
+    assert all(p.schema and not p.tools for cat in by_category.values() for p in cat)
+    from conftest import tiny_tokenizer
+
+    rule = structured_for(prompts[0], tiny_tokenizer())
+    assert rule.constraint.kind == "json_schema" and not rule.tools
+    free = structured_for(load_suite("humaneval")[0], tiny_tokenizer())
+    assert free is None
+
+
+def test_a_structured_reply_is_checked_against_its_schema():
+    from conftest import tiny_tokenizer
+
+    from tokentree.bench.prompt import BenchPrompt
+    from tokentree.bench.structured import structured_for
+
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    rule = structured_for(BenchPrompt("a", "x", ("t",), schema=schema), tiny_tokenizer())
+    assert rule.valid('{"n": 3}') and not rule.valid('{"n": "3"}') and not rule.valid('{"n": 3')
+    tool = {"type": "function", "function": {"name": "f", "parameters": schema}}
+    calls = structured_for(BenchPrompt("b", "x", ("t",), tools=(tool,)), tiny_tokenizer())
+    assert calls.tools and calls.constraint.kind == "lark"
+    assert calls.valid('<tool_call>\n{"name": "f", "arguments": {"n": 1}}\n</tool_call>')
+    assert not calls.valid('<tool_call>\n{"name": "g", "arguments": {"n": 1}}\n</tool_call>')
+    assert not calls.valid('<tool_call>\n{"name": "f", "arguments": {}}\n</tool_call>')
+    assert not calls.valid('{"n": 1}')  # no call at all
+
+
+def test_the_json_suite_on_transformers_takes_tokentrees_plain_loop_as_baseline(
+    saved_tiny_model,
+):
+    from tokentree.bench.methods import HFMethod
+    from tokentree.bench.structured import Structured
+    from tokentree.constraints import Constraint
+    from tokentree.sampling import SamplingParams
+
+    config = BenchConfig(suite="json", target=str(saved_tiny_model), backend="hf")
+    assert config.baseline == "tt:none" and config.methods == ["tt:none", "tt:pld", "tt:auto"]
+    method = HFMethod.__new__(HFMethod)
+    method.name = "hf"
+    rule = Structured(Constraint.json_object(), {"type": "object"})
+    with pytest.raises(TokentreeError, match="no grammar"):
+        method.run([1, 2], 4, SamplingParams(), 0, structured=rule)

@@ -121,11 +121,27 @@ def test_greedy_equals_masked_plain_decoding_for_every_drafter(name):
     for schema in SCHEMAS[:2]:
         constraint = Constraint.json_schema(schema)
         expected = masked_greedy(gen, prompt, constraint, 40)
-        for budget in (3, 12):
+        for budget in (3, 12, "auto"):  # auto: the planner sizes each (forced, pruned) tree
             out = gen.generate(
                 prompt, Request(max_new_tokens=40, budget=budget, constraint=constraint)
             )
             assert out.token_ids == expected, (name, budget)
+
+
+def test_a_planned_request_drafts_the_forced_tokens_even_on_plain_steps():
+    """With the planner and no drafter at all, every step still drafts what the grammar forces
+    (keys, quotes, braces) and the planner verifies it: fewer steps than tokens, output equal."""
+    gen = generator("none")
+    prompt = json_tokenizer()("x").input_ids
+    text = {"type": "string", "minLength": 8, "maxLength": 8}  # long stretches of plain steps
+    keys = ("first", "second", "third")
+    schema = {"type": "object", "properties": dict.fromkeys(keys, text), "required": list(keys)}
+    constraint = Constraint.json_schema(schema)
+    expected = masked_greedy(gen, prompt, constraint, 60)
+    out = gen.generate(prompt, Request(max_new_tokens=60, budget="auto", constraint=constraint))
+    assert out.token_ids == expected
+    forced = len(expected) - 3 * 8  # all but the strings' characters
+    assert out.stats.grammar["forced"] >= forced - 3 and out.stats.steps <= 3 * 8 + 4
 
 
 def test_forced_tokens_are_drafted_and_forbidden_nodes_cut():

@@ -110,7 +110,7 @@ def test_hysteresis_keeps_the_current_mode_inside_the_band():
     planner._fresh = False
     rate = planner.rate  # one token per second: a node is worth verifying above 0.5
     estimate = 0.5 + HYSTERESIS / 2  # inside the band: better than plain, by less than the lead
-    planner.estimates = lambda tree: [1.0] + [estimate] * (len(tree) - 1)
+    planner.estimates = lambda tree, forced=frozenset(): [1.0] + [estimate] * (len(tree) - 1)
     single = TokenTree.chain(0, [1])
     assert rate == pytest.approx(1.0)
     planner._chosen = 1
@@ -118,7 +118,9 @@ def test_hysteresis_keeps_the_current_mode_inside_the_band():
     planner._chosen = 0
     planner.probe.waited = -1000  # no probe now
     assert planner.choose(single) == 0  # plain decoding goes on
-    planner.estimates = lambda tree: [1.0] + [0.5 + 2 * HYSTERESIS] * (len(tree) - 1)
+    planner.estimates = lambda tree, forced=frozenset(): (
+        [1.0] + [0.5 + 2 * HYSTERESIS] * (len(tree) - 1)
+    )
     assert planner.choose(single) == 1  # a clear lead starts drafting
 
 

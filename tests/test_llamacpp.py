@@ -20,6 +20,7 @@ from tokentree.backends.llamacpp import LlamaCppBackend, LlamaCppConfig, LlamaCp
 from tokentree.cli import main
 from tokentree.engine import DecodeRequest, Engine
 from tokentree.errors import TokentreeError
+from tokentree.request import Request
 from tokentree.stats import GenerationStats
 from tokentree.tree import TokenTree
 
@@ -306,7 +307,7 @@ def test_bench_prompt_cache_is_refused_on_transformers():
 
 
 def test_plain_greedy_is_llama_cpps_own_greedy_decoding(gguf, llama_greedy, generator):
-    from tokentree.backends.llamacpp import plain_greedy
+    from tokentree.backends.llama_plain import plain_greedy
 
     model = LlamaCppModel(gguf, LlamaCppConfig(threads=2, n_ctx=1024))
     try:
@@ -372,9 +373,11 @@ def test_constrained_greedy_equals_masked_llama_cpp_decoding(generator, gguf):
     import numpy as np
     from llguidance.torch import allocate_token_bitmask, fill_next_token_bitmask
 
+    from tokentree.backends.llama_plain import plain_greedy
     from tokentree.constraints import Constraint, allowed_tokens
 
     constraint = Constraint.gbnf(GBNF)
+    model = LlamaCppModel(gguf, generator.target.model.config)  # a context of its own
     llm = llama_cpp.Llama(str(gguf), n_ctx=1024, n_threads=2, flash_attn=True, verbose=False)
     vocab = generator.backend.vocab_size
     for prompt in PROMPTS[:2]:
@@ -393,13 +396,66 @@ def test_constrained_greedy_equals_masked_llama_cpp_decoding(generator, gguf):
             rows.append(logits)
             assert matcher.consume_token(token)
             llm.eval([token])
+        plain = plain_greedy(model, ids, 40, generator.grammar.start(constraint))
+        outputs = {"plain_greedy": plain}  # the bench's llama-decode under a constraint
         for drafter in ("none", "pld", "stand", "auto"):
             out = generator.generate(ids, max_new_tokens=40, drafter=drafter, constraint=constraint)
-            got = out.token_ids
+            outputs[drafter] = out.token_ids
+            assert out.stats.complete and out.stats.grammar["forced"] > 0
+        for drafter, got in outputs.items():
             split = next((k for k, (a, b) in enumerate(zip(got, expected)) if a != b), None)
             if split is None:
                 assert got == expected, (drafter, prompt)
-                assert out.stats.complete and out.stats.grammar["forced"] > 0
             else:  # a near-tie rounded the other way: the target's own two best, nearly equal
                 gap = rows[split][expected[split]] - rows[split][got[split]]
                 assert 0 <= gap < NEAR_TIE, (drafter, prompt, split, gap)
+
+
+def test_a_constrained_batch_keeps_each_sequence_in_its_grammar(generator):
+    """Two constrained sequences in one llama.cpp forward: every token each emits is legal under
+    its own grammar, and both complete (llama.cpp's multi-row kernels are not batch invariant on
+    every CPU, so the tokens are checked against the grammar, not against single-sequence runs)."""
+    import llguidance
+
+    from tokentree.constraints import Constraint
+
+    rules = [Constraint.gbnf(GBNF), Constraint.regex("[0-9]{3}-[0-9]{2}")]
+    prompts = [generator.encode(p, chat=False) for p in PROMPTS[:2]]
+    for rule in rules:
+        request = Request(max_new_tokens=40, budget="auto", drafter="auto", constraint=rule)
+        outs = generator.generate_batch(prompts, request)
+        assert len(outs) == 2
+        for out in outs:
+            matcher = llguidance.LLMatcher(generator.grammar.tokenizer, rule.grammar())
+            assert matcher.consume_tokens(out.token_ids), generator.tokenizer.decode(out.token_ids)
+            assert out.stats.complete and matcher.is_accepting()
+
+
+def test_the_json_suite_runs_every_method_under_each_prompts_rule(gguf, tmp_path, monkeypatch):
+    """The json suite on llama.cpp: llama.cpp's own grammar sampler (LlamaGrammar, from the GBNF of
+    each rule), llguidance-masked llama_decode and tokentree; every turn checked and reported."""
+    import json
+
+    from tokentree.bench.runner import BenchConfig, run_bench
+
+    monkeypatch.setenv("TOKENTREE_CACHE", str(tmp_path / "cache"))
+    methods = ["llama-decode", "llama", "tt:none", "tt:pld"]
+    config = BenchConfig(
+        suite="json",
+        limit=1,
+        target=str(gguf),
+        backend="llamacpp",
+        max_new_tokens=24,
+        methods=methods,
+        out=str(tmp_path / "out"),
+    )
+    summary = run_bench(config)
+    records = [json.loads(x) for x in (tmp_path / "out" / "records.jsonl").read_text().splitlines()]
+    assert {r["category"] for r in records} == {"extraction", "arguments", "tool-call"}
+    assert len(records) == 3 * len(methods)
+    assert all("valid" in t for r in records for t in r["turns"])
+    table = summary["structured"]
+    assert set(table) == set(methods) and all(row["turns"] == 3 for row in table.values())
+    assert table["tt:none"]["forced_share"] > 0 and table["llama-decode"]["forced_share"] == 0
+    assert 0 < table["tt:pld"]["mask_share"] < 0.5 and table["llama"]["mask_share"] is None
+    assert "Structured output" in (tmp_path / "out" / "results.md").read_text()

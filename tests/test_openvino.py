@@ -221,3 +221,38 @@ def test_seeded_sampling_draws_what_the_transformers_backend_draws(exported, dra
         out = gen.generate(prompt, max_new_tokens=40, temperature=0.9, top_p=0.95, seed=7)
         outputs.append(out.token_ids)
     assert outputs[0] == outputs[1] and len(outputs[0]) == 40
+
+
+@torch.inference_mode()
+def test_constrained_greedy_equals_masked_transformers_decoding(exported):
+    """A constraint on the OpenVINO backend: every drafter's trees, forced and pruned by the
+    grammar, give transformers' masked argmax decoding token for token (one forward per token,
+    each row masked by a fresh llguidance matcher)."""
+    import llguidance
+    from llguidance.torch import allocate_token_bitmask, fill_next_token_bitmask
+
+    from tokentree.constraints import Constraint, TokenGrammar, masked
+
+    model, export_dir = exported
+    grammar = TokenGrammar(tiny_tokenizer(), VOCAB, [2])
+    rule = Constraint.regex("(ab|ba)[a-e]{2,9}(xy|z) (cab|cba)")
+    prompt = tiny_tokenizer()("ab cab abcd z cab ba").input_ids
+    matcher = llguidance.LLMatcher(grammar.tokenizer, rule.grammar())
+    ids, expected = list(prompt), []
+    while not matcher.is_stopped():
+        bits = allocate_token_bitmask(1, VOCAB)
+        fill_next_token_bitmask(matcher, bits, 0)
+        token = int(masked(model(torch.tensor([ids])).logits[0, -1:].float(), bits).argmax())
+        expected.append(token)
+        ids.append(token)
+        assert matcher.consume_token(token)
+    for name in ("none", "pld", "stand", "suffix"):
+        for budget in (3, 12):
+            engine = Engine(backend_for(export_dir), make_drafter(name), frozenset({2}))
+            engine.grammar = grammar
+            stats = GenerationStats()
+            request = DecodeRequest(max_new_tokens=40, budget=budget, constraint=rule)
+            got = [t for step in engine.run(prompt, request, stats) for t in step]
+            assert got == expected, (name, budget)
+            assert stats.complete  # (a drafter that guessed the forced tokens adds none)
+            assert name != "none" or stats.grammar["forced"] > 0

@@ -146,7 +146,7 @@ def test_a_confident_step_gets_a_larger_tree_than_the_best_ratio_of_that_step():
         0.3,
         0.25,
     ]  # confident, then doubtful nodes (each costs 0.2)
-    planner.estimates = lambda _: estimates
+    planner.estimates = lambda tree, forced=frozenset(): estimates
     own_best_ratio = max(
         range(8), key=lambda n: (1 + sum(estimates[1 : n + 1])) / profile.ratio(n + 1)
     )
@@ -187,6 +187,26 @@ def test_calibration_learns_conditional_rates_for_siblings_and_children():
     a, b, c = calibrator.estimate(tree)[1:]
     assert a == pytest.approx(0.7, abs=0.05) and b == pytest.approx(0.35, abs=0.05)
     assert c == pytest.approx(0.15, abs=0.04)
+
+
+def test_forced_nodes_are_calibrated_apart_from_the_drafters():
+    """Nodes a grammar forced learn their own rate and no tilt: a request whose drafts all miss
+    still verifies the forced run, and forced hits do not make its drafts look better."""
+    tree = TokenTree((0, 1, 2, 3), (-1, 0, 1, 0))  # root -> f -> g forced; d the drafter's
+    forced = frozenset({1, 2})
+    planner = Planner(CostProfile((1, 4), (1.0, 1.3), 256))
+    planner.begin_request()
+    for _ in range(200):  # the forced run always taken, the drafter's node never
+        planner.observe(tree, Acceptance((0, 1, 2), 9), 0.0, None, forced)
+    f, g, d = planner.estimates(tree, forced)[1:]
+    assert f > 0.95 and g > 0.9 and d < 0.1
+    assert planner.tilts[0].factor < 1  # the drafter's miss, not the forced hits, moved the tilt
+    alone = AcceptanceCalibrator()
+    alone.update(tree, Acceptance((0, 1, 2), 9))  # without forced: the same nodes as drafts
+    assert alone.estimate(tree)[1] > planner.calibrator.estimate(tree)[1]  # (drafter bins moved)
+    cut = planner.cut(tree, 2, forced)
+    assert cut.tokens == (0, 1, 2)  # the forced run first, the missing draft left out
+    assert planner.choose(tree, forced) == 2
 
 
 def test_no_drafting_when_nothing_is_accepted_and_full_trees_when_everything_is():

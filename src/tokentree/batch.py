@@ -182,7 +182,7 @@ class BatchEngine:
         if planned:
             candidates = [run.candidate() for run in planned]
             ranked = [
-                sorted(run.planner.estimates(c.tree)[1:], reverse=True)
+                sorted(run.planner.estimates(c.tree, run.forced(c.tree))[1:], reverse=True)
                 for run, c in zip(planned, candidates)
             ]
             fixed_rows = sum(len(d.tree) for d in drafts.values())

@@ -171,7 +171,8 @@ class SequenceRun:
             self.planner.at(len(self.context))
             candidate = self._drafted(min(self.planner.candidate_size(), self.remaining - 1))
             self._candidate = len(candidate.tree) - 1
-            draft = self._sized(candidate, self.planner.choose(candidate.tree))
+            n = self.planner.choose(candidate.tree, self.forced(candidate.tree))
+            draft = self._sized(candidate, n)
         return self._take(draft, time.perf_counter() - t0)
 
     def candidate(self) -> Draft:
@@ -225,7 +226,8 @@ class SequenceRun:
         # sequences' trees
         timed = self.planner is not None and self.own_forward and self.stats.steps > 0
         if self.planner is not None:
-            self.planner.observe(tree, acceptance, self._draft_s, verify_s if timed else None)
+            seconds = verify_s if timed else None
+            self.planner.observe(tree, acceptance, self._draft_s, seconds, self.forced(tree))
         new = _until_eos(acceptance.new_tokens(tree)[: self.remaining], self.engine.eos_ids)
         if self.grammar is not None:
             self.grammar.check_accepted(acceptance.nodes[-1])
@@ -247,6 +249,10 @@ class SequenceRun:
         self.done |= self.stats.complete
         return new
 
+    def forced(self, tree: TokenTree) -> frozenset[int]:
+        """Nodes of this step's ``tree`` that the grammar forced (none without a constraint)."""
+        return frozenset() if self.grammar is None else self.grammar.forced_nodes(tree)
+
     def _trace(self, tree: TokenTree, acceptance: Acceptance) -> None:
         sources = node_sources(self.drafter, tree)
         candidate = self._candidate if self.planner is not None else None
@@ -254,9 +260,11 @@ class SequenceRun:
 
     def _drafted(self, budget: int) -> Draft:
         """A sampled draft from drafters that can draw one (when sampling), else a deterministic
-        one; a planned step asking for no candidate drafts nothing (the drafter is not called)."""
+        one; a planned step asking for no candidate drafts nothing (the drafter is not called),
+        but the tokens a grammar forces are drafted on every step (they cost no drafting)."""
         if budget <= 0 and self.planner is not None:
-            return Draft(TokenTree.root(self.context[-1]))
+            draft = Draft(TokenTree.root(self.context[-1]))
+            return draft if self.grammar is None else self.grammar.shape(draft)
         params = (
             GREEDY if self.noise is not None else self.request.sampling
         )  # coupled: deterministic drafts
@@ -277,7 +285,7 @@ class SequenceRun:
         if n >= len(candidate.tree) - 1:
             return candidate
         if candidate.draw is Draw.DETERMINISTIC:
-            return Draft(self.planner.cut(candidate.tree, n))
+            return Draft(self.planner.cut(candidate.tree, n, self.forced(candidate.tree)))
         return self._drafted(n)
 
 

@@ -441,32 +441,6 @@ class LlamaCppBackend(TreeBook):
             )
 
 
-def plain_greedy(model: LlamaCppModel, prompt_ids: Sequence[int], max_new_tokens: int) -> list[int]:
-    """llama.cpp's own greedy decoding, as its tools run it: the prompt in ``n_batch`` chunks,
-    then one ``llama_decode`` and an argmax per token until an end-of-generation token (what a
-    user of llama.cpp gets, without llama-cpp-python's Python sampling loop). The cache is
-    emptied first. Returns the new token ids."""
-    lib = model.lib
-    lib.llama_memory_clear(model.memory, True)
-    prompt = [int(t) for t in prompt_ids]
-    for begin in range(0, len(prompt), model.config.n_batch):
-        chunk = prompt[begin : begin + model.config.n_batch]
-        rows = BatchRows()
-        rows.add(chunk, range(begin, begin + len(chunk)), [(CONTEXT_SEQ,)] * len(chunk), outputs=1)
-        model.decode(rows)
-    pointer = ctypes.cast(lib.llama_get_logits(model.ctx), ctypes.POINTER(ctypes.c_float))
-    new: list[int] = []
-    while len(new) < max_new_tokens:
-        token = int(np.ctypeslib.as_array(pointer, shape=(model.vocab_size,)).argmax())
-        new.append(token)
-        if token in model.eos_ids or len(new) == max_new_tokens:
-            break
-        rows = BatchRows()
-        rows.add([token], [len(prompt) + len(new) - 1], [(CONTEXT_SEQ,)], outputs=1)
-        model.decode(rows)
-    return new
-
-
 def verify_many(
     backends: Sequence[LlamaCppBackend], trees: Sequence[TokenTree]
 ) -> list[torch.Tensor]:

@@ -10,13 +10,15 @@ import torch
 from transformers.generation.streamers import BaseStreamer
 
 from ..api import Generator, draft_source
-from ..backends.llamacpp import LlamaCppModel, import_llama_cpp, plain_greedy
+from ..backends.llama_plain import plain_greedy_tokens
+from ..backends.llamacpp import LlamaCppModel, import_llama_cpp
 from ..drafters import DRAFTERS, HybridConfig, HybridDrafter, make_drafter
 from ..drafters.base import clear_caches
 from ..errors import TokentreeError
 from ..request import Request
 from ..sampling import SamplingParams
 from ..trace import StepTrace
+from .structured import Structured
 
 
 @dataclass
@@ -35,6 +37,8 @@ class RunResult:
     estimated_speedup: float | None = None  # the run's own estimate against plain decoding
     # the step that accepted most (a StepTrace's dict with each node's text): the report draws it
     best_step: dict | None = None
+    # constrained runs (the json suite): what the grammar did ({"pruned", "forced", "seconds"})
+    grammar: dict | None = None
 
 
 class Method(Protocol):
@@ -47,9 +51,10 @@ class Method(Protocol):
         sampling: SamplingParams,
         seed: int,
         keep_cache: bool = False,
+        structured: Structured | None = None,
     ) -> RunResult:
         """One turn; ``keep_cache``: reuse the prefix cached by this method's previous turn (else
-        every turn prefills its whole prompt)."""
+        every turn prefills its whole prompt); ``structured``: decode under that output rule."""
         ...
 
 
@@ -75,7 +80,13 @@ class HFMethod:
         sampling: SamplingParams,
         seed: int,
         keep_cache: bool = False,
+        structured: Structured | None = None,
     ) -> RunResult:  # generate keeps no cache between calls: never reused
+        if structured is not None:
+            raise TokentreeError(
+                f"{self.name} cannot decode under a constraint (transformers' generate has no "
+                "grammar): tt:none is the plain constrained baseline on this backend"
+            )
         ids = torch.tensor([prompt_ids], device=self.model.device)
         options = (
             dict(do_sample=False, temperature=None, top_p=None, top_k=None)
@@ -156,6 +167,7 @@ class TokentreeMethod:
         sampling: SamplingParams,
         seed: int,
         keep_cache: bool = False,
+        structured: Structured | None = None,
     ) -> RunResult:
         if not keep_cache:
             # no prompt-cache reuse: HF baselines prefill every prompt too
@@ -170,6 +182,7 @@ class TokentreeMethod:
             seed,
             sampling.min_p,
             self.budget,
+            constraint=structured.constraint if structured else None,
         )
         best = BestStep()
         out = self.generator.generate(prompt_ids, request, drafter=self.drafter, on_step=best)
@@ -187,6 +200,7 @@ class TokentreeMethod:
             s.drafted_tokens,
             s.estimated_speedup,
             best.as_dict(self.generator.tokenizer.decode),
+            s.grammar,
         )
 
 
@@ -244,6 +258,7 @@ class LlamaCppMethod:
         sampling: SamplingParams,
         seed: int,
         keep_cache: bool = False,
+        structured: Structured | None = None,
     ) -> RunResult:
         if not sampling.greedy:
             raise TokentreeError(f"{self.name} runs greedy only")
@@ -251,9 +266,21 @@ class LlamaCppMethod:
         if not keep_cache:
             # no prompt-cache reuse (generate reuses the longest cached prefix otherwise)
             self.llm.reset()
+        grammar = None
+        if structured is not None:  # llama.cpp's own grammar sampler, on the GBNF of the rule
+            from llama_cpp import LlamaGrammar
+
+            grammar = LlamaGrammar.from_string(structured.gbnf(), verbose=False)
         start, first = time.perf_counter(), None
         for token in self.llm.generate(
-            prompt_ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0, reset=True
+            prompt_ids,
+            top_k=1,
+            top_p=1.0,
+            min_p=0.0,
+            temp=0.0,
+            repeat_penalty=1.0,
+            reset=True,
+            grammar=grammar,
         ):
             first = first or time.perf_counter() - start
             tokens.append(int(token))
@@ -271,6 +298,7 @@ class LlamaDecodeMethod:
         target = generator.target.model
         self.name = name
         self.model = LlamaCppModel(target.path, target.config)
+        self.grammar = generator.grammar  # a constrained turn's masks: llguidance, as tokentree's
         self.settings = llama_settings(target.path, self.model.ctx, target.config.flash_attn)
 
     def run(
@@ -280,12 +308,17 @@ class LlamaDecodeMethod:
         sampling: SamplingParams,
         seed: int,
         keep_cache: bool = False,
+        structured: Structured | None = None,
     ) -> RunResult:  # every turn prefills its whole prompt
         if not sampling.greedy:
             raise TokentreeError(f"{self.name} runs greedy only")
-        start = time.perf_counter()
-        tokens = plain_greedy(self.model, prompt_ids, max_new_tokens)
-        return RunResult(tokens, time.perf_counter() - start)
+        start, first, tokens = time.perf_counter(), None, []
+        grammar = self.grammar.start(structured.constraint) if structured else None
+        for token in plain_greedy_tokens(self.model, prompt_ids, max_new_tokens, grammar):
+            first = first or time.perf_counter() - start
+            tokens.append(token)
+        counts = grammar.counts.to_dict() if grammar else None
+        return RunResult(tokens, time.perf_counter() - start, first_token_s=first, grammar=counts)
 
 
 def llama_settings(path, ctx, flash_attn: bool) -> dict:

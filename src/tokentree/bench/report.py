@@ -11,6 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .grammar_report import grammar_lines, grammar_table
 from .suites import ALL
 
 if TYPE_CHECKING:
@@ -256,6 +257,7 @@ def write_report(
         "methods": method_totals(records),
         "passes": pass_table(records),
         "slowest": slowest_table(records),
+        "structured": grammar_table(records),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "results.md").write_text(markdown(summary, methods))
@@ -317,6 +319,7 @@ def markdown(summary: dict, methods: list[str]) -> str:
             f"{split[0]} | {split[1]} | {slowest} |"
         )
     lines += _decode_lines(summary, methods, categories)
+    lines += grammar_lines(summary.get("structured") or {}, methods)
     lines += _pass_lines(summary.get("passes", {}), methods, summary["baseline"])
     if summary["notes"]:
         lines += [""] + [f"Note: {n}" for n in summary["notes"]]

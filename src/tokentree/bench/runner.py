@@ -13,6 +13,7 @@ from ..errors import TokentreeError
 from ..sampling import SamplingParams
 from .methods import Method, build_method, check_comparable, needs_draft, parse_method
 from .report import checkout_commit, running_speedups, write_report
+from .structured import require_jsonschema, structured_for
 from .suites import BenchPrompt, load_suite, round_robin, select
 
 
@@ -55,6 +56,9 @@ class BenchConfig:
             raise TokentreeError(f"--repeats must be >= 1, got {self.repeats}")
         if self.max_new_tokens < 1:
             raise TokentreeError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
+        if self.methods is None and self.suite == "json" and self.prompts is None:
+            llama = ["llama"] if self.baseline == "llama-decode" else []  # LlamaGrammar decoding
+            self.methods = llama + ["tt:none", "tt:pld", "tt:auto"]
         if self.methods is None and self.backend == "openvino":  # no plain baseline of its own
             self.methods = ["tt:none", "tt:pld", "tt:auto"]  # (benchmarks/engines.py compares
             # it with llama.cpp's and OpenVINO GenAI's)
@@ -81,8 +85,9 @@ class BenchConfig:
         (llama.cpp's own llama_decode + argmax per token) or, with ``prompt_cache``, ``llama``
         (llama-cpp-python, which reuses a cached prefix as tokentree then does)."""
         backend = resolve_backend(self.backend, self.target, self.device)
-        if backend == "openvino":
-            return "tt:none"  # its plain decoding is tokentree's loop without drafts
+        if backend == "openvino" or (backend != "llamacpp" and self.suite == "json"):
+            return "tt:none"  # tokentree's loop without drafts: OpenVINO has no plain decoding of
+            # its own, and transformers' generate no grammar
         if backend != "llamacpp":
             return "hf"
         return "llama" if self.prompt_cache else "llama-decode"
@@ -96,24 +101,23 @@ def run_turns(
     method: Method, generator: Generator, prompt: BenchPrompt, config: BenchConfig
 ) -> dict:
     """All turns of one prompt with one method; each turn follows the method's own previous
-    answer."""
+    answer. A structured prompt's turns are decoded under its rule and checked (``valid``)."""
+    structured = structured_for(prompt, generator.tokenizer)
     messages, turns = [], []
     for index, turn in enumerate(prompt.turns):
         messages.append({"role": "user", "content": turn})
         result = method.run(
-            generator.encode(messages),
+            generator.encode(messages, tools=list(prompt.tools) or None),
             config.max_new_tokens,
             config.sampling,
             config.seed,
             keep_cache=config.prompt_cache and index > 0,
+            structured=structured,
         )
-        messages.append(
-            {
-                "role": "assistant",
-                "content": generator.tokenizer.decode(result.token_ids, skip_special_tokens=True),
-            }
-        )
-        turns.append({"new_tokens": len(result.token_ids), **asdict(result)})
+        text = reply_text(generator, result.token_ids, structured is not None)
+        messages.append({"role": "assistant", "content": text})
+        checked = {"valid": structured.valid(text)} if structured else {}
+        turns.append({"new_tokens": len(result.token_ids), **asdict(result), **checked})
     new_tokens = sum(t["new_tokens"] for t in turns)
     wall = sum(t["wall_s"] for t in turns)
     return {
@@ -123,6 +127,16 @@ def run_turns(
         **decode_rate(turns),
         "turns": turns,
     }
+
+
+def reply_text(generator: Generator, token_ids: list[int], structured: bool) -> str:
+    """A reply's text for the conversation (special tokens dropped) or, structured, for checking
+    (special tokens kept: Qwen's tool-call markers are special; a final EOS dropped)."""
+    if not structured:
+        return generator.tokenizer.decode(token_ids, skip_special_tokens=True)
+    if token_ids and token_ids[-1] in generator.target.eos_ids:
+        token_ids = token_ids[:-1]
+    return generator.tokenizer.decode(token_ids)
 
 
 def decode_rate(turns: list[dict]) -> dict:
@@ -288,6 +302,9 @@ def run_bench(config: BenchConfig) -> dict:
     methods = build_methods(generator, config.methods, notes)
     dtype = generator.target.precision
     records = open_records(out, config, dtype)
+    if any(p.schema is not None or p.tools for p in prompts):
+        require_jsonschema()
+        generator.grammar.warm()  # llguidance's tokenizer and first mask: not in any timed turn
     warmup = generator.encode([{"role": "user", "content": WARMUP_PROMPT}])
     for method in methods:  # not timed; a prompt outside the suite, so drafters learn nothing of it
         method.run(warmup, 8, config.sampling, config.seed)

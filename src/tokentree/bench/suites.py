@@ -15,6 +15,7 @@ SUITE_FILES = {
     "spec-bench": ("spec_bench_questions.jsonl",),
     "mt-bench": ("mt_bench_questions.jsonl",),
     "humaneval": ("humaneval.jsonl",),
+    "json": ("json_suite.jsonl",),  # JSON of given schemas and tool calls, decoded constrained
     "mixed": (
         "humaneval.jsonl",
         "spec_bench_questions.jsonl",
@@ -48,14 +49,23 @@ def _parse_record(record: dict, where: str) -> BenchPrompt:
         raise TokentreeError(f'{where}: needs "turns": a non-empty list of non-empty strings')
     if "question_id" not in record:
         raise TokentreeError(f'{where}: needs "question_id"')
+    schema, tools = record.get("schema"), record.get("tools") or []
+    if schema is not None and not isinstance(schema, dict):
+        raise TokentreeError(f'{where}: "schema" must be a JSON schema (an object)')
+    if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+        raise TokentreeError(f'{where}: "tools" must be a list of OpenAI tool definitions')
     return BenchPrompt(
-        str(record["question_id"]), str(record.get("category", "default")), tuple(turns)
+        str(record["question_id"]),
+        str(record.get("category", "default")),
+        tuple(turns),
+        schema,
+        tuple(tools),
     )
 
 
 def read_prompts(text: str, name: str) -> list[BenchPrompt]:
-    """Parse JSONL in the Spec-Bench format ({"question_id", "category", "turns"}) or
-    HumanEval's."""
+    """Parse JSONL in the Spec-Bench format ({"question_id", "category", "turns"}, optionally a
+    "schema" or "tools" the reply must follow) or HumanEval's."""
     prompts = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import Iterable
 
+import numpy as np
 import torch
 
 from ..sampling import Draft, Draw
@@ -99,9 +100,10 @@ class GrammarState:
     def __init__(self, matcher, vocab_size: int, eos_ids: frozenset[int] = frozenset()):
         self.matcher = matcher  # at the committed tokens; trees are walked on copies
         self.eos_ids = eos_ids
-        self.words = (vocab_size + 31) // 32
+        self.vocab_size, self.words = vocab_size, (vocab_size + 31) // 32
         self.counts = GrammarCounts()
         self.dead: set[int] = set()  # this step's nodes after which nothing may follow
+        self.forced_paths: set[tuple[int, ...]] = set()  # this step's forced nodes, as token paths
 
     # ------------------------------------------------------------------ trees
     def shape(self, draft: Draft) -> Draft:
@@ -109,11 +111,15 @@ class GrammarState:
         added (after the root and after each leaf, score of the node they follow). Sampled drafts
         are left as drawn: cutting a child drawn without replacement would change the law the
         acceptance rule relies on (their forbidden children are rejected there, p = 0)."""
+        self.forced_paths = set()
         if draft.draw is not Draw.DETERMINISTIC:
             return draft
         started = time.perf_counter()
         tree = draft.tree
         walk = TreeWalk(self.matcher, self.words, tree, self.eos_ids, want_forced=True)
+        for node, run in walk.forced.items():
+            path = tuple(tree.tokens[n] for n in tree.path_to(node)[1:])
+            self.forced_paths.update(path + tuple(run[: k + 1]) for k in range(len(run)))
         kept = [node for node in range(len(tree)) if walk.legal[node]]
         self.counts.pruned += len(tree) - len(kept)
         if walk.forced or len(kept) < len(tree):
@@ -123,6 +129,16 @@ class GrammarState:
             draft = Draft(shaped)
         self.counts.seconds += time.perf_counter() - started
         return draft
+
+    def forced_nodes(self, tree: TokenTree) -> frozenset[int]:
+        """The nodes of ``tree`` (this step's shaped draft, or a cut of it) that the grammar forced
+        into it: what the planner calibrates apart from the drafter's nodes."""
+        if not self.forced_paths:
+            return frozenset()
+        paths: list[tuple[int, ...]] = [()]
+        for node in range(1, len(tree)):
+            paths.append(paths[tree.parents[node]] + (tree.tokens[node],))
+        return frozenset(n for n in range(1, len(tree)) if paths[n] in self.forced_paths)
 
     def masks(self, tree: TokenTree) -> torch.Tensor:
         """[n, words] int32 bitmasks: row i allows the tokens legal after node i's path. Rows of
@@ -135,6 +151,20 @@ class GrammarState:
         self.dead = walk.dead
         self.counts.seconds += time.perf_counter() - started
         return walk.rows
+
+    def allowed_next(self) -> np.ndarray:
+        """[vocab_size] bool: the tokens the grammar allows after the committed tokens (plain
+        constrained decoding's mask)."""
+        from llguidance.torch import fill_next_token_bitmask
+
+        started = time.perf_counter()
+        row = torch.zeros((1, self.words), dtype=torch.int32)
+        fill_next_token_bitmask(self.matcher, row, 0)
+        if self.matcher.is_error():
+            raise ConstraintError(STUCK)
+        allowed = allowed_tokens(row, self.vocab_size)[0].numpy()
+        self.counts.seconds += time.perf_counter() - started
+        return allowed
 
     def check_accepted(self, last: int) -> None:
         """ConstraintError when the accepted path ends at a node after which the grammar allows
@@ -236,8 +266,6 @@ def allows(row: torch.Tensor, token: int) -> bool:
 
 def allowed_tokens(masks: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """[n, words] int32 bitmasks -> [n, vocab_size] bool (bit j of word w is token 32 w + j)."""
-    import numpy as np
-
     bits = np.unpackbits(masks.numpy().view(np.uint8), axis=1, bitorder="little")
     return torch.from_numpy(bits[:, :vocab_size].astype(bool))
 

@@ -11,6 +11,7 @@ from ..sampling import Acceptance
 from ..tree import TokenTree
 
 MAX_RATE = 0.98  # no conditional acceptance rate is estimated above this
+FORCED_LEVEL = 1  # the score level of nodes a grammar forced (drafter scores give levels <= 0)
 TILT_LEVELS = 2  # first-level nodes and deeper ones get a tilt each
 
 
@@ -50,29 +51,41 @@ class AcceptanceCalibrator:
         hits, trials = self.counts.get(key, (0.0, 0.0))
         return (hits + self.strength * group_rate) / (trials + self.strength)
 
-    def _bins(self, tree: TokenTree) -> list[tuple[int, int, int] | None]:
+    def _bins(
+        self, tree: TokenTree, forced: frozenset[int] = frozenset()
+    ) -> list[tuple[int, int, int] | None]:
+        """Each node's bin; ``forced`` nodes (tokens a grammar forces, see GrammarState.shape) get
+        bins of their own: their tokens are the grammar's, not a drafter's guess (they are
+        rejected only where the target spells the forced text with other tokens)."""
         scores = tree.scores or (1.0,) * len(tree)
         ranks = [0] * len(tree)
         for kids in tree.children:
             for rank, kid in enumerate(kids):
                 ranks[kid] = rank
         return [None] + [
-            self.bin_of(tree.depths[v], scores[v], ranks[v]) for v in range(1, len(tree))
+            (min(tree.depths[v], 16), FORCED_LEVEL, 0)
+            if v in forced
+            else self.bin_of(tree.depths[v], scores[v], ranks[v])
+            for v in range(1, len(tree))
         ]
 
     def estimate(
-        self, tree: TokenTree, tilts: Sequence[float] = (1.0,) * TILT_LEVELS
+        self,
+        tree: TokenTree,
+        tilts: Sequence[float] = (1.0,) * TILT_LEVELS,
+        forced: frozenset[int] = frozenset(),
     ) -> list[float]:
         """[n] estimated acceptance probability per node (1 for the root); each conditional rate is
         multiplied by the tilt of its level (this request's evidence, see :class:`RequestTilt`;
-        ``tilts[tilt_level(depth)]``), capped at MAX_RATE."""
+        ``tilts[tilt_level(depth)]``; not for ``forced`` nodes, whose rate is no drafter's),
+        capped at MAX_RATE."""
         previous_sibling = {
             after: before for kids in tree.children for before, after in zip(kids, kids[1:])
         }
-        bins = self._bins(tree)
+        bins = self._bins(tree, forced)
         estimates = [1.0] * len(tree)
         for node in range(1, len(tree)):  # parents and earlier siblings come first in node order
-            tilt = tilts[tilt_level(tree.depths[node])]
+            tilt = 1.0 if node in forced else tilts[tilt_level(tree.depths[node])]
             estimates[node] = estimates[tree.parents[node]] * min(
                 MAX_RATE, tilt * self._rate(bins[node])
             )
@@ -80,24 +93,28 @@ class AcceptanceCalibrator:
                 estimates[node] = min(estimates[node], estimates[previous_sibling[node]])
         return estimates
 
-    def update(self, tree: TokenTree, acceptance: Acceptance) -> list[tuple[float, float]]:
+    def update(
+        self, tree: TokenTree, acceptance: Acceptance, forced: frozenset[int] = frozenset()
+    ) -> list[tuple[float, float]]:
         """Count each node whose parent was accepted: one trial, a hit if it was accepted too.
 
         Returns per tilt level (see :func:`tilt_level`) the (hits, expected hits) of those trials,
-        expected by the rates before this update.
+        expected by the rates before this update (``forced`` nodes are no evidence of the drafter:
+        they count in their own bins only).
         """
         for counts in self.counts.values():
             counts[0] *= self.forget
             counts[1] *= self.forget
         accepted = set(acceptance.nodes)
-        bins = self._bins(tree)
+        bins = self._bins(tree, forced)
         evidence = [[0.0, 0.0] for _ in range(TILT_LEVELS)]
         for node in range(1, len(tree)):
             if tree.parents[node] not in accepted:
                 continue
-            level = evidence[tilt_level(tree.depths[node])]
-            level[0] += node in accepted
-            level[1] += self._rate(bins[node])
+            if node not in forced:
+                level = evidence[tilt_level(tree.depths[node])]
+                level[0] += node in accepted
+                level[1] += self._rate(bins[node])
             for key in (bins[node], bins[node][1:]):
                 counts = self.counts.setdefault(key, [0.0, 0.0])
                 counts[0] += node in accepted

@@ -210,24 +210,25 @@ class Planner:
             max(plain, self.recent_tokens / self.recent_seconds) if self.recent_seconds else plain
         )
 
-    def estimates(self, tree: TokenTree) -> list[float]:
+    def estimates(self, tree: TokenTree, forced: frozenset[int] = frozenset()) -> list[float]:
         """[n] acceptance estimates for this request: the shared calibration times its tilts.
 
         The request's own evidence weighs more than what other requests taught: the first level's
         tilt learns from every step (plain steps judge their shadow at no cost), and deeper levels
         start from it when it is below 1, so a request whose drafts miss at depth one is trusted
         less deeper too until its deeper nodes are judged (a first level that hits more than
-        expected lifts nothing deeper: one level's luck must not buy a large tree)."""
+        expected lifts nothing deeper: one level's luck must not buy a large tree). ``forced``:
+        nodes a grammar forces, calibrated apart (see AcceptanceCalibrator)."""
         shallow = self.tilts[0].factor
         deeper = [tilt.factor_toward(min(1.0, shallow)) for tilt in self.tilts[1:]]
-        return self.calibrator.estimate(tree, [shallow, *deeper])
+        return self.calibrator.estimate(tree, [shallow, *deeper], forced)
 
     def step_value(self, estimates: Sequence[float], n: int) -> float:
         """Expected new tokens with the ``n`` best of ``estimates`` (sorted, descending) minus the
         tokens the loop would make at its own rate in the time verifying them costs."""
         return 1 + sum(estimates[:n]) - self.rate * self.seconds(n + 1)
 
-    def choose(self, tree: TokenTree) -> int:
+    def choose(self, tree: TokenTree, forced: frozenset[int] = frozenset()) -> int:
         """How many of ``tree``'s drafted nodes to verify (0 = plain decoding).
 
         The best size by :meth:`step_value`, with hysteresis: after a drafted step a tree is
@@ -236,7 +237,7 @@ class Planner:
         flip the choice back and forth."""
         if len(tree) == 1:  # nothing drafted (a plain step's skipped candidate)
             return self.settle_choice(tree, 0)
-        ranked = sorted(self.estimates(tree)[1:], reverse=True)
+        ranked = sorted(self.estimates(tree, forced)[1:], reverse=True)
         rate = self.rate
         plain_value = 1 - rate * self.seconds(1)
         best_n, best_value = 0, -math.inf
@@ -307,18 +308,22 @@ class Planner:
         limit = PROBE_COST * self.seconds(1)
         return max([1] + [n for n in range(1, PROBE_NODES + 1) if self.seconds(n + 1) <= limit])
 
-    def cut(self, tree: TokenTree, n: int) -> TokenTree:
+    def cut(self, tree: TokenTree, n: int, forced: frozenset[int] = frozenset()) -> TokenTree:
         """``tree`` restricted to its ``n`` drafted nodes with the highest estimates
-        (ancestor-closed,
-        see :meth:`TokenTree.ranked`)."""
-        return tree.subset(tree.ranked(self.estimates(tree))[:n])
+        (ancestor-closed, see :meth:`TokenTree.ranked`)."""
+        return tree.subset(tree.ranked(self.estimates(tree, forced))[:n])
 
     def observe(
-        self, tree: TokenTree, acceptance: Acceptance, draft_s: float, verify_s: float | None
+        self,
+        tree: TokenTree,
+        acceptance: Acceptance,
+        draft_s: float,
+        verify_s: float | None,
+        forced: frozenset[int] = frozenset(),
     ) -> None:
-        """Learn from a verified step: acceptance per node, drafting time, and the verify cost
-        (``verify_s`` None: the step's time says nothing about the tree, e.g. it carried prompt
-        tokens)."""
+        """Learn from a verified step: acceptance per node (``forced`` nodes: the grammar's),
+        drafting time, and the verify cost (``verify_s`` None: the step's time says nothing about
+        the tree, e.g. it carried prompt tokens)."""
         judged, verdict = (
             tree,
             acceptance,
@@ -328,7 +333,8 @@ class Planner:
         if len(tree) == 1:
             self._space_candidates(judged is not tree and verdict.accepted > 0)
         self._shadow = None
-        for tilt, evidence in zip(self.tilts, self.calibrator.update(judged, verdict)):
+        forced = forced if judged is tree else frozenset()
+        for tilt, evidence in zip(self.tilts, self.calibrator.update(judged, verdict, forced)):
             tilt.observe(*evidence)
         self._fresh = self._fresh and len(judged) == 1
         paid = acceptance.accepted + 1 >= self.seconds(len(tree)) / self.seconds(1)
