@@ -19,7 +19,17 @@ from pathlib import Path
 LAYERS = [
     (
         "foundation",
-        ["errors", "files", "reductions", "tree", "sampling", "stats", "text", "ledger"],
+        [
+            "errors",
+            "files",
+            "reductions",
+            "tree",
+            "sampling",
+            "stats",
+            "text",
+            "ledger",
+            "logprobs",
+        ],
     ),
     (
         "parts",

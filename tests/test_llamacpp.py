@@ -459,3 +459,26 @@ def test_the_json_suite_runs_every_method_under_each_prompts_rule(gguf, tmp_path
     assert table["tt:none"]["forced_share"] > 0 and table["llama-decode"]["forced_share"] == 0
     assert 0 < table["tt:pld"]["mask_share"] < 0.5 and table["llama"]["mask_share"] is None
     assert "Structured output" in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_logprobs_are_llama_cpps_own_log_softmax(generator, gguf):
+    """Each token's logprob is the log-softmax of llama.cpp's logits at its position: the prompt
+    and the output evaluated again by llama-cpp-python (its multi-row kernels round slightly
+    differently: within 0.05, while a wrong row would be off by far more)."""
+    import llama_cpp
+    import numpy as np
+
+    llm = llama_cpp.Llama(
+        str(gguf), n_ctx=1024, n_threads=2, flash_attn=True, logits_all=True, verbose=False
+    )
+    ids = generator.encode(PROMPTS[0], chat=False)
+    for drafter in ("none", "pld", "auto"):
+        out = generator.generate(ids, max_new_tokens=24, drafter=drafter, logprobs=3)
+        llm.reset()
+        llm.eval(ids + out.token_ids[:-1])
+        rows = np.array(llm.scores[len(ids) - 1 : len(ids) - 1 + len(out.token_ids)])
+        want = torch.from_numpy(rows).float().log_softmax(-1)
+        assert len(out.logprobs) == len(out.token_ids) == 24
+        for i, entry in enumerate(out.logprobs):
+            assert abs(entry.logprob - float(want[i, entry.token])) < 0.05, (drafter, i)
+            assert len(entry.top) == 3 and entry.top[0][1] >= entry.logprob - 1e-6

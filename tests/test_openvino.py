@@ -256,3 +256,22 @@ def test_constrained_greedy_equals_masked_transformers_decoding(exported):
             assert got == expected, (name, budget)
             assert stats.complete  # (a drafter that guessed the forced tokens adds none)
             assert name != "none" or stats.grammar["forced"] > 0
+
+
+@torch.inference_mode()
+def test_logprobs_equal_transformers_log_softmax(exported):
+    """Logprobs on the OpenVINO backend: each token's is the log-softmax of transformers' logits
+    at its position (f32), through partial acceptance."""
+    model, export_dir = exported
+    prompt = [5, 9, 14, 9, 5, 33, 5, 9, 14, 9, 5]
+    for name in ("none", "pld"):
+        engine = Engine(backend_for(export_dir), make_drafter(name), frozenset())
+        stats = GenerationStats()
+        request = DecodeRequest(max_new_tokens=20, budget=8, logprobs=4)
+        got = [t for step in engine.run(prompt, request, stats) for t in step]
+        logits = model(torch.tensor([prompt + got])).logits[0, len(prompt) - 1 : -1]
+        want = logits.float().log_softmax(-1)
+        assert [e.token for e in stats.logprobs] == got
+        for i, entry in enumerate(stats.logprobs):
+            assert entry.logprob == pytest.approx(float(want[i, entry.token]), abs=1e-4)
+            assert [t for t, _ in entry.top] == want[i].topk(4).indices.tolist()

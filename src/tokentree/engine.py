@@ -12,6 +12,7 @@ from .backends.base import Backend
 from .constraints import GrammarState, TokenGrammar, masked
 from .drafters.base import Drafter, StochasticDrafter
 from .errors import TokentreeError
+from .logprobs import MODES, token_logprobs
 from .planner import Planner
 from .request import Request
 from .sampling import (
@@ -211,6 +212,7 @@ class SequenceRun:
         tree = draft.tree
         forward_s = verify_s  # the forward alone: what a plain step of plain decoding costs
         t1 = time.perf_counter()
+        raw = self._raw_rows(logits)
         if self.grammar is not None:
             logits = masked(logits, self._masks)  # in place: the step's own logits
         if self.noise is None:
@@ -234,6 +236,8 @@ class SequenceRun:
             new = self.grammar.advance(new)
             self.stats.grammar = self.grammar.counts.to_dict()
             self.stats.complete = self.grammar.finished
+        if self.request.logprobs is not None:
+            self._record_logprobs(logits if raw is None else raw, acceptance, new)
         if timed:
             wall = time.perf_counter() - self._step_started
             self.planner.account(len(new), wall, len(tree), forward_s)
@@ -248,6 +252,22 @@ class SequenceRun:
         self.done = self.remaining <= 0 or new[-1] in self.engine.eos_ids
         self.done |= self.stats.complete
         return new
+
+    def _raw_rows(self, logits: torch.Tensor) -> torch.Tensor | None:
+        """A copy of the step's logits before the grammar masks them, when raw logprobs of a
+        constrained request need them (None otherwise: the logits themselves serve)."""
+        wanted = self.request.logprobs is not None and self.grammar is not None
+        return logits.clone() if wanted and self.request.logprobs_mode == MODES[0] else None
+
+    def _record_logprobs(self, rows: torch.Tensor, acceptance: Acceptance, new: list[int]) -> None:
+        """Append the log-probabilities of ``new`` (token k drawn from the row of accepted node
+        k) to the stats."""
+        picked = rows[list(acceptance.nodes[: len(new)])]
+        processed = self.request.logprobs_mode != MODES[0]
+        found = token_logprobs(picked, new, self.request.logprobs, self.request.sampling, processed)
+        if self.stats.logprobs is None:
+            self.stats.logprobs = []
+        self.stats.logprobs.extend(found)
 
     def forced(self, tree: TokenTree) -> frozenset[int]:
         """Nodes of this step's ``tree`` that the grammar forced (none without a constraint)."""

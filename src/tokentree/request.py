@@ -20,6 +20,7 @@ from typing import Any, Sequence, Union
 from .constraints import Constraint
 from .drafters import DRAFTERS
 from .errors import TokentreeError
+from .logprobs import MAX_TOP, MODES
 from .sampling import SamplingParams
 
 MAX_BUDGET = 256  # drafted nodes per step: more never pays on any machine measured
@@ -68,6 +69,20 @@ class Request:
     constraint: Constraint | None = field(
         default=None, metadata=_help("what the output must match (a JSON schema, a regex, ...)")
     )
+    logprobs: int | None = field(
+        default=None,
+        metadata=_help(
+            f"report each new token's log-probability and the K (0-{MAX_TOP}) most likely "
+            "tokens at its position (default: off)"
+        ),
+    )
+    logprobs_mode: str = field(
+        default=MODES[0],
+        metadata=_help(
+            "raw_logprobs: the model's distribution; processed_logprobs: the one each token was "
+            "drawn from (the grammar's mask, temperature, top-k, top-p, min-p)"
+        ),
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stop", _stops(self.stop))
@@ -79,6 +94,10 @@ class Request:
             _check_drafter(self.drafter)
         if self.constraint is not None and not isinstance(self.constraint, Constraint):
             raise RequestError("constraint", "constraint must be a tokentree.Constraint")
+        if self.logprobs is not None:
+            _check_int("logprobs", self.logprobs, low=0, high=MAX_TOP)
+        if self.logprobs_mode not in MODES:
+            raise RequestError("logprobs_mode", f"logprobs_mode must be one of {', '.join(MODES)}")
         self.sampling  # validates the sampling fields
 
     @cached_property

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .logprobs import TokenLogprob
 
 
 @dataclass
@@ -32,6 +36,8 @@ class GenerationStats:
     # constrained requests (see tokentree.constraints): what the grammar did
     grammar: dict | None = None  # {"pruned", "forced", "seconds"}
     complete: bool = False  # the constraint was satisfied and allowed nothing more
+    # requests asking for logprobs: one per new token (not in to_dict: the output's, not a count)
+    logprobs: list[TokenLogprob] | None = None
 
     def record_step(
         self, drafted: int, accepted: int, emitted: int, draft_s: float, verify_s: float

@@ -8,6 +8,7 @@ from ..backends import make_batch_target
 from ..batch import BatchEngine
 from ..drafters import Drafter
 from ..errors import TokentreeError
+from ..logprobs import TokenLogprob
 from ..request import Request
 from ..stats import GenerationStats
 from ..text import TextStream
@@ -107,6 +108,13 @@ class BatchSession:
                 self.reasons[slot] = "stop" if eos or self.stats[slot].complete else "length"
         return pieces
 
+    def logprobs(self, slot: int) -> list[TokenLogprob] | None:
+        """The logprobs of ``slot``'s tokens so far (None: its request asked for none)."""
+        stats = self.stats[slot]
+        if stats.logprobs is None:
+            return None
+        return stats.logprobs[: len(self.texts[slot].token_ids)]
+
     def finished(self, slot: int) -> bool:
         return slot in self.reasons
 
@@ -124,4 +132,4 @@ class BatchSession:
         self.cancel(slot)
         text, stats = self.texts.pop(slot), self.stats.pop(slot)
         self.reasons.pop(slot)
-        return Output(text.text, list(text.token_ids), stats)
+        return Output.of(text, stats)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from ..engine import Engine
+from ..logprobs import TokenLogprob
 from ..request import Request
 from ..stats import GenerationStats
 from ..text import TextStream
@@ -14,11 +15,21 @@ from ..text import TextStream
 
 @dataclass
 class Output:
-    """A finished generation: the new text, the new token ids and the statistics."""
+    """A finished generation: the new text, the new token ids and the statistics; with a request's
+    ``logprobs``, one :class:`~tokentree.logprobs.TokenLogprob` per new token."""
 
     text: str
     token_ids: list[int]
     stats: GenerationStats
+    logprobs: list[TokenLogprob] | None = None
+
+    @classmethod
+    def of(cls, text: TextStream, stats: GenerationStats) -> Output:
+        """The output of a finished text stream and its statistics (logprobs cut where a stop
+        string cut the tokens)."""
+        token_ids = list(text.token_ids)
+        logprobs = None if stats.logprobs is None else stats.logprobs[: len(token_ids)]
+        return cls(text.text, token_ids, stats, logprobs)
 
 
 class GenerationStream:
@@ -66,4 +77,11 @@ class GenerationStream:
         """Run to the end and return the whole result."""
         for _ in self._pieces:
             pass
-        return Output(self.text, self.token_ids, self.stats)
+        return Output.of(self.text_stream, self.stats)
+
+    @property
+    def logprobs(self) -> list[TokenLogprob] | None:
+        """The logprobs of the tokens so far (None: the request asked for none)."""
+        if self.stats.logprobs is None:
+            return None
+        return self.stats.logprobs[: len(self.text_stream.token_ids)]

@@ -49,7 +49,7 @@ def add_parser(sub) -> None:
 # the request's fields with flags of their type: the drafter is --drafter (with its options'
 # flags), the constraint one of constraint_flags
 REQUEST_FLAGS = ("max_new_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "stop",
-                  "budget")  # fmt: skip
+                  "budget", "logprobs", "logprobs_mode")  # fmt: skip
 
 
 def read_prompt(prompt: str | None) -> str:
@@ -75,6 +75,19 @@ def _tree_printer(gen, args: argparse.Namespace):
     return show
 
 
+def _logprob_json(gen, entry) -> dict:
+    """One token's logprobs for ``--json``, each token with its text."""
+    top = [{"token": t, "text": gen.tokenizer.decode([t]), "logprob": lp} for t, lp in entry.top]
+    text = gen.tokenizer.decode([entry.token])
+    return {"token": entry.token, "text": text, "logprob": entry.logprob, "top": top}
+
+
+def _logprob_line(gen, entry) -> str:
+    """One token's logprobs on stderr: its text, log-probability and the best at its position."""
+    others = "  ".join(f"{gen.tokenizer.decode([t])!r} {lp:.3f}" for t, lp in entry.top)
+    return f"{gen.tokenizer.decode([entry.token])!r:>16} {entry.logprob:8.4f}  {others}"
+
+
 def run(args: argparse.Namespace) -> int:
     prompt = read_prompt(args.prompt)
     request = request_from_args(args, REQUEST_FLAGS)  # checked before minutes of loading
@@ -86,11 +99,16 @@ def run(args: argparse.Namespace) -> int:
         if not args.json:
             sys.stdout.write(piece)
             sys.stdout.flush()
+    logprobs = stream.logprobs
     if args.json:
         body = {"text": stream.text, "token_ids": stream.token_ids}
+        if logprobs is not None:
+            body["logprobs"] = [_logprob_json(gen, entry) for entry in logprobs]
         print(json.dumps(body | {"stats": stream.stats.to_dict()}))
     else:
         print()
+        for entry in logprobs or []:
+            print(_logprob_line(gen, entry), file=sys.stderr)
     if args.drafter_state:
         gen.save_drafter_state(args.drafter_state)
     if args.stats:

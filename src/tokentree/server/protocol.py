@@ -33,6 +33,7 @@ OPENAI_PARAMS = {
     "max_new_tokens": "max_tokens",
     "drafter": "tokentree.drafter",
     "budget": "tokentree.budget",
+    "logprobs_mode": "tokentree.logprobs_mode",
 }
 
 
@@ -127,6 +128,7 @@ class TokentreeOptions(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
     drafter: Text | None = None  # checked by the Request (one validator)
     budget: Union[int, Literal["auto"], None] = None
+    logprobs_mode: Text | None = None  # raw_logprobs (default) or processed_logprobs
 
 
 UNSUPPORTED = "is not supported by tokentree"
@@ -164,6 +166,7 @@ class GenerationRequest(BaseModel):
     best_of: int | None = None
     logprobs: Union[bool, int, None] = None
     top_logprobs: int | None = None
+    prompt_logprobs: int | None = None  # vLLM's; not offered (yet): refused, not ignored
     frequency_penalty: float | None = None
     presence_penalty: float | None = None
     repetition_penalty: float | None = None  # vLLM-style
@@ -180,8 +183,7 @@ class GenerationRequest(BaseModel):
             self,
             {
                 "best_of": lambda v: v == 1,
-                "logprobs": lambda v: not v,
-                "top_logprobs": lambda v: v == 0,
+                "prompt_logprobs": lambda v: False,
                 "frequency_penalty": lambda v: v == 0,
                 "presence_penalty": lambda v: v == 0,
                 "repetition_penalty": lambda v: v == 1,
@@ -189,6 +191,15 @@ class GenerationRequest(BaseModel):
             },
         )
         return self
+
+    def logprobs_wanted(self) -> int | None:
+        """How many top logprobs per token the body asks for (None: no logprobs). Completions:
+        ``logprobs: K``; chat: ``logprobs: true`` with ``top_logprobs: K`` (0 when left out)."""
+        if isinstance(self.logprobs, bool) or self.logprobs is None:
+            if self.top_logprobs is not None and not self.logprobs:
+                raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+            return (self.top_logprobs or 0) if self.logprobs else None
+        return self.logprobs
 
     @property
     def stops(self) -> list[str]:
@@ -234,6 +245,8 @@ class GenerationRequest(BaseModel):
                 drafter=extra.drafter,
                 budget=extra.budget,
                 constraint=constraint,
+                logprobs=self.logprobs_wanted(),
+                logprobs_mode=extra.logprobs_mode or "raw_logprobs",
             )
         except RequestError as exc:
             raise APIError(400, str(exc), param=openai_param(exc.field)) from None

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from typing import Callable
 
+from ..logprobs import TokenLogprob
 from ..toolcalls import ToolCallStream, parse_calls
 from .worker import Result
 
@@ -17,11 +19,22 @@ def sse(payload: dict) -> str:
 class Reply:
     """Builds OpenAI response bodies and stream chunks for one request."""
 
-    def __init__(self, model: str, chat: bool, prompt_tokens: int, tools: bool = False):
+    def __init__(
+        self,
+        model: str,
+        chat: bool,
+        prompt_tokens: int,
+        tools: bool = False,
+        decode: Callable[[list[int]], str] = str,
+    ):
         """``tools``: the request declared tools; ``<tool_call>`` blocks in its text become
-        ``tool_calls`` (streamed: held back until each block is complete)."""
+        ``tool_calls`` (streamed: held back until each block is complete). ``decode``: token ids
+        to text (the tokens of logprobs)."""
         self.model, self.chat, self.prompt_tokens, self.tools = model, chat, prompt_tokens, tools
+        self.decode = decode
         self.streams: dict[int, ToolCallStream] = {}
+        self.pending: dict[int, list[TokenLogprob]] = {}  # streamed logprobs not sent yet
+        self.offsets: dict[int, int] = {}  # completions: characters of text before the pending
         self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         self.created = int(time.time())
 
@@ -52,26 +65,64 @@ class Reply:
         finish: str | None,
         role: bool = False,
         whole: bool = False,
+        logprobs: list[TokenLogprob] | None = None,
     ) -> dict:
+        shown = self._logprobs(index, logprobs)
         if not self.chat:
-            return {"index": index, "text": text or "", "finish_reason": finish, "logprobs": None}
+            return {"index": index, "text": text or "", "finish_reason": finish, "logprobs": shown}
         if whole:
             message, calls = {"role": "assistant", "content": text}, []
             if self.tools:
                 message["content"], calls = parse_calls(text or "")
                 message |= {"tool_calls": calls} if calls else {}
             finish = "tool_calls" if calls else finish
-            return {"index": index, "message": message, "finish_reason": finish, "logprobs": None}
+            return {"index": index, "message": message, "finish_reason": finish, "logprobs": shown}
         delta = ({"role": "assistant", "content": ""} if role else {}) | (
             {"content": text} if text else {}
         )
-        return {"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}
+        return {"index": index, "delta": delta, "finish_reason": finish, "logprobs": shown}
+
+    def _logprobs(self, index: int, items: list[TokenLogprob] | None) -> dict | None:
+        """OpenAI's logprobs object of ``items`` (None: none asked or none to send)."""
+        if not items:
+            return None
+        if self.chat:
+            return {"content": [self._token(item) for item in items], "refusal": None}
+        texts = [self.decode([item.token]) for item in items]
+        offsets, at = [], self.offsets.get(index, 0)
+        for text in texts:
+            offsets.append(at)
+            at += len(text)
+        self.offsets[index] = at
+        return {
+            "tokens": texts,
+            "token_logprobs": [item.logprob for item in items],
+            "top_logprobs": [{self.decode([t]): lp for t, lp in item.top} for item in items],
+            "text_offset": offsets,
+        }
+
+    def _token(self, item: TokenLogprob) -> dict:
+        """One chat logprobs entry: the token's text, log-probability and bytes, and its top."""
+        text = self.decode([item.token])
+        top = [self._top(t, lp) for t, lp in item.top]
+        return self._top(item.token, item.logprob, text) | {"top_logprobs": top}
+
+    def _top(self, token: int, logprob: float, text: str | None = None) -> dict:
+        text = self.decode([token]) if text is None else text
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+
+    def add_logprobs(self, index: int, items: list[TokenLogprob]) -> None:
+        """Streamed logprobs of choice ``index``: sent with its next chunk."""
+        self.pending.setdefault(index, []).extend(items)
+
+    def _take_pending(self, index: int) -> list[TokenLogprob] | None:
+        return self.pending.pop(index, None)
 
     def whole(self, texts: list[str], results: list[Result]) -> dict:
         """The whole response: choice i is ``texts[i]``; tokentree's statistics are the first
         choice's."""
         choices = [
-            self._choice(i, text, result.finish_reason, whole=True)
+            self._choice(i, text, result.finish_reason, whole=True, logprobs=result.logprobs)
             for i, (text, result) in enumerate(zip(texts, results))
         ]
         return self._envelope(choices, chunk=False) | {
@@ -82,7 +133,10 @@ class Reply:
     def chunk(
         self, index: int, text: str | None = None, role: bool = False, finish: Result | None = None
     ) -> dict:
-        choice = self._choice(index, text, finish.finish_reason if finish else None, role=role)
+        """A stream chunk of choice ``index`` (with its pending logprobs, unless ``role``)."""
+        logprobs = None if role else self._take_pending(index)
+        reason = finish.finish_reason if finish else None
+        choice = self._choice(index, text, reason, role=role, logprobs=logprobs)
         body = self._envelope([choice], chunk=True)
         return body | ({"tokentree": finish.stats} if finish else {})
 

@@ -133,7 +133,8 @@ class Service:
         jobs = self.make_jobs(body, ids, param, plan.constraint if plan else None)
         self.submit(jobs)
         started = time.monotonic()
-        reply = Reply(self.model_name, chat, len(ids), tools=bool(plan and plan.tools))
+        tools, decode = bool(plan and plan.tools), self.generator.tokenizer.decode
+        reply = Reply(self.model_name, chat, len(ids), tools=tools, decode=decode)
         if body.stream:  # (None = false)
             return StreamingResponse(
                 self.stream_events(request, jobs, reply, body.include_usage, started),
@@ -145,6 +146,8 @@ class Service:
         async for index, kind, value in self.events(request, jobs, started):
             if kind == "text":
                 pieces[index].append(value)
+            elif kind == "logprobs":
+                continue  # the result carries them all
             elif kind == "done":
                 results[index] = value
                 self.job_done(jobs[index], reply.prompt_tokens, value)
@@ -241,6 +244,8 @@ class Service:
             if kind == "text":
                 for chunk in reply.text_chunks(index, value):
                     yield sse(chunk)
+            elif kind == "logprobs":
+                reply.add_logprobs(index, value)
             elif kind == "done":
                 results.append(value)
                 self.job_done(jobs[index], reply.prompt_tokens, value)

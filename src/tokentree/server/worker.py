@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from ..api import BatchSession, GenerationStream, Generator
 from ..errors import TokentreeError
+from ..logprobs import TokenLogprob
 from ..request import Request
 
 log = logging.getLogger("tokentree.server")
@@ -21,19 +22,22 @@ log = logging.getLogger("tokentree.server")
 
 @dataclass
 class Result:
-    """What a finished job reports."""
+    """What a finished job reports (``logprobs``: one per token, when the request asked)."""
 
     text: str
     completion_tokens: int
     finish_reason: str
     stats: dict
+    logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass
 class Job:
     """One generation (one choice of a request). Events, in order, each as (index, kind, value):
-    ("text", str)*, then ("done", Result) or ("error", (status, message)). The ``n`` jobs of one
-    request share their ``events`` queue and tell their events apart by ``index``."""
+    ("text", str)* (each after a ("logprobs", [TokenLogprob]) of the tokens since the last, when
+    the request asked for logprobs), then ("done", Result) or ("error", (status, message)). The
+    ``n`` jobs of one request share their ``events`` queue and tell their events apart by
+    ``index``."""
 
     prompt_ids: list[int]
     request: Request
@@ -45,8 +49,17 @@ class Job:
     cancelled: threading.Event = field(default_factory=threading.Event)
     stream: GenerationStream | None = None
 
+    logprobs_sent: int = 0  # logprobs posted so far
+
     def post(self, kind: str, value: Any) -> None:
         self.loop.call_soon_threadsafe(self.events.put_nowait, (self.index, kind, value))
+
+    def post_text(self, piece: str, logprobs: list[TokenLogprob] | None) -> None:
+        """A piece of text, after the logprobs of the tokens not posted yet."""
+        if logprobs is not None and len(logprobs) > self.logprobs_sent:
+            self.post("logprobs", logprobs[self.logprobs_sent :])
+            self.logprobs_sent = len(logprobs)
+        self.post("text", piece)
 
     def cancel(self) -> None:
         """Stop after the current step (or never start); safe from any thread."""
@@ -204,14 +217,11 @@ class Worker:
             if job.cancelled.is_set():
                 stream.cancelled = True
             for piece in stream:
-                job.post("text", piece)
+                job.post_text(piece, stream.logprobs)
                 self._run_chores()  # between steps: a state snapshot does not wait for the end
-            job.post(
-                "done",
-                Result(
-                    stream.text, len(stream.token_ids), stream.finish_reason, stream.stats.to_dict()
-                ),
-            )
+            output = stream.output()
+            job.post("done", Result(output.text, len(output.token_ids), stream.finish_reason,
+                                    output.stats.to_dict(), output.logprobs))  # fmt: skip
         except TokentreeError as exc:
             job.post("error", (400, str(exc)))
         except Exception:
@@ -249,7 +259,7 @@ class Worker:
                 continue
             for slot, piece in pieces.items():
                 if piece:
-                    self.batched[slot].post("text", piece)
+                    self.batched[slot].post_text(piece, session.logprobs(slot))
                 if session.finished(slot):
                     self._finish(session, slot)
 
@@ -289,6 +299,5 @@ class Worker:
         job, reason = self.batched.pop(slot), session.finish_reason(slot)
         output = session.release(slot)
         if reason != "cancelled":
-            job.post(
-                "done", Result(output.text, len(output.token_ids), reason, output.stats.to_dict())
-            )
+            job.post("done", Result(output.text, len(output.token_ids), reason,
+                                    output.stats.to_dict(), output.logprobs))  # fmt: skip
