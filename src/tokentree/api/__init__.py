@@ -13,6 +13,7 @@ from .loading import (
     openvino_installed,
     resolve_backend,
 )
+from .rollouts import Independent, RolloutTree, Segments
 from .session import BatchSession
 from .stream import GenerationStream, Output
 
@@ -21,11 +22,14 @@ __all__ = [
     "BatchSession",
     "GenerationStream",
     "Generator",
+    "Independent",
     "LoadedModel",
     "Output",
     "Prompt",
     "Request",
     "RequestError",
+    "RolloutTree",
+    "Segments",
     "draft_source",
     "llama_cpp_installed",
     "load",

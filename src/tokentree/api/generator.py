@@ -37,6 +37,7 @@ from ..trace import StepTrace
 from .stream import GenerationStream, Output
 
 if TYPE_CHECKING:
+    from .rollouts import Policy, RolloutTree
     from .session import BatchSession
 
 Prompt = Union[str, Sequence[int], Sequence[dict]]
@@ -249,6 +250,24 @@ class Generator:
         encoded = [self.encode(prompt, chat) for prompt in prompts]
         jobs = [(ids, sample_request(request, i)) for ids in encoded for i in range(n)]
         return session.run_all(jobs, drafter)
+
+    def rollouts(
+        self,
+        prompt: Prompt,
+        policy: Policy,
+        request: Request | None = None,
+        chat: bool | None = None,
+        **changes: Any,
+    ) -> RolloutTree:
+        """Sample a tree of trajectories of ``prompt`` (see :mod:`tokentree.api.rollouts`):
+        ``Independent(n)`` or ``Segments(width, segment_tokens, depth, max_leaves)``; every token
+        with its logprob. The request's seed (None: a fresh one) seeds each branch's own seed."""
+        from .rollouts import Rollout
+
+        drafter, request = request_and_drafter(request, changes)
+        if drafter is not None:
+            raise TokentreeError("rollouts use the generator's drafter (forked for each branch)")
+        return Rollout(self, self.encode(prompt, chat), request, policy).run()
 
     def batch_session(self, max_batch: int) -> BatchSession:
         """A session decoding up to ``max_batch`` sequences per forward (on llama.cpp at most the

@@ -8,7 +8,7 @@ import sys
 from typing import Sequence
 
 from ..errors import TokentreeError
-from . import bench, generate, profile, serve, tools
+from . import bench, generate, profile, rollout, serve, tools
 from .flags import drafter_options  # noqa: F401 - public: the drafter options given as flags
 
 SUBCOMMANDS = (
@@ -19,6 +19,7 @@ SUBCOMMANDS = (
     tools.add_quantize,
     tools.add_train_head,
     profile.add_parser,
+    rollout.add_parser,
 )
 
 

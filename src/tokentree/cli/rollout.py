@@ -1,0 +1,66 @@
+"""``tokentree rollout``: a tree of sampled trajectories of one prompt, as JSON (and a picture)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .flags import request_flags, request_from_args
+from .model_flags import add_model_arguments, load_from_args
+
+REQUEST_FLAGS = ("max_new_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "stop",
+                 "budget", "drafter")  # fmt: skip
+
+
+def add_parser(sub) -> None:
+    cmd = sub.add_parser(
+        "rollout", help="sample a tree of trajectories of one prompt (RL rollouts, best-of-N)"
+    )
+    cmd.add_argument("prompt", help="the prompt (chat template applied when the model has one)")
+    add_model_arguments(cmd)
+    request_flags(cmd.add_argument_group("request"), names=REQUEST_FLAGS)
+    cmd.set_defaults(temperature=1.0)
+    policy = cmd.add_argument_group("policy")
+    policy.add_argument("--policy", choices=("independent", "segments"), default="segments")
+    policy.add_argument("--n", type=int, default=16, help="independent: trajectories")
+    policy.add_argument("--width", type=int, default=2, help="segments: children per fork")
+    policy.add_argument("--segment-tokens", type=int, default=32, help="segments: tokens each")
+    policy.add_argument("--depth", type=int, default=3, help="segments: forks along a path")
+    policy.add_argument("--max-leaves", type=int, default=16, help="segments: live branches")
+    cmd.add_argument("--out", help="write the tree as JSON here (default: stdout)")
+    cmd.add_argument("--plot", metavar="PNG", help="draw the tree of segments")
+    cmd.set_defaults(run=run)
+
+
+def policy_from_args(args: argparse.Namespace):
+    from ..api import Independent, Segments
+
+    if args.policy == "independent":
+        return Independent(args.n)
+    return Segments(args.width, args.segment_tokens, args.depth, args.max_leaves)
+
+
+def run(args: argparse.Namespace) -> int:
+    request = request_from_args(args, REQUEST_FLAGS)  # checked before minutes of loading
+    policy = policy_from_args(args)
+    gen = load_from_args(args, args.drafter or "auto", args.draft, None, None)
+    tree = gen.rollouts(args.prompt, policy, request)
+    body = tree.to_dict() | {"texts": [gen.tokenizer.decode(t.completion_ids)
+                                       for t in tree.trajectories]}  # fmt: skip
+    text = json.dumps(body)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    else:
+        print(text)
+    if args.plot:
+        from ..rollout_plot import plot_rollout
+
+        plot_rollout(tree, args.plot)
+    print(
+        f"tokentree: {len(tree.trajectories)} trajectories, {tree.new_tokens} tokens generated "
+        f"in {tree.forwards} forwards, {tree.wall_s:.2f} s",
+        file=sys.stderr,
+    )
+    return 0
