@@ -482,3 +482,30 @@ def test_logprobs_are_llama_cpps_own_log_softmax(generator, gguf):
         for i, entry in enumerate(out.logprobs):
             assert abs(entry.logprob - float(want[i, entry.token])) < 0.05, (drafter, i)
             assert len(entry.top) == 3 and entry.top[0][1] >= entry.logprob - 1e-6
+
+
+def test_a_rollout_tree_on_llama_cpp(generator, gguf):
+    """Segments on llama.cpp: branches fork as sequence copies of their parent's cells; every
+    trajectory is its path of segments, with llama.cpp's own log-probabilities."""
+    import llama_cpp
+    import numpy as np
+
+    from tokentree.api import Segments
+
+    ids = generator.encode(PROMPTS[0], chat=False)
+    tree = generator.rollouts(
+        ids, Segments(2, 4, 2, max_leaves=4), max_new_tokens=12, temperature=1.0, seed=2
+    )
+    assert 2 <= len(tree.trajectories) <= 4 and tree.new_tokens < 4 * 12
+    llm = llama_cpp.Llama(
+        str(gguf), n_ctx=1024, n_threads=2, flash_attn=True, logits_all=True, verbose=False
+    )
+    by_id = {s.id: s for s in tree.segments}
+    for path in tree.trajectories:
+        assert [t for n in path.segments for t in by_id[n].token_ids] == path.completion_ids
+        llm.reset()
+        llm.eval(ids + path.completion_ids[:-1])
+        rows = np.array(llm.scores[len(ids) - 1 : len(ids) - 1 + len(path.completion_ids)])
+        want = torch.from_numpy(rows).float().log_softmax(-1)
+        for i, (token, logprob) in enumerate(zip(path.completion_ids, path.logprobs)):
+            assert abs(logprob - float(want[i, token])) < 0.05, i

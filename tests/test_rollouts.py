@@ -77,8 +77,8 @@ def test_impossible_rollouts_are_refused_before_decoding():
 
 
 class SameSeedRollout(Rollout):
-    """The negative control: every branch reuses the first branch's seed, so a child's draws are
-    its parent's (its first token is drawn with the noise that drew the parent's first)."""
+    """The negative control: every branch reuses one seed, so siblings draw with the same noise
+    from the same prefix: the same tokens (no fresh randomness where they fork)."""
 
     def __init__(self, *args):
         super().__init__(*args)
@@ -87,36 +87,44 @@ class SameSeedRollout(Rollout):
 
 
 @torch.inference_mode()
-def exact_pair_law(model, prompt: list[int], params: SamplingParams) -> dict:
+def exact_fork_law(model, prompt: list[int], params: SamplingParams) -> dict:
+    """P(t1, a, b): the first token, then two siblings' second tokens drawn independently."""
     first = warp(model(torch.tensor([prompt])).logits[0, -1:], params)[0]
     law = {}
-    for a in torch.nonzero(first).flatten().tolist():
-        second = warp(model(torch.tensor([prompt + [a]])).logits[0, -1:], params)[0]
-        for b in torch.nonzero(second).flatten().tolist():
-            law[(a, b)] = float(first[a] * second[b])
+    for t1 in torch.nonzero(first).flatten().tolist():
+        second = warp(model(torch.tensor([prompt + [t1]])).logits[0, -1:], params)[0]
+        support = torch.nonzero(second).flatten().tolist()
+        for a in support:
+            for b in support:
+                law[(t1, a, b)] = float(first[t1] * second[a] * second[b])
     return law
 
 
-def forked_pairs(gen, rollout, samples: int, params: SamplingParams) -> Counter:
-    """(t1, t2) of the forked child of Segments(2, 1, 1) rollouts of two tokens."""
-    pairs = Counter()
+def fork_triples(gen, rollout, samples: int, params: SamplingParams) -> Counter:
+    """(t1, a, b) of the first root's two children in Segments(2, 1, 1) rollouts of two tokens."""
+    triples = Counter()
     request = Request(max_new_tokens=2, temperature=params.temperature, top_k=params.top_k)
     for seed in range(samples):
-        tree = rollout(gen, PROMPT, request.replace(seed=seed), Segments(2, 1, 1, 2)).run()
-        sibling = len(tree.segments) - 1  # the last segment made: the new child's
-        child = [t for t in tree.trajectories if t.segments[-1] == sibling]
-        pairs[tuple(child[0].completion_ids)] += 1
-    return pairs
+        tree = rollout(gen, PROMPT, request.replace(seed=seed), Segments(2, 1, 1, 4)).run()
+        leaves = sorted(
+            (t for t in tree.trajectories if t.segments[0] == 0), key=lambda t: t.segments[-1]
+        )
+        assert len(leaves) == 2 and leaves[0].completion_ids[0] == leaves[1].completion_ids[0]
+        t1 = leaves[0].completion_ids[0]
+        triples[(t1, leaves[0].completion_ids[1], leaves[1].completion_ids[1])] += 1
+    return triples
 
 
 @pytest.mark.slow
-def test_every_leaf_follows_the_targets_law_and_reused_draws_do_not():
+def test_forked_siblings_follow_the_targets_law_and_reused_draws_do_not():
+    """Every leaf's trajectory is a draw of the sampling law, and siblings are independent given
+    their shared prefix: the joint law of the first token and both children's second tokens."""
     gen = generator("pld")
     params = SamplingParams(temperature=1.0, top_k=3)
-    law = exact_pair_law(gen.target.model, PROMPT, params)
+    law = exact_fork_law(gen.target.model, PROMPT, params)
     samples = 600
-    assert fits(forked_pairs(gen, Rollout, samples, params), law, samples)
-    assert not fits(forked_pairs(gen, SameSeedRollout, samples, params), law, samples)
+    assert fits(fork_triples(gen, Rollout, samples, params), law, samples)
+    assert not fits(fork_triples(gen, SameSeedRollout, samples, params), law, samples)
 
 
 def test_the_cli_writes_the_tree_and_its_picture(saved_tiny_model, tmp_path, capsys):

@@ -3,9 +3,10 @@ their ancestors' cache cells (TreePO's segment-wise branching), with every token
 
 Branches are sequences of a :class:`BatchSession`: a fork adds the children while their parent is
 still running, so each starts from the parent's cells (``BatchEngine`` adopts the longest running
-prefix) and only its own new tokens are forwarded; the parent goes on as the first child. Each
-child draws its continuation with a seed of its own, so every leaf's trajectory is a sample of the
-target's sampling law (the siblings share their prefix, which is what makes them a tree).
+prefix) and only its own new tokens are forwarded; then the parent stops (what it drew past the
+segment's end in its last step is dropped). Each child draws its continuation with a fresh seed of
+its own, so every leaf's trajectory is a sample of the target's sampling law and siblings are
+independent given their shared prefix, which is what makes them a tree.
 """
 
 from __future__ import annotations
@@ -40,12 +41,18 @@ class Independent:
     def most_leaves(self) -> int:
         return self.n
 
+    @property
+    def slots(self) -> int:
+        """Sequences decoded together at most."""
+        return self.n
+
 
 @dataclass(frozen=True)
 class Segments:
     """TreePO: ``width`` branches start from the prompt, and every live branch forks into ``width``
     children each ``segment_tokens`` tokens, ``depth`` times (the last segment runs to the end),
-    while the tree has fewer than ``max_leaves`` live branches."""
+    as long as the tree stays within ``max_leaves`` leaves (branches that fork later keep going
+    as one)."""
 
     width: int
     segment_tokens: int
@@ -69,6 +76,11 @@ class Segments:
     @property
     def most_leaves(self) -> int:
         return min(self.max_leaves, self.width ** (self.depth + 1))
+
+    @property
+    def slots(self) -> int:
+        """Sequences decoded together at most: a fork adds its children before its parent stops."""
+        return self.most_leaves + self.width - 1
 
 
 Policy = Union[Independent, Segments]
@@ -145,7 +157,7 @@ class Rollout:
         self.gen, self.prompt_ids, self.policy = gen, list(prompt_ids), policy
         self.request = request.replace(logprobs=request.logprobs or 0)
         self.seeds = random.Random(request.seed)
-        self.session: BatchSession = gen.batch_session(policy.most_leaves)
+        self.session: BatchSession = gen.batch_session(policy.slots)
         if not self.session.fits(len(prompt_ids), policy.most_leaves * request.max_new_tokens):
             raise TokentreeError(
                 f"the prompt ({len(prompt_ids)} tokens) and {policy.most_leaves} branches of "
@@ -164,9 +176,8 @@ class Rollout:
             self.session.step()
             forwards += 1
             for branch in list(self.branches):
-                self._maybe_fork(branch)  # a step may cross a segment's end and finish too
-                if self.session.finished(branch.slot):
-                    self._finish(branch)
+                if not self._maybe_fork(branch) and self.session.finished(branch.slot):
+                    self._finish(branch)  # (a step may cross a segment's end and finish too)
         return RolloutTree(
             self.prompt_ids, self.segments, self.trajectories, forwards,
             time.perf_counter() - started,
@@ -193,27 +204,29 @@ class Rollout:
         logprobs = self.session.logprobs(branch.slot) or []
         return branch.prefix + list(own), branch.prefix_logprobs + [e.logprob for e in logprobs]
 
-    def _maybe_fork(self, branch: _Branch) -> None:
-        """At a segment's end: the segment closes, the branch goes on as the first child and
-        ``width - 1`` siblings start from the same prefix (while the tree has room)."""
+    def _maybe_fork(self, branch: _Branch) -> bool:
+        """At a segment's end: the segment closes, ``width`` children start from its prefix (each
+        with a fresh seed, adopting the parent's cells) and the parent stops (while the tree has
+        room)."""
         policy = self.policy
         if not isinstance(policy, Segments) or branch.level >= policy.depth:
-            return
+            return False
         tokens, logprobs = self._completion(branch)
         start = self.segments[branch.segment].start
         if len(tokens) - start < policy.segment_tokens:
-            return
-        if len(self.branches) + policy.width - 1 > policy.max_leaves:
-            return
+            return False
+        if len(self.branches) + len(self.trajectories) + policy.width - 1 > policy.max_leaves:
+            return False  # every branch ends as one leaf: the tree has room for no more
         end = start + policy.segment_tokens
         if self.session.finished(branch.slot) and len(tokens) == end:
-            return  # it ended exactly there (an EOS, a stop): nothing continues
+            return False  # it ended exactly there (an EOS, a stop): nothing continues
         self._close(branch.segment, tokens[start:end], logprobs[start:end], None)
-        parent = branch.segment
-        branch.segment = self._segment(parent, end, "segment")
-        branch.level += 1
-        for _ in range(policy.width - 1):
-            self._start(tokens[:end], logprobs[:end], parent, branch.level)
+        for _ in range(policy.width):
+            self._start(tokens[:end], logprobs[:end], branch.segment, branch.level + 1)
+        self.session.cancel(branch.slot)
+        self.session.release(branch.slot)
+        self.branches.remove(branch)
+        return True
 
     def _finish(self, branch: _Branch) -> None:
         reason = self.session.finish_reason(branch.slot)
