@@ -158,6 +158,12 @@ class Rollout:
         self.request = request.replace(logprobs=request.logprobs or 0)
         self.seeds = random.Random(request.seed)
         self.session: BatchSession = gen.batch_session(policy.slots)
+        if len(self.session.free_slots) < policy.slots:
+            raise TokentreeError(
+                f"this rollout decodes up to {policy.slots} branches at once, and this target "
+                f"decodes at most {len(self.session.free_slots)} sequences together: lower "
+                "max_leaves (or n)"
+            )
         if not self.session.fits(len(prompt_ids), policy.most_leaves * request.max_new_tokens):
             raise TokentreeError(
                 f"the prompt ({len(prompt_ids)} tokens) and {policy.most_leaves} branches of "

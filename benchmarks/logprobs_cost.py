@@ -1,0 +1,64 @@
+"""What logprobs cost: the same greedy requests with and without ``logprobs`` (top 5), interleaved,
+on the embedded model; the seconds spent recording them are timed inside the run too.
+
+    python benchmarks/logprobs_cost.py --runs 3 --out benchmarks/results/cpu-logprobs-cost
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+import tokentree
+from tokentree.bench.suites import load_suite
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--top", type=int, default=5)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True).stdout.strip()  # fmt: skip
+    (out / "run.json").write_text(json.dumps(vars(args) | {"commit": commit}, indent=2) + "\n")
+    gen = tokentree.load()
+    prompts = [p.turns[0] for p in load_suite("humaneval")[:2]]
+    gen.generate(prompts[0], max_new_tokens=8)  # warm-up
+    rows = []
+    for run in range(args.runs):
+        for prompt in prompts:
+            for top in (None, args.top) if run % 2 == 0 else (args.top, None):
+                started = time.perf_counter()
+                output = gen.generate(prompt, max_new_tokens=args.max_new_tokens, logprobs=top)
+                seconds = time.perf_counter() - started
+                tokens, steps = len(output.token_ids), output.stats.steps
+                rows.append({"run": run, "logprobs": top, "seconds": seconds, "tokens": tokens,
+                             "steps": steps})  # fmt: skip
+                print(json.dumps(rows[-1]), flush=True)
+    per_token = {
+        key: statistics.median(r["seconds"] / r["tokens"] for r in rows if r["logprobs"] == key)
+        for key in (None, args.top)
+    }
+    summary = {
+        "median_s_per_token_without": per_token[None],
+        "median_s_per_token_with": per_token[args.top],
+        "overhead": per_token[args.top] / per_token[None] - 1,
+        "rows": rows,
+    }
+    (out / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
+    print(f"logprobs (top {args.top}) overhead: {100 * summary['overhead']:+.1f}% per token")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
