@@ -1,5 +1,6 @@
 """What logprobs cost: the same greedy requests with and without ``logprobs`` (top 5), interleaved,
-on the embedded model; the seconds spent recording them are timed inside the run too.
+on the embedded model with plain steps (drafter none: the learning drafters would make the two
+runs' trees differ), and the recording alone timed on rows of the model's vocabulary.
 
     python benchmarks/logprobs_cost.py --runs 3 --out benchmarks/results/cpu-logprobs-cost
 """
@@ -39,7 +40,9 @@ def main() -> int:
         for prompt in prompts:
             for top in (None, args.top) if run % 2 == 0 else (args.top, None):
                 started = time.perf_counter()
-                output = gen.generate(prompt, max_new_tokens=args.max_new_tokens, logprobs=top)
+                output = gen.generate(
+                    prompt, max_new_tokens=args.max_new_tokens, logprobs=top, drafter="none"
+                )
                 seconds = time.perf_counter() - started
                 tokens, steps = len(output.token_ids), output.stats.steps
                 rows.append({"run": run, "logprobs": top, "seconds": seconds, "tokens": tokens,
@@ -50,14 +53,32 @@ def main() -> int:
         for key in (None, args.top)
     }
     summary = {
+        "record_s_per_row": record_cost(gen.backend.vocab_size, args.top),
         "median_s_per_token_without": per_token[None],
         "median_s_per_token_with": per_token[args.top],
         "overhead": per_token[args.top] / per_token[None] - 1,
         "rows": rows,
     }
     (out / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
-    print(f"logprobs (top {args.top}) overhead: {100 * summary['overhead']:+.1f}% per token")
+    print(f"logprobs (top {args.top}) overhead: {100 * summary['overhead']:+.1f}% per token; "
+          f"recording {1e3 * summary['record_s_per_row']:.2f} ms per row")  # fmt: skip
     return 0
+
+
+def record_cost(vocab: int, top: int, rows: int = 4, repeats: int = 50) -> float:
+    """Median seconds per row of :func:`token_logprobs` on ``rows`` x ``vocab`` logits."""
+    import torch
+
+    from tokentree.logprobs import token_logprobs
+    from tokentree.sampling import SamplingParams
+
+    logits, tokens = torch.randn(rows, vocab), list(range(rows))
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        token_logprobs(logits, tokens, top, SamplingParams())
+        times.append((time.perf_counter() - started) / rows)
+    return statistics.median(times)
 
 
 if __name__ == "__main__":
