@@ -39,6 +39,7 @@ def main() -> int:
     for run in range(args.runs):
         for prompt in prompts:
             for top in (None, args.top) if run % 2 == 0 else (args.top, None):
+                gen.backend.reset()  # no prompt reuse: the second of a pair would skip prefill
                 started = time.perf_counter()
                 output = gen.generate(
                     prompt, max_new_tokens=args.max_new_tokens, logprobs=top, drafter="none"
