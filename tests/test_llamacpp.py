@@ -509,3 +509,15 @@ def test_a_rollout_tree_on_llama_cpp(generator, gguf):
         want = torch.from_numpy(rows).float().log_softmax(-1)
         for i, (token, logprob) in enumerate(zip(path.completion_ids, path.logprobs)):
             assert abs(logprob - float(want[i, token])) < 0.05, i
+
+
+def test_a_batch_whose_first_step_exceeds_n_batch_is_decoded_in_pieces(generator):
+    """Eight samples of a 100-token prompt: the first step carries each sequence's held-back
+    prompt (llama.cpp forwards prompts shorter than its batch with the first tree), 800 rows, more
+    than one llama_decode takes (512): they are decoded in pieces."""
+    ids = (generator.encode(" ".join(PROMPTS * 8), chat=False) * 4)[:100]
+    request = Request(max_new_tokens=6, temperature=1.0, seed=5, drafter="none")
+    outs = generator.generate_batch([ids], request, n=8)
+    assert len(outs) == 8 and all(len(o.token_ids) == 6 for o in outs)
+    alone = generator.generate(ids, request)  # sample 0 is seeded 5, as this one
+    assert outs[0].token_ids[:2] == alone.token_ids[:2]

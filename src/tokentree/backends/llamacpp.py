@@ -165,6 +165,19 @@ class LlamaCppModel:
                 + (" (the KV cache is full: raise --n-ctx)" if code == 1 else "")
             )
 
+    def decode_all(self, rows: BatchRows) -> torch.Tensor:
+        """``rows`` in as many ``llama_decode`` calls of at most ``n_batch`` as they need (the
+        first steps of a batch carry every sequence's prompt tail); [outputs, V] their flagged
+        rows' logits, in order."""
+        if len(rows.tokens) <= self.config.n_batch:
+            self.decode(rows)
+            return self.logits(rows.output_count)
+        pieces = []
+        for chunk in rows.chunks(self.config.n_batch):
+            self.decode(chunk)
+            pieces.append(self.logits(chunk.output_count))
+        return torch.cat(pieces)
+
     def logits(self, rows: int) -> torch.Tensor:
         """[rows, V] float32: a copy of the last decode's output logits, in batch order."""
         pointer = self.lib.llama_get_logits(self.ctx)
@@ -460,8 +473,7 @@ def verify_many(
         staged = backend.stage(tree, 0)
         rows.extend(staged)
         counts.append(staged.output_count)
-    model.decode(rows)
-    logits = model.logits(rows.output_count)
+    logits = model.decode_all(rows)
     out, begin = [], 0
     for backend, count in zip(backends, counts):
         out.append(backend.absorb(logits[begin : begin + count]))

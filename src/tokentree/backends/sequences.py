@@ -68,6 +68,19 @@ class BatchRows:
     def output_count(self) -> int:
         return sum(self.outputs)
 
+    def chunks(self, size: int) -> list[BatchRows]:
+        """These rows in consecutive pieces of at most ``size`` (one ``llama_decode`` each: a
+        later piece's rows see the cells the earlier pieces wrote)."""
+        return [
+            BatchRows(
+                self.tokens[i : i + size],
+                self.positions[i : i + size],
+                self.seq_ids[i : i + size],
+                self.outputs[i : i + size],
+            )
+            for i in range(0, len(self.tokens), size)
+        ]
+
 
 @dataclass
 class SequenceBook:
