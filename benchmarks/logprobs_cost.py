@@ -10,9 +10,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import time
 from pathlib import Path
+
+from fresh_runs import write_run_json
 
 import tokentree
 from tokentree.bench.suites import load_suite
@@ -29,9 +30,7 @@ def main() -> int:
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True).stdout.strip()  # fmt: skip
-    (out / "run.json").write_text(json.dumps(vars(args) | {"commit": commit}, indent=2) + "\n")
+    write_run_json(out, args)
     gen = tokentree.load()
     prompts = [p.turns[0] for p in load_suite("humaneval")[:2]]
     gen.generate(prompts[0], max_new_tokens=8)  # warm-up

@@ -18,9 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import time
 from pathlib import Path
+
+from fresh_runs import write_run_json
 
 import tokentree
 from tokentree.api import Segments
@@ -71,9 +72,8 @@ def main() -> int:
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True).stdout.strip()  # fmt: skip
-    (out / "run.json").write_text(json.dumps(vars(args) | {"commit": commit}, indent=2) + "\n")
+    write_run_json(out, args)
+    commit = json.loads((out / "run.json").read_text())["commit"]
     gen = tokentree.load(backend=args.backend)
     gen.generate("Say hello.", max_new_tokens=8)  # warm-up (profile, first forwards)
     rows = []

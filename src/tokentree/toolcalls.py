@@ -87,13 +87,8 @@ def chosen_tools(tools: tuple[Tool, ...], choice: Any) -> tuple[str, tuple[Tool,
     return "required", tuple(named)
 
 
-def call_constraint(
-    tools: tuple[Tool, ...], parallel: bool = True, marker_tokens: bool = False
-) -> Constraint:
-    """The grammar of one call (or, with ``parallel``, one or more) to one of ``tools``: each call
-    a JSON object whose ``name`` is the tool's and whose ``arguments`` follow its schema.
-    ``marker_tokens``: the tokenizer has ``<tool_call>`` and ``</tool_call>`` as tokens of their
-    own (Qwen's), which the grammar then names; otherwise they are text."""
+def call_schema(tools: tuple[Tool, ...]) -> dict:
+    """The JSON schema of one call's object: ``{"name": one tool's, "arguments": its schema}``."""
     options = [
         {
             "type": "object",
@@ -103,7 +98,17 @@ def call_constraint(
         }
         for tool in tools
     ]
-    schema = {"anyOf": options, "x-guidance": JSON_STYLE}
+    return {"anyOf": options}
+
+
+def call_constraint(
+    tools: tuple[Tool, ...], parallel: bool = True, marker_tokens: bool = False
+) -> Constraint:
+    """The grammar of one call (or, with ``parallel``, one or more) to one of ``tools``: each call
+    a JSON object whose ``name`` is the tool's and whose ``arguments`` follow its schema.
+    ``marker_tokens``: the tokenizer has ``<tool_call>`` and ``</tool_call>`` as tokens of their
+    own (Qwen's), which the grammar then names; otherwise they are text."""
+    schema = call_schema(tools) | {"x-guidance": JSON_STYLE}
     if marker_tokens:
         call = f'{OPEN} "\\n" body "\\n" {CLOSE}'
     else:

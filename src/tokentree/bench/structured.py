@@ -13,6 +13,7 @@ from ..toolcalls import (
     CLOSE,
     OPEN,
     call_constraint,
+    call_schema,
     has_marker_tokens,
     parse_calls,
     tools_from_openai,
@@ -66,19 +67,9 @@ def structured_for(prompt: BenchPrompt, tokenizer) -> Structured | None:
     them); None for a free-text prompt."""
     if prompt.tools:
         tools = tools_from_openai(list(prompt.tools))
-        constraint = call_constraint(
-            tools, parallel=False, marker_tokens=has_marker_tokens(tokenizer)
-        )
-        calls = [
-            {
-                "type": "object",
-                "properties": {"name": {"const": t.name}, "arguments": t.schema},
-                "required": ["name", "arguments"],
-                "additionalProperties": False,
-            }
-            for t in tools
-        ]
-        return Structured(constraint, {"anyOf": calls}, tools=True)
+        markers = has_marker_tokens(tokenizer)
+        constraint = call_constraint(tools, parallel=False, marker_tokens=markers)
+        return Structured(constraint, call_schema(tools), tools=True)
     if prompt.schema is not None:
         return Structured(Constraint.json_schema(prompt.schema), prompt.schema)
     return None
