@@ -4,6 +4,7 @@ position, at the height of the leaves below it, joined to its parent where it fo
 from __future__ import annotations
 
 from .api.rollouts import RolloutTree
+from .errors import TokentreeError
 
 
 def leaf_heights(tree: RolloutTree) -> dict[int, float]:
@@ -31,7 +32,10 @@ def leaf_heights(tree: RolloutTree) -> dict[int, float]:
 
 def plot_rollout(tree: RolloutTree, path: str) -> None:
     """Write the tree's picture to ``path`` (PNG; needs matplotlib)."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise TokentreeError("--plot needs matplotlib: pip install 'tokentree[bench]'") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
