@@ -511,6 +511,26 @@ def test_a_rollout_tree_on_llama_cpp(generator, gguf):
             assert abs(logprob - float(want[i, token])) < 0.05, i
 
 
+def test_an_uncertain_rollout_on_llama_cpp_and_one_that_does_not_fit(generator):
+    """LATR's policy on llama.cpp: children of a fork start with distinct tokens, each the
+    target's top choices there; a tree whose branches exceed the context is refused before any
+    decoding."""
+    from tokentree.api import Independent, Uncertain
+
+    ids = generator.encode(PROMPTS[0], chat=False)
+    policy = Uncertain(threshold=0.6, top_k=3, lookahead=3, max_leaves=4, prune_similar=None)
+    tree = generator.rollouts(ids, policy, max_new_tokens=16, temperature=1.0, seed=3)
+    assert 1 <= len(tree.trajectories) <= 4
+    assert any(s.reason == "alternative" for s in tree.segments)  # it forked
+    for parent in tree.segments:
+        children = [s for s in tree.segments if s.parent == parent.id]
+        firsts = [c.token_ids[0] for c in children]
+        assert len(set(firsts)) == len(firsts)
+        assert [c.reason for c in children][1:] == ["alternative"] * (len(children) - 1)
+    with pytest.raises(TokentreeError, match="do not fit the cache"):
+        generator.rollouts(ids, Independent(4), max_new_tokens=10**6, temperature=1.0)
+
+
 def test_a_batch_whose_first_step_exceeds_n_batch_is_decoded_in_pieces(generator):
     """Eight samples of a 100-token prompt: the first step carries each sequence's held-back
     prompt (llama.cpp forwards prompts shorter than its batch with the first tree), 800 rows, more

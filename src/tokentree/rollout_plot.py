@@ -1,10 +1,14 @@
 """A picture of a rollout tree: each segment a horizontal bar from its first to its last token
-position, at the height of the leaves below it, joined to its parent where it forked."""
+position, at the height of the leaves below it, joined to its parent where it forked (blue: it
+forked, green: a trajectory ended, red: pruned; dotted: an alternative's)."""
 
 from __future__ import annotations
 
 from .api.rollouts import RolloutTree
 from .errors import TokentreeError
+
+# by finish reason: forked, pruned, anything else (a trajectory's end) green
+COLORS = {None: "tab:blue", "pruned": "tab:red"}
 
 
 def leaf_heights(tree: RolloutTree) -> dict[int, float]:
@@ -44,8 +48,10 @@ def plot_rollout(tree: RolloutTree, path: str) -> None:
     fig, ax = plt.subplots(figsize=(9, 1 + 0.35 * max(1, len(tree.trajectories))))
     for segment in tree.segments:
         y, end = heights[segment.id], segment.start + len(segment.token_ids)
-        color = "tab:blue" if segment.finish_reason is None else "tab:green"
-        ax.plot([segment.start, end], [y, y], color=color, linewidth=3, solid_capstyle="butt")
+        color = COLORS.get(segment.finish_reason, "tab:green")
+        style = ":" if segment.reason == "alternative" else "-"
+        ax.plot([segment.start, end], [y, y], color=color, linewidth=3, linestyle=style,
+                solid_capstyle="butt")  # fmt: skip
         if segment.parent is not None:
             ax.plot([segment.start, segment.start], [heights[segment.parent], y], color="grey")
     ax.set_xlabel("token position in the completion")

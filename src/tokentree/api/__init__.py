@@ -13,7 +13,7 @@ from .loading import (
     openvino_installed,
     resolve_backend,
 )
-from .rollouts import Independent, RolloutTree, Segments
+from .rollouts import Independent, RolloutTree, Segments, Uncertain
 from .session import BatchSession
 from .stream import GenerationStream, Output
 
@@ -30,6 +30,7 @@ __all__ = [
     "RequestError",
     "RolloutTree",
     "Segments",
+    "Uncertain",
     "draft_source",
     "llama_cpp_installed",
     "load",

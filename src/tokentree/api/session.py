@@ -45,6 +45,11 @@ class BatchSession:
         return [slot for slot in self.engine.free_slots if slot not in self.texts]
 
     @property
+    def capacity(self) -> int:
+        """Sequences this session decodes together at most."""
+        return len(self.engine.lanes)
+
+    @property
     def busy(self) -> bool:
         """Some sequence is still being decoded."""
         return bool(self.engine.runs)

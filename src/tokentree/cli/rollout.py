@@ -10,8 +10,9 @@ from pathlib import Path
 from .flags import request_flags, request_from_args
 from .model_flags import add_model_arguments, load_from_args
 
+POLICIES = ("independent", "segments", "uncertain")
 REQUEST_FLAGS = ("max_new_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "stop",
-                 "budget", "drafter")  # fmt: skip
+                 "budget", "drafter", "logprobs_mode")  # fmt: skip
 
 
 def add_parser(sub) -> None:
@@ -23,22 +24,38 @@ def add_parser(sub) -> None:
     request_flags(cmd.add_argument_group("request"), names=REQUEST_FLAGS)
     cmd.set_defaults(temperature=1.0)
     policy = cmd.add_argument_group("policy")
-    policy.add_argument("--policy", choices=("independent", "segments"), default="segments")
+    policy.add_argument("--policy", choices=POLICIES, default="segments")
     policy.add_argument("--n", type=int, default=16, help="independent: trajectories")
     policy.add_argument("--width", type=int, default=2, help="segments: children per fork")
     policy.add_argument("--segment-tokens", type=int, default=32, help="segments: tokens each")
     policy.add_argument("--depth", type=int, default=3, help="segments: forks along a path")
-    policy.add_argument("--max-leaves", type=int, default=16, help="segments: live branches")
+    policy.add_argument("--max-leaves", type=int, default=16, help="segments, uncertain: leaves")
+    uncertain = {
+        "--threshold": (float, 0.2, "fork where p(top-1) - p(top-2) is below this"),
+        "--fork-top-k": (int, 2, "children per fork, starting with distinct tokens"),
+        "--lookahead": (int, 8, "tokens a new branch runs before it is compared or forks"),
+        "--prune-similar": (_share, 0.9, "prune an alternative this similar to a sibling ('off')"),
+    }
+    for flag, (kind, default, text) in uncertain.items():
+        policy.add_argument(flag, type=kind, default=default, help=f"uncertain: {text}")
+    policy.add_argument("--roots", type=int, default=1, help="uncertain: branches at the start")
     cmd.add_argument("--out", help="write the tree as JSON here (default: stdout)")
     cmd.add_argument("--plot", metavar="PNG", help="draw the tree of segments")
     cmd.set_defaults(run=run)
 
 
+def _share(text: str) -> float | None:
+    return None if text == "off" else float(text)
+
+
 def policy_from_args(args: argparse.Namespace):
-    from ..api import Independent, Segments
+    from ..api import Independent, Segments, Uncertain
 
     if args.policy == "independent":
         return Independent(args.n)
+    if args.policy == "uncertain":
+        return Uncertain(args.threshold, args.fork_top_k, args.lookahead, args.max_leaves,
+                         args.prune_similar, args.roots)  # fmt: skip
     return Segments(args.width, args.segment_tokens, args.depth, args.max_leaves)
 
 
