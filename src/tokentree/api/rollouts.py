@@ -120,7 +120,7 @@ class Rollout:
             raise TokentreeError(
                 f"this rollout decodes up to {policy.slots} branches at once, and this target "
                 f"decodes at most {self.session.capacity} sequences together: lower "
-                "max_leaves (or n)"
+                "max_leaves (or n), or raise a server's --max-batch"
             )
         self.segments: list[Segment] = []
         self.branches: list[_Branch] = []
@@ -132,18 +132,19 @@ class Rollout:
         """Cache cells the whole tree may need beside the prompt."""
         return self.policy.most_leaves * self.request.max_new_tokens
 
-    def fits(self) -> bool:
-        """Whether the prompt and every branch have room in the session's cache now."""
-        return self.session.fits(len(self.prompt_ids), self.cells)
+    def check_room(self) -> None:
+        """Refuse a tree that would not fit the session's cache even with nothing else in it."""
+        room = self.session.cells
+        if room is not None and len(self.prompt_ids) + self.cells > room:
+            raise TokentreeError(
+                f"the prompt ({len(self.prompt_ids)} tokens) and {self.policy.most_leaves} "
+                f"branches of {self.request.max_new_tokens} tokens do not fit the cache "
+                f"({room} cells): lower max_leaves or max_new_tokens, or raise --n-ctx"
+            )
 
     def run(self) -> RolloutTree:
         """The whole rollout on a session of its own."""
-        if not self.fits():
-            raise TokentreeError(
-                f"the prompt ({len(self.prompt_ids)} tokens) and {self.policy.most_leaves} "
-                f"branches of {self.request.max_new_tokens} tokens do not fit the cache: lower "
-                "max_leaves or max_new_tokens, or raise --n-ctx"
-            )
+        self.check_room()
         self.start()
         while not self.done:
             self.session.step()

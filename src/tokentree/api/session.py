@@ -50,6 +50,11 @@ class BatchSession:
         return len(self.engine.lanes)
 
     @property
+    def cells(self) -> int | None:
+        """Cache cells all its sequences share (None: the cache grows as they need)."""
+        return self.engine.target.capacity
+
+    @property
     def busy(self) -> bool:
         """Some sequence is still being decoded."""
         return bool(self.engine.runs)

@@ -22,6 +22,7 @@ ROUTES = (
     (["GET"], "/v1/models/{model:path}", "model", {}),
     (["POST"], "/v1/chat/completions", "chat_completions", {}),
     (["POST"], "/v1/completions", "completions", {}),
+    (["POST"], "/v1/rollouts", "rollouts", {}),  # tokentree's extension
 )
 
 

@@ -13,6 +13,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from ..api import Generator
+from ..api.rollouts import Rollout, RolloutTree
 from ..errors import TokentreeError
 from ..request import RequestError
 from ..toolcalls import has_marker_tokens
@@ -22,6 +23,7 @@ from .limits import Limits
 from .metrics import Metrics
 from .protocol import ChatRequest, CompletionRequest, GenerationRequest, ToolPlan, openai_param
 from .reply import Reply, sse
+from .rollout_protocol import RolloutRequest
 from .state_keeper import StateKeeper
 from .worker import SHUTTING_DOWN, Job, QueueFull, Result, ShuttingDown, Worker
 
@@ -99,6 +101,63 @@ class Service:
     async def completions(self, body: CompletionRequest, request: Request):
         ids = await self.encode(lambda: self.generator.encode(body.prompt, chat=False), "prompt")
         return await self.generate(request, body, ids, "prompt", chat=False)
+
+    async def rollouts(self, body: RolloutRequest, request: Request):
+        """A tree of sampled trajectories (tokentree's extension): its branches are sequences of
+        the worker's batch, decoded beside the other requests."""
+        if body.model is not None and body.model != self.model_name:
+            raise self.unknown_model(body.model)
+        chat, param = body.messages is not None, "messages" if body.messages else "prompt"
+        prompt = [m.as_dict() for m in body.messages] if chat else body.prompt
+        ids = await self.encode(lambda: self.generator.encode(prompt, chat), param)
+        rollout = self.make_rollout(body, ids, param)
+        job = Job(ids, rollout.request, asyncio.get_running_loop(), rollout=rollout)
+        self.submit([job])
+        started, tree = time.monotonic(), None
+        async for _, kind, value in self.events(request, [job], started):
+            if kind == "done":
+                tree = value
+            elif kind == "error":
+                status, message = value
+                raise APIError(status, message, type_="server_error" if status >= 500 else
+                               "invalid_request_error")  # fmt: skip
+        if tree is None:  # the client left
+            return None
+        self.metrics.request_done("rollout", 200, time.monotonic() - started)
+        self.metrics.generation_done(len(ids), tree.new_tokens, {})
+        return self.rollout_body(tree)
+
+    def make_rollout(self, body: RolloutRequest, ids: list[int], param: str) -> Rollout:
+        """The rollout the body asks for, on the worker's batch; APIError 400 when impossible."""
+        request = body.to_request(self.limits, len(ids), param)
+        policy = body.rollout_policy()
+        if self.worker.session is None:
+            raise APIError(400, "rollouts decode their branches together: start the server with "
+                           f"--max-batch {policy.slots} or more", param="policy")  # fmt: skip
+        try:
+            self.generator.check(request)
+            rollout = Rollout(self.generator, ids, request, policy, self.worker.session)
+            rollout.check_room()
+        except RequestError as exc:
+            raise APIError(400, str(exc), param=openai_param(exc.field)) from None
+        except TokentreeError as exc:
+            raise APIError(400, str(exc), param="policy") from None
+        return rollout
+
+    def rollout_body(self, tree: RolloutTree) -> dict:
+        decode = self.generator.tokenizer.decode
+        return {
+            "object": "tokentree.rollout",
+            "created": int(time.time()),
+            "model": self.model_name,
+            "tree": tree.to_dict(),
+            "texts": [decode(t.completion_ids) for t in tree.trajectories],
+            "usage": {
+                "prompt_tokens": len(tree.prompt_ids),
+                "completion_tokens": tree.new_tokens,
+                "total_tokens": len(tree.prompt_ids) + tree.new_tokens,
+            },
+        }
 
     # ------------------------------------------------------------------ a generation
     def unknown_model(self, name: str) -> APIError:

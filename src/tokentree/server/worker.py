@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..api import BatchSession, GenerationStream, Generator
+from ..api.rollouts import Rollout
 from ..errors import TokentreeError
 from ..logprobs import TokenLogprob
 from ..request import Request
@@ -37,7 +38,7 @@ class Job:
     ("text", str)* (each after a ("logprobs", [TokenLogprob]) of the tokens since the last, when
     the request asked for logprobs), then ("done", Result) or ("error", (status, message)). The
     ``n`` jobs of one request share their ``events`` queue and tell their events apart by
-    ``index``."""
+    ``index``. A ``rollout`` job (batch mode only) posts no text, then ("done", RolloutTree)."""
 
     prompt_ids: list[int]
     request: Request
@@ -48,6 +49,7 @@ class Job:
     started_at: float = 0.0
     cancelled: threading.Event = field(default_factory=threading.Event)
     stream: GenerationStream | None = None
+    rollout: Rollout | None = None  # its branches are sequences of the worker's session
 
     logprobs_sent: int = 0  # logprobs posted so far
 
@@ -77,6 +79,7 @@ class ShuttingDown(Exception):
 
 
 SHUTTING_DOWN = (503, "the server is shutting down")
+INTERNAL_ERROR = (500, "internal error while generating (see the server log)")
 
 
 class Worker:
@@ -94,6 +97,7 @@ class Worker:
         self.session = generator.batch_session(max_batch) if max_batch > 1 else None
         self.running: Job | None = None
         self.batched: dict[int, Job] = {}  # batch mode: slot -> its job
+        self.rolling: list[Job] = []  # batch mode: rollouts being decoded
         self.peak_batch = 0  # the most jobs decoded together so far
         self.stopping = False
         # monotonic time by which a shutdown ends the running job
@@ -116,7 +120,8 @@ class Worker:
     @property
     def batch_size(self) -> int:
         """Jobs being decoded now."""
-        return len(self.batched) or int(self.running is not None)
+        rollouts = sum(job.rollout.live for job in list(self.rolling) if job.rollout is not None)
+        return len(self.batched) + rollouts or int(self.running is not None)
 
     @property
     def depth(self) -> int:
@@ -124,7 +129,8 @@ class Worker:
         with self._ready:
             running = self.running is not None and not self.running.cancelled.is_set()
             batched = sum(not job.cancelled.is_set() for job in list(self.batched.values()))
-            return self._live_waiting() + running + batched
+            rolling = sum(not job.cancelled.is_set() for job in list(self.rolling))
+            return self._live_waiting() + running + batched + rolling
 
     def submit(self, *jobs: Job) -> None:
         """Queue ``jobs`` (the choices of one request): all of them, or none when the queue lacks
@@ -180,7 +186,7 @@ class Worker:
     def stop(self) -> None:
         """Abort queued jobs, stop the running one after its current step, end the thread."""
         self.begin_shutdown(0.0)
-        for job in [self.running, *list(self.batched.values())]:
+        for job in [self.running, *list(self.batched.values()), *list(self.rolling)]:
             if job is not None:
                 job.cancel()
         self._thread.join(timeout=30)
@@ -227,7 +233,7 @@ class Worker:
         except Exception:
             # a bug, not a user mistake: log it, answer 500 (details stay in the log), keep serving
             log.exception("generation failed")
-            job.post("error", (500, "internal error while generating (see the server log)"))
+            job.post("error", INTERNAL_ERROR)
 
     # ------------------------------------------------------------------ batch mode
     def _serve_batches(self) -> None:
@@ -240,6 +246,8 @@ class Worker:
                 if job.cancelled.is_set():
                     session.cancel(slot)
                     self._finish(session, slot)
+            for job in [job for job in self.rolling if job.cancelled.is_set()]:
+                self._end_rollout(job, None)
             if not session.busy:
                 if self.stopping:
                     return
@@ -250,18 +258,21 @@ class Worker:
                 # a failed forward takes every sequence in it: answer all, keep serving
                 log.exception("batch step failed")
                 for slot in list(self.batched):
-                    self.batched[slot].post(
-                        "error", (500, "internal error while generating (see the server log)")
-                    )
+                    self.batched[slot].post("error", INTERNAL_ERROR)
                     session.cancel(slot)
                     session.release(slot)
                     del self.batched[slot]
+                for job in list(self.rolling):
+                    self._end_rollout(job, ("error", INTERNAL_ERROR))
                 continue
             for slot, piece in pieces.items():
+                if slot not in self.batched:
+                    continue  # a rollout's branch: its rollout reads it
                 if piece:
                     self.batched[slot].post_text(piece, session.logprobs(slot))
                 if session.finished(slot):
                     self._finish(session, slot)
+            self._advance_rollouts()
 
     def _admit(self, session: BatchSession) -> Job | None:
         """The next live job to start now, if a slot is free and its cells fit beside the running
@@ -276,24 +287,70 @@ class Worker:
                 self._ready.wait()
             if self.stopping or not session.free_slots or not self._live_waiting():
                 return None
-            job = self._waiting[0]
-            if not session.fits(len(job.prompt_ids), job.request.max_new_tokens):
+            if not self._has_room(session, self._waiting[0]):
                 return None  # it waits for running sequences to finish
             return self._waiting.popleft()
+
+    def _has_room(self, session: BatchSession, job: Job) -> bool:
+        """Whether ``job`` fits beside the running sequences and what the running rollouts may
+        still need (the slots of their future branches, every cell their trees may take)."""
+        rollouts = [j.rollout for j in self.rolling if j.rollout is not None]
+        slots = len(session.free_slots) - sum(r.policy.slots - r.live for r in rollouts)
+        cells = sum(r.cells for r in rollouts)
+        if job.rollout is not None:
+            wanted = job.rollout.policy.slots
+            return slots >= wanted and session.fits(len(job.prompt_ids), job.rollout.cells + cells)
+        return slots >= 1 and session.fits(len(job.prompt_ids), job.request.max_new_tokens + cells)
 
     def _start(self, session: BatchSession, job: Job) -> None:
         job.started_at = time.monotonic()
         try:
+            if job.rollout is not None:
+                self.rolling.append(job)
+                job.rollout.start()
+                return
             slot = session.add(job.prompt_ids, job.request)
         except TokentreeError as exc:
-            job.post("error", (400, str(exc)))
+            self._fail_start(job, (400, str(exc)))
             return
         except Exception:
             log.exception("starting a generation failed")
-            job.post("error", (500, "internal error while generating (see the server log)"))
+            self._fail_start(job, INTERNAL_ERROR)
             return
         self.batched[slot] = job
-        self.peak_batch = max(self.peak_batch, len(self.batched))
+        self.peak_batch = max(self.peak_batch, self.batch_size)
+
+    def _fail_start(self, job: Job, error: tuple[int, str]) -> None:
+        if job in self.rolling:
+            self._end_rollout(job, ("error", error))
+        else:
+            job.post("error", error)
+
+    def _advance_rollouts(self) -> None:
+        """After a step: each rollout forks, prunes and finishes its branches; a finished one
+        posts its tree."""
+        for job in list(self.rolling):
+            try:
+                job.rollout.advance()
+            except TokentreeError as exc:  # e.g. a branch found no room in the cache
+                self._end_rollout(job, ("error", (503, f"the rollout could not go on: {exc}")))
+                continue
+            except Exception:
+                log.exception("a rollout failed")
+                self._end_rollout(job, ("error", INTERNAL_ERROR))
+                continue
+            if job.rollout.done:
+                self._end_rollout(job, ("done", job.rollout.tree()))
+        self.peak_batch = max(self.peak_batch, self.batch_size)
+
+    def _end_rollout(self, job: Job, event: tuple[str, Any] | None) -> None:
+        """Stop ``job``'s rollout (what it still decodes is dropped) and post ``event``."""
+        if job not in self.rolling:
+            return
+        self.rolling.remove(job)
+        job.rollout.cancel()
+        if event is not None:
+            job.post(*event)
 
     def _finish(self, session: BatchSession, slot: int) -> None:
         job, reason = self.batched.pop(slot), session.finish_reason(slot)
