@@ -484,6 +484,28 @@ def test_logprobs_are_llama_cpps_own_log_softmax(generator, gguf):
             assert len(entry.top) == 3 and entry.top[0][1] >= entry.logprob - 1e-6
 
 
+def test_prompt_logprobs_are_llama_cpps_own(generator, gguf):
+    """Prompt logprobs on llama.cpp (the prefill's chained verifies, in pieces of PROMPT_CHUNK
+    rows): the log-softmax of llama-cpp-python's own logits for the prompt, within its
+    multi-row rounding; the generation goes on from the cells they left."""
+    import llama_cpp
+    import numpy as np
+
+    llm = llama_cpp.Llama(
+        str(gguf), n_ctx=1024, n_threads=2, flash_attn=True, logits_all=True, verbose=False
+    )
+    ids = generator.encode(" ".join(PROMPTS * 6), chat=False)[:300]  # three pieces
+    out = generator.generate(ids, max_new_tokens=8, drafter="pld", prompt_logprobs=2)
+    llm.reset()
+    llm.eval(ids)
+    want = torch.from_numpy(np.array(llm.scores[: len(ids) - 1])).float().log_softmax(-1)
+    assert out.prompt_logprobs[0] is None and len(out.prompt_logprobs) == len(ids)
+    for i, entry in enumerate(out.prompt_logprobs[1:]):
+        assert entry.token == ids[i + 1]
+        assert abs(entry.logprob - float(want[i, entry.token])) < 0.05, i
+    assert len(out.token_ids) == 8
+
+
 def test_a_rollout_tree_on_llama_cpp(generator, gguf):
     """Segments on llama.cpp: branches fork as sequence copies of their parent's cells; every
     trajectory is its path of segments, with llama.cpp's own log-probabilities."""

@@ -259,6 +259,22 @@ def test_constrained_greedy_equals_masked_transformers_decoding(exported):
 
 
 @torch.inference_mode()
+def test_prompt_logprobs_equal_transformers_log_softmax(exported):
+    """Prompt logprobs on the OpenVINO backend, in chunks: one transformers forward's."""
+    from tokentree.logprobs import prompt_logprobs
+
+    model, export_dir = exported
+    prompt = [5, 9, 14, 9, 5, 33, 5, 9, 14, 9, 5]
+    backend = backend_for(export_dir)
+    entries = prompt_logprobs(backend, prompt, 3, chunk=4)
+    want = model(torch.tensor([prompt])).logits[0, :-1].float().log_softmax(-1)
+    assert entries[0] is None and backend.tokens == prompt[:-1]
+    for i, entry in enumerate(entries[1:]):
+        assert entry.logprob == pytest.approx(float(want[i, prompt[i + 1]]), abs=1e-4)
+        assert [t for t, _ in entry.top] == want[i].topk(3).indices.tolist()
+
+
+@torch.inference_mode()
 def test_logprobs_equal_transformers_log_softmax(exported):
     """Logprobs on the OpenVINO backend: each token's is the log-softmax of transformers' logits
     at its position (f32), through partial acceptance."""

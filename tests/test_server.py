@@ -548,7 +548,7 @@ def test_metrics_labels_are_routes_not_raw_paths(server):
         ("logit_bias", {"50": 10}),
         ("best_of", 2),
         ("top_logprobs", 2),
-        ("prompt_logprobs", 1),
+        ("prompt_logprobs", 21),
         ("frequency_penalty", 0.5),
         ("audio", {"voice": "alloy"}),
     ],

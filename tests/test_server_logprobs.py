@@ -65,3 +65,25 @@ def test_bad_logprobs_requests_are_refused(server, body, param):
     answer = httpx.post(f"{server}/v1/chat/completions", json=payload, timeout=30)
     assert answer.status_code == 400, answer.text
     assert answer.json()["error"]["param"] == param
+
+
+def test_prompt_logprobs_as_vllm_returns_them(server):
+    """Completions: each choice's ``prompt_logprobs``; chat: the reply's; per prompt token a map
+    from token id to logprob, rank and text (the token itself and the top K); not streamed."""
+    body = {"model": "tiny", "prompt": "abc abc", "max_tokens": 2, "temperature": 0,
+            "prompt_logprobs": 2}  # fmt: skip
+    reply = httpx.post(server + "/v1/completions", json=body, timeout=60)
+    assert reply.status_code == 200, reply.text
+    shown = reply.json()["choices"][0]["prompt_logprobs"]
+    assert shown[0] is None and len(shown) == reply.json()["usage"]["prompt_tokens"]
+    for entry in shown[1:]:
+        assert 2 <= len(entry) <= 3  # the top 2, and the prompt's own token when not among them
+        ranks = sorted(v["rank"] for v in entry.values())
+        assert ranks[:2] == [1, 2] and all(v["logprob"] <= 0 for v in entry.values())
+    chat = {"model": "tiny", "messages": MESSAGES, "max_tokens": 2, "prompt_logprobs": 0}
+    reply = httpx.post(server + "/v1/chat/completions", json=chat, timeout=60)
+    assert reply.status_code == 200, reply.text
+    shown = reply.json()["prompt_logprobs"]
+    assert shown[0] is None and all(len(entry) == 1 for entry in shown[1:])
+    reply = httpx.post(server + "/v1/completions", json=body | {"stream": True}, timeout=60)
+    assert reply.status_code == 400 and reply.json()["error"]["param"] == "prompt_logprobs"

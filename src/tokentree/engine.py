@@ -12,7 +12,7 @@ from .backends.base import Backend
 from .constraints import GrammarState, TokenGrammar, masked
 from .drafters.base import Drafter, StochasticDrafter
 from .errors import TokentreeError
-from .logprobs import MODES, token_logprobs
+from .logprobs import MODES, prompt_logprobs, token_logprobs
 from .planner import Planner
 from .request import Request
 from .sampling import (
@@ -86,6 +86,8 @@ class Engine:
         start = time.perf_counter()
         context = [int(t) for t in prompt_ids]
         drafter.reset()
+        if request.prompt_logprobs is not None:  # a prefill that keeps every row
+            stats.prompt_logprobs = prompt_logprobs(backend, context, request.prompt_logprobs)
         backend.prefill(context[:-1], defer=backend.prompt_tail)
         stats.prompt_tokens = len(context)
         stats.prefill_s = time.perf_counter() - start

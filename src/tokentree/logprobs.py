@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
 from .sampling import SamplingParams, warp
+from .tree import TokenTree
+
+if TYPE_CHECKING:
+    from .backends.base import Backend
 
 MAX_TOP = 20  # top_logprobs at most (OpenAI's limit)
 # as vLLM's logprobs_mode: the model's own distribution, or the one the token was drawn from
@@ -25,9 +29,11 @@ class TokenLogprob:
     token: int
     logprob: float
     top: tuple[tuple[int, float], ...] = ()
+    rank: int | None = None  # 1 = the most likely (prompt logprobs carry it)
 
     def to_dict(self) -> dict:
-        return {"token": self.token, "logprob": self.logprob, "top": [list(t) for t in self.top]}
+        body = {"token": self.token, "logprob": self.logprob, "top": [list(t) for t in self.top]}
+        return body if self.rank is None else body | {"rank": self.rank}
 
 
 def distribution(rows: torch.Tensor, params: SamplingParams, processed: bool) -> torch.Tensor:
@@ -60,4 +66,32 @@ def token_logprobs(
             ids, values = best.indices[i].tolist(), best.values[i].tolist()
             pairs = tuple((t, v) for t, v in zip(ids, values) if v > -math.inf)
         result.append(TokenLogprob(int(token), float(chosen[i]), pairs))
+    return result
+
+
+PROMPT_CHUNK = 128  # prompt positions scored per forward (their rows: chunk x vocabulary floats)
+
+
+@torch.inference_mode()
+def prompt_logprobs(
+    backend: Backend, prompt_ids: Sequence[int], top: int, chunk: int = PROMPT_CHUNK
+) -> list[TokenLogprob | None]:
+    """Each prompt token's log-probability under the model given the tokens before it, its rank
+    and the ``top`` best there (None for the first token, which nothing predicts), as vLLM's
+    ``prompt_logprobs``. It is the prefill: the prompt is forwarded from an empty cache in chains
+    of ``chunk`` tokens whose every row is kept, and leaves the cache holding all but the last
+    prompt token, so the generation's own prefill forwards nothing again."""
+    ids = [int(t) for t in prompt_ids]
+    backend.prefill([])
+    result: list[TokenLogprob | None] = [None]
+    for start in range(0, len(ids) - 1, chunk):
+        end = min(start + chunk, len(ids) - 1)
+        rows = backend.verify(TokenTree.chain(ids[start], ids[start + 1 : end]))
+        backend.commit(range(end - start))
+        logp = rows.float().log_softmax(dim=-1)  # row j predicts ids[start + j + 1]
+        targets = torch.tensor(ids[start + 1 : end + 1], device=logp.device)
+        chosen = logp.gather(1, targets[:, None])
+        ranks = ((logp > chosen).sum(dim=1) + 1).tolist()
+        entries = token_logprobs(rows, targets.tolist(), top, SamplingParams())
+        result.extend(TokenLogprob(e.token, e.logprob, e.top, r) for e, r in zip(entries, ranks))
     return result

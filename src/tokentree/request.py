@@ -84,6 +84,14 @@ class Request:
         ),
     )
 
+    prompt_logprobs: int | None = field(
+        default=None,
+        metadata=_help(
+            f"report each prompt token's log-probability, rank and the K (0-{MAX_TOP}) most "
+            "likely tokens at its position (the model's distribution; default: off)"
+        ),
+    )
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "stop", _stops(self.stop))
         _check_int("max_new_tokens", self.max_new_tokens, low=1)
@@ -96,6 +104,8 @@ class Request:
             raise RequestError("constraint", "constraint must be a tokentree.Constraint")
         if self.logprobs is not None:
             _check_int("logprobs", self.logprobs, low=0, high=MAX_TOP)
+        if self.prompt_logprobs is not None:
+            _check_int("prompt_logprobs", self.prompt_logprobs, low=0, high=MAX_TOP)
         if self.logprobs_mode not in MODES:
             raise RequestError("logprobs_mode", f"logprobs_mode must be one of {', '.join(MODES)}")
         self.sampling  # validates the sampling fields

@@ -38,6 +38,8 @@ class GenerationStats:
     complete: bool = False  # the constraint was satisfied and allowed nothing more
     # requests asking for logprobs: one per new token (not in to_dict: the output's, not a count)
     logprobs: list[TokenLogprob] | None = None
+    # requests asking for prompt logprobs: one per prompt token (None for the first)
+    prompt_logprobs: list[TokenLogprob | None] | None = None
 
     def record_step(
         self, drafted: int, accepted: int, emitted: int, draft_s: float, verify_s: float

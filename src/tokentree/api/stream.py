@@ -16,12 +16,14 @@ from ..text import TextStream
 @dataclass
 class Output:
     """A finished generation: the new text, the new token ids and the statistics; with a request's
-    ``logprobs``, one :class:`~tokentree.logprobs.TokenLogprob` per new token."""
+    ``logprobs``, one :class:`~tokentree.logprobs.TokenLogprob` per new token; with its
+    ``prompt_logprobs``, one per prompt token (None for the first)."""
 
     text: str
     token_ids: list[int]
     stats: GenerationStats
     logprobs: list[TokenLogprob] | None = None
+    prompt_logprobs: list[TokenLogprob | None] | None = None
 
     @classmethod
     def of(cls, text: TextStream, stats: GenerationStats) -> Output:
@@ -29,7 +31,7 @@ class Output:
         string cut the tokens)."""
         token_ids = list(text.token_ids)
         logprobs = None if stats.logprobs is None else stats.logprobs[: len(token_ids)]
-        return cls(text.text, token_ids, stats, logprobs)
+        return cls(text.text, token_ids, stats, logprobs, stats.prompt_logprobs)
 
 
 class GenerationStream:

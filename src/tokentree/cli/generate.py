@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
 from ..errors import TokentreeError
@@ -49,7 +50,7 @@ def add_parser(sub) -> None:
 # the request's fields with flags of their type: the drafter is --drafter (with its options'
 # flags), the constraint one of constraint_flags
 REQUEST_FLAGS = ("max_new_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "stop",
-                  "budget", "logprobs", "logprobs_mode")  # fmt: skip
+                  "budget", "logprobs", "logprobs_mode", "prompt_logprobs")  # fmt: skip
 
 
 def read_prompt(prompt: str | None) -> str:
@@ -79,7 +80,17 @@ def _logprob_json(gen, entry) -> dict:
     """One token's logprobs for ``--json``, each token with its text."""
     top = [{"token": t, "text": gen.tokenizer.decode([t]), "logprob": lp} for t, lp in entry.top]
     text = gen.tokenizer.decode([entry.token])
-    return {"token": entry.token, "text": text, "logprob": entry.logprob, "top": top}
+    body = {"token": entry.token, "text": text, "logprob": entry.logprob, "top": top}
+    return body if entry.rank is None else body | {"rank": entry.rank}
+
+
+def _prompt_summary(entries) -> str:
+    """The prompt's mean log-probability per token and its perplexity, for stderr."""
+    scored = [e.logprob for e in entries[1:]]
+    mean = sum(scored) / max(1, len(scored))
+    return f"tokentree: prompt: {len(scored)} tokens scored, mean logprob {mean:.4f}, " + (
+        f"perplexity {math.exp(-mean):.3f}"
+    )
 
 
 def _logprob_line(gen, entry) -> str:
@@ -99,16 +110,20 @@ def run(args: argparse.Namespace) -> int:
         if not args.json:
             sys.stdout.write(piece)
             sys.stdout.flush()
-    logprobs = stream.logprobs
+    logprobs, prompt_entries = stream.logprobs, stream.stats.prompt_logprobs
     if args.json:
         body = {"text": stream.text, "token_ids": stream.token_ids}
         if logprobs is not None:
             body["logprobs"] = [_logprob_json(gen, entry) for entry in logprobs]
+        if prompt_entries is not None:
+            body["prompt_logprobs"] = [None] + [_logprob_json(gen, e) for e in prompt_entries[1:]]
         print(json.dumps(body | {"stats": stream.stats.to_dict()}))
     else:
         print()
         for entry in logprobs or []:
             print(_logprob_line(gen, entry), file=sys.stderr)
+        if prompt_entries is not None:
+            print(_prompt_summary(prompt_entries), file=sys.stderr)
     if args.drafter_state:
         gen.save_drafter_state(args.drafter_state)
     if args.stats:

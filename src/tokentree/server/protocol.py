@@ -166,7 +166,7 @@ class GenerationRequest(BaseModel):
     best_of: int | None = None
     logprobs: Union[bool, int, None] = None
     top_logprobs: int | None = None
-    prompt_logprobs: int | None = None  # vLLM's; not offered (yet): refused, not ignored
+    prompt_logprobs: int | None = Field(None, ge=0)  # vLLM's: K per prompt token (not streamed)
     frequency_penalty: float | None = None
     presence_penalty: float | None = None
     repetition_penalty: float | None = None  # vLLM-style
@@ -183,7 +183,6 @@ class GenerationRequest(BaseModel):
             self,
             {
                 "best_of": lambda v: v == 1,
-                "prompt_logprobs": lambda v: False,
                 "frequency_penalty": lambda v: v == 0,
                 "presence_penalty": lambda v: v == 0,
                 "repetition_penalty": lambda v: v == 1,
@@ -231,6 +230,9 @@ class GenerationRequest(BaseModel):
         the fields left out); APIError 400 naming the field otherwise. ``param`` names the prompt's
         field."""
         limits.check_stops(self.stops)
+        if self.prompt_logprobs is not None and self.stream:
+            raise APIError(400, "prompt_logprobs come with the whole reply: leave out stream",
+                           param="prompt_logprobs")  # fmt: skip
         extra = self.tokentree or TokentreeOptions()
         constraint = tool_constraint or self.constraint()
         try:
@@ -246,6 +248,7 @@ class GenerationRequest(BaseModel):
                 budget=extra.budget,
                 constraint=constraint,
                 logprobs=self.logprobs_wanted(),
+                prompt_logprobs=self.prompt_logprobs,
                 logprobs_mode=extra.logprobs_mode or "raw_logprobs",
             )
         except RequestError as exc:

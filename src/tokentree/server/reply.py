@@ -125,10 +125,25 @@ class Reply:
             self._choice(i, text, result.finish_reason, whole=True, logprobs=result.logprobs)
             for i, (text, result) in enumerate(zip(texts, results))
         ]
-        return self._envelope(choices, chunk=False) | {
-            "usage": self._usage(results),
-            "tokentree": results[0].stats,
-        }
+        body = self._envelope(choices, chunk=False)
+        prompt = results[0].prompt_logprobs  # vLLM's: each choice's (text), the reply's (chat)
+        if prompt is not None:
+            for holder in [body] if self.chat else choices:
+                holder["prompt_logprobs"] = self.prompt_logprobs(prompt)
+        return body | {"usage": self._usage(results), "tokentree": results[0].stats}
+
+    def prompt_logprobs(self, items: list[TokenLogprob | None]) -> list[dict | None]:
+        """vLLM's prompt_logprobs: per prompt token (None for the first) a map from token id to
+        its logprob, rank (1: the best) and text, for the token itself and the top ones."""
+
+        def entry(token: int, logprob: float, rank: int) -> dict:
+            return {"logprob": logprob, "rank": rank, "decoded_token": self.decode([token])}
+
+        shown: list[dict | None] = [None]
+        for item in items[1:]:
+            best = {str(t): entry(t, lp, rank) for rank, (t, lp) in enumerate(item.top, 1)}
+            shown.append(best | {str(item.token): entry(item.token, item.logprob, item.rank)})
+        return shown
 
     def chunk(
         self, index: int, text: str | None = None, role: bool = False, finish: Result | None = None

@@ -30,6 +30,7 @@ class Result:
     finish_reason: str
     stats: dict
     logprobs: list[TokenLogprob] | None = None
+    prompt_logprobs: list[TokenLogprob | None] | None = None
 
 
 @dataclass
@@ -227,7 +228,8 @@ class Worker:
                 self._run_chores()  # between steps: a state snapshot does not wait for the end
             output = stream.output()
             job.post("done", Result(output.text, len(output.token_ids), stream.finish_reason,
-                                    output.stats.to_dict(), output.logprobs))  # fmt: skip
+                                    output.stats.to_dict(), output.logprobs,
+                                    output.prompt_logprobs))  # fmt: skip
         except TokentreeError as exc:
             job.post("error", (400, str(exc)))
         except Exception:
@@ -357,4 +359,5 @@ class Worker:
         output = session.release(slot)
         if reason != "cancelled":
             job.post("done", Result(output.text, len(output.token_ids), reason,
-                                    output.stats.to_dict(), output.logprobs))  # fmt: skip
+                                    output.stats.to_dict(), output.logprobs,
+                                    output.prompt_logprobs))  # fmt: skip
