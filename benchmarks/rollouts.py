@@ -5,12 +5,18 @@ all trajectories and the tokens generated.
 (b) ``batched``: ``n`` of them in one batch, plain (``generate_batch(n=...)``, drafter none);
 (c) ``batched-spec``: the same with the ``auto`` drafter;
 (d) ``segments``: ``Segments(2, segment_tokens, depth)`` with ``auto`` (branches share prefixes);
-(e) ``segments-plain``: the same tree with drafter none.
+(e) ``uncertain``: ``Uncertain(threshold, 2, lookahead, n, roots=roots)`` with ``auto`` (LATR);
+(f) ``segments-plain``: the tree of (d) with drafter none.
+
+Forwards: target forwards to all trajectories (sequential: the sum of each sample's steps;
+batched: the longest sample's steps; trees: the rollout's steps), so tokens per forward shows what
+the trees and the drafts saved.
 
 Prompts: Spec-Bench math_reasoning and HumanEval (``--per-suite`` each), temperature 1.0, a seed
 per prompt.
 
-    python benchmarks/rollouts.py --per-suite 2 --n 8 --max-new-tokens 64 --out DIR
+    python benchmarks/rollouts.py --per-suite 1 --n 16 --max-new-tokens 96 --segment-tokens 16 \
+        --depth 3 --out DIR
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from pathlib import Path
 from fresh_runs import write_run_json
 
 import tokentree
-from tokentree.api import Segments
+from tokentree.api import Segments, Uncertain
 from tokentree.bench.suites import load_suite
 from tokentree.request import Request
 
@@ -43,21 +49,27 @@ def run_way(gen, way: str, prompt: str, request: Request, args) -> dict:
     if way == "sequential":
         outs = [gen.generate(prompt, request.replace(seed=request.seed + i, drafter="none"))
                 for i in range(args.n)]  # fmt: skip
-        tokens, count = sum(len(o.token_ids) for o in outs), len(outs)
+        forwards = sum(o.stats.steps for o in outs)
     elif way in ("batched", "batched-spec"):
         drafter = "none" if way == "batched" else "auto"
         outs = gen.generate_batch([prompt], request.replace(drafter=drafter), n=args.n)
-        tokens, count = sum(len(o.token_ids) for o in outs), len(outs)
+        forwards = max(o.stats.steps for o in outs)
     else:
-        drafter = "none" if way == "segments-plain" else "auto"
-        policy = Segments(2, args.segment_tokens, args.depth, max_leaves=args.n)
-        tree = gen.rollouts(prompt, policy, request.replace(drafter=drafter))
-        tokens, count = tree.new_tokens, len(tree.trajectories)
-    return {"way": way, "seconds": time.perf_counter() - started, "tokens": tokens,
-            "trajectories": count}  # fmt: skip
+        tree = gen.rollouts(prompt, policy_of(way, args), request.replace(
+            drafter="none" if way == "segments-plain" else "auto"))  # fmt: skip
+        return {"way": way, "seconds": time.perf_counter() - started, "tokens": tree.new_tokens,
+                "trajectories": len(tree.trajectories), "forwards": tree.forwards}  # fmt: skip
+    return {"way": way, "seconds": time.perf_counter() - started, "forwards": forwards,
+            "tokens": sum(len(o.token_ids) for o in outs), "trajectories": len(outs)}  # fmt: skip
 
 
-WAYS = ("sequential", "batched", "batched-spec", "segments", "segments-plain")
+def policy_of(way: str, args):
+    if way == "uncertain":
+        return Uncertain(args.threshold, 2, args.lookahead, args.n, roots=args.roots)
+    return Segments(2, args.segment_tokens, args.depth, max_leaves=args.n)
+
+
+WAYS = ("sequential", "batched", "batched-spec", "segments", "uncertain", "segments-plain")
 
 
 def main() -> int:
@@ -67,6 +79,9 @@ def main() -> int:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--segment-tokens", type=int, default=12)
     parser.add_argument("--depth", type=int, default=3)
+    parser.add_argument("--threshold", type=float, default=0.3, help="uncertain: margin")
+    parser.add_argument("--lookahead", type=int, default=8, help="uncertain")
+    parser.add_argument("--roots", type=int, default=2, help="uncertain: branches at the start")
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
@@ -93,11 +108,12 @@ def write_report(rows: list[dict], args, commit: str, out: Path) -> None:
     lines = [
         f"Commit {commit}; `python benchmarks/rollouts.py --per-suite {args.per_suite} --n "
         f"{args.n} --max-new-tokens {args.max_new_tokens} --segment-tokens "
-        f"{args.segment_tokens} --depth {args.depth} --backend {args.backend} --out {out}`",
+        f"{args.segment_tokens} --depth {args.depth} --threshold {args.threshold} --lookahead "
+        f"{args.lookahead} --roots {args.roots} --backend {args.backend} --out {out}`",
         "",
         "| way | median s per prompt | speed vs sequential (median, min-max) | tokens generated "
-        "| trajectories |",
-        "|---|---|---|---|---|",
+        "| trajectories | tokens per forward |",
+        "|---|---|---|---|---|---|",
     ]
     for way in WAYS:
         mine = [r for r in rows if r["way"] == way]
@@ -105,7 +121,8 @@ def write_report(rows: list[dict], args, commit: str, out: Path) -> None:
         lines.append(
             f"| {way} | {statistics.median(r['seconds'] for r in mine):.1f} | "
             f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}) | "
-            f"{sum(r['tokens'] for r in mine)} | {sum(r['trajectories'] for r in mine)} |"
+            f"{sum(r['tokens'] for r in mine)} | {sum(r['trajectories'] for r in mine)} | "
+            f"{sum(r['tokens'] for r in mine) / sum(r['forwards'] for r in mine):.2f} |"
         )
     (out / "results.md").write_text("\n".join(lines) + "\n")
 
