@@ -206,3 +206,22 @@ def test_serve_max_batch_on_transformers_answers_each_request_as_alone():
             model="m", prompt=PROMPTS[0], max_tokens=8, temperature=0.8, seed=3, n=2
         )
         assert [c.text for c in reply.choices] == seeded
+
+
+def test_a_finished_slot_is_not_reused_before_it_is_released():
+    """A sequence that finished in a step keeps its slot until released: one added meanwhile
+    (a rollout's fork while a sibling just ended) gets another slot, and releasing the finished
+    one leaves the new one decoding (it once took the finished slot and lost its text)."""
+    from test_constraints import generator
+
+    session = generator("pld").batch_session(3)
+    short = session.add([5, 6, 7, 8], max_new_tokens=1)
+    long = session.add([5, 6, 7, 9], max_new_tokens=6)
+    session.step()
+    assert session.finished(short) and not session.finished(long)
+    late = session.add([5, 6, 7, 8, 9], max_new_tokens=3)
+    assert late not in (short, long)
+    assert len(session.release(short).token_ids) == 1
+    while session.busy:
+        session.step()
+    assert len(session.release(late).token_ids) == 3 and len(session.release(long).token_ids) == 6

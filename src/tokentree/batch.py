@@ -84,13 +84,18 @@ class BatchEngine:
         stats: GenerationStats,
         drafter: Drafter | None = None,
         planner: Planner | None = None,
+        slot: int | None = None,
     ) -> int:
-        """Prefill a new sequence into a free slot (between steps); returns the slot. ``drafter``
-        and ``planner`` (forked for it) default to the batch's."""
+        """Prefill a new sequence into a free slot (between steps; ``slot``: this one, which must be
+        free); returns the slot. ``drafter`` and ``planner`` (forked for it) default to the
+        batch's."""
         free = self.free_slots
         if not free:
             raise TokentreeError(f"the batch is full ({len(self.lanes)} sequences)")
-        slot, lane = free[0], self.lanes[free[0]]
+        if slot is not None and slot not in free:
+            raise TokentreeError(f"slot {slot} is still decoding a sequence")
+        slot = free[0] if slot is None else slot
+        lane = self.lanes[slot]
         if not self.runs:
             self.target.clear()
         self._share_prefix(slot, prompt_ids)

@@ -78,8 +78,13 @@ class BatchSession:
             changes["drafter"] = drafter
             drafter = None
         chosen, request, planner = gen.prepare(Request.build(request, **changes), drafter)
+        free = self.free_slots  # not the engine's: a finished slot is not free until released
+        if not free:
+            raise TokentreeError(f"the batch is full ({self.capacity} sequences)")
         stats = GenerationStats()
-        slot = self.engine.add(prompt_ids, request, stats, drafter=chosen, planner=planner)
+        slot = self.engine.add(
+            prompt_ids, request, stats, drafter=chosen, planner=planner, slot=free[0]
+        )
         self.texts[slot], self.stats[slot] = TextStream(gen.tokenizer, list(request.stop)), stats
         return slot
 
