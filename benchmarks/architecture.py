@@ -48,7 +48,20 @@ LAYERS = [
     ("engine", ["request", "toolcalls", "trace", "engine", "batch"]),
     ("loaders", ["models", "engine_choice"]),
     ("hub", ["api"]),
-    ("doors", ["server", "bench", "tools", "cli", "calibrate", "quantize", "show", "rollout_plot"]),
+    (
+        "doors",
+        [
+            "server",
+            "cluster",
+            "bench",
+            "tools",
+            "cli",
+            "calibrate",
+            "quantize",
+            "show",
+            "rollout_plot",
+        ],
+    ),
 ]
 TOP = {"__init__": len(LAYERS)}  # the package's own __init__ re-exports the hub
 

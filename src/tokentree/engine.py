@@ -8,7 +8,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 
-from .backends.base import Backend
+from .backends.base import Backend, shared_prefix
 from .constraints import GrammarState, TokenGrammar, masked
 from .drafters.base import Drafter, StochasticDrafter
 from .errors import TokentreeError
@@ -86,6 +86,7 @@ class Engine:
         start = time.perf_counter()
         context = [int(t) for t in prompt_ids]
         drafter.reset()
+        stats.cached_prompt_tokens = shared_prefix(backend.tokens, context[:-1])
         if request.prompt_logprobs is not None:  # a prefill that keeps every row
             stats.prompt_logprobs = prompt_logprobs(backend, context, request.prompt_logprobs)
         backend.prefill(context[:-1], defer=backend.prompt_tail)

@@ -19,6 +19,7 @@ class GenerationStats:
     """
 
     prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0  # of those, found in the cache (a shared prefix not forwarded)
     new_tokens: int = 0
     steps: int = 0
     drafted_tokens: int = 0
@@ -62,6 +63,7 @@ class GenerationStats:
     def to_dict(self) -> dict:
         return {
             "prompt_tokens": self.prompt_tokens,
+            "cached_prompt_tokens": self.cached_prompt_tokens,
             "new_tokens": self.new_tokens,
             "capped_steps": self.capped_steps,
             "steps": self.steps,

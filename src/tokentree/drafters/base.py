@@ -56,6 +56,22 @@ class LearningDrafter(Protocol):
 
 
 @runtime_checkable
+class SharingDrafter(Protocol):
+    """A learning drafter whose knowledge other processes (server replicas) can merge. Drafts are
+    verified, so what it absorbs changes only its speed, never any output."""
+
+    def knowledge_delta(self, final: bool = False) -> dict:
+        """What it learned since the last call, bounded and JSON-able (``final``: also what it is
+        still learning, at shutdown)."""
+        ...
+
+    def absorb_knowledge(self, delta: dict) -> None:
+        """Merge another's :meth:`knowledge_delta` under its own bounds and eviction (what it
+        absorbs is not in its own next delta)."""
+        ...
+
+
+@runtime_checkable
 class ForkingDrafter(Protocol):
     """A drafter that can decode several sequences at once (the sequences of a batch, ``n``
     samples)."""

@@ -22,7 +22,7 @@ import torch
 from ..planner import AcceptanceCalibrator, ProbeSchedule
 from ..sampling import Acceptance
 from ..tree import TokenTree
-from .base import Drafter, GuidedDrafter, LearningDrafter, clear_caches, fork
+from .base import Drafter, GuidedDrafter, LearningDrafter, SharingDrafter, clear_caches, fork
 
 
 @dataclass
@@ -257,6 +257,22 @@ class HybridDrafter:
             self.sources[i].observe(sub, _select_rows(logits, rows), sub_acceptance)
         self._last_step = (spent, len(new_tokens) - gained)  # timed when the next step starts
         self._proposed = []
+
+    def knowledge_delta(self, final: bool = False) -> dict:
+        return {
+            "sources": self.config.names,
+            "deltas": [
+                s.knowledge_delta(final) if isinstance(s, SharingDrafter) else None
+                for s in self.sources
+            ],
+        }
+
+    def absorb_knowledge(self, delta: dict) -> None:
+        if delta.get("sources") != self.config.names:
+            return  # another mix of sources: nothing here reads its knowledge
+        for source, part in zip(self.sources, delta["deltas"]):
+            if part is not None and isinstance(source, SharingDrafter):
+                source.absorb_knowledge(part)
 
     def state_dict(self) -> dict:
         return {

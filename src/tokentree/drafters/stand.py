@@ -24,6 +24,7 @@ from .base import fresh_request_copy
 from .template import TEMPLATES, TemplateShape
 
 Distribution = dict[int, float]
+MAX_SHARED_CONTEXTS = 16_384  # contexts one knowledge delta carries at most (the latest updated)
 
 
 @dataclass
@@ -75,6 +76,8 @@ class StandDrafter:
     def __init__(self, config: StandConfig | None = None):
         self.config = config or StandConfig()
         self.table: dict[tuple[int, ...], Distribution] = {}
+        # contexts updated since the last knowledge delta (bounded: the latest; forks share it)
+        self.touched: dict[tuple[int, ...], None] = {}
         self.shape = TemplateShape(self.config.template)
         self.vocab_size: int | None = None  # known after the first verify
         self.reset()
@@ -96,11 +99,36 @@ class StandDrafter:
         tokens."""
         for n in range(1, min(self.config.max_n, len(context)) + 1):
             key = tuple(context[-n:])
-            old = self.table.pop(key, None)  # re-inserted last: dict order = recency
-            self.table[key] = merge(old, dist, self.config.rate, self.config.top)
+            self._merge(key, dist)
+            self.touched.pop(key, None)
+            self.touched[key] = None
+            if len(self.touched) > MAX_SHARED_CONTEXTS:
+                del self.touched[next(iter(self.touched))]
+        self._evict()
+
+    def _merge(self, key: tuple[int, ...], dist: Distribution) -> None:
+        old = self.table.pop(key, None)  # re-inserted last: dict order = recency
+        self.table[key] = merge(old, dist, self.config.rate, self.config.top)
+
+    def _evict(self) -> None:
         if len(self.table) > self.config.max_contexts:
             for key in list(self.table)[: len(self.table) - 3 * self.config.max_contexts // 4]:
                 del self.table[key]
+
+    # ----------------------------------------------------------------- sharing (replicas)
+    def knowledge_delta(self, final: bool = False) -> dict:
+        """The contexts updated since the last call with their distributions now (the latest
+        MAX_SHARED_CONTEXTS)."""
+        keys, self.touched = list(self.touched), {}
+        return {"stand": [[list(k), list(d), list(d.values())] for k in keys
+                          if (d := self.table.get(k))]}  # fmt: skip
+
+    def absorb_knowledge(self, delta: dict) -> None:
+        """Merge another table's entries as observations of the same contexts (same running
+        average, same cap)."""
+        for key, tokens, probs in delta.get("stand", []):
+            self._merge(tuple(key), dict(zip(tokens, probs)))
+        self._evict()
 
     def lookup(self, context: Sequence[int]) -> Distribution | None:
         """The stored distribution under the longest known suffix of ``context``."""

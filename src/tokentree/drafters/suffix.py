@@ -62,6 +62,8 @@ class Response:
 
     tokens: list[int]
     evicted: bool = False
+    seen: int = -1  # its length at the last knowledge delta
+    shared: bool = False  # in a knowledge delta already, or absorbed from one
 
 
 class ResponseStore:
@@ -189,6 +191,27 @@ class SuffixDrafter:
     def observe(self, tree: TokenTree, logits: torch.Tensor, acceptance: Acceptance) -> None:
         # absorb this step's tokens now, so the last step of a request reaches the global trie too
         self._absorb(self._context + acceptance.new_tokens(tree))
+
+    # ----------------------------------------------------------------- sharing (replicas)
+    def knowledge_delta(self, final: bool = False) -> dict:
+        """Responses that stopped growing since the last call (their requests ended; with
+        ``final`` every one), each shared once."""
+        ready = []
+        for response in self.store.responses:
+            if response.shared:
+                continue
+            if final or response.seen == len(response.tokens):
+                response.shared = True
+                ready.append(list(response.tokens))
+            response.seen = len(response.tokens)
+        return {"suffix": ready}
+
+    def absorb_knowledge(self, delta: dict) -> None:
+        """Store another's responses as past responses here (same caps, oldest evicted first)."""
+        for tokens in delta.get("suffix", []):
+            response = self.store.begin([])
+            response.shared = True
+            self.store.extend(response, [int(t) for t in tokens])
 
     def state_dict(self) -> dict:
         """The persistent part: the stored responses (the global trie is rebuilt from them)."""

@@ -43,6 +43,7 @@ class Metrics:
         self._lock = threading.Lock()
         self.requests: dict[tuple[str, int], int] = defaultdict(int)
         self.prompt_tokens = 0
+        self.cached_prompt_tokens = 0
         self.generated_tokens = 0
         self.steps = 0
         self.latency = Histogram(LATENCY_BUCKETS)
@@ -58,10 +59,13 @@ class Metrics:
                 self.latency.observe(latency_s)
 
     def generation_done(
-        self, prompt_tokens: int, new_tokens: int, accepted_hist: dict[int, int]
+        self, prompt_tokens: int, new_tokens: int, accepted_hist: dict[int, int], cached: int = 0
     ) -> None:
+        """A finished generation; ``cached``: its prompt tokens found in the cache (not
+        forwarded again)."""
         with self._lock:
             self.prompt_tokens += prompt_tokens
+            self.cached_prompt_tokens += cached
             self.generated_tokens += new_tokens
             for accepted, steps in accepted_hist.items():
                 self.accepted.observe(accepted, steps)
@@ -89,6 +93,9 @@ class Metrics:
             lines += [
                 "# TYPE tokentree_prompt_tokens_total counter",
                 f"tokentree_prompt_tokens_total {self.prompt_tokens}",
+                "# HELP tokentree_cached_prompt_tokens_total Prompt tokens found in the cache.",
+                "# TYPE tokentree_cached_prompt_tokens_total counter",
+                f"tokentree_cached_prompt_tokens_total {self.cached_prompt_tokens}",
                 "# TYPE tokentree_generated_tokens_total counter",
                 f"tokentree_generated_tokens_total {self.generated_tokens}",
                 "# TYPE tokentree_steps_total counter",

@@ -257,7 +257,8 @@ class Service:
             raise APIError(*SHUTTING_DOWN, type_="server_error") from None
 
     def job_done(self, job: Job, prompt_tokens: int, result: Result) -> None:
-        self.metrics.generation_done(prompt_tokens, result.completion_tokens, _hist(result.stats))
+        self.metrics.generation_done(prompt_tokens, result.completion_tokens, _hist(result.stats),
+                                     result.stats.get("cached_prompt_tokens", 0))  # fmt: skip
         self.metrics.waited(job.started_at - job.queued_at)
 
     async def events(self, request: Request, jobs: list[Job], started: float) -> AsyncIterator:

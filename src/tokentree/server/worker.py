@@ -111,6 +111,11 @@ class Worker:
     def start(self) -> None:
         self._thread.start()
 
+    @property
+    def alive(self) -> bool:
+        """Whether its thread still serves (a health check's question)."""
+        return self._thread.is_alive()
+
     def _live_waiting(self) -> int:
         """Drop cancelled jobs from the queue; the number left (call with the lock held)."""
         live = [job for job in self._waiting if not job.cancelled.is_set()]
