@@ -153,3 +153,22 @@ def test_a_killed_replica_ends_its_stream_and_the_other_serves(cluster):
     while len(replicas_answering(cluster, 8)) < 2:  # the dead one restarted
         assert time.monotonic() < deadline, "the killed replica did not come back"
         time.sleep(2)
+
+
+def test_a_replica_that_cannot_load_its_model_stops_the_server_loudly(tmp_path):
+    """No traffic to a deployment whose replicas fail: the server exits 2 naming the reason."""
+    command = [sys.executable, "-m", "tokentree.cli", "serve", "--replicas", "2", "--target",
+               str(tmp_path), "--port", str(free_port())]  # fmt: skip
+    env = os.environ | {"TOKENTREE_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "the replicas did not start" in done.stderr and "no config.json" in done.stderr
+
+
+def test_the_kuberay_builder_takes_the_clis_flags(tmp_path):
+    from ray.serve import Application
+
+    from tokentree.cluster.builder import app_builder
+
+    app = app_builder({"flags": f"--replicas 3 --share-every 0 --max-batch 2 --target {tmp_path}"})
+    assert isinstance(app, Application)

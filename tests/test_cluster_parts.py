@@ -128,3 +128,26 @@ def test_cluster_options_are_checked():
         ClusterConfig(replicas=0)
     with pytest.raises(TokentreeError, match="min-replicas"):
         ClusterConfig(min_replicas=3, max_replicas=2)
+
+
+def test_replicas_without_ray_are_a_one_line_error_naming_the_extra(monkeypatch):
+    import sys
+
+    from tokentree.cluster.run import import_ray
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if it were not installed
+    with pytest.raises(TokentreeError, match=r"pip install 'tokentree\[cluster\]'"):
+        import_ray()
+
+
+def test_a_failed_start_names_the_replicas_own_error():
+    from tokentree.cluster.run import start_failure
+
+    ray_text = (
+        "Deploying application tokentree failed\nTraceback ...\n  raise TokentreeError(f...)\n"
+    )
+    ray_text += "tokentree.errors.TokentreeError: /m is not a Hugging Face model directory\n"
+    assert start_failure(ray_text) == "/m is not a Hugging Face model directory"
+    assert (
+        start_failure("Deploying failed: out of memory\nmore") == "Deploying failed: out of memory"
+    )

@@ -39,6 +39,8 @@ class TokentreeReplica:
     requests through its own app (gate, limits, errors, streaming, metrics), plus the exchange of
     drafter knowledge through ``store``."""
 
+    service = sharer = None  # (a replica whose model failed to load has neither)
+
     def __init__(self, args, config: ServeConfig, cluster: ClusterConfig, store):
         from ..cli.flags import drafter_options
         from ..cli.model_flags import load_from_args
@@ -55,7 +57,6 @@ class TokentreeReplica:
         self.service.start()
         self.name = serve.get_replica_context().replica_id.unique_id
         self.label = f"{self.name}/{os.getpid()}"
-        self.sharer = None
         if cluster.share_every and store is not None:
             self.sharer = KnowledgeSharer(
                 gen.drafter, self.service.worker.between_steps, store, self.name,
@@ -83,7 +84,8 @@ class TokentreeReplica:
     def __del__(self) -> None:
         if self.sharer is not None:
             self.sharer.stop()  # its last delta, before the worker stops
-        self.service.stop()
+        if self.service is not None:
+            self.service.stop()
 
 
 class TokentreeIngress:

@@ -3,6 +3,7 @@ until SIGINT or SIGTERM, then take it down."""
 
 from __future__ import annotations
 
+import re
 import signal
 import threading
 
@@ -45,8 +46,8 @@ def serve_cluster(args, config: ServeConfig, cluster: ClusterConfig) -> None:
         try:
             serve.run(build_app(args, config, cluster), name=APP_NAME, route_prefix="/")
         except RuntimeError as exc:  # a replica that cannot load its model: no traffic at all
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-            raise TokentreeError(f"the replicas did not start: {first}") from None
+            reason = start_failure(f"{exc}\n{deployment_messages(serve)}")
+            raise TokentreeError(f"the replicas did not start: {reason}") from None
         print(f"tokentree: serving {cluster.replicas} replicas on http://{config.host}:"
               f"{config.port} (Ray Serve)", flush=True)  # fmt: skip
         stop.wait()
@@ -64,3 +65,21 @@ def _kill_store(ray) -> None:
         ray.kill(ray.get_actor(STORE_NAME))
     except ValueError:  # there was none (--share-every 0)
         pass
+
+
+def deployment_messages(serve) -> str:
+    """What Ray Serve says about each deployment of the app (a failed replica's traceback)."""
+    try:
+        app = serve.status().applications[APP_NAME]
+    except Exception:  # noqa: BLE001 - only to explain a failure already being reported
+        return ""
+    return "\n".join(d.message for d in app.deployments.values() if d.message)
+
+
+def start_failure(text: str) -> str:
+    """The reason a deployment failed: a replica's TokentreeError (a wrong path, a bad flag) when
+    Ray's messages carry one, else Ray's first line."""
+    found = re.findall(r"TokentreeError: (.+)", text)
+    if found:
+        return found[-1].strip()
+    return text.strip().splitlines()[0] if text.strip() else "unknown"
