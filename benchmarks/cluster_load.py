@@ -121,8 +121,11 @@ def load(url: str, prompts: list[str], clients: int, per_client: int, tokens: in
             "replicas": sorted({r["replica"] for r in records if r["replica"]})}  # fmt: skip
 
 
-def conversations(count: int) -> list[list[str]]:
-    return [list(p.turns) for p in load_suite("agent")[:count]]
+TURN_CHARS = {"tiny": 80, "embedded": None}  # the tiny model's context holds 4 short turns
+
+
+def conversations(count: int, model: str) -> list[list[str]]:
+    return [[t[: TURN_CHARS[model]] for t in p.turns] for p in load_suite("agent")[:count]]
 
 
 def run_conversation(url: str, turns: list[str], tokens: int, headers: dict) -> list[dict]:
@@ -135,10 +138,10 @@ def run_conversation(url: str, turns: list[str], tokens: int, headers: dict) -> 
     return records
 
 
-def agent(url: str, count: int, tokens: int) -> dict:
+def agent(url: str, talks: list[list[str]], tokens: int) -> dict:
     with ThreadPoolExecutor(4) as pool:
-        records = [r for rs in pool.map(lambda t: run_conversation(url, t, tokens, {}),
-                                         conversations(count)) for r in rs]  # fmt: skip
+        records = [r for rs in pool.map(lambda t: run_conversation(url, t, tokens, {}), talks)
+                   for r in rs]  # fmt: skip
     prompt = sum(r["stats"]["prompt_tokens"] for r in records)
     cached = sum(r["stats"]["cached_prompt_tokens"] for r in records)
     steps = sum(r["stats"]["steps"] for r in records)
@@ -158,11 +161,11 @@ def session_on_each_replica(url: str) -> list[str]:
     raise RuntimeError("one replica answered every session")
 
 
-def knowledge(url: str, count: int, tokens: int, wait_s: float) -> dict:
+def knowledge(url: str, talks: list[list[str]], tokens: int, wait_s: float) -> dict:
     """Each conversation's first turns on replica A, the last turn on B (and on A again)."""
     home, away = session_on_each_replica(url)
     taus_away, taus_home = [], []
-    for turns in conversations(count):
+    for turns in talks:
         earlier = run_conversation(url, turns[:-1], tokens, {"X-Session-ID": home})
         time.sleep(wait_s)
         messages = []
@@ -176,7 +179,7 @@ def knowledge(url: str, count: int, tokens: int, wait_s: float) -> dict:
     return {
         "tau_other_replica": statistics.mean(taus_away),
         "tau_same_replica": statistics.mean(taus_home),
-        "conversations": count,
+        "conversations": len(talks),
     }
 
 
@@ -201,14 +204,15 @@ def main() -> int:
         p.turns[0] for p in load_suite("spec-bench")]  # fmt: skip
     if args.model == "tiny":  # its context is 512 characters-tokens
         prompts = [p[:200] for p in prompts]
+    talks = conversations(args.conversations, args.model)
     for name, flags in configurations(args.scenario):
         with server(model, flags, log) as url:
             if args.scenario == "load":
                 results[name] = load(url, prompts, args.clients, args.requests, args.max_tokens)
             elif args.scenario == "agent":
-                results[name] = agent(url, args.conversations, args.max_tokens)
+                results[name] = agent(url, talks, args.max_tokens)
             else:
-                results[name] = knowledge(url, args.conversations, args.max_tokens, 3.0)
+                results[name] = knowledge(url, talks, args.max_tokens, 3.0)
         print(name, json.dumps(results[name]), flush=True)
     (out / f"{args.scenario}.json").write_text(json.dumps(results, indent=1) + "\n")
     return 0
