@@ -121,7 +121,7 @@ def load(url: str, prompts: list[str], clients: int, per_client: int, tokens: in
             "replicas": sorted({r["replica"] for r in records if r["replica"]})}  # fmt: skip
 
 
-TURN_CHARS = {"tiny": 80, "embedded": None}  # the tiny model's context holds 4 short turns
+TURN_CHARS = {"tiny": 50, "embedded": None}  # the tiny model's context holds 4 short turns
 
 
 def conversations(count: int, model: str) -> list[list[str]]:
